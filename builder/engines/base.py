@@ -1,0 +1,90 @@
+"""The engine contract: chat requests in, sampled texts out. Engines know nothing of stages.
+
+A request's ``messages`` use the Hugging Face chat-template content form::
+
+    {"role": "user", "content": [{"type": "image", "image": <PIL.Image>}, {"type": "text", "text": "..."}]}
+
+(``content`` may also be a plain string). With ``continue_final_message=True`` the last message is an
+assistant turn that the model continues; each returned :class:`Sample` then holds only the new text.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k cut
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    bad_words: tuple[str, ...] = ()  # words the model must not generate (blocked at generation time)
+    seed: int | None = None
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, Any]]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    continue_final_message: bool = False
+    max_pixels: int | None = None  # cap on an image's area (w*h); None keeps the image as it is
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    finish_reason: str | None = None  # "stop", "length", ...
+    num_tokens: int | None = None
+
+
+class Engine(abc.ABC):
+    """Turns requests into ``n`` samples each, in request order."""
+
+    name: str = "base"
+
+    def __init__(self, model: str, **options: Any) -> None:
+        self.model_id = model
+        self.options = options
+
+    @abc.abstractmethod
+    def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:
+        """Return, for each request, its ``params.n`` samples."""
+
+    def close(self) -> None:  # pragma: no cover - engines that hold resources override it
+        pass
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_images(messages: list[dict[str, Any]]):
+    """The PIL images of a request, in order."""
+    for m in messages:
+        if isinstance(m.get("content"), list):
+            for part in m["content"]:
+                if part.get("type") == "image":
+                    yield part["image"]
+
+
+def cap_pixels(image, max_pixels: int | None):
+    """Shrink ``image`` (keeping its aspect ratio) so that width*height <= max_pixels."""
+    if max_pixels is None:
+        return image
+    w, h = image.size
+    if w * h <= max_pixels:
+        return image
+    scale = (max_pixels / (w * h)) ** 0.5
+    return image.resize((max(1, int(w * scale)), max(1, int(h * scale))))

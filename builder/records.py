@@ -1,0 +1,135 @@
+"""Record schemas, ids and seeded randomness: the only place columns are named.
+
+Every stage writes rows of exactly one schema below. Ids are content hashes, so the same input gives the
+same id on any machine, shard or rerun; every random choice is drawn from :func:`rng_for`, seeded by a
+global seed and the item's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pyarrow as pa
+
+# ----------------------------------------------------------------------------------------------- ids / seeds
+
+
+def content_id(*parts: object) -> str:
+    """A stable sha256 hex id of the JSON form of ``parts`` (order matters)."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def stable_int(*parts: object, bits: int = 63) -> int:
+    """A stable non-negative integer from ``parts`` (for seeds and shard assignment)."""
+    return int(content_id(*parts)[:16], 16) & ((1 << bits) - 1)
+
+
+def rng_for(seed: int, *parts: object) -> random.Random:
+    """The random generator for one item: seeded by the global seed and the item's key parts."""
+    return random.Random(stable_int("rng", seed, *parts))
+
+
+def shard_of(item_id: str, num_shards: int) -> int:
+    """Which of ``num_shards`` shards an item belongs to (stable hash of its id)."""
+    return stable_int("shard", item_id) % num_shards
+
+
+# --------------------------------------------------------------------------------------------------- schemas
+
+_STR, _BOOL, _INT = pa.string(), pa.bool_(), pa.int32()
+_STRS = pa.list_(pa.string())
+
+# Stage 0: the caption source (one row per image).
+SOURCE = pa.schema(
+    [
+        ("image_id", _STR),  # DOCCI example_id, or the generic source's id (or a content hash of the image)
+        ("source", _STR),  # "docci" / "folder" / ...
+        ("split", _STR),
+        ("image_path", _STR),  # absolute path of the image file
+        ("description", _STR),
+    ]
+)
+
+# Stage 1: multiple-choice questions (valid and invalid ones; invalid ones say why).
+MCQ = pa.schema(
+    [
+        ("mcq_id", _STR),  # content_id(image_id, question, options, answer_text)
+        ("image_id", _STR),
+        ("item_index", _INT),  # position of the question in the LLM's reply
+        ("question", _STR),
+        ("options", _STRS),  # option texts in the order the LLM wrote them (letters A, B, ... by position)
+        ("answer_text", _STR),  # the answer as the LLM wrote it
+        ("answer_index", _INT),  # index into options, -1 when it does not resolve to exactly one option
+        ("question_type", _STR),
+        ("valid", _BOOL),
+        ("invalid_reason", _STR),  # "" when valid
+        ("model", _STR),
+        ("raw_response", _STR),  # the generating call's reply
+        ("formatted_response", _STR),  # the re-formatting call's reply ("" when not used)
+    ]
+)
+
+# Stage 2: simple chain-of-thought samples from the VLM (every sample, parsed and labelled).
+SIMPLE_COT = pa.schema(
+    [
+        ("sample_id", _STR),  # content_id(mcq_id, sample_index, response)
+        ("mcq_id", _STR),
+        ("image_id", _STR),
+        ("sample_index", _INT),
+        ("question", _STR),
+        ("question_type", _STR),
+        ("options", _STRS),  # shuffled, as shown
+        ("answer_index", _INT),  # gold index into the shuffled options
+        ("option_style", _STR),  # "paren" -> "(A) text", "dot" -> "A. text"
+        ("answer_format", _STR),  # "paren" -> "(X)", "dot" -> "X.", "text" -> option text
+        ("system_prompt", _STR),
+        ("user_text", _STR),
+        ("response", _STR),  # full assistant text including the forced "<think>"
+        ("thought", _STR),  # text inside <think> ... </think>
+        ("answer", _STR),  # text inside <answer> ... </answer> (or the fallback)
+        ("pred_index", _INT),  # -1 when the answer matches no option
+        ("parsed", _BOOL),
+        ("correct", _BOOL),
+        ("keep", _BOOL),
+        ("drop_reason", _STR),  # "", "unparseable", "duplicate"
+        ("model", _STR),
+        ("seed", pa.int64()),
+    ]
+)
+
+# Stage 3: thought expansions from the reasoning LLM.
+EXPANSION = pa.schema(
+    [
+        ("expansion_id", _STR),  # content_id(sample_id, cue, expansion_index, continuation)
+        ("sample_id", _STR),
+        ("mcq_id", _STR),
+        ("image_id", _STR),
+        ("expansion_index", _INT),
+        ("cue", _STR),
+        ("separator", _STR),  # "\n" or " "
+        ("user_text", _STR),
+        ("prefill", _STR),  # the pre-filled assistant turn the model continued
+        ("continuation", _STR),  # what the model wrote after the prefill
+        ("long_thought", _STR),  # simple thought + cue + continuation up to </think>
+        ("answer", _STR),
+        ("pred_index", _INT),
+        ("parsed", _BOOL),
+        ("correct", _BOOL),
+        ("simple_correct", _BOOL),  # whether the simple thought it grew from was correct
+        ("bad_word", _STR),  # the first bad word found in the added text, "" if none
+        ("keep", _BOOL),
+        ("drop_reason", _STR),  # "", "unparseable", "bad_word", "duplicate", "no_end_of_thought"
+        ("model", _STR),
+        ("seed", pa.int64()),
+    ]
+)
+
+STAGE_SCHEMAS: dict[str, pa.Schema] = {
+    "source": SOURCE,
+    "mcq": MCQ,
+    "simple_cot": SIMPLE_COT,
+    "expansion": EXPANSION,
+}

@@ -1,0 +1,1 @@
+"""LongPerceptualThoughts dataset builder (filled in by the dataset work)."""
