@@ -1,0 +1,120 @@
+"""The answer matcher: the one rule for labelling data and scoring benchmarks."""
+
+
+import pytest
+
+from builder.answers import (
+    extract_answer,
+    format_answer,
+    format_options,
+    grade,
+    match_option,
+    parse_options,
+    parse_thought,
+    shuffle_options,
+)
+from builder.records import content_id, rng_for, shard_of
+
+OPTS = ["Green", "Blue", "Orange", "Red"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["B", "(B)", "B.", "B)", "(b)", "**(B)**", "**B**", "Option B", "option (B)", "(B) Blue", "B. Blue", "Blue",
+     "blue.", "  (B)  ", "The answer is (B)"],
+)
+def test_accepted_spellings_of_the_right_answer(answer):
+    g = grade(f"<think>looking</think> <answer> {answer} </answer>", OPTS, 1)
+    assert g.correct and g.pred_index == 1
+
+
+@pytest.mark.parametrize("answer", ["Green", "(A)", "A", "(A) Green", "orange"])
+def test_a_wrong_option_is_wrong_including_its_text(answer):
+    # upstream defect 1: any option's text counted as correct. Here the text of a wrong option is wrong.
+    g = grade(f"<answer>{answer}</answer>", OPTS, 1)
+    assert g.parsed and not g.correct
+
+
+@pytest.mark.parametrize("answer", ["", "b", "E", "(E)", "Purple", "(A) Blue", "I am not sure", "Blue or Green"])
+def test_anything_else_is_wrong_never_right(answer):
+    # "(A) Blue" contradicts itself (letter A, text of option B): never right.
+    g = grade(f"<answer>{answer}</answer>", OPTS, 1)
+    assert not g.correct and g.pred_index == -1
+
+
+def test_first_answer_tag_wins():
+    assert extract_answer("<answer>(C)</answer> then <answer>(B)</answer>") == "(C)"
+    assert grade("<answer>(C)</answer> <answer>(B)</answer>", OPTS, 1).correct is False
+
+
+def test_fallbacks_after_the_thought_only():
+    assert extract_answer("<think>the answer is (A)</think>\nThe answer is (C).") == "(C)"
+    assert extract_answer("reasoning...\nAnswer: B") == "B"
+    assert extract_answer("<think>answer is (A) but I keep thinking") is None  # unclosed thought: no answer
+    assert extract_answer("no answer at all") is None
+
+
+def test_an_option_that_starts_like_a_letter():
+    opts = ["A red car", "A blue car"]
+    assert match_option("A blue car", opts) == 1
+    assert match_option("A", opts) == 0
+
+
+def test_letters_beyond_the_options_are_wrong():
+    assert match_option("(E)", OPTS) == -1
+    assert match_option("J", [str(i) for i in range(10)]) == 9
+
+
+def test_parse_thought():
+    thought, answer = parse_thought("<think> I see a blue iris. </think>\n<answer>(B)</answer><|im_end|>")
+    assert thought == "I see a blue iris." and answer == "(B)"
+    assert parse_thought("<think> unfinished") == (None, None)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("(A) Red (B) Blue (C) Green (D) Orange", ["Red", "Blue", "Green", "Orange"]),
+        ("(A) Red\n(B) Blue", ["Red", "Blue"]),
+        ("A. x y\nB. z\nC. w", ["x y", "z", "w"]),
+        ("A) one\nB) two", ["one", "two"]),
+        ("Options: A: cat, B: dog, C: bird, D: fish", ["cat", "dog", "bird", "fish"]),
+        ("(a) Open (b) Closed", ["Open", "Closed"]),
+        (" ".join(f"({c}) o{c}" for c in "ABCDEFGHIJ"), [f"o{c}" for c in "ABCDEFGHIJ"]),
+    ],
+)
+def test_parse_options(text, expected):
+    assert parse_options(text) == expected
+
+
+def test_parse_options_rejects_text_without_options():
+    with pytest.raises(ValueError, match="no lettered options"):
+        parse_options("What colour is the bus?")
+
+
+def test_format_round_trip():
+    assert format_options(OPTS, "paren").splitlines()[1] == "(B) Blue"
+    assert format_options(OPTS, "dot").splitlines()[3] == "D. Red"
+    assert parse_options(format_options(OPTS, "dot")) == OPTS
+    assert [format_answer(OPTS, 2, f) for f in ("paren", "dot", "text")] == ["(C)", "C.", "Orange"]
+    for fmt in ("paren", "dot", "text"):
+        assert grade(f"<answer>{format_answer(OPTS, 2, fmt)}</answer>", OPTS, 2).correct
+
+
+def test_seeded_shuffle_is_per_item_and_reproducible():
+    a = shuffle_options(OPTS, 1, rng_for(42, "mcq-1"))
+    assert a == shuffle_options(OPTS, 1, rng_for(42, "mcq-1"))
+    options, gold = a
+    assert sorted(options) == sorted(OPTS) and options[gold] == "Blue"
+    shuffles = {tuple(shuffle_options(OPTS, 1, rng_for(42, f"mcq-{i}"))[0]) for i in range(30)}
+    assert len(shuffles) > 5  # different items get different orders
+    assert rng_for(1, "x").random() != rng_for(2, "x").random()
+
+
+def test_ids_and_shards_are_stable():
+    assert content_id("a", ["b", 1]) == content_id("a", ["b", 1]) != content_id("a", ["b", 2])
+    assert len(content_id("x")) == 64
+    counts = [0, 0, 0, 0]
+    for i in range(400):
+        counts[shard_of(content_id(i), 4)] += 1
+    assert min(counts) > 60 and shard_of("abc", 4) == shard_of("abc", 4)

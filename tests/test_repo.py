@@ -1,0 +1,27 @@
+"""The repository keeps its promises: CI runs exactly README's test command; the package data ships."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- setup-commands -->\s*```(?:bash|sh)?\n(.*?)```", text, re.S)
+    assert block, "README.md must keep its two set-up commands in the setup-commands block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    demo, tests = _readme_commands()
+    assert demo.startswith("bash scripts/setup.sh") and demo.endswith("lpt demo")
+    ci_lines = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines()]
+    assert tests in ci_lines, f"{tests!r} must appear verbatim in .ci/run"
+
+
+def test_console_script_and_extras():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["scripts"]["lpt"] == "builder.cli:main"
+    assert {"vllm", "eval", "ray", "dev"} <= set(meta["optional-dependencies"])
