@@ -1,1 +1,310 @@
-"""LongPerceptualThoughts dataset builder (filled in by the dataset work)."""
+"""LongPerceptualThoughts as a ``datasets`` builder, plus the package's public Python API in one place.
+
+``datasets`` 4+ no longer runs loading scripts from ``load_dataset``; drive the builder directly::
+
+    from longperceptualthoughts import LongPerceptualThoughts
+    b = LongPerceptualThoughts(config_name="sft", run_dir="runs/demo", cache_dir="/tmp/lpt-cache")
+    b.download_and_prepare()
+    sft = b.as_dataset(split="train")
+
+or export a Hub-layout folder (``lpt export RUN OUT``) and use plain ``datasets.load_dataset(OUT, "sft")``,
+or :func:`load` which also attaches the images (stored once, in the ``images`` config).
+
+Add a config in a few lines (before the builder is first used)::
+
+    from longperceptualthoughts import ConfigSpec, SFT_FEATURES, register, assemble
+    register(ConfigSpec("sft_x_o", SFT_FEATURES,
+                        lambda cfg: [r for r in assemble.build_sft(cfg.run(), cfg.options) if r["cot_type"] == "X_O"],
+                        "SFT rows that start from a wrong simple thought"))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import datasets
+from datasets import Features, Image, List, Value
+from datasets.utils.py_utils import classproperty
+
+from builder import assemble
+from builder.assemble import AssembleOptions
+from builder.records import EXPANSION, MCQ, SIMPLE_COT
+
+__version__ = "0.1.0"
+LPT30K_REPO = "andrewliao11/LongPerceptualThoughts-30k"
+MAX_IMAGE_SIDE = 512
+
+# ---------------------------------------------------------------------------------------------- features
+
+_S = Value("string")
+MESSAGES = List({"role": _S, "content": _S})
+SFT_FEATURES = Features({
+    "example_id": _S, "image_id": _S, "mcq_id": _S, "sample_id": _S, "expansion_id": _S, "cot_type": _S,
+    "question_type": _S, "messages": MESSAGES, "simple_thought": _S,
+})
+DPO_FEATURES = Features({
+    "example_id": _S, "image_id": _S, "mcq_id": _S, "kind": _S, "question_type": _S, "prompt": MESSAGES,
+    "chosen": MESSAGES, "rejected": MESSAGES, "chosen_id": _S, "rejected_id": _S, "chosen_type": _S,
+    "rejected_type": _S,
+})
+MCQ_FEATURES = Features({
+    "example_id": _S, "image_id": _S, "mcq_id": _S, "question": _S, "question_type": _S, "options": List(_S),
+    "answer_index": Value("int32"), "answer": _S, "messages": MESSAGES,
+})
+IMAGES_FEATURES = Features({"image_id": _S, "image": Image()})
+LPT30K_FEATURES = Features({"example_id": _S, "image_id": _S, "messages": MESSAGES, "cot_type": _S,
+                            "image": Image()})
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+@dataclass
+class LPTConfig(datasets.BuilderConfig):
+    """A config: which set to build, from which run directory, with which assembly options."""
+
+    run_dir: str | None = None
+    options: AssembleOptions = field(default_factory=AssembleOptions)
+    embed_images: bool = True  # images config: resized bytes (True) or the original file's path (False)
+    max_image_side: int = MAX_IMAGE_SIDE
+    release: str | None = None  # lpt30k: a local copy of the authors' release, or its Hub repo id
+    docci_dir: str | None = None  # lpt30k: a local DOCCI folder (images/ and/or the image files)
+
+    def run(self) -> Any:
+        if not self.run_dir:
+            raise ValueError(f"config {self.name!r} needs run_dir=<a run directory>")
+        from builder.store import RunDir
+
+        if not Path(self.run_dir).is_dir():
+            raise FileNotFoundError(f"run directory {self.run_dir} does not exist")
+        return RunDir(self.run_dir)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """How to build one config: its features and a function from the config to rows."""
+
+    name: str
+    features: Features
+    build: Callable[[LPTConfig], Iterable[dict[str, Any]]]
+    description: str = ""
+    from_run: bool = True  # built from a run directory (and so written by ``lpt export``)
+
+
+CONFIGS: dict[str, ConfigSpec] = {}
+
+
+def register(spec: ConfigSpec) -> ConfigSpec:
+    """Add (or replace) a config of :class:`LongPerceptualThoughts` and of ``lpt export``."""
+    CONFIGS[spec.name] = spec
+    LongPerceptualThoughts.BUILDER_CONFIGS = [
+        LPTConfig(name=s.name, version=LongPerceptualThoughts.VERSION, description=s.description)
+        for s in CONFIGS.values()
+    ]
+    return spec
+
+
+def run_configs() -> list[str]:
+    """The configs built from a run directory, in registration order."""
+    return [name for name, spec in CONFIGS.items() if spec.from_run]
+
+
+class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
+    """SFT / DPO / MCQ / simple-CoT sets, images and raw stage records of a run; and the authors' release."""
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = LPTConfig
+    BUILDER_CONFIGS: list[LPTConfig] = []
+    DEFAULT_CONFIG_NAME = "sft"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dataset_name", "longperceptualthoughts")
+        super().__init__(*args, **kwargs)
+
+    @classproperty
+    @classmethod
+    def builder_configs(cls) -> dict[str, LPTConfig]:  # not memoised: register() may add configs later
+        return {c.name: c for c in cls.BUILDER_CONFIGS}
+
+    def _info(self) -> datasets.DatasetInfo:
+        spec = CONFIGS[self.config.name]
+        return datasets.DatasetInfo(
+            description=spec.description, features=spec.features,
+            homepage="https://github.com/andrewliao11/LongPerceptualThoughts", license="apache-2.0",
+        )
+
+    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
+
+    def _generate_examples(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for i, row in enumerate(CONFIGS[self.config.name].build(self.config)):
+            yield str(i), row
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def image_bytes(path: str | os.PathLike, max_side: int = MAX_IMAGE_SIDE) -> bytes:
+    """The image at ``path`` as JPEG bytes, its long side at most ``max_side`` pixels."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=92)
+        return buf.getvalue()
+
+
+def _build_images(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
+    for row in sorted(cfg.run().read("source").to_pylist(), key=lambda r: r["image_id"]):
+        path = Path(row["image_path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"source image_id {row['image_id']!r}: field 'image_path': no file {path}")
+        if cfg.embed_images:
+            yield {"image_id": row["image_id"],
+                   "image": {"bytes": image_bytes(path, cfg.max_image_side), "path": f"{row['image_id']}.jpg"}}
+        else:
+            yield {"image_id": row["image_id"], "image": {"bytes": None, "path": str(path.resolve())}}
+
+
+# ------------------------------------------------------------------------------------ the authors' release
+
+_DOCCI_ID = re.compile(r"(?:train|test|qual_dev|qual_test)_\d{5}")
+
+
+def _release_dir(release: str) -> Path:
+    if Path(release).is_dir():
+        return Path(release)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+
+
+def read_lpt30k(release: str | os.PathLike = LPT30K_REPO) -> Iterator[dict[str, Any]]:
+    """Rows ``{example_id, image_id, messages, cot_type}`` of the authors' release (JSON/JSONL/parquet files).
+
+    ``image_id`` is the DOCCI id found in ``example_id`` (else in an ``images`` path of the row).
+    """
+    root = _release_dir(str(release))
+    files = sorted(p for ext in ("*.jsonl", "*.json", "*.parquet") for p in root.rglob(ext) if ".cache" not in p.parts)
+    for path in files:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows: Iterable[dict] = pq.read_table(path).to_pylist()
+        elif path.suffix == ".jsonl":
+            rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                continue  # e.g. a dataset_info.json
+            rows = data
+        for n, row in enumerate(rows, 1):
+            if "messages" not in row or "example_id" not in row:
+                raise ValueError(f"{path}: row {n}: fields 'example_id' and 'messages' are required")
+            found = _DOCCI_ID.search(str(row["example_id"])) or _DOCCI_ID.search(json.dumps(row.get("images", "")))
+            yield {
+                "example_id": str(row["example_id"]),
+                "image_id": found.group(0) if found else "",
+                "messages": [{"role": m["role"], "content": _content_text(m.get("content"))} for m in row["messages"]],
+                "cot_type": str(row.get("cot_type", "")),
+            }
+
+
+def docci_image_path(docci_dir: str | os.PathLike, image_id: str) -> Path | None:
+    """Where a DOCCI image lives in a local DOCCI folder (``images/<id>.jpg`` or ``<id>.jpg``)."""
+    for cand in (Path(docci_dir) / "images" / f"{image_id}.jpg", Path(docci_dir) / f"{image_id}.jpg"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _build_lpt30k(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
+    for row in read_lpt30k(cfg.release or LPT30K_REPO):
+        path = docci_image_path(cfg.docci_dir, row["image_id"]) if cfg.docci_dir and row["image_id"] else None
+        yield {**row, "image": str(path.resolve()) if path else None}
+
+
+# --------------------------------------------------------------------------------------------- the configs
+
+for _spec in [
+    ConfigSpec("sft", SFT_FEATURES, lambda c: assemble.build_sft(c.run(), c.options),
+               "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50."),
+    ConfigSpec("dpo", DPO_FEATURES, lambda c: assemble.build_dpo(c.run(), c.options),
+               "Preference pairs (prompt/chosen/rejected), tagged with their kind."),
+    ConfigSpec("mcq", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "think"),
+               "The valid MCQs with the think system prompt and the gold answer."),
+    ConfigSpec("mcq_direct", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "direct"),
+               "The valid MCQs with the direct-answer system prompt and the gold answer."),
+    ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
+               "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline)."),
+    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side)."),
+    ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
+               "Stage 1: every MCQ, valid or not, with its raw responses."),
+    ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
+               lambda c: assemble.build_raw(c.run(), "simple_cot"),
+               "Stage 2: every simple-CoT sample, its parse and its label."),
+    ConfigSpec("raw_expansion", Features.from_arrow_schema(EXPANSION),
+               lambda c: assemble.build_raw(c.run(), "expansion"),
+               "Stage 3: every expansion, its parse, its label and why it was dropped."),
+    ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
+               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
+]:
+    register(_spec)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def attach_images(ds: datasets.Dataset, images: datasets.Dataset) -> datasets.Dataset:
+    """Add an ``images`` column (``[image]``, TRL's convention) to ``ds`` by its ``image_id``."""
+    lookup = dict(zip(images["image_id"], images.cast_column("image", Image(decode=False))["image"]))
+    missing = sorted(set(ds["image_id"]) - set(lookup))
+    if missing:
+        raise KeyError(f"no image for image_id {missing[:5]} in the images config")
+    features = ds.features.copy()
+    features["images"] = List(Image())
+    return ds.map(lambda b: {"images": [[lookup[i]] for i in b["image_id"]]}, batched=True, features=features)
+
+
+def load(config: str, path_or_repo: str | os.PathLike, with_images: bool = True, split: str = "train",
+         **kwargs: Any) -> datasets.Dataset:
+    """``datasets.load_dataset(path_or_repo, config)`` on an exported folder or Hub repo, with images attached.
+
+    Traces carry ``image_id``; the images live once in the ``images`` config and are joined here.
+    """
+    ds = datasets.load_dataset(str(path_or_repo), config, split=split, **kwargs)
+    if not with_images or config == "images" or "image_id" not in ds.column_names:
+        return ds
+    return attach_images(ds, datasets.load_dataset(str(path_or_repo), "images", split=split, **kwargs))
+
+
+def __getattr__(name: str) -> Any:  # the rest of the public API, imported on first use
+    lazy = {"export": "builder.export", "push": "builder.export", "render_card": "builder.export",
+            "card_stats": "builder.export", "import_upstream": "builder.importer"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "AssembleOptions", "CONFIGS", "ConfigSpec", "DPO_FEATURES", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPTConfig",
+    "LongPerceptualThoughts", "MCQ_FEATURES", "SFT_FEATURES", "assemble", "attach_images", "card_stats",
+    "docci_image_path", "export", "import_upstream", "load", "push", "read_lpt30k", "register", "render_card",
+    "run_configs",
+]

@@ -1,0 +1,323 @@
+"""Write a run's datasets as a Hub-layout folder (or LLaMA-Factory JSON), render its card, push it.
+
+Hub layout (``datasets.load_dataset(OUT, "sft")`` works offline; the same folder uploads as a Hub repo)::
+
+    OUT/README.md                                   card from dataset_card.md: YAML configs/dataset_info + numbers
+    OUT/<config>/train-00000-of-0000N.parquet       written by `datasets` (feature metadata kept)
+
+LLaMA-Factory layout: ``OUT/<name>.json`` (sharegpt), ``OUT/images/<image_id>.jpg``, ``OUT/dataset_info.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import click
+
+FORMATS = ("hub", "llamafactory")
+SHARD_BYTES = 500 * 1024 * 1024
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
+LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptualThoughts_DPO",
+                     "simple_cot": "LongPerceptualThoughts_SIMPLE_COT", "mcq": "LongPerceptualThoughts_MCQ",
+                     "mcq_direct": "LongPerceptualThoughts_MCQ_DIRECT"}
+
+
+def build_config(run_dir: str | os.PathLike, config: str, *, cache_dir: str | os.PathLike, **config_kwargs: Any):
+    """One config of a run as a ``datasets.Dataset`` (through the builder, freshly generated)."""
+    import longperceptualthoughts as lpt
+
+    b = lpt.LongPerceptualThoughts(config_name=config, run_dir=str(run_dir), cache_dir=str(cache_dir),
+                                   **config_kwargs)
+    b.download_and_prepare(download_mode="force_redownload")
+    return b.as_dataset(split="train")
+
+
+def export(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fmt: str = "hub",
+    embed_images: bool = True,
+    *,
+    configs: Sequence[str] | None = None,
+    options: Any = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Export ``run_dir``'s configs (default: every run config) to ``out_dir``; returns ``out_dir``.
+
+    ``embed_images=False`` stores the images config as absolute paths to the source files (not portable).
+    ``options`` is an :class:`builder.assemble.AssembleOptions` (ratios, pair kinds, seed).
+    """
+    import longperceptualthoughts as lpt
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(configs or lpt.run_configs())
+    kwargs: dict[str, Any] = {"embed_images": embed_images}
+    if options is not None:
+        kwargs["options"] = options
+    with tempfile.TemporaryDirectory(prefix="lpt-export-") as cache:
+        if fmt == "llamafactory":
+            _export_llamafactory(run_dir, out, cache, kwargs)
+            return out
+        for name in names:
+            ds = build_config(run_dir, name, cache_dir=cache, **kwargs)
+            _write_parquet(ds, out / name)
+    render_card(out, repo_id=repo_id)
+    return out
+
+
+def _write_parquet(ds: Any, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("train-*.parquet"):
+        old.unlink()
+    n = max(1, math.ceil((ds.data.nbytes or 1) / SHARD_BYTES))
+    for i in range(n):
+        final = folder / f"train-{i:05d}-of-{n:05d}.parquet"
+        tmp = final.with_suffix(".parquet.tmp")
+        ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(tmp))
+        os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------------------------------- card
+
+
+def _read(out: Path, config: str):
+    import datasets
+
+    files = sorted(str(p) for p in (out / config).glob("train-*.parquet"))
+    if not files:
+        return None
+    return datasets.load_dataset("parquet", data_files=files, split="train")
+
+
+def _size_category(n: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < bound:
+            return label
+    return "1M<n<10M"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _thought_of(messages: list[dict]) -> str:
+    from builder.answers import parse_thought
+
+    return parse_thought(messages[-1]["content"])[0] or ""
+
+
+def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The card's numbers, computed from the exported files: rows per config, SFT trace types and mean thought
+    length, DPO pair kinds, per-stage records / kept / accuracy."""
+    import longperceptualthoughts as lpt
+
+    out = Path(out_dir)
+    present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and any(p.glob("train-*.parquet"))]
+    order = [c for c in lpt.CONFIGS if c in present] + [c for c in present if c not in lpt.CONFIGS]
+    data = {c: _read(out, c) for c in order}
+    stats: dict[str, Any] = {"configs": [
+        {"name": c, "rows": data[c].num_rows,
+         "description": lpt.CONFIGS[c].description if c in lpt.CONFIGS else ""} for c in order]}
+    sft = data.get("sft")
+    types, all_words = [], []
+    if sft is not None:
+        words_by: dict[str, list[int]] = {}
+        for t, msgs in zip(sft["cot_type"], sft["messages"]):
+            words_by.setdefault(t, []).append(_words(_thought_of(msgs)))
+        for t in sorted(words_by):
+            types.append({"cot_type": t, "rows": len(words_by[t]), "mean_words": sum(words_by[t]) / len(words_by[t])})
+            all_words += words_by[t]
+    stats["sft_types"] = types
+    stats["sft_mean_words"] = sum(all_words) / len(all_words) if all_words else 0.0
+    dpo = data.get("dpo")
+    stats["pair_kinds"] = [{"kind": k, "pairs": v} for k, v in sorted(Counter(dpo["kind"]).items())] if dpo else []
+    stages = []
+    if data.get("raw_mcq") is not None:
+        valid = data["raw_mcq"]["valid"]
+        stages.append({"stage": "1 MCQ (valid)", "records": len(valid), "kept": sum(valid),
+                       "accuracy": sum(valid) / len(valid) if valid else None})
+    for name, label in (("raw_simple_cot", "2 simple CoT"), ("raw_expansion", "3 expansion")):
+        if data.get(name) is None:
+            continue
+        t = data[name].select_columns([c for c in ("keep", "correct", "simple_correct")
+                                       if c in data[name].column_names]).to_list()
+        groups = [(label, t)]
+        if name == "raw_expansion":
+            groups += [(f"{label} of O", [r for r in t if r["simple_correct"]]),
+                       (f"{label} of X", [r for r in t if not r["simple_correct"]])]
+        for lab, rows in groups:
+            kept = [r for r in rows if r["keep"]]
+            stages.append({"stage": lab, "records": len(rows), "kept": len(kept),
+                           "accuracy": sum(r["correct"] for r in kept) / len(kept) if kept else None})
+    stats["stages"] = stages
+    trace_rows = sum(c["rows"] for c in stats["configs"] if c["name"] in ("sft", "dpo"))
+    stats["size_category"] = _size_category(trace_rows or max([c["rows"] for c in stats["configs"]] or [0]))
+    return stats
+
+
+def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str:
+    """``configs:`` (data_files) and ``dataset_info:`` (features, splits) exactly as ``push_to_hub`` writes them."""
+    import pyarrow.parquet as pq
+    from datasets import Features
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    card = DatasetCardData()
+    infos, metadata = {}, {}
+    for name in names:
+        files = sorted((out / name).glob("train-*.parquet"))
+        schema = pq.read_schema(files[0])
+        features = Features.from_arrow_schema(schema)
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        size = sum(f.stat().st_size for f in files)
+        splits = SplitDict()
+        splits.add(SplitInfo(name="train", num_bytes=size, num_examples=rows))
+        infos[name] = DatasetInfo(features=features, splits=splits, download_size=size, dataset_size=size)
+        metadata[name] = {"data_files": [{"split": "train", "path": f"{name}/train-*"}]}
+        if name == default:
+            metadata[name]["default"] = True
+    DatasetInfosDict(infos).to_dataset_card_data(card)
+    MetadataConfigs(metadata).to_dataset_card_data(card)
+    return card.to_yaml()
+
+
+def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
+                template: str | os.PathLike = CARD_TEMPLATE) -> str:
+    """(Re)write ``OUT/README.md`` from ``dataset_card.md`` with the numbers of the files in ``OUT``."""
+    from huggingface_hub import DatasetCard
+    from jinja2.sandbox import SandboxedEnvironment
+
+    out = Path(out_dir)
+    stats = card_stats(out)
+    names = [c["name"] for c in stats["configs"]]
+    default = "sft" if "sft" in names else None
+    env = SandboxedEnvironment(keep_trailing_newline=True)
+    text = env.from_string(Path(template).read_text(encoding="utf-8")).render(
+        **stats, generated_yaml=_generated_yaml(out, names, default), repo_hint=repo_id or str(out))
+    DatasetCard(text)  # parses the YAML front matter: fail here, not on the Hub
+    tmp = out / "README.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out / "README.md")
+    return text
+
+
+def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Upload an exported folder as the dataset repo ``repo_id`` (created if needed); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
+                             commit_message="Upload LongPerceptualThoughts build")
+    return str(getattr(info, "commit_url", info))
+
+
+# ---------------------------------------------------------------------------------------------- LLaMA-Factory
+
+
+def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, Any]) -> None:
+    """sharegpt JSON per set (``<image>`` in the user turn, relative image paths) and ``dataset_info.json``."""
+    import longperceptualthoughts as lpt
+
+    img_dir = out / "images"
+    img_dir.mkdir(exist_ok=True)
+    images = build_config(run_dir, "images", cache_dir=cache, embed_images=True,
+                          max_image_side=kwargs.get("max_image_side", lpt.MAX_IMAGE_SIDE))
+    for row in images.cast_column("image", __import__("datasets").Image(decode=False)):
+        (img_dir / f"{row['image_id']}.jpg").write_bytes(row["image"]["bytes"])
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "system_tag": "system"}
+    info: dict[str, Any] = {}
+    for config, name in LLAMAFACTORY_SETS.items():
+        ds = build_config(run_dir, config, cache_dir=cache, **kwargs)
+        records = []
+        for row in ds:
+            image = [f"images/{row['image_id']}.jpg"]
+            if config == "dpo":
+                records.append({"messages": _with_image_token(row["prompt"]), "chosen": row["chosen"][0],
+                                "rejected": row["rejected"][0], "images": image})
+            else:
+                records.append({"messages": _with_image_token(row["messages"]), "images": image})
+        (out / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        entry: dict[str, Any] = {"file_name": f"{name}.json", "formatting": "sharegpt",
+                                 "columns": {"messages": "messages", "images": "images"}, "tags": tags}
+        if config == "dpo":
+            entry["ranking"] = True
+            entry["columns"].update(chosen="chosen", rejected="rejected")
+        info[name] = entry
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def _with_image_token(messages: list[dict]) -> list[dict]:
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    return [{**m, "content": "<image>" + m["content"]} if i == first_user else dict(m) for i, m in enumerate(messages)]
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="hub", show_default=True)
+@click.option("--no-embed-images", is_flag=True, help="Store image paths instead of image bytes.")
+@click.option("--config", "configs", multiple=True, help="Only these configs (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sft-ratio", type=float, default=0.1, show_default=True)
+@click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
+@click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the SPEC five).")
+def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
+               sft_ratio: float, simple_cot_ratio: float, pair_kinds: str | None) -> None:
+    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
+    from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
+
+    opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, simple_cot_ratio=simple_cot_ratio,
+                           pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
+    out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts)
+    click.echo(f"wrote {out}")
+
+
+@click.command("push")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True)
+def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
+    """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID."""
+    click.echo(push(out_dir, repo_id, private=private))
+
+
+@click.command("card")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
+def card_cmd(out_dir: str, repo_id: str | None) -> None:
+    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
+    render_card(out_dir, repo_id=repo_id)
+    click.echo(f"wrote {Path(out_dir) / 'README.md'}")
+
+
+@click.command("import-upstream")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A local DOCCI images/ folder (needed for the images config).")
+def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> None:
+    """Import the authors' raw generations in SRC_DIR as run RUN_DIR, relabelled with our rules."""
+    from builder.importer import import_upstream
+
+    import_upstream(src_dir, run_dir, images_dir=images_dir)
+    click.echo(f"imported {src_dir} -> {run_dir}")
+
+
+__all__ = ["FORMATS", "build_config", "card_cmd", "card_stats", "export", "export_cmd", "import_upstream_cmd",
+           "push", "push_cmd", "render_card"]

@@ -1,0 +1,309 @@
+"""Import the authors' published raw generations into a run directory, relabelled with our rules.
+
+Input: a folder shaped like the authors' ``data_gen`` outputs (``../shared/reference/upstream-example-outputs``):
+
+* ``docci_mcq.csv``: stage 1 (one row per MCQ, with the image's DOCCI ``description``);
+* ``stage2_*.jsonl``: per MCQ the decoded Qwen2.5-VL prompt and its sampled answers (``predict``);
+* ``stage3_*.jsonl``: per simple CoT the reasoning model's continuations after a cue (``predict`` starts with
+  the ``.``/separator/cue the authors appended), keyed by ``sha256(simple CoT)``.
+
+Nothing upstream decided is kept: MCQ validity, stage-2 and stage-3 labels are recomputed with
+:mod:`builder.answers`; long thoughts are rebuilt from the original-case simple thought (upstream defect 3)
+and filtered for bad words as words (defect 2), using the stage-3 rules of :mod:`builder.stages.expand`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+
+from builder.answers import grade, match_option, parse_options, parse_thought
+from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id
+
+STAGE2_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+STAGE3_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+UPSTREAM_BAD_WORDS = (
+    "description descriptions describe describes described mention mentions mentioned misread text state "
+    "states stated say says said internal mental visualize visualization".split()
+    + ["the image described", "user's", "detailed image"]
+)
+CUES = ("Wait,", "Hmm,", "Alternatively,", "Let's double-check the details.")
+IMPORTED_SEED = -1  # the authors' sampling seeds are not published
+
+_FORMAT_PHRASES = {  # the authors' answer-format sentences -> our answer formats
+    "provide your answer as (X)": "paren",
+    "provide your answer as X.": "dot",
+    "answer with the full text of the correct option": "text",
+}
+
+
+class ImportError_(ValueError):
+    """Bad upstream input; the message names the file, the row/line and the field."""
+
+
+def _fail(path: Path, where: str, field: str, why: str) -> ImportError_:
+    return ImportError_(f"{path}: {where}: field {field!r}: {why}")
+
+
+def _between(text: str, start: str, end: str) -> str | None:
+    i = text.find(start)
+    if i < 0:
+        return None
+    j = text.find(end, i + len(start))
+    return text[i + len(start): j if j >= 0 else None]
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _fail(path, f"line {n}", "<json>", str(e)) from None
+
+
+def _one(src: Path, pattern: str) -> list[Path]:
+    found = sorted(Path(p) for p in glob.glob(str(src / pattern)))
+    if not found:
+        raise FileNotFoundError(f"{src}: no file matches {pattern!r}")
+    return found
+
+
+# -------------------------------------------------------------------------------------------- stage 0 / 1
+
+
+def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table, pa.Table, dict[str, str]]:
+    """``(source, mcq, upstream_mcq_id -> mcq_id)`` from the authors' ``docci_mcq.csv``."""
+    sources: dict[str, dict] = {}
+    mcqs: list[dict] = []
+    id_map: dict[str, str] = {}
+    position: dict[str, int] = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.DictReader(f), 2):
+            where = f"row {n}"
+            for col in ("image_id", "description", "mcq_question", "mcq_choices", "mcq_answer", "mcq_unique_id"):
+                if not row.get(col):
+                    raise _fail(csv_path, where, col, "missing or empty")
+            image_id = row["image_id"]
+            if image_id not in sources:
+                image_path = row.get("image_path", "")
+                if images_dir is not None:
+                    image_path = str((Path(images_dir) / Path(image_path or f"{image_id}.jpg").name).resolve())
+                sources[image_id] = {
+                    "image_id": image_id, "source": "docci", "split": image_id.rsplit("_", 1)[0],
+                    "image_path": image_path, "description": row["description"],
+                }
+            try:
+                options = parse_options(row["mcq_choices"])
+            except ValueError as e:
+                raise _fail(csv_path, where, "mcq_choices", str(e)) from None
+            question, answer_text = row["mcq_question"].strip(), row["mcq_answer"].strip()
+            idx = match_option(answer_text, options)
+            mcq_id = content_id(image_id, question, options, answer_text)
+            id_map[row["mcq_unique_id"]] = mcq_id
+            mcqs.append({
+                "mcq_id": mcq_id, "image_id": image_id, "item_index": position.get(image_id, 0),
+                "question": question, "options": options, "answer_text": answer_text, "answer_index": idx,
+                "question_type": (row.get("mcq_question_type") or "").strip(), "valid": idx >= 0,
+                "invalid_reason": "" if idx >= 0 else "answer matches no single option",
+                "model": row.get("_mcq_gen_model_id", ""), "raw_response": row.get("_mcq_gen_raw_response", ""),
+                "formatted_response": row.get("_parse_to_mcq_response", ""),
+            })
+            position[image_id] = position.get(image_id, 0) + 1
+    return (pa.Table.from_pylist(list(sources.values()), schema=SOURCE), pa.Table.from_pylist(mcqs, schema=MCQ),
+            id_map)
+
+
+# ------------------------------------------------------------------------------------------------- stage 2
+
+
+def parse_qwen_prompt(prompt: str) -> dict[str, Any]:
+    """System prompt, user text, shown options, option style and answer format of a decoded Qwen prompt."""
+    system = _between(prompt, "<|im_start|>system\n", "<|im_end|>")
+    user = _between(prompt, "<|im_start|>user\n", "<|im_end|>")
+    if system is None or user is None:
+        raise ValueError("no system or user turn in the prompt")
+    user = re.sub(r"<\|vision_start\|>.*?<\|vision_end\|>", "", user, flags=re.S).strip()
+    return {"system_prompt": system.strip(), "user_text": user, **_options_of(user, system)}
+
+
+def _options_of(user_text: str, instructions: str) -> dict[str, Any]:
+    head, sep, tail = user_text.partition("Select from the following choices.")
+    if not sep:
+        raise ValueError("no 'Select from the following choices.' line")
+    formats = [f for phrase, f in _FORMAT_PHRASES.items() if phrase in instructions]
+    if len(formats) != 1:
+        raise ValueError("answer format sentence not recognised")
+    return {"question": head.strip(), "options": parse_options(tail),
+            "option_style": "paren" if tail.strip().startswith("(") else "dot", "answer_format": formats[0]}
+
+
+def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str) -> tuple[list[dict], dict[str, dict]]:
+    rows, by_hash = [], {}
+    for n, rec in _jsonl(path):
+        where = f"line {n}"
+        up_id = (rec.get("metadata") or {}).get("metadata", {}).get("mcq_unique_id")
+        mcq = mcq_by_up.get(up_id)
+        if mcq is None:
+            raise _fail(path, where, "metadata.metadata.mcq_unique_id", f"unknown MCQ {up_id!r}")
+        try:
+            p = parse_qwen_prompt(rec["prompt"])
+        except (KeyError, ValueError) as e:
+            raise _fail(path, where, "prompt", str(e)) from None
+        gold_text = mcq["options"][mcq["answer_index"]] if mcq["valid"] else None
+        gold = p["options"].index(gold_text) if gold_text in p["options"] else -1
+        if mcq["valid"] and gold < 0:
+            raise _fail(path, where, "prompt", f"the MCQ's answer {gold_text!r} is not among the shown options")
+        seen: set[str] = set()
+        for i, response in enumerate(rec.get("predict") or []):
+            thought, answer = parse_thought(response)
+            g = grade(response, p["options"], gold)
+            parsed = thought is not None and answer is not None
+            drop = "" if parsed else "unparseable"
+            if parsed and response in seen:
+                drop = "duplicate"
+            seen.add(response)
+            row = {
+                "sample_id": content_id(mcq["mcq_id"], i, response), "mcq_id": mcq["mcq_id"],
+                "image_id": mcq["image_id"], "sample_index": i, "question": mcq["question"],
+                "question_type": mcq["question_type"], "options": p["options"], "answer_index": gold,
+                "option_style": p["option_style"], "answer_format": p["answer_format"],
+                "system_prompt": p["system_prompt"], "user_text": p["user_text"], "response": response,
+                "thought": thought or "", "answer": answer or "", "pred_index": g.pred_index, "parsed": parsed,
+                "correct": parsed and g.correct, "keep": not drop, "drop_reason": drop, "model": model,
+                "seed": IMPORTED_SEED,
+            }
+            rows.append(row)
+            by_hash[hashlib.sha256(response.encode()).hexdigest()] = row  # the authors' simple_cot_unique_id
+    return rows, by_hash
+
+
+# ------------------------------------------------------------------------------------------------- stage 3
+
+
+def _split_cue(predict: str) -> tuple[str, str, str]:
+    """``(separator, cue, continuation)`` of an upstream stage-3 output (it starts ``[.](\\n| )cue``)."""
+    m = re.match(r"\.?([ \n])(" + "|".join(re.escape(c) for c in CUES) + ")", predict)
+    if not m:
+        raise ValueError(f"does not start with a known cue {CUES}: {predict[:40]!r}")
+    return m.group(1), m.group(2), predict[m.end():]
+
+
+def _expansion_rows(path: Path, samples_by_hash: dict[str, dict], bad_words: Sequence[str], model: str) -> list[dict]:
+    label = _stage3_rules()
+    rows = []
+    for n, rec in _jsonl(path):
+        where = f"line {n}"
+        s = samples_by_hash.get(rec.get("metadata", {}).get("simple_cot_unique_id"))
+        if s is None:
+            raise _fail(path, where, "metadata.simple_cot_unique_id", "matches no stage-2 sample")
+        user = _between(rec.get("prompt", ""), "<｜User｜>", "<｜Assistant｜>")
+        if user is None:
+            raise _fail(path, where, "prompt", "no <｜User｜> … <｜Assistant｜> turn")
+        seen: set[str] = set()
+        for k, predict in enumerate(rec.get("predict") or []):
+            try:
+                sep, cue, continuation = _split_cue(predict)
+            except ValueError as e:
+                raise _fail(path, f"{where}, sample {k}", "predict", str(e)) from None
+            r = label(s, cue=cue, separator=sep, continuation=continuation, bad_words=bad_words)
+            drop = r["drop_reason"]
+            if not drop and continuation in seen:
+                drop = "duplicate"
+            seen.add(continuation)
+            rows.append({
+                "expansion_id": content_id(s["sample_id"], cue, k, continuation), "sample_id": s["sample_id"],
+                "mcq_id": s["mcq_id"], "image_id": s["image_id"], "expansion_index": k, "cue": cue,
+                "separator": sep, "user_text": user.strip(),
+                "prefill": (rec.get("simple_cot") or "") + predict[: len(predict) - len(continuation)],
+                "continuation": continuation, "long_thought": r["long_thought"], "answer": r["answer"],
+                "pred_index": r["pred_index"], "parsed": r["parsed"], "correct": r["correct"],
+                "simple_correct": s["correct"], "bad_word": r["bad_word"], "keep": not drop, "drop_reason": drop,
+                "model": model, "seed": IMPORTED_SEED,
+            })
+    return rows
+
+
+def _stage3_rules():
+    """The stage-3 labelling of :mod:`builder.stages.expand` (one place for the rule)."""
+    try:
+        from builder.stages.expand import label_expansion
+    except ImportError:  # expand.py not landed yet: same rule, kept here until it does
+        return _label_expansion
+    return label_expansion
+
+
+def first_bad_word(text: str, bad_words: Sequence[str]) -> str:
+    """The first bad word used *as a word* (case-insensitive) in ``text``; "" when none (defect 2 fixed)."""
+    hits = [(m.start(), w) for w in bad_words
+            for m in [re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)] if m]
+    return min(hits)[1] if hits else ""
+
+
+def _label_expansion(s: dict, *, cue: str, separator: str, continuation: str, bad_words: Sequence[str]) -> dict:
+    """Long thought = simple thought (full stop added) + separator + cue + continuation up to ``</think>``;
+    the answer after it is graded against the sample's shown options."""
+    head = s["thought"] if s["thought"].rstrip().endswith(".") else s["thought"].rstrip() + "."
+    added = cue + continuation
+    end = re.search(r"</think>", added, re.I)
+    added_thought = added[: end.start()] if end else added
+    out = {"long_thought": (head + separator + added_thought).strip(), "answer": "", "pred_index": -1,
+           "parsed": False, "correct": False, "bad_word": first_bad_word(added_thought, bad_words)}
+    if end is None:
+        return {**out, "drop_reason": "no_end_of_thought"}
+    g = grade(added[end.start():], s["options"], s["answer_index"])
+    out.update(answer=g.answer or "", pred_index=g.pred_index, parsed=g.answer is not None,
+               correct=g.answer is not None and g.correct)
+    drop = "unparseable" if not out["parsed"] else ("bad_word" if out["bad_word"] else "")
+    return {**out, "drop_reason": drop}
+
+
+# ---------------------------------------------------------------------------------------------------- entry
+
+
+def import_upstream(
+    src: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    images_dir: str | os.PathLike | None = None,
+    bad_words: Sequence[str] = UPSTREAM_BAD_WORDS,
+    stage2_model: str = STAGE2_MODEL,
+    stage3_model: str = STAGE3_MODEL,
+) -> Any:
+    """Write ``src``'s upstream generations as the four stages of the run directory ``run_dir``.
+
+    ``images_dir`` is a local DOCCI ``images/`` folder: the source rows then point at real files (needed by
+    the ``images`` config). Returns the :class:`builder.store.RunDir`.
+    """
+    from builder.store import RunDir
+
+    src = Path(src)
+    source, mcq, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
+    mcq_rows = {row["mcq_id"]: row for row in mcq.to_pylist()}
+    mcq_by_up = {up: mcq_rows[ours] for up, ours in id_map.items()}
+    samples, by_hash = [], {}
+    for p in _one(src, "stage2_*.jsonl"):
+        rows, hashes = _simple_cot_rows(p, mcq_by_up, stage2_model)
+        samples += rows
+        by_hash.update(hashes)
+    expansions = []
+    for p in _one(src, "stage3_*.jsonl"):
+        expansions += _expansion_rows(p, by_hash, bad_words, stage3_model)
+
+    run = RunDir(run_dir)
+    run.write_table("source", source)
+    run.write_table("mcq", mcq)
+    run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT))
+    run.write_table("expansion", pa.Table.from_pylist(expansions, schema=EXPANSION))
+    run.update_manifest(imported_from=str(src.resolve()), stage2_model=stage2_model, stage3_model=stage3_model,
+                        bad_words=list(bad_words))
+    return run
