@@ -140,6 +140,8 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        if CONFIGS[self.config.name].from_run:
+            self.config.run()  # a missing run directory fails here, with its own message
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
 
     def _generate_examples(self) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -350,8 +350,8 @@ class _Prompt:
 def _mcq_prompt(m: dict, sample: dict | None, variant: str, seed: int) -> _Prompt:
     """The prompt of an MCQ: stage 2's own (shuffle, styles) when it has a sample, else a seeded fresh one."""
     if sample is not None:
-        system = sample["system_prompt"] if variant == "think" else _system_prompt(
-            variant, m["question_type"], sample["answer_format"])
+        system = sample["system_prompt"] if variant == "think" else _direct_twin(
+            sample["system_prompt"], m["question_type"], sample["answer_format"])
         return _Prompt(system, sample["user_text"], tuple(sample["options"]), sample["answer_index"],
                        sample["answer_format"])
     from builder.answers import ANSWER_FORMATS, OPTION_STYLES, shuffle_options
@@ -361,6 +361,25 @@ def _mcq_prompt(m: dict, sample: dict | None, variant: str, seed: int) -> _Promp
     style, fmt = rng.choice(OPTION_STYLES), rng.choice(ANSWER_FORMATS)
     return _Prompt(_system_prompt(variant, m["question_type"], fmt), _user_text(m["question"], options, style),
                    tuple(options), gold, fmt)
+
+
+# The authors' think / direct preambles (their templates, as their published prompts show them): used only to
+# turn an imported think prompt into its direct twin when builder.prompts cannot render it.
+_THINK_PREAMBLE = ("A conversation between User and Assistant. The user asks a visual question, and the Assistant "
+                   "solves it. The assistant first thinks about the reasoning process in the mind and then provides "
+                   "the user with the answer. The reasoning process and answer are enclosed within <think> </think> "
+                   "and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+                   "<answer> answer here </answer>.")
+_DIRECT_PREAMBLE = ("A conversation between User and Assistant. The user asks a visual question, and the Assistant "
+                    "solves it. The assistant provides the user with the answer. The answer is enclosed within "
+                    "<answer> </answer> tags, respectively, i.e., <answer> answer here </answer>.")
+
+
+def _direct_twin(think_system: str, question_type: str, answer_format: str) -> str:
+    """The direct-answer system prompt matching a think system prompt."""
+    if think_system.startswith(_THINK_PREAMBLE):  # an imported (authors') prompt: keep their wording
+        return _DIRECT_PREAMBLE + think_system[len(_THINK_PREAMBLE):]
+    return _system_prompt("direct", question_type, answer_format)
 
 
 def _system_prompt(variant: str, question_type: str, answer_format: str) -> str:

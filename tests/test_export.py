@@ -1,0 +1,121 @@
+"""`lpt export` writes a Hub-layout folder that plain `datasets.load_dataset` reads offline; the card's
+numbers are computed from the data; LLaMA-Factory JSON; the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import DatasetCard
+
+import longperceptualthoughts as lpt
+from builder.answers import parse_thought
+from builder.export import card_cmd, card_stats, export, export_cmd, import_upstream_cmd
+from builder.importer import import_upstream
+
+UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
+IDS = [f"train_{i:05d}" for i in range(5)]
+
+
+def make_images(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image_id in enumerate(IDS):
+        Image.new("RGB", (1024, 700 + i), (50 * i, 90, 30)).save(folder / f"{image_id}.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    run = import_upstream(UPSTREAM, tmp / "run", images_dir=make_images(tmp / "images"))
+    out = export(tmp / "run", tmp / "hub")
+    run.dir = tmp / "run"
+    return run, out
+
+
+def test_every_config_loads_offline_with_declared_features(built):
+    run, out = built
+    names = datasets.get_dataset_config_names(str(out))
+    assert sorted(names) == sorted(lpt.run_configs())
+    for name in names:
+        ds = datasets.load_dataset(str(out), name, split="train")
+        assert ds.features == lpt.CONFIGS[name].features, name
+        assert ds.num_rows > 0
+    assert datasets.load_dataset(str(out), split="train").features == lpt.SFT_FEATURES  # sft is the default
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert files == sorted(f"{n}/train-00000-of-00001.parquet" for n in names)
+
+
+def test_images_are_stored_once_and_attached_by_load(built):
+    run, out = built
+    images = datasets.load_dataset(str(out), "images", split="train")
+    assert sorted(images["image_id"]) == IDS and max(images[0]["image"].size) == 512
+    sft = lpt.load("sft", out)
+    assert isinstance(sft.features["images"], datasets.List)
+    row = sft[0]
+    assert max(row["images"][0].size) == 512 and len(row["images"]) == 1
+    assert "images" not in datasets.load_dataset(str(out), "sft", split="train").column_names
+    assert lpt.load("sft", out, with_images=False).column_names == list(lpt.SFT_FEATURES)
+
+
+def test_card_numbers_are_computed_from_the_data(built):
+    run, out = built
+    card = DatasetCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert {"apache-2.0", "cc-by-4.0"} <= set(meta["license"]) and "visual-question-answering" in meta["task_categories"]
+    assert {c["config_name"] for c in meta["configs"]} == set(lpt.run_configs())
+    stats = card_stats(out)
+    dpo = datasets.load_dataset(str(out), "dpo", split="train")
+    sft = datasets.load_dataset(str(out), "sft", split="train")
+    rows = {c["name"]: c["rows"] for c in stats["configs"]}
+    assert rows["sft"] == sft.num_rows and rows["dpo"] == dpo.num_rows
+    assert {k["kind"]: k["pairs"] for k in stats["pair_kinds"]} == dict(Counter(dpo["kind"]))
+    words = [len(parse_thought(m[-1]["content"])[0].split()) for m in sft["messages"]]
+    assert stats["sft_mean_words"] == pytest.approx(sum(words) / len(words))
+    s2 = run.read("simple_cot").to_pylist()
+    kept = [r for r in s2 if r["keep"]]
+    acc2 = next(s for s in stats["stages"] if s["stage"] == "2 simple CoT")["accuracy"]
+    assert acc2 == pytest.approx(sum(r["correct"] for r in kept) / len(kept))
+    text = (out / "README.md").read_text()
+    assert f"| `dpo` | {dpo.num_rows} |" in text and f"{acc2:.3f}" in text
+    for k, v in Counter(dpo["kind"]).items():
+        assert f"| `{k}` | {v} |" in text
+
+
+def test_paths_instead_of_bytes(built, tmp_path):
+    run, _ = built
+    out = export(run.dir, tmp_path / "p", embed_images=False, configs=["images"])
+    raw = datasets.load_dataset(str(out), "images", split="train").cast_column("image", datasets.Image(decode=False))
+    assert raw[0]["image"]["bytes"] is None and Path(raw[0]["image"]["path"]).is_absolute()
+
+
+def test_llamafactory_format(built, tmp_path):
+    run, _ = built
+    out = export(run.dir, tmp_path / "lf", fmt="llamafactory")
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["LongPerceptualThoughts_DPO"]["ranking"] is True
+    sft = json.loads((out / info["LongPerceptualThoughts_SFT"]["file_name"]).read_text())
+    dpo = json.loads((out / "LongPerceptualThoughts_DPO.json").read_text())
+    assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
+    assert sft[0]["messages"][1]["content"].startswith("<image>") and (out / sft[0]["images"][0]).is_file()
+    assert set(dpo[0]) == {"messages", "chosen", "rejected", "images"} and dpo[0]["chosen"]["role"] == "assistant"
+
+
+def test_cli_commands(tmp_path):
+    runner = CliRunner()
+    images = make_images(tmp_path / "img")
+    r = runner.invoke(import_upstream_cmd, [str(UPSTREAM), str(tmp_path / "run"), "--images-dir", str(images)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(export_cmd, [str(tmp_path / "run"), str(tmp_path / "out"), "--config", "sft", "--config",
+                                   "dpo", "--pair-kinds", "O>X,X_O>X"])
+    assert r.exit_code == 0, r.output
+    assert set(datasets.load_dataset(str(tmp_path / "out"), "dpo", split="train")["kind"]) == {"O>X", "X_O>X"}
+    (tmp_path / "out" / "README.md").unlink()
+    assert runner.invoke(card_cmd, [str(tmp_path / "out")]).exit_code == 0
+    assert "LongPerceptualThoughts" in (tmp_path / "out" / "README.md").read_text()
