@@ -35,12 +35,11 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     run = import_upstream(UPSTREAM, tmp / "run", images_dir=make_images(tmp / "images"))
     out = export(tmp / "run", tmp / "hub")
-    run.dir = tmp / "run"
-    return run, out
+    return run, out, tmp / "run"
 
 
 def test_every_config_loads_offline_with_declared_features(built):
-    run, out = built
+    run, out, _ = built
     names = datasets.get_dataset_config_names(str(out))
     assert sorted(names) == sorted(lpt.run_configs())
     for name in names:
@@ -53,7 +52,7 @@ def test_every_config_loads_offline_with_declared_features(built):
 
 
 def test_images_are_stored_once_and_attached_by_load(built):
-    run, out = built
+    run, out, _ = built
     images = datasets.load_dataset(str(out), "images", split="train")
     assert sorted(images["image_id"]) == IDS and max(images[0]["image"].size) == 512
     sft = lpt.load("sft", out)
@@ -65,7 +64,7 @@ def test_images_are_stored_once_and_attached_by_load(built):
 
 
 def test_card_numbers_are_computed_from_the_data(built):
-    run, out = built
+    run, out, _ = built
     card = DatasetCard.load(out / "README.md")
     meta = card.data.to_dict()
     assert {"apache-2.0", "cc-by-4.0"} <= set(meta["license"]) and "visual-question-answering" in meta["task_categories"]
@@ -89,15 +88,15 @@ def test_card_numbers_are_computed_from_the_data(built):
 
 
 def test_paths_instead_of_bytes(built, tmp_path):
-    run, _ = built
-    out = export(run.dir, tmp_path / "p", embed_images=False, configs=["images"])
+    _, _, run_dir = built
+    out = export(run_dir, tmp_path / "p", embed_images=False, configs=["images"])
     raw = datasets.load_dataset(str(out), "images", split="train").cast_column("image", datasets.Image(decode=False))
     assert raw[0]["image"]["bytes"] is None and Path(raw[0]["image"]["path"]).is_absolute()
 
 
 def test_llamafactory_format(built, tmp_path):
-    run, _ = built
-    out = export(run.dir, tmp_path / "lf", fmt="llamafactory")
+    _, _, run_dir = built
+    out = export(run_dir, tmp_path / "lf", fmt="llamafactory")
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["LongPerceptualThoughts_DPO"]["ranking"] is True
     sft = json.loads((out / info["LongPerceptualThoughts_SFT"]["file_name"]).read_text())
