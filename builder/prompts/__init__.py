@@ -1,0 +1,220 @@
+"""Prompt templates (sandboxed Jinja2, ``*.j2`` in this folder) and the functions that render them.
+
+Templates, one per prompt of SPEC.md (all in our own words):
+
+=========================== ==============================================================================
+``mcq_generation_system``   stage 1 system turn
+``mcq_generation``          stage 1: description -> 6-10 vision-centric MCQs in the tagged layout
+``mcq_reformat``            stage 1: rewrite a reply into the strict tagged layout
+``system``                  think / direct system prompt; with ``task`` it adds ``task.j2``: the reasoning
+                            type and the requested answer format (``answer_format.j2``)
+``vlm_user``                stage 2 user text: question, "Select from the following choices.", options
+``reasoning_user``          stage 3 user turn: picture the image from the description, reason as if looking
+``reasoning_prefill``       stage 3 pre-filled assistant opening: restates question and options + thought
+``benchmark_system``        the paper's evaluation system prompt (think or direct + letter-format sentence)
+``benchmark_user``          the paper's evaluation user text
+=========================== ==============================================================================
+
+``Prompts(template_dir)`` looks in ``template_dir`` first, so a user's file with the same name (e.g.
+``system.j2``) replaces ours; everything else falls back to the built-in files. Templates run in Jinja's
+sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty string).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_options
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+QUESTION_TYPES = (
+    "Recognition",
+    "Spatial and Relational Reasoning",
+    "Counting and Quantification",
+    "Causal and Commonsense Reasoning",
+    "Analogical and Goal-Oriented Reasoning",
+)
+VARIANTS = ("think", "direct")
+THINK_PREFILL = "<think>"
+
+
+class PromptError(ValueError):
+    """A template could not be rendered; the message names the template."""
+
+
+def _fail(message: str) -> None:
+    raise PromptError(message)
+
+
+def options_inline(options: Sequence[str], style: str = "paren") -> str:
+    """The options on one line: ``(A) x (B) y`` or ``A. x B. y``."""
+    return format_options(options, style).replace("\n", " ")
+
+
+Messages = list[dict[str, Any]]
+
+
+class Prompts:
+    """Renders the project's prompts; ``template_dir`` holds ``*.j2`` files that override ours by name."""
+
+    def __init__(self, template_dir: str | os.PathLike | None = None) -> None:
+        search = [str(BUILTIN_DIR)]
+        if template_dir is not None:
+            if not Path(template_dir).is_dir():
+                raise FileNotFoundError(f"template directory {template_dir} does not exist")
+            search.insert(0, str(template_dir))
+        self.template_dir = template_dir
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(search),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+        )
+        self.env.globals["fail"] = _fail
+
+    # ------------------------------------------------------------------------------------------- generic
+
+    def render(self, name: str, **variables: Any) -> str:
+        """Render ``<name>.j2`` with ``variables`` (surrounding whitespace stripped)."""
+        try:
+            return self.env.get_template(f"{name}.j2").render(**variables).strip()
+        except jinja2.TemplateNotFound:
+            raise PromptError(f"no template {name}.j2 in {self.env.loader.searchpath}") from None
+        except (jinja2.UndefinedError, jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError) as e:
+            raise PromptError(f"template {name}.j2: {type(e).__name__}: {e}") from None
+
+    # ----------------------------------------------------------------------------------------- stage 1
+
+    def mcq_generation(self, description: str, *, min_questions: int = 6, max_questions: int = 10,
+                       question_types: Sequence[str] = QUESTION_TYPES) -> Messages:
+        """System + user turns asking a text LLM for MCQs about the described image."""
+        return [
+            {"role": "system", "content": self.render("mcq_generation_system")},
+            {"role": "user", "content": self.render(
+                "mcq_generation", description=description.strip(), min_questions=min_questions,
+                max_questions=max_questions, question_types=list(question_types))},
+        ]
+
+    def mcq_reformat(self, text: str) -> Messages:
+        """A user turn asking to rewrite ``text`` into the strict tagged layout (stage 1's second call)."""
+        return [{"role": "user", "content": self.render("mcq_reformat", text=text.strip())}]
+
+    # ----------------------------------------------------------------------------- system / VLM (stage 2)
+
+    def system(self, variant: str = "think", question_type: str = "", answer_format: str = "paren",
+               *, task: bool = True) -> str:
+        """The think/direct system prompt; with ``task`` it names the question type and answer format."""
+        _check(variant, VARIANTS, "variant")
+        _check(answer_format, ANSWER_FORMATS, "answer_format")
+        return self.render("system", variant=variant, question_type=question_type or "",
+                           answer_format=answer_format, task=task)
+
+    def vlm_user_text(self, question: str, options: Sequence[str], option_style: str = "paren") -> str:
+        """Question, "Select from the following choices." and the options, one a line."""
+        return self.render("vlm_user", question=question.strip(), options_text=_options(options, option_style))
+
+    def vlm_messages(self, question: str, options: Sequence[str], *, image: Any, question_type: str = "",
+                     option_style: str = "paren", answer_format: str = "paren", variant: str = "think",
+                     prefill: str | None = THINK_PREFILL) -> Messages:
+        """Stage 2 chat: system, user (image first, then text) and, with ``prefill``, the assistant's start."""
+        msgs: Messages = [
+            {"role": "system", "content": self.system(variant, question_type, answer_format)},
+            {"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": self.vlm_user_text(question, options,
+                                                                                      option_style)}]},
+        ]
+        if prefill is not None:
+            msgs.append({"role": "assistant", "content": prefill})
+        return msgs
+
+    # ------------------------------------------------------------------------------ reasoning (stage 3)
+
+    def reasoning_user_text(self, description: str, question: str, options: Sequence[str], *,
+                            question_type: str = "", answer_format: str = "paren",
+                            option_style: str = "paren") -> str:
+        """The reasoning model's single user turn (no system turn, as R1 recommends)."""
+        _check(answer_format, ANSWER_FORMATS, "answer_format")
+        return self.render("reasoning_user", description=description.strip(), question=question.strip(),
+                           options_text=_options(options, option_style), question_type=question_type or "",
+                           answer_format=answer_format)
+
+    def reasoning_opening(self, question: str, options: Sequence[str], thought: str, *,
+                          option_style: str = "paren") -> str:
+        """The pre-filled assistant opening: restates question and options, then the simple thought.
+
+        The thought keeps its case (upstream defect 3 lower-cased it); only its first letter is raised.
+        """
+        thought = thought.strip()
+        thought = thought[:1].upper() + thought[1:]
+        return self.render("reasoning_prefill", question=question.strip(),
+                           options_inline=options_inline(options, option_style), thought=thought)
+
+    def reasoning_prefill(self, question: str, options: Sequence[str], thought: str, *, cue: str,
+                          separator: str = " ", option_style: str = "paren") -> str:
+        """Opening + simple thought, a full stop if it lacks one, ``separator`` ("\\n" or " ") and the cue."""
+        return join_cue(self.reasoning_opening(question, options, thought, option_style=option_style),
+                        cue, separator)
+
+    def reasoning_messages(self, description: str, question: str, options: Sequence[str], thought: str, *,
+                           cue: str, separator: str = " ", question_type: str = "", answer_format: str = "paren",
+                           option_style: str = "paren") -> Messages:
+        """Stage 3 chat: the user turn and the pre-filled assistant turn the model continues."""
+        return [
+            {"role": "user", "content": self.reasoning_user_text(
+                description, question, options, question_type=question_type, answer_format=answer_format,
+                option_style=option_style)},
+            {"role": "assistant", "content": self.reasoning_prefill(
+                question, options, thought, cue=cue, separator=separator, option_style=option_style)},
+        ]
+
+    # --------------------------------------------------------------------------------------- benchmark
+
+    def benchmark_system(self, variant: str = "think") -> str:
+        """The paper's evaluation system prompt: think/direct + "Format the answer with the letter ..."."""
+        _check(variant, VARIANTS, "variant")
+        return self.render("benchmark_system", variant=variant)
+
+    def benchmark_user_text(self, question: str, options: Sequence[str]) -> str:
+        """Question, "Select from the following choices." and the options as ``(A) text``, one a line."""
+        return self.render("benchmark_user", question=question.strip(), options_text=_options(options, "paren"))
+
+    def benchmark_messages(self, question: str, options: Sequence[str], image: Any = None,
+                           variant: str = "think") -> Messages:
+        """System + user turns of the paper's evaluation; the image part comes first in the user turn.
+
+        With ``image=None`` (text-only benchmarks such as MMLU-Pro) the user content is a plain string.
+        """
+        text = self.benchmark_user_text(question, options)
+        user: Any = text if image is None else [{"type": "image", "image": image}, {"type": "text", "text": text}]
+        return [{"role": "system", "content": self.benchmark_system(variant)}, {"role": "user", "content": user}]
+
+
+def join_cue(text: str, cue: str, separator: str = " ") -> str:
+    """``text`` ending in a full stop (added if missing), then ``separator`` and ``cue`` (SPEC stage 3)."""
+    if separator not in ("\n", " "):
+        raise ValueError(f"separator must be a newline or a space, got {separator!r}")
+    text = text.rstrip()
+    if not text.endswith("."):
+        text += "."
+    return text + separator + cue
+
+
+def _options(options: Sequence[str], style: str) -> str:
+    _check(style, OPTION_STYLES, "option_style")
+    if not 2 <= len(options) <= len(LETTERS):
+        raise PromptError(f"need 2 to {len(LETTERS)} options, got {len(options)}")
+    return format_options(options, style)
+
+
+def _check(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise PromptError(f"{what} must be one of {tuple(allowed)}, got {value!r}")
+
+
+__all__ = ["BUILTIN_DIR", "Messages", "PromptError", "Prompts", "QUESTION_TYPES", "THINK_PREFILL", "VARIANTS",
+           "join_cue", "options_inline"]

@@ -1,0 +1,260 @@
+"""The run directory: one folder per stage of parquet files written atomically, plus a manifest.
+
+Layout::
+
+    RUN/
+      manifest.json                          config, model ids, seeds, package versions, row counts
+      source/table.parquet                   a whole-table write (write_table: the source, an import)
+      mcq/shard-0-of-1.chunk-<hash>.parquet  a chunk: the rows made from some inputs (write_chunk)
+      simple_cot/...
+      expansion/...
+
+A stage works through its inputs in chunks. Each chunk is written to a hidden temp file in the stage folder
+and renamed into place (``os.replace``), so a crash loses at most the chunk in flight. Every chunk file
+records, in its parquet schema metadata, the ids of the inputs it covers (inputs that made no rows too), so a
+rerun skips them (:meth:`RunDir.done_inputs`) and never writes a row twice. A chunk's name carries its shard
+(``shard-i-of-n``) and a hash of its input ids: N machines can write into one run directory, and reading all
+files is the merge. :meth:`RunDir.read` returns rows in a deterministic order (sorted by the stage's key
+columns), whatever the chunking, sharding or interruptions were.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.records import STAGE_SCHEMAS, content_id
+
+STAGES = ("source", "mcq", "simple_cot", "expansion")
+INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
+WHOLE_TABLE = "table.parquet"
+
+# Sort keys that give every stage one deterministic row order (see RunDir.read).
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "source": ("image_id",),
+    "mcq": ("image_id", "item_index", "mcq_id"),
+    "simple_cot": ("mcq_id", "sample_index", "sample_id"),
+    "expansion": ("sample_id", "expansion_index", "expansion_id"),
+}
+# The column naming each row's input (the id that done_inputs reports) per stage.
+INPUT_COLUMN = {"mcq": "image_id", "simple_cot": "mcq_id", "expansion": "sample_id"}
+
+_VERSIONED = ("longperceptualthoughts", "pyarrow", "transformers", "torch", "vllm", "openai", "jinja2", "datasets")
+
+
+class StoreError(RuntimeError):
+    """A run directory file that cannot be read or does not fit its stage; the message names the file."""
+
+
+def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    """``"2/4"``, ``"2-of-4"`` or ``(2, 4)`` -> ``(2, 4)`` (validated: 0 <= i < n)."""
+    if isinstance(shard, str):
+        s = shard.replace("-of-", "/")
+        try:
+            i, n = (int(x) for x in s.split("/"))
+        except ValueError:
+            raise ValueError(f"shard must look like 'i/N' or 'i-of-N', got {shard!r}") from None
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard index must satisfy 0 <= i < N, got {i}/{n}")
+    return int(i), int(n)
+
+
+def shard_name(shard: str | tuple[int, int]) -> str:
+    i, n = parse_shard(shard)
+    return f"{i}-of-{n}"
+
+
+def package_versions(names: Iterable[str] = _VERSIONED) -> dict[str, str]:
+    """Installed versions of the packages that shape a run (absent ones are left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` to a hidden temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunDir:
+    """A run directory (created on first write). See the module docstring for the layout."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---------------------------------------------------------------------------------------------- files
+
+    def stage_dir(self, stage: str) -> Path:
+        if stage not in STAGE_SCHEMAS:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGE_SCHEMAS)}")
+        return self.path / stage
+
+    def files(self, stage: str) -> list[Path]:
+        """The stage's finished parquet files, sorted by name (temp files of an interrupted write excluded)."""
+        d = self.stage_dir(stage)
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+
+    def has(self, stage: str) -> bool:
+        return bool(self.files(stage))
+
+    # ---------------------------------------------------------------------------------------------- write
+
+    def _cast(self, stage: str, table: pa.Table) -> pa.Table:
+        schema = STAGE_SCHEMAS[stage]
+        if table.schema.names != schema.names:
+            raise StoreError(f"{stage}: columns {table.schema.names} do not match the stage schema {schema.names}")
+        return table.cast(schema)
+
+    def write_chunk(self, stage: str, table: pa.Table, input_ids: Iterable[str],
+                    shard: str | tuple[int, int] = "0-of-1") -> Path:
+        """Atomically write the rows made from ``input_ids`` (all of them, even those that made no rows)."""
+        ids = sorted(set(input_ids))
+        if not ids:
+            raise ValueError("a chunk must cover at least one input id")
+        table = self._cast(stage, table)
+        meta = dict(table.schema.metadata or {})
+        meta[INPUT_IDS_KEY] = json.dumps(ids).encode()
+        table = table.replace_schema_metadata(meta)
+        path = self.stage_dir(stage) / f"shard-{shard_name(shard)}.chunk-{content_id(*ids)[:20]}.parquet"
+        _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    def write_table(self, stage: str, table: pa.Table) -> Path:
+        """Replace the whole stage with ``table`` (e.g. the source, or an import), atomically."""
+        table = self._cast(stage, table)
+        path = self.stage_dir(stage) / WHOLE_TABLE
+        _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+        for p in self.files(stage):
+            if p != path:
+                p.unlink()
+        self.update_manifest(counts={stage: table.num_rows})
+        return path
+
+    # ----------------------------------------------------------------------------------------------- read
+
+    def _read_file(self, stage: str, path: Path) -> pa.Table:
+        try:
+            t = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+            raise StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun "
+                             f"the stage to redo its inputs") from None
+        schema = STAGE_SCHEMAS[stage]
+        if t.schema.names != schema.names:
+            raise StoreError(f"{path}: columns {t.schema.names} do not match the {stage!r} schema {schema.names}")
+        return t.replace_schema_metadata(None).cast(schema)
+
+    def read(self, stage: str) -> pa.Table:
+        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none."""
+        tables = [self._read_file(stage, p) for p in self.files(stage)]
+        if not tables:
+            return STAGE_SCHEMAS[stage].empty_table()
+        table = pa.concat_tables(tables)
+        return table.sort_by([(k, "ascending") for k in SORT_KEYS[stage]])
+
+    def done_inputs(self, stage: str) -> set[str]:
+        """Ids of the inputs already covered by a chunk of ``stage`` (read from the files' metadata)."""
+        done: set[str] = set()
+        for p in self.files(stage):
+            try:
+                meta = pq.read_schema(p).metadata or {}
+            except Exception as e:
+                raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun "
+                                 f"the stage to redo its inputs") from None
+            if INPUT_IDS_KEY in meta:
+                try:
+                    done.update(json.loads(meta[INPUT_IDS_KEY]))
+                except ValueError as e:
+                    raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
+            elif stage in INPUT_COLUMN:  # a whole-table write: its rows' inputs are done
+                done.update(self._read_file(stage, p).column(INPUT_COLUMN[stage]).to_pylist())
+        return done
+
+    def counts(self) -> dict[str, int]:
+        """Rows per stage, from the files' footers."""
+        out = {}
+        for stage in STAGE_SCHEMAS:
+            n = 0
+            for p in self.files(stage):
+                try:
+                    n += pq.ParquetFile(p).metadata.num_rows
+                except Exception as e:
+                    raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e})") from None
+            out[stage] = n
+        return out
+
+    # ------------------------------------------------------------------------------------------- manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as stored ({} before the first write)."""
+        p = self.manifest_path
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise StoreError(f"{p}: not valid JSON: {e}") from None
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the manifest (dict values merge one level deep) and write it atomically.
+
+        Package versions and an update time are refreshed on every write.
+        """
+        m = self.manifest
+        m.setdefault("created", _now())
+        for key, value in fields.items():
+            if isinstance(value, Mapping) and isinstance(m.get(key), dict):
+                m[key] = {**m[key], **value}
+            else:
+                m[key] = value
+        m["updated"] = _now()
+        m["versions"] = package_versions()
+        blob = json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(blob, encoding="utf-8")
+
+        _atomic_write_bytes(self.manifest_path, write)
+        return m
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["INPUT_IDS_KEY", "RunDir", "STAGES", "SORT_KEYS", "StoreError", "package_versions", "parse_shard",
+           "shard_name"]
