@@ -231,14 +231,15 @@ class OpenAIEngine(Engine):
 
         results: list[list[Sample] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=f"openai:{self.model_id}", disable=not progress)
-        semaphore = asyncio.Semaphore(self.concurrency)
+        semaphore = asyncio.Semaphore(self.concurrency)  # calls in flight
+        slots = asyncio.Semaphore(2 * self.concurrency)  # requests being prepared (images encoded) or in flight
         client = openai.AsyncOpenAI(
             api_key=self.api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout
         )
         try:
             async with asyncio.TaskGroup() as group:
                 for i, request in enumerate(requests):
-                    group.create_task(self._one(client, semaphore, i, request, results, bar))
+                    group.create_task(self._one(client, semaphore, slots, i, request, results, bar))
         except BaseExceptionGroup as eg:
             # Surface the first real failure (the other calls were cancelled because of it).
             raise _first_error(eg)
@@ -247,19 +248,20 @@ class OpenAIEngine(Engine):
             await client.close()
         return results  # type: ignore[return-value]
 
-    async def _one(self, client, semaphore, index: int, request: Request, results, bar) -> None:
+    async def _one(self, client, semaphore, slots, index: int, request: Request, results, bar) -> None:
         body = self._body(request)  # raises ValueError early for requests this server cannot honour
-        messages, canon = self._messages(request)
-        key = self._key(request, canon)
-        cached = self.cache.get(key) if self.cache is not None else None
-        if cached is not None:
-            self.stats["cache_hits"] += 1
-            results[index] = [Sample(**s) for s in cached]
-        else:
-            samples = await self._sample(client, semaphore, index, request, messages, body)
-            if self.cache is not None:
-                self.cache.put(key, [dataclasses.asdict(s) for s in samples])
-            results[index] = samples
+        async with slots:  # only a bounded number of requests hold their encoded images at once
+            messages, canon = await asyncio.to_thread(self._messages, request)
+            key = self._key(request, canon)
+            cached = self.cache.get(key) if self.cache is not None else None
+            if cached is not None:
+                self.stats["cache_hits"] += 1
+                results[index] = [Sample(**s) for s in cached]
+            else:
+                samples = await self._sample(client, semaphore, index, request, messages, body)
+                if self.cache is not None:
+                    self.cache.put(key, [dataclasses.asdict(s) for s in samples])  # at once: a crash keeps it
+                results[index] = samples
         bar.update(1)
 
     async def _sample(self, client, semaphore, index, request, messages, body) -> list[Sample]:
