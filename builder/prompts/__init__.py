@@ -147,10 +147,9 @@ class Prompts:
                           option_style: str = "paren") -> str:
         """The pre-filled assistant opening: restates question and options, then the simple thought.
 
-        The thought keeps its case (upstream defect 3 lower-cased it); only its first letter is raised.
+        The thought is used as it is (upstream defect 3 lower-cased all of it).
         """
         thought = thought.strip()
-        thought = thought[:1].upper() + thought[1:]
         return self.render("reasoning_prefill", question=question.strip(),
                            options_inline=options_inline(options, option_style), thought=thought)
 

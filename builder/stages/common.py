@@ -1,0 +1,151 @@
+"""What the three stages share: the chunked, sharded, resumable loop and the summary table.
+
+A stage is ``inputs -> make_rows(chunk) -> rows``; :func:`run_chunks` keeps only this shard's inputs
+(``records.shard_of`` on the input id), skips inputs a previous run already covered
+(``RunDir.done_inputs``), and writes each chunk atomically with the ids it covers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from builder.records import STAGE_SCHEMAS, shard_of, stable_int
+from builder.store import INPUT_COLUMN, RunDir, parse_shard
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+def request_seed(seed: int, stage: str, *parts: object) -> int:
+    """The engine seed of one request: stable, derived from the global seed and the item (31 bits)."""
+    return stable_int("request", seed, stage, *parts, bits=31)
+
+
+@dataclass
+class StageSummary:
+    """Counts of one stage run (this shard): items in, samples out, parsed, correct, kept, dropped by reason."""
+
+    stage: str
+    shard: tuple[int, int] = (0, 1)
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+    def table(self) -> Table:
+        """A rich table of the counts (and the dropped rows by reason)."""
+        i, n = self.shard
+        t = Table(title=f"{self.stage} (shard {i}/{n})", show_header=True)
+        t.add_column("what")
+        t.add_column("count", justify="right")
+        for key, value in self.counts.items():
+            t.add_row(key.replace("_", " "), str(value))
+        for reason, value in sorted(self.dropped.items()):
+            t.add_row(f"  filtered: {reason}", str(value))
+        return t
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "shard": list(self.shard), **self.counts, "dropped": dict(self.dropped)}
+
+
+def run_chunks(
+    run: RunDir,
+    stage: str,
+    inputs: Sequence[tuple[str, Any]],
+    make_rows: Callable[[list[tuple[str, Any]]], list[dict[str, Any]]],
+    *,
+    shard: tuple[int, int] | str = (0, 1),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Process this shard's pending ``(input_id, item)`` pairs in chunks; return ``(items_in, skipped)``.
+
+    Inputs are taken in the given order (callers sort them), so an interrupted run and a clean run form
+    the same chunks.
+    """
+    i, n = parse_shard(shard)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mine = [(k, v) for k, v in inputs if shard_of(k, n) == i]
+    done = run.done_inputs(stage)
+    pending = [(k, v) for k, v in mine if k not in done]
+    bar = _progress(total=len(mine), initial=len(mine) - len(pending), desc=stage, enabled=progress)
+    try:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start:start + chunk_size]
+            rows = make_rows(chunk)
+            table = pa.Table.from_pylist(rows, schema=STAGE_SCHEMAS[stage])
+            run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return len(mine), len(mine) - len(pending)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="item", disable=not enabled, file=sys.stderr)
+
+
+def in_shard(ids: Iterable[str], shard: tuple[int, int] | str) -> list[str]:
+    """The ids among ``ids`` that belong to ``shard``."""
+    i, n = parse_shard(shard)
+    return [k for k in ids if shard_of(k, n) == i]
+
+
+def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The stage's rows whose input is among ``input_ids`` (this shard's share of the stage)."""
+    ids = set(input_ids)
+    col = INPUT_COLUMN[stage]
+    return [r for r in run.read(stage).to_pylist() if r[col] in ids]
+
+
+def summarise(stage: str, shard: tuple[int, int] | str, rows: list[dict[str, Any]], *, items_in: int,
+              skipped: int, extra: dict[str, int] | None = None) -> StageSummary:
+    """Counts for a sample-producing stage (2 or 3)."""
+    dropped = Counter(r["drop_reason"] for r in rows if not r["keep"])
+    counts = {
+        "items_in": items_in,
+        "items_already_done": skipped,
+        **(extra or {}),
+        "samples_out": len(rows),
+        "parsed": sum(bool(r["parsed"]) for r in rows),
+        "correct": sum(bool(r["correct"]) for r in rows),
+        "kept": sum(bool(r["keep"]) for r in rows),
+        "kept_correct": sum(bool(r["keep"] and r["correct"]) for r in rows),
+    }
+    return StageSummary(stage=stage, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
+
+
+def report(summary: StageSummary, run: RunDir, progress: bool, **manifest: Any) -> StageSummary:
+    """Record the summary in the manifest and print its table when ``progress`` is on."""
+    i, n = summary.shard
+    run.update_manifest(counts=run.counts(), summaries={f"{summary.stage}/{i}-of-{n}": summary.as_dict()},
+                        **manifest)
+    if progress:
+        Console(stderr=True).print(summary.table())
+    return summary
+
+
+def load_image(path: str, where: str):
+    """Open an image as RGB; a missing or unreadable file is an error naming it and the item."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        raise FileNotFoundError(f"{where}: the source row has no image_path")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{where}: image file {path} cannot be read: {e}") from None
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "StageSummary", "in_shard", "load_image", "report", "request_seed", "run_chunks",
+           "shard_rows", "summarise"]

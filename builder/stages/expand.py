@@ -1,0 +1,171 @@
+"""Stage 3: thought expansion by a text-only reasoning model, continuing the simple thought after a cue.
+
+Per kept simple CoT, ``n`` expansions (with ``cue_mode="each"``: ``n`` per cue). Each expansion ``k`` has its
+own seeded generator ``records.rng_for(seed, "expansion", sample_id, k)`` that picks the cue (mode
+``sample``) and the separator (newline or space, 50/50). The request is one user turn (picture the image from
+its description; the question; the same shuffled options the VLM saw) and a pre-filled assistant turn
+(opening that restates question and options, the simple thought as written, a full stop if missing, the
+separator, the cue) that the model continues; bad words are blocked at generation time.
+
+Labelling (:func:`label_expansion`): long thought = simple thought + separator + cue + continuation up to
+``</think>``; the answer after it is graded with :mod:`builder.answers`. Dropped (kept as rows with a reason):
+no ``</think>`` (``no_end_of_thought``), no answer (``unparseable``), a bad word *as a word* in the added text
+(``bad_word``; upstream's substring rule behind ``substring_bad_word_filter``), exact duplicates.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from builder.answers import match_option, extract_answer
+from builder.config import PipelineConfig
+from builder.engines.base import Engine, Request
+from builder.prompts import Prompts
+from builder.records import content_id, rng_for
+from builder.store import RunDir
+
+from .common import StageSummary, in_shard, report, request_seed, run_chunks, shard_rows, summarise
+
+STAGE = "expansion"
+SEPARATORS = ("\n", " ")
+_END = re.compile(r"</think>", re.I)
+
+
+def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = False) -> str:
+    """The bad word that occurs first in ``text`` (case-insensitive), or "".
+
+    By default a bad word must stand as a word ("text" is not found in "texture", "state" not in
+    "statement"; upstream defect 2); ``substring=True`` restores upstream's substring rule.
+    """
+    hits = []
+    for w in bad_words:
+        if substring:
+            pos = text.casefold().find(w.casefold())
+            if pos >= 0:
+                hits.append((pos, w))
+        else:
+            m = re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)
+            if m:
+                hits.append((m.start(), w))
+    return min(hits)[1] if hits else ""
+
+
+def with_full_stop(thought: str) -> str:
+    thought = thought.rstrip()
+    return thought if thought.endswith(".") else thought + "."
+
+
+def label_expansion(simple: dict[str, Any], *, cue: str, separator: str, continuation: str,
+                    bad_words: Sequence[str], substring: bool = False) -> dict[str, Any]:
+    """Long thought, answer, label, bad word and drop reason of one continuation of ``simple`` (a SIMPLE_COT
+    row: ``thought``, ``options``, ``answer_index``). ``drop_reason`` is "" for a keeper (duplicates are
+    decided by the caller)."""
+    added = cue + continuation
+    end = _END.search(added)
+    added_thought = added[: end.start()] if end else added
+    out = {"long_thought": (with_full_stop(simple["thought"]) + separator + added_thought).strip(),
+           "answer": "", "pred_index": -1, "parsed": False, "correct": False,
+           "bad_word": first_bad_word(added_thought, bad_words, substring=substring)}
+    if end is None:
+        return {**out, "drop_reason": "no_end_of_thought"}
+    answer = extract_answer(added[end.end():])
+    if answer is None:
+        return {**out, "drop_reason": "unparseable"}
+    pred = match_option(answer, simple["options"])
+    out.update(answer=answer, pred_index=pred, parsed=True, correct=pred >= 0 and pred == simple["answer_index"])
+    return {**out, "drop_reason": "bad_word" if out["bad_word"] else ""}
+
+
+def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
+    """``(expansion_index, cue, separator)`` for each expansion of one simple CoT (seeded per expansion)."""
+    cfg = config.stage3
+    if not cfg.cues:
+        raise ValueError("stage3.cues is empty")
+    if cfg.cue_mode == "sample":
+        cues = [None] * cfg.n
+    elif cfg.cue_mode == "each":
+        cues = [c for c in cfg.cues for _ in range(cfg.n)]
+    else:
+        raise ValueError(f"stage3.cue_mode must be 'sample' or 'each', got {cfg.cue_mode!r}")
+    out = []
+    for k, cue in enumerate(cues):
+        rng = rng_for(config.seed, STAGE, sample_id, k)
+        chosen = rng.choice(cfg.cues) if cue is None else cue
+        out.append((k, chosen, rng.choice(SEPARATORS)))
+    return out
+
+
+def build_request(simple: dict[str, Any], description: str, cue: str, separator: str, k: int,
+                  config: PipelineConfig, prompts: Prompts) -> Request:
+    """The request of expansion ``k`` of a simple CoT: user turn + pre-filled assistant turn to continue."""
+    cfg = config.stage3
+    messages = prompts.reasoning_messages(
+        description, simple["question"], simple["options"], simple["thought"], cue=cue, separator=separator,
+        question_type=simple["question_type"], answer_format=simple["answer_format"],
+        option_style=simple["option_style"])
+    params = cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
+                        bad_words=tuple(cfg.bad_words) if cfg.generation_bad_words else ())
+    return Request(messages, params=params, continue_final_message=True)
+
+
+def run(
+    run: RunDir,
+    engine: Engine,
+    config: PipelineConfig,
+    *,
+    shard: tuple[int, int] | str = (0, 1),
+    progress: bool = True,
+    chunk_size: int | None = None,
+    prompts: Prompts | None = None,
+) -> StageSummary:
+    """Write expansions for this shard's kept simple CoTs that are not done yet; return the summary."""
+    cfg = config.stage3
+    prompts = prompts or Prompts(config.template_dir)
+    if not run.has("simple_cot"):
+        raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
+    simples = [s for s in run.read("simple_cot").to_pylist() if s["keep"]]
+    descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
+    inputs = [(s["sample_id"], s) for s in simples]
+
+    def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+        jobs, requests = [], []
+        for sample_id, s in chunk:
+            if s["image_id"] not in descriptions:
+                raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
+            for k, cue, sep in plan(sample_id, config):
+                req = build_request(s, descriptions[s["image_id"]], cue, sep, k, config, prompts)
+                jobs.append((s, k, cue, sep, req))
+                requests.append(req)
+        outputs = engine.generate(requests)
+        rows, seen = [], set()
+        for (s, k, cue, sep, req), samples in zip(jobs, outputs):
+            continuation = samples[0].text if samples else ""
+            lab = label_expansion(s, cue=cue, separator=sep, continuation=continuation, bad_words=cfg.bad_words,
+                                  substring=cfg.substring_bad_word_filter)
+            drop = lab.pop("drop_reason")
+            key = (s["sample_id"], lab["long_thought"])
+            if not drop and key in seen:
+                drop = "duplicate"
+            if not drop:
+                seen.add(key)
+            rows.append({
+                "expansion_id": content_id(s["sample_id"], cue, k, continuation), "sample_id": s["sample_id"],
+                "mcq_id": s["mcq_id"], "image_id": s["image_id"], "expansion_index": k, "cue": cue,
+                "separator": sep, "user_text": req.messages[0]["content"], "prefill": req.messages[1]["content"],
+                "continuation": continuation, **lab, "simple_correct": s["correct"], "keep": not drop,
+                "drop_reason": drop, "model": engine.model_id, "seed": req.params.seed,
+            })
+        return rows
+
+    items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress)
+    rows = shard_rows(run, STAGE, in_shard([k for k, _ in inputs], shard))
+    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
+                        extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
+                                                     for r in rows)})
+    return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
+                  seed=config.seed)
+
+
+__all__ = ["SEPARATORS", "build_request", "first_bad_word", "label_expansion", "plan", "run", "with_full_stop"]

@@ -1,0 +1,172 @@
+"""Stage 1: verifiable multiple-choice questions from dense image descriptions (text LLM).
+
+Per source image: one generating call (``mcq_generation`` prompt), then optionally one re-formatting call
+(``mcq_reformat``, T=0) that rewrites the reply into the strict tagged layout::
+
+    1. <question> … </question> <choices> (A) … (B) … (C) … (D) … </choices> <answer> … </answer> <type> … </type>
+
+Each item becomes an MCQ row. It is valid iff its answer resolves to exactly one option: the exact option
+text (upstream's rule), else :func:`builder.answers.match_option` (a letter such as ``(B)``, or the text up
+to case and punctuation). Invalid rows are kept with the reason. ``mcq_id = content_id(image_id, question,
+options, answer_text)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from builder.answers import match_option, parse_options
+from builder.config import PipelineConfig
+from builder.engines.base import Engine, Request, SamplingParams
+from builder.prompts import Prompts
+from builder.records import content_id
+from builder.store import RunDir, parse_shard
+
+from .common import StageSummary, in_shard, report, request_seed, run_chunks, shard_rows
+
+STAGE = "mcq"
+
+_QUESTION = re.compile(r"<question>(.*?)</question>", re.S | re.I)
+_TAGS = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.S | re.I) for tag in ("choices", "answer", "type")}
+
+
+@dataclass(frozen=True)
+class ParsedItem:
+    """One question of a stage-1 reply, as written (``choices`` is the raw text inside ``<choices>``)."""
+
+    question: str
+    choices: str | None
+    answer_text: str | None
+    question_type: str
+
+
+def _clean(s: str | None) -> str | None:
+    return None if s is None else re.sub(r"\s+", " ", s).strip()
+
+
+def parse_mcq_response(text: str) -> list[ParsedItem]:
+    """The tagged items of a reply, in order. Each item runs from one ``<question>`` to the next; a tag
+    missing from an item gives ``None`` for that field (the row is then invalid, not silently merged)."""
+    text = text or ""
+    starts = [m.start() for m in _QUESTION.finditer(text)]
+    items = []
+    for k, start in enumerate(starts):
+        segment = text[start: starts[k + 1] if k + 1 < len(starts) else len(text)]
+        q = _QUESTION.match(segment)
+        found = {tag: (m.group(1) if (m := rx.search(segment, q.end())) else None) for tag, rx in _TAGS.items()}
+        items.append(ParsedItem(question=_clean(q.group(1)) or "", choices=_clean(found["choices"]),
+                                answer_text=_clean(found["answer"]), question_type=_clean(found["type"]) or ""))
+    return items
+
+
+def resolve_answer(answer_text: str, options: list[str]) -> int:
+    """Index of the one option the answer names (exact text first, then answers.match_option), else -1."""
+    exact = [i for i, o in enumerate(options) if o == answer_text]
+    if len(exact) == 1:
+        return exact[0]
+    if len(exact) > 1:
+        return -1
+    return match_option(answer_text, options)
+
+
+def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response: str,
+             formatted_response: str) -> list[dict[str, Any]]:
+    """MCQ-schema rows for one image's parsed items (valid or with an ``invalid_reason``)."""
+    rows, seen = [], set()
+    for k, it in enumerate(items):
+        options: list[str] = []
+        reason = ""
+        if not it.question:
+            reason = "empty question"
+        elif it.choices is None:
+            reason = "no <choices>"
+        elif it.answer_text is None:
+            reason = "no <answer>"
+        if not reason:
+            try:
+                options = parse_options(it.choices)
+            except ValueError:
+                reason = "options unparseable"
+        if not reason and len(set(options)) != len(options):
+            reason = "repeated option"
+        idx = resolve_answer(it.answer_text, options) if not reason else -1
+        if not reason and idx < 0:
+            reason = "answer matches no single option"
+        answer_text = it.answer_text or ""
+        mcq_id = content_id(image_id, it.question, options, answer_text)
+        if not reason and mcq_id in seen:
+            reason = "duplicate"
+        seen.add(mcq_id)
+        rows.append({
+            "mcq_id": mcq_id, "image_id": image_id, "item_index": k, "question": it.question, "options": options,
+            "answer_text": answer_text, "answer_index": idx if not reason else -1,
+            "question_type": it.question_type, "valid": not reason, "invalid_reason": reason, "model": model,
+            "raw_response": raw_response, "formatted_response": formatted_response,
+        })
+    return rows
+
+
+def run(
+    run: RunDir,
+    engine: Engine,
+    config: PipelineConfig,
+    *,
+    shard: tuple[int, int] | str = (0, 1),
+    progress: bool = True,
+    chunk_size: int | None = None,
+    reformat_engine: Engine | None = None,
+    prompts: Prompts | None = None,
+) -> StageSummary:
+    """Write stage-1 MCQs for this shard's source images that are not done yet; return the summary.
+
+    ``reformat_engine`` does the re-formatting call when ``config.stage1.reformat`` (default: ``engine``).
+    """
+    cfg = config.stage1
+    prompts = prompts or Prompts(config.template_dir)
+    source = run.read("source").to_pylist()
+    if not source:
+        raise FileNotFoundError(f"{run.path / 'source'}: no source rows; write the source first")
+    inputs = [(r["image_id"], r) for r in source]
+    ref_engine = reformat_engine or engine
+
+    def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+        requests = [Request(prompts.mcq_generation(r["description"]),
+                            params=cfg.params(seed=request_seed(config.seed, STAGE, image_id), n=1))
+                    for image_id, r in chunk]
+        raw = [out[0].text if out else "" for out in engine.generate(requests)]
+        formatted = [""] * len(chunk)
+        if cfg.reformat:
+            ref = [Request(prompts.mcq_reformat(text), params=SamplingParams(
+                n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
+                seed=request_seed(config.seed, STAGE + "/reformat", image_id)))
+                for (image_id, _), text in zip(chunk, raw)]
+            formatted = [out[0].text if out else "" for out in ref_engine.generate(ref)]
+        rows = []
+        for (image_id, _), r_text, f_text in zip(chunk, raw, formatted):
+            items = parse_mcq_response(f_text) or parse_mcq_response(r_text)  # fall back to the raw reply
+            rows += mcq_rows(image_id, items, model=engine.model_id, raw_response=r_text,
+                             formatted_response=f_text)
+        return rows
+
+    items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress)
+    ids = {k for k, _ in inputs}
+    rows = shard_rows(run, STAGE, in_shard(ids, shard))
+    with_rows = {r["image_id"] for r in rows}
+    counts = {
+        "items_in": items_in, "items_already_done": skipped,
+        "images_without_questions": items_in - len(with_rows),
+        "questions": len(rows), "valid": sum(r["valid"] for r in rows),
+    }
+    dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"])
+    summary = StageSummary(stage=STAGE, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
+    models = {"mcq": engine.model_id}
+    if cfg.reformat:
+        models["mcq_reformat"] = ref_engine.model_id
+    return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
+
+
+__all__ = ["ParsedItem", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]

@@ -1,0 +1,430 @@
+"""Stages 1-3 end to end: flow, counts, schemas, seeded choices, filters, sharding, resume, config.
+
+Two kinds of engine:
+
+* ``ReplayEngine`` (defined here): a REPLAY stand-in for the GPU models. It answers each request with text
+  that a real model could have written (tagged MCQs built from the description; thoughts and answers),
+  chosen deterministically from the request's content and seed. It is used to test parsing and flow with
+  outputs that parse; it never decides a label (that is builder.answers' job on whatever text comes back).
+* the real ``transformers`` engine with the tiny random-weight models of ``tests/conftest.py``: the
+  end-to-end test. Random weights rarely produce parseable text, so it asserts flow, counts and schema.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from builder.config import BAD_WORDS, PipelineConfig, load_config
+from builder.engines.base import Engine, Request, Sample
+from builder.records import MCQ, SIMPLE_COT, EXPANSION, SOURCE, content_id, stable_int
+from builder.stages import expand, mcq, simple_cot
+from builder.store import RunDir
+
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
+
+
+class ReplayEngine(Engine):
+    """REPLAY engine (not a model): deterministic scripted replies per request kind, for flow tests.
+
+    ``fail_after``: raise after that many ``generate`` calls (a crash in the middle of a stage).
+    ``delay``: seconds to sleep per request (so a subprocess can be killed mid-way).
+    """
+
+    name = "replay"
+
+    def __init__(self, model: str = "replay", *, fail_after: int | None = None, delay: float = 0.0,
+                 continuation: str | None = None) -> None:
+        super().__init__(model)
+        self.calls: list[Request] = []
+        self.fail_after = fail_after
+        self.delay = delay
+        self.continuation = continuation
+        self.generate_calls = 0
+
+    def generate(self, requests, *, progress=False):
+        import time
+
+        if self.fail_after is not None and self.generate_calls >= self.fail_after:
+            raise RuntimeError("replay engine: simulated crash")
+        self.generate_calls += 1
+        out = []
+        for req in requests:
+            if self.delay:
+                time.sleep(self.delay)
+            self.calls.append(req)
+            out.append([Sample(self._reply(req, k), "stop") for k in range(req.params.n)])
+        return out
+
+    def _reply(self, req: Request, k: int) -> str:
+        text = _text_of(req.messages[-1]) if not req.continue_final_message else _text_of(req.messages[-2])
+        rng = random.Random(stable_int(req.params.seed, k, text))
+        if req.messages[-1]["role"] == "user" and "Image description:" in text:  # stage 1 generation
+            desc = text.split("Image description:")[1].strip()
+            items = []
+            for i, word in enumerate(w for w in COLOURS if w in desc):
+                wrong = [c.capitalize() for c in COLOURS if c != word][:3]
+                opts = wrong[:i % 4] + [word.capitalize()] + wrong[i % 4:]
+                choices = " ".join(f"({'ABCD'[j]}) {o}" for j, o in enumerate(opts))
+                items.append(f"{i + 1}. <question> Which colour is thing {i}? </question> <choices> {choices} "
+                             f"</choices> <answer> {word.capitalize()} </answer> <type> Recognition </type>")
+            items.append(f"{len(items) + 1}. <question> A broken one? </question> <choices> (A) Yes (B) No "
+                         "</choices> <answer> Maybe </answer> <type> Recognition </type>")
+            return "Here are the questions:\n\n" + "\n\n".join(items)
+        if req.messages[-1]["role"] == "user":  # stage 1 re-format: echo the list
+            return text.split("Text:\n", 1)[1]
+        if req.messages[-1]["content"] == "<think>":  # stage 2
+            letter = rng.choice("ABCD")
+            if rng.random() < 0.15:
+                return " I cannot tell."  # unparseable
+            if rng.random() < 0.2:
+                return " The object looks plain. </think>\n<answer>(A)</answer>"  # duplicates likely
+            return f" Looking at the texture, option {letter} fits. </think>\n<answer>({letter})</answer>"
+        if self.continuation is not None:
+            return self.continuation
+        letter = rng.choice("ABCD")
+        bad = rng.random() < 0.3
+        word = "the description says" if bad else "the texture shows"
+        return f" looking again, {word} option {letter}.\n</think>\n\nSo.\n\n<answer>({letter})</answer>"
+
+
+def _text_of(message: dict) -> str:
+    c = message["content"]
+    return c if isinstance(c, str) else " ".join(p.get("text", "") for p in c if p.get("type") == "text")
+
+
+def make_source(run: RunDir, tmp: Path, n: int = 6) -> list[dict]:
+    rows = []
+    for i in range(n):
+        img = tmp / f"img_{i}.png"
+        Image.new("RGB", (64 + i, 48), (40 * i % 255, 90, 200)).save(img)
+        colours = [COLOURS[(i + j) % len(COLOURS)] for j in range(2 + i % 3)]
+        rows.append({"image_id": f"img_{i:03d}", "source": "test", "split": "train", "image_path": str(img),
+                     "description": f"A still life with {', '.join(colours)} objects on a wooden table."})
+    run.write_table("source", pa.Table.from_pylist(rows, schema=SOURCE))
+    return rows
+
+
+def small_config(**over) -> PipelineConfig:
+    cfg = load_config("paper", overrides=["stage2.n=3", "stage3.n=2", "chunk_size=4"])
+    return cfg.merge(over) if over else cfg
+
+
+def run_all(run: RunDir, engine: Engine, cfg: PipelineConfig, **kw):
+    return (mcq.run(run, engine, cfg, progress=False, **kw), simple_cot.run(run, engine, cfg, progress=False, **kw),
+            expand.run(run, engine, cfg, progress=False, **kw))
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    run = RunDir(tmp_path / "run")
+    src = make_source(run, tmp_path)
+    engine = ReplayEngine()
+    cfg = small_config()
+    summaries = run_all(run, engine, cfg)
+    return run, src, engine, cfg, summaries
+
+
+# ------------------------------------------------------------------------------------------------- stage 1
+
+
+def test_stage1_parses_validates_and_ids(pipeline):
+    run, src, engine, cfg, (s1, _, _) = pipeline
+    rows = run.read("mcq").to_pylist()
+    assert run.read("mcq").schema == MCQ
+    expected_valid = sum(sum(c in r["description"] for c in COLOURS) for r in src)
+    assert sum(r["valid"] for r in rows) == expected_valid
+    invalid = [r for r in rows if not r["valid"]]
+    assert len(invalid) == len(src) and {r["invalid_reason"] for r in invalid} == {"answer matches no single option"}
+    for r in rows:
+        assert r["mcq_id"] == content_id(r["image_id"], r["question"], r["options"], r["answer_text"])
+        if r["valid"]:
+            assert r["options"][r["answer_index"]] == r["answer_text"] and len(r["options"]) == 4
+            assert r["formatted_response"] and r["question_type"] == "Recognition"
+    assert s1.counts["items_in"] == len(src) and s1.counts["valid"] == expected_valid
+    assert s1.dropped == {"answer matches no single option": len(src)}
+    # the re-format call was made at T=0 with the generating reply inside it
+    reformat = [c for c in engine.calls if not c.continue_final_message and "Text:\n" in _text_of(c.messages[-1])]
+    assert len(reformat) == len(src) and all(c.params.temperature == 0.0 for c in reformat)
+
+
+def test_stage1_parser_handles_missing_tags_and_letters():
+    text = ("1. <question> Q1? </question> <choices> (A) x (B) y </choices> <answer> (B) </answer> <type> T </type>\n"
+            "2. <question> Q2? </question> <answer> x </answer>\n"
+            "3. <question> Q3? </question> <choices> A. one B. two C. one </choices> <answer> one </answer>")
+    items = mcq.parse_mcq_response(text)
+    assert [i.question for i in items] == ["Q1?", "Q2?", "Q3?"]
+    assert items[1].choices is None and items[2].question_type == ""
+    rows = mcq.mcq_rows("im", items, model="m", raw_response=text, formatted_response="")
+    assert [r["valid"] for r in rows] == [True, False, False]
+    assert rows[0]["answer_index"] == 1  # a letter resolves through answers.match_option
+    assert [r["invalid_reason"] for r in rows[1:]] == ["no <choices>", "repeated option"]
+
+
+# ------------------------------------------------------------------------------------------------- stage 2
+
+
+def test_stage2_prompts_labels_and_drops(pipeline):
+    run, src, engine, cfg, (_, s2, _) = pipeline
+    rows = run.read("simple_cot").to_pylist()
+    assert run.read("simple_cot").schema == SIMPLE_COT
+    valid = {m["mcq_id"]: m for m in run.read("mcq").to_pylist() if m["valid"]}
+    assert len(rows) == 3 * len(valid)
+    reqs = [c for c in engine.calls if c.continue_final_message and c.messages[-1]["content"] == "<think>"]
+    assert len(reqs) == len(valid)
+    for req in reqs:
+        assert req.params.n == 3 and req.params.temperature == 0.7 and req.params.top_p == 0.8
+        assert req.params.repetition_penalty == 1.05 and req.params.max_new_tokens == 1024
+        assert req.max_pixels == 512 * 512
+        assert req.messages[1]["content"][0]["type"] == "image"  # image first
+    styles, formats = set(), set()
+    for r in rows:
+        m = valid[r["mcq_id"]]
+        assert sorted(r["options"]) == sorted(m["options"])
+        assert r["options"][r["answer_index"]] == m["answer_text"]
+        assert r["response"].startswith("<think>")
+        assert '"Recognition"' in r["system_prompt"]
+        letters = "".join(ch for ch in "ABCD")
+        first = r["user_text"].split("Select from the following choices.\n")[1].splitlines()[0]
+        assert first == (f"(A) {r['options'][0]}" if r["option_style"] == "paren" else f"A. {r['options'][0]}")
+        styles.add(r["option_style"])
+        formats.add(r["answer_format"])
+        if r["parsed"]:
+            assert r["correct"] == (r["pred_index"] == r["answer_index"])
+            assert r["pred_index"] == letters.index(re.search(r"\((\w)\)", r["answer"]).group(1))
+        else:
+            assert r["drop_reason"] == "unparseable" and not r["keep"] and not r["correct"]
+    assert styles == {"paren", "dot"} and formats == {"paren", "dot", "text"}
+    reasons = {r["drop_reason"] for r in rows}
+    assert {"", "unparseable", "duplicate"} <= reasons
+    for mcq_id in valid:  # a duplicate repeats a kept response of the same MCQ
+        kept = [r["response"] for r in rows if r["mcq_id"] == mcq_id and r["keep"]]
+        assert len(kept) == len(set(kept))
+    assert s2.counts["samples_out"] == len(rows) and s2.counts["items_in"] == len(valid)
+    assert s2.counts["correct"] == sum(r["correct"] for r in rows)
+
+
+def test_missing_image_is_a_clear_error(tmp_path):
+    run = RunDir(tmp_path / "run")
+    src = make_source(run, tmp_path, n=2)
+    Path(src[1]["image_path"]).unlink()
+    cfg = small_config()
+    mcq.run(run, ReplayEngine(), cfg, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"img_1\.png does not exist"):
+        simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------- stage 3
+
+
+def test_stage3_prefill_cues_bad_words_and_labels(pipeline):
+    run, src, engine, cfg, (_, _, s3) = pipeline
+    rows = run.read("expansion").to_pylist()
+    assert run.read("expansion").schema == EXPANSION
+    simples = {s["sample_id"]: s for s in run.read("simple_cot").to_pylist()}
+    kept = [s for s in simples.values() if s["keep"]]
+    assert len(rows) == 2 * len(kept) and {r["sample_id"] for r in rows} == {s["sample_id"] for s in kept}
+    reqs = [c for c in engine.calls if c.continue_final_message and c.messages[0]["role"] == "user"]
+    assert len(reqs) == len(rows)
+    for req in reqs:
+        p = req.params
+        assert (p.n, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens) == \
+            (1, 0.7, 0.8, 50, 1.05, 256)
+        assert p.bad_words == BAD_WORDS and len(req.messages) == 2  # no system turn
+    for r in rows:
+        s = simples[r["sample_id"]]
+        assert r["cue"] in cfg.stage3.cues and r["separator"] in ("\n", " ")
+        assert r["prefill"].endswith(r["separator"] + r["cue"])
+        assert s["thought"] in r["prefill"]  # as written, not lower-cased (defect 3)
+        assert r["prefill"].startswith("<think>\n") and s["question"] in r["prefill"]
+        assert "Image description: A still life" in r["user_text"] and s["question"] in r["user_text"]
+        added = r["long_thought"][len(s["thought"]):]
+        assert r["long_thought"].startswith(s["thought"]) and "</think>" not in r["long_thought"]
+        assert r["simple_correct"] == s["correct"]
+        if "description" in added:
+            assert r["bad_word"] == "description" and r["drop_reason"] == "bad_word" and not r["keep"]
+        else:
+            assert r["bad_word"] == ""  # "texture" is not "text" (defect 2)
+        if r["keep"]:
+            assert r["parsed"] and r["correct"] == (r["pred_index"] == s["answer_index"])
+    assert len({r["cue"] for r in rows}) > 1 and len({r["separator"] for r in rows}) == 2
+    assert s3.counts["samples_out"] == len(rows)
+    assert s3.dropped.get("bad_word") == sum(r["drop_reason"] == "bad_word" for r in rows) > 0
+
+
+def test_label_expansion_rules():
+    s = {"thought": "The ball is red", "options": ["red", "blue"], "answer_index": 0}
+    lab = expand.label_expansion(s, cue="Wait,", separator="\n", continuation=" the texture is red.</think>"
+                                 "<answer>(A)</answer>", bad_words=BAD_WORDS)
+    assert lab["long_thought"] == "The ball is red.\nWait, the texture is red."
+    assert (lab["correct"], lab["drop_reason"], lab["bad_word"]) == (True, "", "")
+    sub = expand.label_expansion(s, cue="Wait,", separator=" ", continuation=" the texture.</think><answer>blue"
+                                 "</answer>", bad_words=BAD_WORDS, substring=True)
+    assert (sub["bad_word"], sub["drop_reason"], sub["correct"], sub["pred_index"]) == ("text", "bad_word", False, 1)
+    open_ = expand.label_expansion(s, cue="Hmm,", separator=" ", continuation=" still thinking", bad_words=())
+    assert open_["drop_reason"] == "no_end_of_thought" and not open_["parsed"]
+    noans = expand.label_expansion(s, cue="Hmm,", separator=" ", continuation=" ok</think> done", bad_words=())
+    assert noans["drop_reason"] == "unparseable"
+
+
+def test_cue_plan_each_mode_and_duplicates(tmp_path):
+    run = RunDir(tmp_path / "run")
+    make_source(run, tmp_path, n=2)
+    cfg = small_config().apply_overrides(["stage3.cue_mode=each", "stage3.n=2"])
+    engine = ReplayEngine(continuation=" same.</think><answer>(A)</answer>")
+    run_all(run, engine, cfg)
+    rows = run.read("expansion").to_pylist()
+    kept_simple = [s for s in run.read("simple_cot").to_pylist() if s["keep"]]
+    assert len(rows) == len(kept_simple) * 4 * 2
+    for sid in {r["sample_id"] for r in rows}:
+        mine = [r for r in rows if r["sample_id"] == sid]
+        assert sorted(r["cue"] for r in mine) == sorted(list(cfg.stage3.cues) * 2)
+        # the same continuation after the same cue and separator is an exact duplicate
+        assert len({r["long_thought"] for r in mine if r["keep"]}) == sum(r["keep"] for r in mine)
+    assert any(r["drop_reason"] == "duplicate" for r in rows)
+
+
+# ------------------------------------------------------------------------------------ sharding and resume
+
+
+def test_shards_merge_to_the_single_run(tmp_path, pipeline):
+    run1 = pipeline[0]
+    run = RunDir(tmp_path / "sharded")
+    make_source(run, tmp_path)
+    cfg = small_config()
+    for stage in (mcq, simple_cot, expand):
+        for i in (1, 0):  # order does not matter
+            stage.run(run, ReplayEngine(), cfg, shard=(i, 2), progress=False)
+    for stage in ("mcq", "simple_cot", "expansion"):
+        assert run.read(stage).equals(run1.read(stage)), stage
+        names = {p.name.split(".")[0] for p in run.files(stage)}
+        assert names == {"shard-0-of-2", "shard-1-of-2"}
+
+
+def test_crash_in_process_then_resume(tmp_path, pipeline):
+    clean = pipeline[0]
+    run = RunDir(tmp_path / "crashy")
+    make_source(run, tmp_path)
+    cfg = small_config()
+    mcq.run(run, ReplayEngine(), cfg, progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        simple_cot.run(run, ReplayEngine(fail_after=1), cfg, progress=False)
+    assert 0 < len(run.done_inputs("simple_cot")) < len([m for m in run.read("mcq").to_pylist() if m["valid"]])
+    engine = ReplayEngine()
+    summary = simple_cot.run(run, engine, cfg, progress=False)
+    assert summary.counts["items_already_done"] == 4  # one chunk of 4 survived and was skipped
+    assert run.read("simple_cot").equals(clean.read("simple_cot"))
+    again = ReplayEngine()
+    simple_cot.run(run, again, cfg, progress=False)
+    assert again.calls == []  # everything done: nothing generated twice
+
+
+def test_manifest_records_config_models_counts(pipeline):
+    run = pipeline[0]
+    m = run.manifest
+    assert m["config"]["stage2"]["n"] == 3 and m["seed"] == 42
+    assert m["models"] == {"mcq": "replay", "mcq_reformat": "replay", "simple_cot": "replay", "expansion": "replay"}
+    assert m["counts"] == {k: run.read(k).num_rows for k in ("source", "mcq", "simple_cot", "expansion")}
+    assert "pyarrow" in m["versions"] and "simple_cot/0-of-1" in m["summaries"]
+
+
+def test_summary_table_renders(pipeline):
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    for s in pipeline[4]:
+        console.print(s.table())
+    out = console.export_text()
+    assert "samples out" in out and "filtered: bad_word" in out and "items in" in out
+
+
+# -------------------------------------------------------------------------------------------------- config
+
+
+def test_presets_and_overrides(tmp_path):
+    paper = PipelineConfig.preset("paper")
+    assert (paper.seed, paper.stage2.n, paper.stage2.temperature, paper.stage2.top_p) == (42, 3, 0.7, 0.8)
+    assert (paper.stage2.repetition_penalty, paper.stage2.max_new_tokens, paper.stage2.max_pixels) == \
+        (1.05, 1024, 512 * 512)
+    assert (paper.stage3.n, paper.stage3.top_k, paper.stage3.max_new_tokens) == (3, 50, 256)
+    assert paper.stage3.cues == ("Wait,", "Hmm,", "Alternatively,", "Let's double-check the details.")
+    assert len(paper.stage3.bad_words) == 23 and not paper.stage3.substring_bad_word_filter
+    assert paper.stage2.model == "Qwen/Qwen2.5-VL-7B-Instruct" and paper.stage2.engine == "vllm"
+    assert paper.stage3.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+    authors = PipelineConfig.preset("authors")
+    assert (authors.stage2.n, authors.stage3.n, authors.stage3.cues) == (10, 5, ("Wait,",))
+    assert authors.stage1.reformat_model == "gpt-4o-mini-2024-07-18"
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: authors\nstage2:\n  n: 4\nstage3:\n  substring_bad_word_filter: true\n")
+    cfg = load_config("paper", files=[f], overrides=["stage3.cues=['Hmm,']", "seed=7", "stage2.max_pixels=null"])
+    assert (cfg.stage2.n, cfg.stage3.n, cfg.stage3.cues, cfg.seed) == (4, 5, ("Hmm,",), 7)
+    assert cfg.stage3.substring_bad_word_filter and cfg.stage2.max_pixels is None
+    j = tmp_path / "c.json"
+    j.write_text('{"stage3": {"temperature": 0.6, "top_p": 0.95}}')
+    assert PipelineConfig.from_file(j).stage3.top_p == 0.95
+    assert PipelineConfig.from_dict(cfg.to_dict()) == cfg  # round trip
+    for bad, msg in [("stage2.nn=3", "unknown setting 'stage2.nn'"), ("stage2.n=x", "must be a number"),
+                     ("stage3.generation_bad_words=3", "true or false"), ("nokey", "key.path=value")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            paper.apply_overrides([bad])
+    (tmp_path / "bad.yaml").write_text("stage2: {n: [1}")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        PipelineConfig.from_file(tmp_path / "bad.yaml")
+
+
+# ------------------------------------------------------------------------- real engine, tiny random models
+
+
+def _tiny_config(vlm: str, lm: str) -> PipelineConfig:
+    return load_config("paper", overrides=[
+        "stage1.max_new_tokens=24", "stage1.reformat_max_new_tokens=24", "stage2.n=2",
+        "stage2.max_new_tokens=12", "stage2.max_pixels=3136", "stage3.n=2", "stage3.max_new_tokens=8",
+        "chunk_size=2"])
+
+
+def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_vlm, tiny_lm):
+    """All three stages through the real transformers engine (random weights: most samples unparseable).
+
+    Stage 1's random model writes no tagged MCQs, so the MCQ stage is shown to run on it and the stage-2/3
+    flow continues from MCQs written into the run (as an import or another model would)."""
+    from builder.engines import load_engine
+
+    run = RunDir(tmp_path / "run")
+    src = make_source(run, tmp_path, n=3)
+    cfg = _tiny_config(tiny_vlm, tiny_lm)
+    lm = load_engine("transformers", str(tiny_lm))
+    s1 = mcq.run(run, lm, cfg, progress=False)
+    assert s1.counts["items_in"] == 3 and len(run.done_inputs("mcq")) == 3
+    assert run.manifest["models"]["mcq"] == str(tiny_lm)
+    # stage 2 needs valid MCQs: write them as stage 1 would have from a well-formed reply
+    rows = []
+    for r in src:
+        reply = ("1. <question> What colour is the table? </question> <choices> (A) Brown (B) Blue (C) Red "
+                 "(D) Green </choices> <answer> Brown </answer> <type> Recognition </type>")
+        rows += mcq.mcq_rows(r["image_id"], mcq.parse_mcq_response(reply), model="given", raw_response=reply,
+                             formatted_response="")
+    run.write_table("mcq", pa.Table.from_pylist(rows, schema=MCQ))
+    vlm = load_engine("transformers", str(tiny_vlm))
+    s2 = simple_cot.run(run, vlm, cfg, progress=False)
+    samples = run.read("simple_cot").to_pylist()
+    assert len(samples) == 3 * 2 and s2.counts["samples_out"] == 6
+    assert all(s["response"].startswith("<think>") for s in samples)
+    assert s2.counts["kept"] + sum(s2.dropped.values()) == 6
+    # stage 3 runs on kept simple CoTs; random weights rarely close </think>, so give it one kept row
+    if not any(s["keep"] for s in samples):
+        s0 = dict(samples[0], keep=True, drop_reason="", thought="The table looks brown", parsed=True)
+        samples[0] = s0
+        run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT))
+    n_kept = sum(s["keep"] for s in run.read("simple_cot").to_pylist())
+    s3 = expand.run(run, lm, cfg, progress=False)
+    exp = run.read("expansion").to_pylist()
+    assert len(exp) == 2 * n_kept and s3.counts["samples_out"] == len(exp)
+    for e in exp:
+        assert e["prefill"].endswith(e["separator"] + e["cue"]) and isinstance(e["continuation"], str)
+        assert e["keep"] == (e["drop_reason"] == "")
+    assert run.manifest["counts"]["expansion"] == len(exp)
