@@ -1,0 +1,259 @@
+"""The LPT lighteval tasks and metrics through the real lighteval 0.13 Pipeline, on fixtures in each
+benchmark's real schema (written by eval_tasks.samples; images made with PIL).
+
+One Pipeline runs every task: for the think tasks a canned "oracle" model answers the gold letter (100 %);
+for the ``_direct`` tasks it answers with the *text of a wrong option* (0 %); extra tasks on unbalanced
+fixtures get hand-picked right/wrong answers to check macro vs micro, CV-Bench's formula and MMVP pairs.
+The model is a canned-answer LightevalModel (named so): the engine-backed model is tested in test_eval_model.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import pytest
+
+pytest.importorskip("lighteval")
+
+from builder.answers import LETTERS  # noqa: E402
+from builder.prompts import Prompts  # noqa: E402
+from eval_tasks import samples  # noqa: E402
+from eval_tasks.metrics import summarize  # noqa: E402
+from eval_tasks.samples import Spec  # noqa: E402
+from eval_tasks.tasks import BENCHMARKS, ItemError, make_task, make_tasks, prompt  # noqa: E402
+
+# Unbalanced fixtures: (spec, answered right?)
+VSTAR_UNBALANCED = [
+    (Spec("What colour is the cup?", ["red", "blue", "green", "white"], 1, "direct_attributes", {"id": "a1"}), True),
+    (Spec("What colour is the hat?", ["red", "blue", "green", "white"], 2, "direct_attributes", {"id": "a2"}), True),
+    (Spec("What colour is the car?", ["red", "blue", "green", "white"], 3, "direct_attributes", {"id": "a3"}), False),
+    (Spec("Is the dog left or right of the cat?", ["left", "right"], 0, "relative_position", {"id": "p1"}), False),
+]
+# by hand: direct_attributes 2/3, relative_position 0/1 -> macro (2/3 + 0)/2 = 1/3, micro 2/4 = 1/2
+CVBENCH_SOURCES = [
+    (Spec("How many cups?", ["1", "2", "3", "4"], 0, "Count", {"source": "ADE20K", "id": 0}), True),
+    (Spec("How many hats?", ["1", "2", "3", "4"], 1, "Count", {"source": "ADE20K", "id": 1}), False),
+    (Spec("Is the cup left of the hat?", ["yes", "no"], 0, "Relation", {"source": "COCO", "id": 2}), True),
+    (Spec("Which is closer, cup or hat?", ["cup", "hat"], 1, "Depth", {"source": "Omni3D", "id": 3}), False),
+    (Spec("Which is farther, cup or hat?", ["cup", "hat"], 0, "Distance", {"source": "Omni3D", "id": 4}), False),
+]
+# by hand: official = ½((ADE20K 1/2 + COCO 1/1)/2 + Omni3D 0/2) = 0.375; micro 2/5; macro (1/2+1+0+0)/4 = 0.375
+MMVP_PAIRS = [  # Index 1,2 = pair 0; Index 3,4 = pair 1 (written in a shuffled order on purpose)
+    (Spec("Is the door open or closed?", ["Open", "Closed"], 0, "", {"index": 3}), True),
+    (Spec("Is the door open or closed?", ["Open", "Closed"], 1, "", {"index": 1}), True),
+    (Spec("Is the cup full or empty?", ["Full", "Empty"], 1, "", {"index": 4}), False),
+    (Spec("Is the cup full or empty?", ["Full", "Empty"], 0, "", {"index": 2}), True),
+]
+# by hand: acc 3/4; pair 0 = Index 1,2 both right -> 1; pair 1 = Index 3 right, 4 wrong -> 0; pair acc 1/2
+
+N_ITEMS = 6
+
+
+def _right_ids():
+    return {("lpt_vstar_unbalanced", str(s.extra["id"])) for s, ok in VSTAR_UNBALANCED if ok} | \
+        {("lpt_cvbench_sources", str(s.extra["id"])) for s, ok in CVBENCH_SOURCES if ok} | \
+        {("lpt_mmvp_pairs", str(s.extra["index"])) for s, ok in MMVP_PAIRS if ok}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    samples.write_sample_data(root / "main", n=N_ITEMS)
+    samples.write_vstar(root / "unbalanced" / "lpt_vstar", [s for s, _ in VSTAR_UNBALANCED])
+    samples.write_cvbench(root / "unbalanced" / "lpt_cvbench", [s for s, _ in CVBENCH_SOURCES])
+    samples.write_mmvp(root / "unbalanced" / "lpt_mmvp", [s for s, _ in MMVP_PAIRS])
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(data_dir, tmp_path_factory):
+    """Run one lighteval Pipeline over every task with the canned-answer model; return its results dict."""
+    from lighteval.logging.evaluation_tracker import EvaluationTracker
+    from lighteval.models import abstract_model as am
+    from lighteval.models.model_output import ModelResponse
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+    from lighteval.utils.cache_management import SampleCache
+
+    right = _right_ids()
+
+    class CannedConfig(am.ModelConfig):
+        model_name: str = "canned-oracle"
+
+    class CannedAnswers(am.LightevalModel):
+        """Canned answers (no weights): gold letter on think tasks, a wrong option's text on _direct tasks."""
+
+        def __init__(self, config):
+            self.config = config
+            self._cache = SampleCache(config)
+
+        tokenizer = property(lambda self: None)
+        add_special_tokens = property(lambda self: False)
+        max_length = property(lambda self: 4096)
+
+        def answer(self, d):
+            task = d.task_name.split("|")[0]
+            gold, opts = d.gold_index, d.specific["options"]
+            if task.endswith("_direct"):
+                return f"<answer> {opts[(gold + 1) % len(opts)]} </answer>"  # text of a wrong option
+            if task in ("lpt_vstar_unbalanced", "lpt_cvbench_sources", "lpt_mmvp_pairs"):
+                ok = (task, str(d.specific["id"])) in right
+                return f"<think>look</think> <answer> ({LETTERS[gold if ok else (gold + 1) % len(opts)]}) </answer>"
+            return f"<think>I look closely.</think> <answer> ({LETTERS[gold]}) </answer>"
+
+        def greedy_until(self, docs):
+            return [ModelResponse(text=[self.answer(d)]) for d in docs]
+
+        def loglikelihood(self, docs):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, docs):
+            raise NotImplementedError
+
+    extra = [
+        dataclasses.replace(make_task("lpt_vstar", "think", data_dir / "unbalanced"), name="lpt_vstar_unbalanced"),
+        dataclasses.replace(make_task("lpt_cvbench", "think", data_dir / "unbalanced"), name="lpt_cvbench_sources"),
+        dataclasses.replace(make_task("lpt_mmvp", "think", data_dir / "unbalanced"), name="lpt_mmvp_pairs"),
+    ]
+    module = types.ModuleType("lpt_test_tasks")
+    module.TASKS_TABLE = make_tasks(data_dir / "main") + extra
+    names = [c.name for c in module.TASKS_TABLE]
+    out = tmp_path_factory.mktemp("out")
+    pipeline = Pipeline(
+        tasks=",".join(f"{n}|0" for n in names),
+        pipeline_parameters=PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=module),
+        evaluation_tracker=EvaluationTracker(output_dir=str(out), save_details=True),
+        model=CannedAnswers(CannedConfig(cache_dir=str(out / "cache"))),
+    )
+    pipeline.evaluate()
+    pipeline.save_and_push_results()  # details parquet: per-sample dicts must be Arrow-serialisable
+    res = pipeline.get_results()["results"]
+    return {k.split(":")[0].split("|")[0]: v for k, v in res.items()}, out
+
+
+@pytest.mark.parametrize("bench", list(BENCHMARKS))
+def test_oracle_scores_100_and_wrong_option_text_scores_0(results, bench):
+    res, _ = results
+    think, direct = res[bench], res[f"{bench}_direct"]
+    assert think["acc"] == 1.0 and think["acc_macro"] == 1.0 and think["acc_micro"] == 1.0
+    assert direct["acc"] == 0.0 and direct["acc_macro"] == 0.0 and direct["acc_micro"] == 0.0
+
+
+def test_categories_are_reported_per_benchmark(results):
+    res, _ = results
+    assert {"acc_direct_attributes", "acc_relative_position"} <= set(res["lpt_vstar"])
+    assert {"acc_count", "acc_relation", "acc_depth", "acc_distance"} <= set(res["lpt_cvbench"])
+    # MMStar-V keeps only its 3 vision-centric categories; the fixture's "math" rows are dropped
+    assert {k for k in res["lpt_mmstar_v"] if k.startswith("acc_") and k not in ("acc_macro", "acc_micro", "acc_stderr")} == {
+        "acc_coarse_perception", "acc_fine_grained_perception", "acc_instance_reasoning"}
+    mme = {k for k in res["lpt_mme_rw_v"] if k.startswith("acc_perception") or k.startswith("acc_reasoning")}
+    assert mme == {"acc_perception_remote_sensing", "acc_perception_monitoring", "acc_perception_autonomous_driving",
+                   "acc_reasoning_monitoring", "acc_reasoning_autonomous_driving"}
+    assert len({k for k in res["lpt_mmlu_pro"] if k.startswith("acc_")} - {"acc_macro", "acc_micro", "acc_stderr"}) == 3
+    assert res["lpt_cvbench"]["acc_cvbench_official"] == 1.0 and res["lpt_mmvp"]["acc_pair"] == 1.0
+    assert res["lpt_mmvp_direct"]["acc_pair"] == 0.0
+
+
+def test_macro_and_micro_differ_as_computed_by_hand(results):
+    res, _ = results
+    r = res["lpt_vstar_unbalanced"]
+    assert r["acc_direct_attributes"] == pytest.approx(2 / 3)
+    assert r["acc_relative_position"] == 0.0
+    assert r["acc_macro"] == pytest.approx(1 / 3)
+    assert r["acc_micro"] == pytest.approx(1 / 2) == r["acc"]
+
+
+def test_cvbench_official_formula_by_source(results):
+    r = results[0]["lpt_cvbench_sources"]
+    assert r["acc_cvbench_official"] == pytest.approx(0.5 * ((1 / 2 + 1) / 2 + 0))
+    assert r["acc_micro"] == pytest.approx(2 / 5)
+    assert r["acc_macro"] == pytest.approx((1 / 2 + 1 + 0 + 0) / 4)
+
+
+def test_mmvp_pairs_come_from_index_not_doc_order(results):
+    r = results[0]["lpt_mmvp_pairs"]
+    assert r["acc"] == pytest.approx(3 / 4)
+    assert r["acc_pair"] == pytest.approx(1 / 2)
+
+
+def test_details_hold_paper_prompt_and_category(results):
+    import pyarrow.parquet as pq
+
+    _, out = results
+    files = sorted(out.glob("details/**/details_lpt_vstar|0_*.parquet"))
+    assert files, list(out.rglob("*.parquet"))
+    row = pq.read_table(files[0]).to_pylist()[0]
+    doc = row["doc"]
+    assert doc["instruction"] == Prompts().benchmark_system("think")
+    assert "Select from the following choices.\n(A) " in doc["query"]
+    assert doc["specific"]["category"] in ("direct_attributes", "relative_position")
+
+
+def test_summarize_by_hand():
+    items = [{"category": "a", "correct": 1.0}, {"category": "a", "correct": 1.0}, {"category": "a", "correct": 0.0},
+             {"category": "b", "correct": 0.0}]
+    out = summarize(items)
+    assert out["acc_macro"] == pytest.approx((2 / 3 + 0) / 2) and out["acc_micro"] == 0.5
+    assert "acc_pair" not in out and "acc_cvbench_official" not in out
+
+
+# ---------------------------------------------------------------------------------- prompt functions
+
+
+def _line(**kw):
+    return {"__index": 7, "__few_shots": False, **kw}
+
+
+def test_vstar_prompt_caps_pixels_and_builds_paper_prompt(tmp_path):
+    spec = Spec("What is the material of the glove?", ["leather", "cotton", "rubber", "wool"], 2, "direct_attributes")
+    samples.write_vstar(tmp_path / "lpt_vstar", [spec], size=(2000, 1500))
+    import json
+
+    line = json.loads((tmp_path / "lpt_vstar" / "test_questions.jsonl").read_text().splitlines()[0])
+    doc = prompt("lpt_vstar", "direct", str(tmp_path / "lpt_vstar"), _line(**line), "lpt_vstar_direct")
+    w, h = doc.images[0].size
+    assert w * h <= 512 * 512 and abs(w / h - 2000 / 1500) < 0.01
+    assert doc.instruction == Prompts().benchmark_system("direct")
+    assert doc.query == ("What is the material of the glove?\nSelect from the following choices.\n"
+                         "(A) leather\n(B) cotton\n(C) rubber\n(D) wool")
+    assert doc.gold_index == 2 and doc.specific["category"] == "direct_attributes"
+
+
+def test_inline_option_parsing_mmvp_mmstar_realworldqa():
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 8))
+    mmvp = prompt("lpt_mmvp", "think", None, _line(Index=5, Question="Is the flag waving?",
+                                                     Options="(a) Yes (b) No", **{"Correct Answer": "(b)"}, image=img),
+                  "lpt_mmvp")
+    assert mmvp.specific["options"] == ["Yes", "No"] and mmvp.gold_index == 1 and mmvp.specific["pair"] == 2
+    star = prompt("lpt_mmstar_v", "think", None, _line(
+        index=1, question="Which colour is the ball?\nOptions: A: dark red, B: blue, C: green, D: white",
+        answer="A", category="fine-grained perception", image=img), "lpt_mmstar_v")
+    assert star.specific["options"] == ["dark red", "blue", "green", "white"] and star.gold_index == 0
+    assert star.query.startswith("Which colour is the ball?\nSelect from the following choices.")
+    rwqa = prompt("lpt_realworldqa", "think", None, _line(
+        question="Which way does the road bend?\n\nA. Left\nB. Right\nC. Straight\nPlease answer directly with only "
+                 "the letter of the correct option and nothing else.", answer="C", image=img), "lpt_realworldqa")
+    assert rwqa.specific["options"] == ["Left", "Right", "Straight"] and rwqa.gold_index == 2
+    open_ended = prompt("lpt_realworldqa", "think", None, _line(
+        question="How many cars are there?\nPlease answer directly with a single word or number.", answer="3",
+        image=img), "lpt_realworldqa")
+    assert open_ended is None
+
+
+def test_mmlu_pro_is_text_only():
+    doc = prompt("lpt_mmlu_pro", "think", None, _line(question="2+2?", options=["3", "4", "5"], answer="B",
+                                                        answer_index=1, category="math"), "lpt_mmlu_pro")
+    assert doc.images is None and doc.gold_index == 1 and doc.specific["category"] == "math"
+
+
+def test_bad_row_names_task_row_and_field(tmp_path):
+    with pytest.raises(ItemError, match=r"lpt_cvbench row 7: missing field 'choices'"):
+        prompt("lpt_cvbench", "think", None, _line(question="q", answer="(A)"), "lpt_cvbench")
+    with pytest.raises(ItemError, match=r"lpt_mmlu_pro row 7: answer 'Z'"):
+        prompt("lpt_mmlu_pro", "think", None, _line(question="q", options=["a", "b"], answer="Z", category="x"),
+               "lpt_mmlu_pro")
+    with pytest.raises(ItemError, match="image file .* not found"):
+        prompt("lpt_vstar", "think", str(tmp_path), _line(image="x/missing.jpg", text="q?\n(A) a\n(B) b",
+                                                         label="A", category="c"), "lpt_vstar")
