@@ -13,6 +13,7 @@ variable            default               meaning
 ``LPT_DTYPE``       engine's default      e.g. ``bfloat16``, ``float16``
 ``LPT_BATCH_SIZE``  engine's default      requests per batch (transformers engine)
 ``LPT_TEMPERATURE`` ``0``                 0 = greedy (the paper)
+``LPT_MAX_NEW_TOKENS`` none               upper bound on new tokens (smoke runs); else the task's 1024/2048
 ``LPT_ENGINE_OPTIONS`` ``{}``             JSON object of extra engine options, e.g. ``{"tensor_parallel_size": 2}``
 ``LPT_EVAL_CACHE_DIR`` lighteval's        where lighteval's prediction cache goes
 =================== ===================== ============================================================
@@ -65,6 +66,7 @@ def engine_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]
         "engine_options": options,
         "max_pixels": int(env.get("LPT_MAX_PIXELS") or DEFAULT_MAX_PIXELS),
         "temperature": float(env.get("LPT_TEMPERATURE") or 0.0),
+        "max_new_tokens": int(env["LPT_MAX_NEW_TOKENS"]) if env.get("LPT_MAX_NEW_TOKENS") else None,
     }
 
 
@@ -153,7 +155,8 @@ class LPTEngineModel(_am.LightevalModel):
         params = SamplingParams(
             n=1,
             temperature=self.settings["temperature"],
-            max_new_tokens=int(doc.generation_size or DEFAULT_GENERATION_SIZE),
+            max_new_tokens=min(int(doc.generation_size or DEFAULT_GENERATION_SIZE),
+                               self.settings["max_new_tokens"] or 1 << 30),
             stop=tuple(doc.stop_sequences or ()),
             seed=0,
         )
