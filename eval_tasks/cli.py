@@ -68,7 +68,8 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
               help="Comma-separated: lpt_vstar, lpt_cvbench, lpt_mmvp, lpt_mmstar_v, lpt_mme_rw_v, lpt_realworldqa, "
                    "lpt_mmlu_pro (or 'all').")
 @click.option("--direct", is_flag=True, help="Use the direct-answer prompt (the tasks' _direct variants).")
-@click.option("--engine", type=click.Choice(["auto", "transformers", "vllm"]), default="auto", show_default=True)
+@click.option("--engine", default="auto", show_default=True,
+              help="auto | transformers | vllm (or module:Class of another builder.engines.Engine).")
 @click.option("--dtype", default=None, help="e.g. bfloat16 (default: the engine's).")
 @click.option("--batch-size", type=int, default=None, help="Requests per batch (transformers engine).")
 @click.option("--max-pixels", type=int, default=512 * 512, show_default=True, help="Cap on each image's area.")

@@ -37,8 +37,8 @@ class RecordingEngine(Engine):
 
     name = "recording"
 
-    def __init__(self):
-        super().__init__("recording")
+    def __init__(self, model="recording", **options):
+        super().__init__(model, **options)
         self.requests = []
 
     def generate(self, requests, *, progress=False):
@@ -82,6 +82,23 @@ def test_model_sends_image_first_capped_greedy_requests(data_dir, lpt_env):
     assert {r.params.max_new_tokens for r in by_kind["text"]} == {2048}  # MMLU-Pro
     assert {r.params.max_new_tokens for r in by_kind["image"]} == {1024}
     assert len(by_kind["text"]) == 3
+
+
+def test_lpt_eval_command(data_dir, lpt_env):
+    from click.testing import CliRunner
+
+    from eval_tasks.cli import eval_cmd
+
+    out = lpt_env / "cli-out"
+    result = CliRunner().invoke(eval_cmd, ["some/model", "--tasks", "lpt_mmvp,lpt_mmlu_pro", "--direct", "--engine",
+                                           f"{__name__}:RecordingEngine", "--data-dir", str(data_dir),
+                                           "--output-dir", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (saved,) = list(out.rglob("results_*.json"))
+    res = json.loads(saved.read_text())["results"]
+    assert {_base(k) for k in res} == {"lpt_mmvp_direct", "lpt_mmlu_pro_direct", "all"}
+    bad = CliRunner().invoke(eval_cmd, ["m", "--tasks", "nope"])
+    assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output
 
 
 def test_cache_key_follows_options_and_stays_out_of_checkpoints(tmp_path, monkeypatch):
@@ -130,28 +147,36 @@ def test_offline_stub_is_created(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
+def tiny_vlm_path(request):
+    """The engines helper's ``tiny_vlm`` (tests/conftest.py); skip while it or the transformers engine is absent."""
+    pytest.importorskip("builder.engines.transformers_engine")
+    try:
+        return request.getfixturevalue("tiny_vlm")
+    except pytest.FixtureLookupError:
+        pytest.skip("fixture tiny_vlm (tests/conftest.py) not available yet")
+
+
+@pytest.fixture()
 def tiny_env(lpt_env, monkeypatch):
     monkeypatch.setenv("LPT_ENGINE", "transformers")
     monkeypatch.setenv("LPT_MAX_PIXELS", str(64 * 64))
     return lpt_env
 
 
-def test_tiny_vlm_runs_all_seven_tasks(tiny_vlm, data_dir, tiny_env, monkeypatch):
-    pytest.importorskip("builder.engines.transformers_engine")
+def test_tiny_vlm_runs_all_seven_tasks(tiny_vlm_path, data_dir, tiny_env, monkeypatch):
     monkeypatch.setenv("LPT_MAX_NEW_TOKENS", "8")  # random weights rarely stop by themselves
-    res = run_eval(str(tiny_vlm), task_string(), output_dir=str(tiny_env / "out"), data_dir=str(data_dir),
+    res = run_eval(str(tiny_vlm_path), task_string(), output_dir=str(tiny_env / "out"), data_dir=str(data_dir),
                    max_samples=2)["results"]
     res = {_base(k): v for k, v in res.items()}
     for bench in BENCHMARKS:
         assert 0.0 <= res[bench]["acc_macro"] <= 1.0 and 0.0 <= res[bench]["acc_micro"] <= 1.0
 
 
-def test_lighteval_custom_command(tiny_vlm, data_dir, tmp_path):
-    pytest.importorskip("builder.engines.transformers_engine")
+def test_lighteval_custom_command(tiny_vlm_path, data_dir, tmp_path):
     env = {**os.environ, "LPT_ENGINE": "transformers", "LPT_EVAL_DATA_DIR": str(data_dir),
            "LPT_MAX_PIXELS": str(64 * 64), "LPT_MAX_NEW_TOKENS": "8", "LPT_EVAL_CACHE_DIR": str(tmp_path / "c"),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lighteval", "custom", str(tiny_vlm), model_module.__file__,
+    cmd = [sys.executable, "-m", "lighteval", "custom", str(tiny_vlm_path), model_module.__file__,
            "lpt_vstar|0,lpt_mmlu_pro|0", "--custom-tasks", "eval_tasks.tasks", "--output-dir", str(tmp_path / "o"),
            "--max-samples", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
