@@ -89,9 +89,9 @@ def run(
 ) -> StageSummary:
     """Write simple CoTs for this shard's valid MCQs that are not done yet; return the summary."""
     prompts = prompts or Prompts(config.template_dir)
-    mcqs = [m for m in run.read("mcq").to_pylist() if m["valid"]]
     if not run.has("mcq"):
         raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
+    mcqs = [m for m in run.read("mcq").to_pylist() if m["valid"]]
     images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
     inputs = [(m["mcq_id"], m) for m in mcqs]
 
