@@ -35,6 +35,7 @@ from builder.records import STAGE_SCHEMAS, content_id
 
 STAGES = ("source", "mcq", "simple_cot", "expansion")
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
+SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
 WHOLE_TABLE = "table.parquet"
 
 # Sort keys that give every stage one deterministic row order (see RunDir.read).
@@ -136,14 +137,19 @@ class RunDir:
         return table.cast(schema)
 
     def write_chunk(self, stage: str, table: pa.Table, input_ids: Iterable[str],
-                    shard: str | tuple[int, int] = "0-of-1") -> Path:
-        """Atomically write the rows made from ``input_ids`` (all of them, even those that made no rows)."""
+                    shard: str | tuple[int, int] = "0-of-1", settings: Mapping[str, Any] | None = None) -> Path:
+        """Atomically write the rows made from ``input_ids`` (all of them, even those that made no rows).
+
+        ``settings`` (JSON-able) is stored with the chunk; see :meth:`chunk_settings`.
+        """
         ids = sorted(set(input_ids))
         if not ids:
             raise ValueError("a chunk must cover at least one input id")
         table = self._cast(stage, table)
         meta = dict(table.schema.metadata or {})
         meta[INPUT_IDS_KEY] = json.dumps(ids).encode()
+        if settings is not None:
+            meta[SETTINGS_KEY] = json.dumps(settings, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / f"shard-{shard_name(shard)}.chunk-{content_id(*ids)[:20]}.parquet"
         _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
@@ -198,6 +204,18 @@ class RunDir:
             elif stage in INPUT_COLUMN:  # a whole-table write: its rows' inputs are done
                 done.update(self._read_file(stage, p).column(INPUT_COLUMN[stage]).to_pylist())
         return done
+
+    def chunk_settings(self, stage: str) -> dict[Path, dict[str, Any]]:
+        """The settings each chunk file of ``stage`` was written with (files written without any are left out)."""
+        out = {}
+        for p in self.files(stage):
+            try:
+                meta = pq.read_schema(p).metadata or {}
+            except Exception as e:
+                raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e})") from None
+            if SETTINGS_KEY in meta:
+                out[p] = json.loads(meta[SETTINGS_KEY])
+        return out
 
     def counts(self) -> dict[str, int]:
         """Rows per stage, from the files' footers."""
@@ -256,5 +274,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["INPUT_IDS_KEY", "RunDir", "STAGES", "SORT_KEYS", "StoreError", "package_versions", "parse_shard",
-           "shard_name"]
+__all__ = ["INPUT_IDS_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "SORT_KEYS", "StoreError", "package_versions",
+           "parse_shard", "shard_name"]

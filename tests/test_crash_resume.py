@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_stages import ReplayEngine, make_source, small_config
 
 from builder.stages import expand, mcq, simple_cot
 from builder.store import RunDir
-
-from test_stages import ReplayEngine, make_source, small_config
 
 TESTS = Path(__file__).resolve().parent
 CHILD = """

@@ -10,12 +10,10 @@ import io
 import json
 from pathlib import Path
 
-import pytest
+from test_stages import ReplayEngine, make_source, run_all, small_config
 
 from builder.stages import expand, mcq, simple_cot
 from builder.store import RunDir
-
-from test_stages import ReplayEngine, make_source, run_all, small_config
 
 
 def _prompt_bytes(requests) -> bytes:

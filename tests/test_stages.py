@@ -22,7 +22,7 @@ from PIL import Image
 
 from builder.config import BAD_WORDS, PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
-from builder.records import MCQ, SIMPLE_COT, EXPANSION, SOURCE, content_id, stable_int
+from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, stable_int
 from builder.stages import expand, mcq, simple_cot
 from builder.store import RunDir
 
@@ -428,3 +428,17 @@ def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_vlm, tiny_lm):
         assert e["prefill"].endswith(e["separator"] + e["cue"]) and isinstance(e["continuation"], str)
         assert e["keep"] == (e["drop_reason"] == "")
     assert run.manifest["counts"]["expansion"] == len(exp)
+
+
+def test_resuming_with_other_settings_is_refused(pipeline):
+    from builder.store import StoreError
+
+    run, _, _, cfg, _ = pipeline
+    with pytest.raises(StoreError, match=r"simple_cot/shard-0-of-1\.chunk-\w+\.parquet: made with other simple_cot "
+                                         r"settings \(differ in \['stage2'\]\)"):
+        simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.n=5"]), progress=False)
+    with pytest.raises(StoreError, match=r"differ in \['seed'\]"):
+        expand.run(run, ReplayEngine(), cfg.apply_overrides(["seed=1"]), progress=False)
+    # engine choice and chunk size are not part of the settings: resuming with them changed is fine
+    simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.engine=transformers", "chunk_size=9"]),
+                   progress=False)

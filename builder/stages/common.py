@@ -7,6 +7,7 @@ A stage is ``inputs -> make_rows(chunk) -> rows``; :func:`run_chunks` keeps only
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from builder.records import STAGE_SCHEMAS, shard_of, stable_int
-from builder.store import INPUT_COLUMN, RunDir, parse_shard
+from builder.store import INPUT_COLUMN, RunDir, StoreError, parse_shard
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -61,15 +62,25 @@ def run_chunks(
     shard: tuple[int, int] | str = (0, 1),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[int, int]:
     """Process this shard's pending ``(input_id, item)`` pairs in chunks; return ``(items_in, skipped)``.
 
     Inputs are taken in the given order (callers sort them), so an interrupted run and a clean run form
-    the same chunks.
+    the same chunks. ``settings`` (the seed and the stage's config section) are stored with every chunk;
+    resuming a stage whose finished chunks were made with other settings is an error naming a file, since
+    the rows would mix two configurations.
     """
     i, n = parse_shard(shard)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if settings is not None:
+        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        for path, old in run.chunk_settings(stage).items():
+            if old != settings:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise StoreError(f"{path}: made with other {stage} settings (differ in {diff}); use a new run "
+                                 f"directory, or delete the {stage} folder to redo the stage")
     mine = [(k, v) for k, v in inputs if shard_of(k, n) == i]
     done = run.done_inputs(stage)
     pending = [(k, v) for k, v in mine if k not in done]
@@ -79,11 +90,19 @@ def run_chunks(
             chunk = pending[start:start + chunk_size]
             rows = make_rows(chunk)
             table = pa.Table.from_pylist(rows, schema=STAGE_SCHEMAS[stage])
-            run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n))
+            run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n), settings=settings)
             bar.update(len(chunk))
     finally:
         bar.close()
     return len(mine), len(mine) - len(pending)
+
+
+def stage_settings(config: Any, section: str) -> dict[str, Any]:
+    """What a stage's rows depend on: the global seed, the template folder and the stage's config section
+    (engine kind and options excluded: the same model may be served differently on different machines)."""
+    d = config.to_dict()
+    sec = {k: v for k, v in d[section].items() if k not in ("engine", "engine_options")}
+    return {"seed": d["seed"], "template_dir": d["template_dir"], section: sec}
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -148,4 +167,4 @@ def load_image(path: str, where: str):
 
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "StageSummary", "in_shard", "load_image", "report", "request_seed", "run_chunks",
-           "shard_rows", "summarise"]
+           "shard_rows", "stage_settings", "summarise"]

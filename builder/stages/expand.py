@@ -18,14 +18,23 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from builder.answers import match_option, extract_answer
+from builder.answers import extract_answer, match_option
 from builder.config import PipelineConfig
 from builder.engines.base import Engine, Request
 from builder.prompts import Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import StageSummary, in_shard, report, request_seed, run_chunks, shard_rows, summarise
+from .common import (
+    StageSummary,
+    in_shard,
+    report,
+    request_seed,
+    run_chunks,
+    shard_rows,
+    stage_settings,
+    summarise,
+)
 
 STAGE = "expansion"
 SEPARATORS = ("\n", " ")
@@ -159,7 +168,8 @@ def run(
         return rows
 
     items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress)
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
+                                   settings=stage_settings(config, "stage3"))
     rows = shard_rows(run, STAGE, in_shard([k for k, _ in inputs], shard))
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
                         extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])

@@ -25,7 +25,15 @@ from builder.prompts import Prompts
 from builder.records import content_id
 from builder.store import RunDir, parse_shard
 
-from .common import StageSummary, in_shard, report, request_seed, run_chunks, shard_rows
+from .common import (
+    StageSummary,
+    in_shard,
+    report,
+    request_seed,
+    run_chunks,
+    shard_rows,
+    stage_settings,
+)
 
 STAGE = "mcq"
 
@@ -152,7 +160,8 @@ def run(
         return rows
 
     items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress)
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
+                                   settings=stage_settings(config, "stage1"))
     ids = {k for k, _ in inputs}
     rows = shard_rows(run, STAGE, in_shard(ids, shard))
     with_rows = {r["image_id"] for r in rows}

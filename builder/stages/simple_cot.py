@@ -19,7 +19,17 @@ from builder.prompts import THINK_PREFILL, Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import StageSummary, in_shard, load_image, report, request_seed, run_chunks, shard_rows, summarise
+from .common import (
+    StageSummary,
+    in_shard,
+    load_image,
+    report,
+    request_seed,
+    run_chunks,
+    shard_rows,
+    stage_settings,
+    summarise,
+)
 
 STAGE = "simple_cot"
 
@@ -116,7 +126,8 @@ def run(
         return rows
 
     items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress)
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
+                                   settings=stage_settings(config, "stage2"))
     rows = shard_rows(run, STAGE, in_shard([k for k, _ in inputs], shard))
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
     return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
