@@ -194,10 +194,22 @@ class FakeChatServer:
     def __init__(self, errors: list[int] | None = None) -> None:
         self.errors = list(errors or [])
         self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                with lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with lock:
+                        fake.in_flight -= 1
+
+            def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.bodies.append(body)
                 if fake.errors:
@@ -338,6 +350,14 @@ def test_results_keep_request_order_when_answers_arrive_out_of_order(fake):
     assert [s[0].text for s in out] == [f"{p} -> canned 0 STOP tail" for p in prompts]
     arrived = [b["messages"][0]["content"] for b in server.bodies]
     assert sorted(arrived) == sorted(prompts)
+
+
+def test_concurrency_is_bounded(fake):
+    server = fake()
+    engine = OpenAIEngine("m", base_url=server.base_url, concurrency=3)
+    out = engine.generate([ask(f"sleep:0.02 q{i}") for i in range(12)])
+    assert len(out) == 12 and len(server.bodies) == 12
+    assert 1 <= server.max_in_flight <= 3
 
 
 def test_generate_works_inside_a_running_event_loop(fake):
