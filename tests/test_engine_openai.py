@@ -119,6 +119,11 @@ def test_n_falls_back_to_seeded_calls(served_lm):
     assert second == [samples[1]]
     fresh = engine_for(served_lm, concurrency=1)
     assert fresh.generate([ask("Is the cat red?", n=3, temperature=1.0, seed=7, max_new_tokens=8)]) == [samples]
+    # Under concurrency only one request probes whether n is honoured; the others wait for the answer.
+    busy = engine_for(served_lm, concurrency=4)
+    out = busy.generate([ask(f"q{i}", n=2, temperature=0.0, max_new_tokens=3) for i in range(5)])
+    assert [len(o) for o in out] == [2] * 5
+    assert busy.stats["calls"] == 1 + 5 * 2
 
 
 def test_order_preserved_under_concurrency(served_lm):

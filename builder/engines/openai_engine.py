@@ -233,6 +233,7 @@ class OpenAIEngine(Engine):
         bar = tqdm(total=len(requests), desc=f"openai:{self.model_id}", disable=not progress)
         semaphore = asyncio.Semaphore(self.concurrency)  # calls in flight
         slots = asyncio.Semaphore(2 * self.concurrency)  # requests being prepared (images encoded) or in flight
+        self._probe_lock = asyncio.Lock()
         client = openai.AsyncOpenAI(
             api_key=self.api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout
         )
@@ -269,14 +270,19 @@ class OpenAIEngine(Engine):
         n = p.n
         if n < 1:
             return []
-        if self.native_n is not False:
-            samples = await self._call(client, semaphore, index, request, messages, body, n=n, seed=p.seed)
-            if len(samples) >= n or n == 1:
-                if n > 1:
-                    self.native_n = True
-                return samples[:n]
-            # The server ignored n: from now on make n calls with consecutive seeds.
-            self.native_n = False
+        if n == 1 or self.native_n:
+            return (await self._call(client, semaphore, index, request, messages, body, n=n, seed=p.seed))[:n]
+        if self.native_n is None:
+            async with self._probe_lock:  # one request finds out whether the server honours n; the rest wait
+                if self.native_n is None:
+                    samples = await self._call(client, semaphore, index, request, messages, body, n=n, seed=p.seed)
+                    # A server that ignores n returns fewer choices: discard them and, from now on,
+                    # make n calls with consecutive seeds.
+                    self.native_n = len(samples) >= n
+                    if self.native_n:
+                        return samples[:n]
+            if self.native_n:
+                return (await self._call(client, semaphore, index, request, messages, body, n=n, seed=p.seed))[:n]
         seeds = [None if p.seed is None else p.seed + j for j in range(n)]
         async with asyncio.TaskGroup() as group:
             tasks = [
