@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -59,34 +60,38 @@ def served_lm(request, tmp_path_factory):
     gen_path = model_dir / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     gen_path.write_text(json.dumps({**gen, "do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0}))
+    with transformers_serve(model_dir, model_dir.parent / "serve.log") as base_url:
+        yield base_url, str(model_dir)
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir, log_path):
+    """Run ``transformers serve <model_dir>`` (offline, CPU) on a free 127.0.0.1 port; yield its base URL."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
-    log = open(model_dir.parent / "serve.log", "w")
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"transformers serve did not start:\n{(model_dir.parent / 'serve.log').read_text()}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1", str(model_dir)
-    finally:
-        proc.terminate()
+    with open(log_path, "w") as log, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT) as proc:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(f"transformers serve did not start:\n{Path(log_path).read_text()}")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def engine_for(served, **options) -> OpenAIEngine:
@@ -226,7 +231,7 @@ class FakeChatServer:
                 first = body["messages"][0]["content"]
                 prompt = first if isinstance(first, str) else " ".join(p["text"] for p in first if p["type"] == "text")
                 if prompt.startswith("sleep:"):  # lets a test make early requests finish last
-                    time.sleep(float(prompt.split()[0][len("sleep:"):]))
+                    time.sleep(float(prompt.split()[0][len("sleep:") :]))
                 choices = [{"index": i, "finish_reason": "stop",
                             "message": {"role": "assistant", "content": f"{prompt} -> canned {i} STOP tail"}}
                            for i in range(n)]  # fmt: skip
@@ -296,8 +301,17 @@ def test_vllm_payload_images_and_native_n(fake):
             {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What colour?"}]},
             {"role": "assistant", "content": "<think>\nThe image"},
         ],
-        SamplingParams(n=3, temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.05, max_new_tokens=9,
-                       stop=("</answer>",), bad_words=("Wait",), seed=11),  # fmt: skip
+        SamplingParams(
+            n=3,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=20,
+            repetition_penalty=1.05,
+            max_new_tokens=9,
+            stop=("</answer>",),
+            bad_words=("Wait",),
+            seed=11,
+        ),
         continue_final_message=True,
         max_pixels=100 * 50,
     )

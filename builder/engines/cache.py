@@ -101,7 +101,7 @@ class JSONLinesCache:
         self._entries: dict[str, list[dict[str, Any]]] = {}
         if self.path.exists():
             self._load()
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open until close()
 
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as f:

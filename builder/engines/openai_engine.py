@@ -214,7 +214,7 @@ class OpenAIEngine(Engine):
         def run() -> None:
             try:
                 out["result"] = asyncio.run(self.agenerate(requests, progress=progress))
-            except BaseException as e:  # re-raised in the caller's thread
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 out["error"] = e
 
         t = threading.Thread(target=run)
