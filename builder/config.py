@@ -61,6 +61,12 @@ class ModelConfig:
                     repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens, seed=seed)
         return SamplingParams(**{**base, **extra})
 
+    def load_engine(self) -> Any:
+        """``builder.engines.load_engine(engine, model, **engine_options)`` for this stage."""
+        from builder.engines import load_engine
+
+        return load_engine(self.engine, self.model, **self.engine_options)
+
 
 @dataclass
 class Stage1Config(ModelConfig):
@@ -74,6 +80,14 @@ class Stage1Config(ModelConfig):
     reformat_engine: str | None = None  # None: same kind as ``engine``
     reformat_temperature: float = 0.0
     reformat_max_new_tokens: int = 2048
+
+    def load_reformat_engine(self) -> Any:
+        """The engine of the re-formatting call, or None when the generating engine does it."""
+        if not self.reformat or not self.reformat_model:
+            return None
+        from builder.engines import load_engine
+
+        return load_engine(self.reformat_engine or self.engine, self.reformat_model, **self.engine_options)
 
 
 @dataclass
