@@ -94,6 +94,95 @@ def transformers_serve(model_dir, log_path):
                 proc.kill()
 
 
+def build_tiny_idefics3(out_dir: Path) -> Path:
+    """A tiny random Idefics3 (SmolVLM v1 architecture) with a locally trained BPE, for image requests.
+
+    ``transformers serve`` loads processors with ``AutoProcessor``; Idefics3's stock processor needs no
+    torchvision (unlike Qwen2.5-VL's, which needs an image-only subclass that AutoProcessor cannot name).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<fake_token_around_image>",
+        "<image>",
+        "<global-img>",
+    ]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    corpus = ["A red bus on a city street.", "What colour is the cat?", "Answer: (A) yes"] * 10
+    tk.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    chat = (
+        "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}: {% if m['content'] is string %}"
+        "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+        "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n"
+        "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[3:],
+        chat_template=chat,
+    )
+    images = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    text = {
+        "model_type": "llama",
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": ids["<|im_start|>"],
+        "eos_token_id": ids["<end_of_utterance>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(
+        Idefics3Config(text_config=text, vision_config=vision, scale_factor=2, image_token_id=ids["<image>"])
+    )
+    model.save_pretrained(out_dir)
+    Idefics3Processor(images, tok, image_seq_len=4, chat_template=chat).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def served_vlm(tmp_path_factory):
+    """``(base_url, model)`` of ``transformers serve`` serving a tiny random Idefics3."""
+    model_dir = build_tiny_idefics3(tmp_path_factory.mktemp("served-vlm") / "tiny-idefics3")
+    with transformers_serve(model_dir, model_dir.parent / "serve.log") as base_url:
+        yield base_url, str(model_dir)
+
+
 def engine_for(served, **options) -> OpenAIEngine:
     base_url, model = served
     return load_engine("openai", model, base_url=base_url, **options)
@@ -175,6 +264,19 @@ def test_cache_hit_skips_the_server_and_is_keyed_by_the_whole_request(served_lm,
         assert second.stats["calls"] > before, changed
     assert second.stats["cache_hits"] == 1
     second.close()
+
+
+def test_images_reach_a_real_vlm_server(served_vlm):
+    def look(colour, size=(64, 48)):
+        image = Image.new("RGB", size, colour)
+        content = [{"type": "image", "image": image}, {"type": "text", "text": "What colour is it?"}]
+        return Request([{"role": "user", "content": content}], SamplingParams(max_new_tokens=8), max_pixels=32 * 24)
+
+    engine = engine_for(served_vlm, concurrency=2)
+    red, blue, red_again, big_red = engine.generate([look("red"), look("blue"), look("red"), look("red", (640, 480))])
+    assert red == red_again and all(s.num_tokens for s in red + blue)
+    assert red[0].text != blue[0].text  # the model saw the pixels
+    assert big_red == red  # the same picture, capped to the same 32x24 before sending
 
 
 def test_continue_final_message_is_refused_clearly(served_lm):
