@@ -380,6 +380,21 @@ def test_presets_and_overrides(tmp_path):
 # ------------------------------------------------------------------------- real engine, tiny random models
 
 
+def real_fixture(request, name: str):
+    """The engines helper's tiny-model fixture (tests/conftest.py) and its transformers engine; the test is
+    skipped, saying why, only while they have not landed in the repository."""
+    pytest.importorskip("builder.engines.transformers_engine", reason="transformers engine not in the repo yet")
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        pytest.skip(f"fixture {name} (tests/conftest.py) not in the repo yet")
+
+
+@pytest.fixture
+def tiny_models(request):
+    return real_fixture(request, "tiny_vlm"), real_fixture(request, "tiny_lm")
+
+
 def _tiny_config(vlm: str, lm: str) -> PipelineConfig:
     return load_config("paper", overrides=[
         "stage1.max_new_tokens=24", "stage1.reformat_max_new_tokens=24", "stage2.n=2",
@@ -387,13 +402,14 @@ def _tiny_config(vlm: str, lm: str) -> PipelineConfig:
         "chunk_size=2"])
 
 
-def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_vlm, tiny_lm):
+def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_models):
     """All three stages through the real transformers engine (random weights: most samples unparseable).
 
     Stage 1's random model writes no tagged MCQs, so the MCQ stage is shown to run on it and the stage-2/3
     flow continues from MCQs written into the run (as an import or another model would)."""
     from builder.engines import load_engine
 
+    tiny_vlm, tiny_lm = tiny_models
     run = RunDir(tmp_path / "run")
     src = make_source(run, tmp_path, n=3)
     cfg = _tiny_config(tiny_vlm, tiny_lm)
