@@ -108,7 +108,7 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, FileNotFoundError, KeyError, StoreError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError, StoreError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             raise click.ClickException(str(msg)) from None
 
@@ -288,9 +288,11 @@ def status_table(run: Any):
 
 
 def _console():
+    """A rich console; when the output is not a terminal (a pipe, a log), wide enough not to wrap tables."""
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 # -------------------------------------------------------------------------------------------- commands
