@@ -100,7 +100,7 @@ def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
         "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
                    "max_new_tokens": short or 48},
         "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
-                   "max_new_tokens": short or 160},
+                   "max_new_tokens": short or 256},
     })
 
 
@@ -185,6 +185,9 @@ def _stage_counts(run: Any) -> dict[str, dict[str, int]]:
                            "by model": sum(r["model"] != FALLBACK_MODEL for r in mcq),
                            "valid by model": sum(r["valid"] and r["model"] != FALLBACK_MODEL for r in mcq),
                            "hand-written": sum(r["model"] == FALLBACK_MODEL for r in mcq)}
+    s1 = run.manifest.get("summaries", {}).get("mcq/0-of-1", {})
+    if "images_without_questions" in s1:
+        out["stage1 (mcq)"]["images where the model wrote no parseable question"] = s1["images_without_questions"]
     for key, stage in (("stage2 (simple_cot)", "simple_cot"), ("stage3 (expansion)", "expansion")):
         rows = run.read(stage).to_pylist()
         out[key] = {"rows": len(rows), "parsed": sum(r["parsed"] for r in rows),
@@ -203,11 +206,12 @@ def _examples(run: Any) -> dict[str, Any]:
     ex: dict[str, Any] = {}
     if mcqs:
         m = mcqs[0]
-        ex["mcq"] = {"image_id": m["image_id"], "question": m["question"], "options": format_options(m["options"]),
+        ex["mcq"] = {"image_id": m["image_id"], "question": m["question"],
+                     "options": format_options(m["options"]).replace("\n", "  "),
                      "answer": m["answer_text"], "type": m["question_type"], "written by": m["model"]}
-    raw = run.read("mcq").to_pylist()
-    if raw and raw[0]["model"] != FALLBACK_MODEL:
-        ex["stage1 raw reply (first image)"] = raw[0]["raw_response"][:400]
+    raw = [r for r in run.read("mcq").to_pylist() if r["model"] != FALLBACK_MODEL]
+    if raw:
+        ex["stage1 reply (model)"] = raw[0]["raw_response"][:400]
     cots = run.read("simple_cot").to_pylist()
     model_cots = [c for c in cots if c["model"] != FALLBACK_MODEL]
     if model_cots:
@@ -224,19 +228,30 @@ def _examples(run: Any) -> dict[str, Any]:
     return ex
 
 
-def _export(run: Any, out: Path, echo) -> dict[str, Any]:
+def _export(run: Any, out: Path) -> dict[str, Any]:
+    """Assemble and export a Hub-layout folder, config by config (a tiny run leaves some sets empty); keep every
+    trace (ratios 1.0, no X→O balancing: subsampling a handful of rows would leave nothing)."""
     try:
+        import longperceptualthoughts as lpt
+        from builder.assemble import AssembleOptions
         from builder.export import export
     except ImportError as e:
         return {"error": f"builder.export is not available ({e})"}
     target = out / "dataset"
-    try:
-        export(run.path, target)
-    except Exception as e:  # the demo reports what went wrong and goes on
-        return {"error": f"{type(e).__name__}: {e}"}
-    configs = sorted(p.name for p in target.iterdir() if p.is_dir())
-    return {"path": str(target.resolve()), "configs": configs,
-            "load": f'datasets.load_dataset("{target.resolve()}", "sft", split="train")'}
+    shutil.rmtree(target, ignore_errors=True)
+    options = AssembleOptions(sft_ratio=1.0, simple_cot_ratio=1.0, sft_balance=False)
+    done, skipped = [], {}
+    for name in lpt.run_configs():
+        try:
+            export(run.path, target, configs=[name], options=options)
+            done.append(name)
+        except Exception as e:  # an empty set cannot be written; the demo says so and goes on
+            skipped[name] = f"{type(e).__name__}: {e}"[:200]
+    if not done:
+        return {"error": "no config could be exported", "skipped": skipped}
+    first = "sft" if "sft" in done else done[0]
+    return {"path": str(target.resolve()), "configs": done, "skipped": skipped,
+            "load": f'datasets.load_dataset("{target.resolve()}", "{first}", split="train")'}
 
 
 # ---------------------------------------------------------------------------------------------------- demo
@@ -252,7 +267,9 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     from builder.cli import EngineCache, prepare_source, run_stage
     from builder.store import RunDir
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        console = console if console.is_terminal else Console(width=160)
     echo = console.print
     start = time.monotonic()
     out = Path(out).resolve()
@@ -292,7 +309,7 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
         engines.close()
     run.update_manifest(demo=True, demo_models={k: v["note"] for k, v in models.items()}, demo_fallbacks=fallbacks)
 
-    exported = _export(run, out, echo) if export else {"skipped": True}
+    exported = _export(run, out) if export else {"skipped": True}
     report = {"out": str(out), "run": str(run_path), "images": n, "tiny": tiny,
               "models": {k: {"path": v["path"], "note": v["note"]} for k, v in models.items()},
               "random_weight_stand_ins": [k for k, v in models.items() if v["note"].startswith("RANDOM")],
@@ -340,6 +357,8 @@ def _print_report(report: dict[str, Any], console: Any, Table: Any) -> None:
         echo(f"  load it: import datasets; ds = {exp['load']}")
     elif exp.get("error"):
         echo(f"  [yellow]export failed:[/] {exp['error']}")
+    for name, why in exp.get("skipped", {}).items() if isinstance(exp.get("skipped"), dict) else ():
+        echo(f"  [yellow]not exported:[/] {name} ({why})")
     echo(f"done in {report['seconds']} s")
 
 

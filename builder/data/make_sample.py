@@ -95,6 +95,12 @@ SCENES = {
         "centre is a red house with a dark-brown triangular roof. The house has a blue door in the middle of its "
         "front wall and two small pale-yellow square windows, one on each side of the door. There are no people "
         "or animals.")),
+    "sample_night": (night, (
+        "A night scene with a dark navy-blue sky. In the upper-right area hangs a pale-yellow crescent moon. "
+        "Seven small white stars are scattered across the left and middle of the sky. The bottom of the picture "
+        "is filled by a wide black hill with a rounded top that spans the whole width. On the hill, near the "
+        "centre, there is one small glowing yellow-orange square, like a lit window. There are no clouds, "
+        "trees or people, and the colours are flat.")),
     "sample_circles": (circles, (
         "Five filled circles stand in a straight horizontal row across a plain white background. From left to "
         "right their colours are red, orange, yellow, green and blue. Four of the circles are the same small "
@@ -107,12 +113,6 @@ SCENES = {
         "upward. In the lower-left corner there is a single pink circle, and in the lower-right corner a thin "
         "white horizontal bar. The shapes do not overlap, and the square is by far the largest object. The "
         "triangles are the same size. Nothing else is on the surface.")),
-    "sample_night": (night, (
-        "A night scene with a dark navy-blue sky. In the upper-right area hangs a pale-yellow crescent moon. "
-        "Seven small white stars are scattered across the left and middle of the sky. The bottom of the picture "
-        "is filled by a wide black hill with a rounded top that spans the whole width. On the hill, near the "
-        "centre, there is one small glowing yellow-orange square, like a lit window. There are no clouds, "
-        "trees or people, and the colours are flat.")),
     "sample_crossing": (crossing, (
         "A simple street scene under a pale-blue sky. The bottom of the picture is a dark-grey road with a "
         "pedestrian crossing made of four white vertical stripes side by side. On the right side stands a "
