@@ -21,8 +21,8 @@ import importlib.util
 import json
 import logging
 import re
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -168,6 +168,9 @@ def prepare_source(run: Any, spec: str | None, *, split: str | None = None, subs
     from builder.sources import Skips, load_source
 
     if spec is None:
+        if any(x is not None for x in (split, subset, limit)) or skip_bad:
+            echo("note: --split/--subset/--limit/--skip-bad apply only together with --source; the run's "
+                 "source is used as it is")
         if not run.has("source"):
             raise click.UsageError(f"{run.path} has no source yet: pass --source (a DOCCI folder, a JSONL/CSV/"
                                    f"parquet file or a folder of images with .txt descriptions)")
@@ -409,6 +412,18 @@ def status_cmd(run_dir: str, as_json: bool) -> None:
                                "seed": m.get("seed"), "updated": m.get("updated")}, indent=2))
         return
     _console().print(status_table(run))
+
+
+@main.command("download-docci")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--no-images", is_flag=True, help="Only the descriptions file (the image tarball is ~15 GB).")
+@friendly_errors
+def download_docci_cmd(dest: str, no_images: bool) -> None:
+    """Download DOCCI (CC BY 4.0) from Google's public bucket into DEST; then use --source DEST."""
+    from builder.sources import download_docci
+
+    path = download_docci(dest, images=not no_images)
+    click.echo(f"DOCCI is in {path}; e.g. lpt generate RUN --source {path} --subset 500")
 
 
 @main.command("demo")

@@ -31,9 +31,10 @@ import shutil
 import tarfile
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from builder.records import SOURCE, content_id
 
@@ -219,7 +220,7 @@ def _table_records(path: Path, kind: str, on_bad) -> Iterator[tuple[int, dict[st
 
         try:
             table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a bad file
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise SourceError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
         for row_no, rec in enumerate(table.to_pylist(), start=1):
             yield row_no, rec
@@ -303,7 +304,7 @@ def check_image(path: str | os.PathLike) -> bytes:
 
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
-    except Exception as e:  # PIL raises many types for a corrupt file
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
         raise _Bad("image", f"image file {p} cannot be read as an image ({type(e).__name__}: {e})") from None
     return data
 
@@ -434,5 +435,17 @@ def source_table(spec: str | os.PathLike, **kwargs: Any):
     return pa.Table.from_pylist(list(load_source(spec, **kwargs)), schema=SOURCE)
 
 
-__all__ = ["BadRecord", "DOCCI_URL", "SourceError", "Skips", "check_image", "detect_kind", "docci_subset",
-           "download_docci", "image_content_id", "load_source", "parse_spec", "source_table"]
+__all__ = [
+    "DOCCI_URL",
+    "BadRecord",
+    "Skips",
+    "SourceError",
+    "check_image",
+    "detect_kind",
+    "docci_subset",
+    "download_docci",
+    "image_content_id",
+    "load_source",
+    "parse_spec",
+    "source_table",
+]

@@ -12,12 +12,18 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from builder.cli import LazyGroup, main, parse_shard_option, parse_stages_option, prepare_source
+from builder.cli import (
+    LazyGroup,
+    main,
+    parse_shard_option,
+    parse_stages_option,
+    prepare_source,
+)
 from builder.records import MCQ, SIMPLE_COT
 from builder.store import RunDir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "builder" / "data" / "sample"
-COMMANDS = ("generate", "stage1", "stage2", "stage3", "status", "demo")
+COMMANDS = ("generate", "stage1", "stage2", "stage3", "status", "demo", "download-docci")
 
 
 def invoke(*args: str):

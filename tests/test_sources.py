@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 from builder.records import SOURCE
-from builder.sources import Skips, SourceError, docci_subset, load_source, parse_spec, source_table
+from builder.sources import (
+    Skips,
+    SourceError,
+    docci_subset,
+    load_source,
+    parse_spec,
+    source_table,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "builder" / "data" / "sample"
 
@@ -110,7 +117,7 @@ def _records(tmp_path: Path) -> list[dict]:
 
 
 def _check_generic(rows: list[dict], kind: str, tmp_path: Path) -> None:
-    assert [r["image_id"] for r in rows][0] == "red"
+    assert rows[0]["image_id"] == "red"
     assert rows[2]["image_id"] == "blue" and rows[2]["split"] == "test"
     assert rows[1]["split"] == "train"
     assert len(rows[1]["image_id"]) == 16  # a content hash of the image bytes
@@ -125,7 +132,7 @@ def test_generic_jsonl_csv_parquet(tmp_path):
         w = csv.DictWriter(f, fieldnames=["image", "description", "id", "split"])
         w.writeheader()
         w.writerows(recs)
-    pq.write_table(pa.Table.from_pylist([{**{"id": None, "split": None}, **r} for r in recs]), tmp_path / "m.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": None, "split": None, **r} for r in recs]), tmp_path / "m.parquet")
     for name, kind in (("m.jsonl", "jsonl"), ("m.csv", "csv"), ("m.parquet", "parquet")):
         rows = list(load_source(tmp_path / name))
         _check_generic(rows, kind, tmp_path)

@@ -126,40 +126,40 @@ SCENES = {
 # parseable. One thought is deliberately wrong (it miscounts the stars), so stage 3 has an X case to fix.
 MCQS = [
     ("sample_house", "What colour is the door of the house?", ["Blue", "Red", "Green", "Brown"], "Blue",
-     "Recognition", "The house stands right of centre. In the middle of its red front wall there is a door, and "
-     "the door is painted blue, a deeper blue than the sky.", "Blue"),
+     "Recognition", ("The house stands right of centre. In the middle of its red front wall there is a door, and "
+     "the door is painted blue, a deeper blue than the sky."), "Blue"),
     ("sample_house", "Where is the sun in the picture?",
      ["Top-left corner", "Top-right corner", "Behind the house", "Bottom-left corner"], "Top-left corner",
-     "Spatial and Relational", "Along the top edge of the picture there is a round yellow shape above the tree, "
-     "in the upper-left corner. The only thing near the top right is a small white cloud.", "Top-left corner"),
+     "Spatial and Relational", ("Along the top edge of the picture there is a round yellow shape above the tree, "
+     "in the upper-left corner. The only thing near the top right is a small white cloud."), "Top-left corner"),
     ("sample_circles", "How many circles are in the row?", ["Four", "Five", "Six", "Three"], "Five",
-     "Counting and Quantification", "Going from left to right along the row: a red circle, an orange one, a yellow "
-     "one, a green one and a blue one. That makes five circles.", "Five"),
+     "Counting and Quantification", ("Going from left to right along the row: a red circle, an orange one, a yellow "
+     "one, a green one and a blue one. That makes five circles."), "Five"),
     ("sample_circles", "Which circle is larger than the others?",
      ["The green one", "The red one", "The blue one", "The yellow one"], "The green one", "Recognition",
-     "Most of the circles share the same small size. The fourth circle from the left, the green one, is clearly "
-     "bigger than its neighbours.", "The green one"),
+     ("Most of the circles share the same small size. The fourth circle from the left, the green one, is clearly "
+     "bigger than its neighbours."), "The green one"),
     ("sample_desk", "What is to the right of the purple square?",
      ["Two orange triangles", "A pink circle", "A white bar", "Nothing"], "Two orange triangles",
-     "Spatial and Relational", "The purple square sits in the centre. Just to its right there are two small orange "
-     "triangles, one higher than the other. The pink circle is far away in the lower-left corner.",
+     "Spatial and Relational", ("The purple square sits in the centre. Just to its right there are two small orange "
+     "triangles, one higher than the other. The pink circle is far away in the lower-left corner."),
      "Two orange triangles"),
     ("sample_desk", "What shape is in the lower-left corner?", ["A circle", "A triangle", "A square", "A star"],
-     "A circle", "Recognition", "In the lower-left corner there is a round pink shape with no corners, so it is a "
-     "circle.", "A circle"),
+     "A circle", "Recognition", ("In the lower-left corner there is a round pink shape with no corners, so it is a "
+     "circle."), "A circle"),
     ("sample_night", "How many stars are in the sky?", ["Five", "Six", "Seven", "Nine"], "Seven",
-     "Counting and Quantification", "The sky is dark with small white dots scattered over the left and middle. "
-     "Counting them quickly, I get six stars.", "Six"),
+     "Counting and Quantification", ("The sky is dark with small white dots scattered over the left and middle. "
+     "Counting them quickly, I get six stars."), "Six"),
     ("sample_night", "What shape is the moon?", ["A crescent", "A full circle", "A half circle", "A square"],
-     "A crescent", "Recognition", "The moon in the upper right is a thin curved sliver of pale yellow, with the dark "
-     "sky cutting into it, so it is a crescent.", "A crescent"),
+     "A crescent", "Recognition", ("The moon in the upper right is a thin curved sliver of pale yellow, with the dark "
+     "sky cutting into it, so it is a crescent."), "A crescent"),
     ("sample_crossing", "Which lamp of the traffic light is lit?",
      ["The red top lamp", "The yellow middle lamp", "The green bottom lamp", "None of them"], "The red top lamp",
-     "Recognition", "The traffic light has three round lamps stacked vertically. Only the top one glows bright red; "
-     "the middle and bottom lamps look dark and dull.", "The red top lamp"),
+     "Recognition", ("The traffic light has three round lamps stacked vertically. Only the top one glows bright red; "
+     "the middle and bottom lamps look dark and dull."), "The red top lamp"),
     ("sample_crossing", "How many white stripes does the crossing have?", ["Three", "Four", "Five", "Six"], "Four",
-     "Counting and Quantification", "The crossing on the grey road is made of white vertical stripes side by side. "
-     "Counting them from left to right gives four stripes.", "Four"),
+     "Counting and Quantification", ("The crossing on the grey road is made of white vertical stripes side by side. "
+     "Counting them from left to right gives four stripes."), "Four"),
 ]
 
 
