@@ -232,6 +232,18 @@ class EngineCache:
             pass
 
 
+NO_INPUT = {"stage2": "stage 1 wrote no valid MCQ", "stage3": "stage 2 kept no simple CoT"}
+
+
+def usable_inputs(run: Any, name: str) -> int:
+    """How many inputs the stage ``name`` would find: valid MCQs (stage 2), kept simple CoTs (stage 3)."""
+    if name == "stage2":
+        return sum(run.read("mcq").column("valid").to_pylist())
+    if name == "stage3":
+        return sum(run.read("simple_cot").column("keep").to_pylist())
+    return run.read("source").num_rows
+
+
 def run_stage(name: str, run: Any, config: Any, *, shard: tuple[int, int], progress: bool,
               engines: EngineCache, chunk_size: int | None = None) -> Any:
     """Run one stage (``stage1``/``stage2``/``stage3``) with engines from ``config``; returns its summary."""
@@ -348,8 +360,11 @@ def _generate(run_dir: str, stages: list[str], *, source: str | None, split: str
     engines = EngineCache()
     summaries = []
     try:
-        for name in stages:
+        for k, name in enumerate(stages):
             section = getattr(config, name)
+            if k > 0 and usable_inputs(run, name) == 0:  # the stage before, run just now, left it nothing to do
+                console.print(f"[yellow]{name}: nothing to do[/] ({NO_INPUT[name]})")
+                continue
             console.print(f"[bold]{name}[/] ({STAGE_DIRS[name]}): {section.model} via {section.engine}")
             summary = run_stage(name, run, config, shard=shard, progress=not quiet, engines=engines,
                                 chunk_size=chunk_size)

@@ -162,6 +162,45 @@ def test_status_of_a_non_run_is_an_error(tmp_path):
     assert res.exit_code == 2 and "does not exist" in res.output
 
 
+@pytest.fixture
+def tiny_paths(request):
+    """(tiny_vlm, tiny_lm) from the engines helper's session fixtures; skipped, saying why, until they land."""
+    pytest.importorskip("builder.engines.transformers_engine", reason="transformers engine not in the repo yet")
+    try:
+        return request.getfixturevalue("tiny_vlm"), request.getfixturevalue("tiny_lm")
+    except pytest.FixtureLookupError:
+        pytest.skip("fixtures tiny_vlm / tiny_lm (tests/conftest.py) not in the repo yet")
+
+
+def test_generate_with_tiny_models_resumes(tmp_path, tiny_paths):
+    """`lpt generate` and `lpt generate --stages 2,3` through the transformers engine with tiny random models:
+    stages that get no input say so; a rerun redoes nothing."""
+    from builder.demo import add_fallback_mcqs
+
+    vlm, lm = tiny_paths
+    run = tmp_path / "run"
+    common = ["--engine", "transformers", "--set", f"stage1.model={lm}", "--set", f"stage2.model={vlm}",
+              "--set", f"stage3.model={lm}", "--set", "stage1.reformat=false", "--set", "stage1.max_new_tokens=12",
+              "--set", "stage2.max_new_tokens=8", "--set", "stage2.n=2", "--set", "stage3.max_new_tokens=8", "-q"]
+    res = invoke("generate", run, "--source", SAMPLE, "--limit", "2", *common)
+    assert res.exit_code == 0, res.output
+    assert "stage2: nothing to do" in res.output or "simple_cot" in res.output
+    r = RunDir(run)
+    assert r.read("source").num_rows == 2 and r.done_inputs("mcq") == set(r.read("source").column("image_id").to_pylist())
+    # give stage 2 work: the sample's hand-written MCQs, then run stages 2 and 3 only
+    assert add_fallback_mcqs(r) == 4
+    res = invoke("generate", run, "--stages", "2,3", *common)
+    assert res.exit_code == 0, res.output
+    cots = r.read("simple_cot")
+    assert cots.num_rows == 2 * sum(r.read("mcq").column("valid").to_pylist())
+    before = json.loads(invoke("status", run, "--json").output)["stages"]
+    res = invoke("generate", run, *common)  # everything is done: nothing is redone
+    assert res.exit_code == 0, res.output
+    assert json.loads(invoke("status", run, "--json").output)["stages"] == before
+    summaries = r.manifest["summaries"]
+    assert summaries["simple_cot/0-of-1"]["items_already_done"] == summaries["simple_cot/0-of-1"]["items_in"] > 0
+
+
 def _have_tiny_models() -> str | None:
     for module in ("builder.tiny_models", "builder.engines.transformers_engine"):
         if importlib.util.find_spec(module) is None:
