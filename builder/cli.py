@@ -459,8 +459,15 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
     """
     from builder.demo import run_demo
 
-    run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
+    try:
+        run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
+    except ImportError as e:
+        raise click.ClickException(f"the demo needs the transformers engine and builder.tiny_models: {e}") from None
 
 
 __all__ = ["EngineCache", "LazyGroup", "build_config", "main", "parse_shard_option", "parse_stages_option",
            "prepare_source", "run_stage", "status_rows", "status_table"]
+
+
+if __name__ == "__main__":  # python -m builder.cli
+    main()
