@@ -1,0 +1,222 @@
+"""The transformers engine: any causal LM or vision-language model, on CPU or GPU.
+
+Options (``load_engine("transformers", model, **options)``):
+
+``device``      ``"auto"`` (CUDA when there is one, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``
+``dtype``       ``"auto"`` (bfloat16 on GPU, float32 on CPU), or a torch dtype name
+``batch_size``  requests generated together (default 8)
+``gguf_file``   load a GGUF file from the ``model`` folder (``model`` may also be the ``.gguf`` path itself)
+``revision``, ``trust_remote_code``, ``attn_implementation``: passed to ``from_pretrained``
+
+Sampling and seeds: a request with ``temperature > 0`` and a ``seed`` is generated on its own (its ``n`` samples
+together, as ``num_return_sequences``) right after ``torch.manual_seed(seed)``, so what it gets depends on
+nothing but the request: resuming, sharding or re-chunking a run gives the same bytes. Greedy requests, and
+sampled ones without a seed, are batched (left padding). ``bad_words`` are blocked at generation time (the word
+and its space-prefixed form, as token sequences); ``stop`` strings end generation and are cut from the text.
+A model with a ``vision_config`` is a VLM: its images are capped at ``max_pixels`` and go through its
+processor; Qwen2-VL / Qwen2.5-VL get an image-only processor where torchvision is missing
+(:mod:`builder.engines.hf_processors`).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import groupby
+from typing import Any
+
+from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        import torch
+        from transformers import AutoConfig
+
+        opts = dict(options)
+        self.batch_size = int(opts.pop("batch_size", 8))
+        device = opts.pop("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = opts.pop("dtype", "auto")
+        if dtype in ("auto", None):
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        load = {k: opts.pop(k) for k in ("revision", "trust_remote_code", "gguf_file") if k in opts}
+        if str(model).endswith(".gguf") and os.path.isfile(model):
+            model, load["gguf_file"] = os.path.dirname(os.path.abspath(model)), os.path.basename(model)
+        attn = opts.pop("attn_implementation", None)
+        if opts:
+            raise ValueError(f"transformers engine: unknown option(s) {sorted(opts)}")
+
+        config = AutoConfig.from_pretrained(model, **load)
+        self.is_vlm = getattr(config, "vision_config", None) is not None
+        model_kw = {"dtype": dtype, **load, **({"attn_implementation": attn} if attn else {})}
+        if self.is_vlm:
+            from transformers import AutoModelForImageTextToText
+
+            from .hf_processors import load_processor
+
+            load_kw = {k: v for k, v in load.items() if k != "gguf_file"}
+            self.processor = load_processor(model, config.model_type, **load_kw)
+            self.tokenizer = self.processor.tokenizer
+            self.model = AutoModelForImageTextToText.from_pretrained(model, **model_kw)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
+            self.processor = None
+            self.model = AutoModelForCausalLM.from_pretrained(model, **model_kw)
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    # ------------------------------------------------------------------------------------------ prompts
+
+    def render(self, request: Request) -> str:
+        """The prompt text of a request (its chat template applied); a continued assistant turn stays open."""
+        messages = request.messages if self.is_vlm else [_text_only(m) for m in request.messages]
+        templater = self.processor if self.is_vlm else self.tokenizer
+        return templater.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not request.continue_final_message,
+            continue_final_message=request.continue_final_message)
+
+    def _encode(self, requests: list[Request]):
+        texts = [self.render(r) for r in requests]
+        if self.is_vlm:
+            images = [[cap_pixels(im.convert("RGB"), r.max_pixels) for im in iter_images(r.messages)]
+                      for r in requests]
+            if any(images):
+                flat = [im for ims in images for im in ims]
+                enc = self.processor(text=texts, images=flat, padding=True, return_tensors="pt")
+            else:
+                enc = self.processor(text=texts, padding=True, return_tensors="pt")
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        return enc.to(self.device)
+
+    # --------------------------------------------------------------------------------------- generation
+
+    def _bad_words_ids(self, words: tuple[str, ...]) -> list[list[int]] | None:
+        variants = {v for w in words for v in (w, " " + w) if w}
+        ids = [self.tokenizer(v, add_special_tokens=False).input_ids for v in sorted(variants)]
+        return [i for i in ids if i] or None
+
+    def _gen_kwargs(self, p: SamplingParams) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "num_return_sequences": p.n,
+                              "repetition_penalty": p.repetition_penalty,
+                              "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": sorted(self.eos_ids)}
+        if p.temperature > 0:
+            kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if p.bad_words:
+            kw["bad_words_ids"] = self._bad_words_ids(p.bad_words)
+        return kw
+
+    def _run(self, requests: list[Request]) -> list[list[Sample]]:
+        import torch
+
+        params = requests[0].params
+        enc = self._encode(requests)
+        kw = self._gen_kwargs(params)
+        if params.stop:
+            from transformers import StoppingCriteriaList
+
+            kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, params.stop,
+                                                                         enc["input_ids"].shape[1])])
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kw)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        samples = [self._sample(ids, params) for ids in new]
+        return [samples[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
+
+    def _sample(self, ids: list[int], params: SamplingParams) -> Sample:
+        pad = self.tokenizer.pad_token_id
+        finish = "length"
+        for i, t in enumerate(ids):
+            if t in self.eos_ids:
+                ids, finish = ids[:i], "stop"
+                break
+        while ids and ids[-1] == pad and pad not in self.eos_ids:
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = [text.find(s) for s in params.stop if s and s in text]
+        if cut:
+            text, finish = text[:min(cut)], "stop"
+        return Sample(text=text, finish_reason=finish, num_tokens=len(ids))
+
+    def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:
+        import torch
+        from tqdm.auto import tqdm
+
+        results: list[list[Sample] | None] = [None] * len(requests)
+        solo = [i for i, r in enumerate(requests) if r.params.temperature > 0 and r.params.seed is not None]
+        solo_set = set(solo)
+        batched = sorted((i for i in range(len(requests)) if i not in solo_set), key=lambda i: _key(requests[i]))
+        bar = tqdm(total=len(requests), disable=not progress, desc=f"generate ({self.model_id})", unit="req")
+        for i in solo:
+            torch.manual_seed(requests[i].params.seed)
+            results[i] = self._run([requests[i]])[0]
+            bar.update(1)
+        for _, group in groupby(batched, key=lambda i: _key(requests[i])):
+            group = list(group)
+            for start in range(0, len(group), self.batch_size):
+                part = group[start:start + self.batch_size]
+                seed = requests[part[0]].params.seed
+                torch.manual_seed(seed if seed is not None else 0)
+                for i, samples in zip(part, self._run([requests[i] for i in part])):
+                    results[i] = samples
+                bar.update(len(part))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.model = None
+        import gc
+
+        gc.collect()
+
+
+class _StopStrings:
+    """Stops a row once its *generated* text holds a stop string (the prompt does not count, as in vLLM)."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int) -> None:
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, [s for s in stops if s], prompt_len
+        self.window = 2 * max((len(s) for s in self.stops), default=1) + 8  # tokens: enough for any stop string
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_len:]
+        tails = self.tokenizer.batch_decode(new[:, -self.window:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
+def _key(request: Request):
+    """Requests that can share one ``generate`` call: same sampling settings, same kind of prompt."""
+    p = request.params
+    return (p.n, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens, p.stop, p.bad_words,
+            request.continue_final_message)
+
+
+def _text_only(message: dict[str, Any]) -> dict[str, Any]:
+    """A text model's message: list content becomes one string (an image part is refused)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    if any(part.get("type") == "image" for part in content):
+        raise ValueError("this model is text-only but the request has an image")
+    return {**message, "content": "".join(part.get("text", "") for part in content)}
+
+
+__all__ = ["TransformersEngine"]

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight models with the real architectures, built offline once per session.
+
+Nothing here reaches a hub: the whole suite runs with the Hugging Face offline switches on.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here; run on a GPU machine with `pytest -m gpu`)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """Folder of a random-weight Qwen2.5-VL (image-only processor, trained BPE, ChatML template)."""
+    from builder.tiny_models import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """Folder of a random-weight Qwen2 causal LM (trained BPE, ChatML template)."""
+    from builder.tiny_models import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-qwen2")
