@@ -95,6 +95,7 @@ class ConfigSpec:
     build: Callable[[LPTConfig], Iterable[dict[str, Any]]]
     description: str = ""
     from_run: bool = True  # built from a run directory (and so written by ``lpt export``)
+    why_empty: Callable[[LPTConfig], str] | None = None  # says why a run gives no rows (export reports it)
 
 
 CONFIGS: dict[str, ConfigSpec] = {}
@@ -147,6 +148,20 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
     def _generate_examples(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(CONFIGS[self.config.name].build(self.config)):
             yield str(i), row
+
+    def _as_dataset(self, split: Any = datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
+        # datasets refuses a prepared split of zero rows ("Instruction train corresponds to no data"); an empty
+        # set (e.g. SFT of a run with no X→O trace) is a valid answer: an empty Dataset with the declared features.
+        info = self.info.splits.get(str(split)) if self.info.splits else None
+        if info is not None and info.num_examples == 0:
+            return datasets.Dataset.from_dict({k: [] for k in self.info.features}, features=self.info.features,
+                                              info=self.info.copy(), split=info.name)
+        return super()._as_dataset(split=split, in_memory=in_memory)
+
+    def why_empty(self) -> str:
+        """Why this config has no rows for its run (the config's own reason, or a generic one)."""
+        spec = CONFIGS[self.config.name]
+        return (spec.why_empty(self.config) if spec.why_empty else "") or "the run has no rows for it"
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -242,26 +257,35 @@ def _build_lpt30k(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------- the configs
 
+
+def _why(name: str) -> Callable[[LPTConfig], str]:
+    return lambda c: assemble.why_empty(c.run(), name, c.options)
+
 for _spec in [
     ConfigSpec("sft", SFT_FEATURES, lambda c: assemble.build_sft(c.run(), c.options),
-               "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50."),
+               "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50.", why_empty=_why("sft")),
     ConfigSpec("dpo", DPO_FEATURES, lambda c: assemble.build_dpo(c.run(), c.options),
-               "Preference pairs (prompt/chosen/rejected), tagged with their kind."),
+               "Preference pairs (prompt/chosen/rejected), tagged with their kind.", why_empty=_why("dpo")),
     ConfigSpec("mcq", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "think"),
-               "The valid MCQs with the think system prompt and the gold answer."),
+               "The valid MCQs with the think system prompt and the gold answer.", why_empty=_why("mcq")),
     ConfigSpec("mcq_direct", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "direct"),
-               "The valid MCQs with the direct-answer system prompt and the gold answer."),
+               "The valid MCQs with the direct-answer system prompt and the gold answer.",
+               why_empty=_why("mcq_direct")),
     ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
-               "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline)."),
-    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side)."),
+               "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
+    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side).",
+               why_empty=lambda c: "the run has no source rows"),
     ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
-               "Stage 1: every MCQ, valid or not, with its raw responses."),
+               "Stage 1: every MCQ, valid or not, with its raw responses.",
+               why_empty=lambda c: "stage 1 has no records"),
     ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
                lambda c: assemble.build_raw(c.run(), "simple_cot"),
-               "Stage 2: every simple-CoT sample, its parse and its label."),
+               "Stage 2: every simple-CoT sample, its parse and its label.",
+               why_empty=lambda c: "stage 2 has no records"),
     ConfigSpec("raw_expansion", Features.from_arrow_schema(EXPANSION),
                lambda c: assemble.build_raw(c.run(), "expansion"),
-               "Stage 3: every expansion, its parse, its label and why it was dropped."),
+               "Stage 3: every expansion, its parse, its label and why it was dropped.",
+               why_empty=lambda c: "stage 3 has no records"),
     ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
                "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
 ]:

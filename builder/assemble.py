@@ -8,7 +8,8 @@ word, no duplicate).
 Sets:
 
 * ``sft``: O ∪ O→O length-weighted subsampled to ``sft_ratio`` (10 %), plus X→O subsampled to the same
-  size (50/50 by construction: when X→O is short, both halves shrink to its size).
+  size (50/50 by construction: when X→O is short, both halves shrink to its size; a run with no X→O trace
+  has an empty SFT set, and :func:`why_empty` says so; ``sft_balance=False`` keeps the correct half).
 * ``dpo``: preference pairs tagged with their ``kind`` (see :data:`PAIR_KINDS`); both sides render the
   answer the same way (upstream defect 5), so a rejected side must name an option (``pred_index >= 0``).
 * ``simple_cot``: correct simple thoughts, length-weighted subsampled to ``simple_cot_ratio`` (1/3.75).
@@ -394,6 +395,46 @@ def _user_text(question: str, options: Sequence[str], style: str) -> str:
     return Prompts().vlm_user_text(question=question, options=options, option_style=style)
 
 
+# ------------------------------------------------------------------------------------------- empty sets
+
+
+def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) -> str:
+    """Why the set ``name`` (``sft``, ``dpo``, ``simple_cot``, ``mcq``, ``mcq_direct``) of ``run`` has no rows;
+    "" when it has some. ``lpt export`` reports this for every config it leaves out."""
+    if name in ("mcq", "mcq_direct"):
+        return "" if any(m["valid"] for m in _rows(run, "mcq")) else "stage 1 wrote no valid MCQ"
+    if name not in ("sft", "dpo", "simple_cot"):
+        raise ValueError(f"unknown set {name!r}")
+    traces = load_traces(run)
+    if not traces:
+        return "the run has no kept simple CoT or expansion"
+    g = by_type(traces)
+    if name == "simple_cot":
+        o = len(g["O"])
+        if not o:
+            return "the run has no kept correct simple thought (O)"
+        if not int(o * opts.simple_cot_ratio):
+            return f"{o} correct simple thoughts (O) x simple_cot_ratio {opts.simple_cot_ratio:g} round down to 0"
+        return ""
+    if name == "dpo":
+        if dpo_pairs(traces, opts):
+            return ""
+        have = ", ".join(f"{k} {len(v)}" for k, v in g.items() if v)
+        return (f"no pair of the kinds {', '.join(opts.pair_kinds)} (kept traces: {have}); a pair needs a chosen "
+                f"and a rejected trace of the same prompt")
+    if sft_traces(traces, opts):
+        return ""
+    pool, x_o = len(g["O"]) + len(g["O_O"]), len(g["X_O"])
+    if opts.sft_balance and not x_o:
+        return (f"no X→O trace (a wrong simple thought whose expansion reaches the right answer; the run keeps "
+                f"{len(g['X_X'])} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (SPEC), so its O ∪ O→O half "
+                f"({pool} traces) is cut to 0 as well; sft_balance=False (--no-sft-balance) keeps that half")
+    if opts.sft_balance:
+        return (f"O ∪ O→O ({pool} traces) x sft_ratio {opts.sft_ratio:g} rounds down to 0; SFT is 50/50 by "
+                f"construction, so the X→O half ({x_o} traces) is cut to 0 as well")
+    return f"O ∪ O→O ({pool} traces) and X→O ({x_o}) x sft_ratio {opts.sft_ratio:g} round down to 0"
+
+
 # ------------------------------------------------------------------------------------------------ raw stages
 
 
@@ -405,5 +446,5 @@ def build_raw(run: Any, stage: str) -> list[dict[str, Any]]:
 __all__ = [
     "AssembleOptions", "DEFAULT_PAIR_KINDS", "MCQ_VARIANTS", "PAIR_KINDS", "TRACE_TYPES", "Trace",
     "build_dpo", "build_mcq", "build_raw", "build_sft", "build_simple_cot", "by_type", "dpo_pairs",
-    "length_weighted_subsample", "load_traces", "sft_traces",
+    "length_weighted_subsample", "load_traces", "sft_traces", "why_empty",
 ]

@@ -234,7 +234,7 @@ def _export(run: Any, out: Path) -> dict[str, Any]:
     try:
         import longperceptualthoughts as lpt
         from builder.assemble import AssembleOptions
-        from builder.export import export
+        from builder.export import export, read_report
     except ImportError as e:
         return {"error": f"builder.export is not available ({e})"}
     target = out / "dataset"
@@ -244,9 +244,14 @@ def _export(run: Any, out: Path) -> dict[str, Any]:
     for name in lpt.run_configs():
         try:
             export(run.path, target, configs=[name], options=options)
-            done.append(name)
-        except Exception as e:  # noqa: BLE001 - an empty set cannot be written; the demo says so and goes on
+        except Exception as e:  # noqa: BLE001 - one config failing must not hide the others; the demo says so
             skipped[name] = f"{type(e).__name__}: {e}"[:200]
+            continue
+        empty = read_report(target)["empty"]
+        if name in empty:  # no rows: export leaves it out and says why
+            skipped[name] = f"empty: {empty[name]}"
+        else:
+            done.append(name)
     if not done:
         return {"error": "no config could be exported", "skipped": skipped}
     first = "sft" if "sft" in done else done[0]

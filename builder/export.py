@@ -4,6 +4,13 @@ Hub layout (``datasets.load_dataset(OUT, "sft")`` works offline; the same folder
 
     OUT/README.md                                   card from dataset_card.md: YAML configs/dataset_info + numbers
     OUT/<config>/train-00000-of-0000N.parquet       written by `datasets` (feature metadata kept)
+    OUT/export_report.json                          rows per config written; configs left out as empty, and why
+
+A config with no rows for the run (e.g. ``sft`` when no wrong simple thought was corrected by its expansion:
+SFT is 50/50 O ∪ O→O / X→O by construction) is left out of the folder and of the card's YAML ``configs``,
+because ``datasets.load_dataset`` cannot load a split of zero rows ("Instruction 'train' corresponds to no
+data"), even from a parquet file that carries the schema. The report and the card name it with the reason, so
+every config the card lists loads.
 
 LLaMA-Factory layout: ``OUT/<name>.json`` (sharegpt), ``OUT/images/<image_id>.jpg``, ``OUT/dataset_info.json``.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -21,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import click
 
 FORMATS = ("hub", "llamafactory")
+REPORT_FILE = "export_report.json"
 SHARD_BYTES = 500 * 1024 * 1024
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
 LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptualThoughts_DPO",
@@ -28,14 +37,39 @@ LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptual
                      "mcq_direct": "LongPerceptualThoughts_MCQ_DIRECT"}
 
 
-def build_config(run_dir: str | os.PathLike, config: str, *, cache_dir: str | os.PathLike, **config_kwargs: Any):
-    """One config of a run as a ``datasets.Dataset`` (through the builder, freshly generated)."""
+def _prepared(run_dir: str | os.PathLike, config: str, cache_dir: str | os.PathLike, **config_kwargs: Any):
     import longperceptualthoughts as lpt
 
     b = lpt.LongPerceptualThoughts(config_name=config, run_dir=str(run_dir), cache_dir=str(cache_dir),
                                    **config_kwargs)
     b.download_and_prepare(download_mode="force_redownload")
-    return b.as_dataset(split="train")
+    return b
+
+
+def build_config(run_dir: str | os.PathLike, config: str, *, cache_dir: str | os.PathLike, **config_kwargs: Any):
+    """One config of a run as a ``datasets.Dataset`` (through the builder, freshly generated; may have 0 rows)."""
+    return _prepared(run_dir, config, cache_dir, **config_kwargs).as_dataset(split="train")
+
+
+def read_report(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``OUT/export_report.json``: ``{"configs": {name: rows}, "empty": {name: why}}`` ({} parts if absent)."""
+    path = Path(out_dir) / REPORT_FILE
+    report = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {"configs": dict(report.get("configs", {})), "empty": dict(report.get("empty", {}))}
+
+
+def _update_report(out: Path, written: dict[str, int], empty: dict[str, str]) -> dict[str, Any]:
+    """Merge this export's configs into the report (a config exported again replaces its old entry)."""
+    report = read_report(out)
+    for name in (*written, *empty):
+        report["configs"].pop(name, None)
+        report["empty"].pop(name, None)
+    report["configs"].update(written)
+    report["empty"].update(empty)
+    tmp = out / (REPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / REPORT_FILE)
+    return report
 
 
 def export(
@@ -52,6 +86,8 @@ def export(
 
     ``embed_images=False`` stores the images config as absolute paths to the source files (not portable).
     ``options`` is an :class:`builder.assemble.AssembleOptions` (ratios, pair kinds, seed).
+    A config with no rows is not written (an old copy of it is removed); ``OUT/export_report.json`` and the
+    card say why (:func:`read_report`).
     """
     import longperceptualthoughts as lpt
 
@@ -67,9 +103,17 @@ def export(
         if fmt == "llamafactory":
             _export_llamafactory(run_dir, out, cache, kwargs)
             return out
+        written, empty = {}, {}
         for name in names:
-            ds = build_config(run_dir, name, cache_dir=cache, **kwargs)
-            _write_parquet(ds, out / name)
+            b = _prepared(run_dir, name, cache, **kwargs)
+            ds = b.as_dataset(split="train")
+            if ds.num_rows:
+                _write_parquet(ds, out / name)
+                written[name] = ds.num_rows
+            else:
+                shutil.rmtree(out / name, ignore_errors=True)
+                empty[name] = b.why_empty()
+    _update_report(out, written, empty)
     render_card(out, repo_id=repo_id)
     return out
 
@@ -127,6 +171,8 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats: dict[str, Any] = {"configs": [
         {"name": c, "rows": data[c].num_rows,
          "description": lpt.CONFIGS[c].description if c in lpt.CONFIGS else ""} for c in order]}
+    stats["empty_configs"] = [{"name": c, "reason": why} for c, why in read_report(out)["empty"].items()
+                              if c not in present]
     sft = data.get("sft")
     types, all_words = [], []
     if sft is not None:
@@ -227,7 +273,8 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
 
 
 def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, Any]) -> None:
-    """sharegpt JSON per set (``<image>`` in the user turn, relative image paths) and ``dataset_info.json``."""
+    """sharegpt JSON per set (``<image>`` in the user turn, relative image paths) and ``dataset_info.json``;
+    an empty set is left out of both (and named in the report)."""
     import longperceptualthoughts as lpt
 
     img_dir = out / "images"
@@ -239,8 +286,15 @@ def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, 
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
             "system_tag": "system"}
     info: dict[str, Any] = {}
+    written, empty = {}, {}
     for config, name in LLAMAFACTORY_SETS.items():
-        ds = build_config(run_dir, config, cache_dir=cache, **kwargs)
+        b = _prepared(run_dir, config, cache, **kwargs)
+        ds = b.as_dataset(split="train")
+        if not ds.num_rows:
+            (out / f"{name}.json").unlink(missing_ok=True)
+            empty[config] = b.why_empty()
+            continue
+        written[config] = ds.num_rows
         records = []
         for row in ds:
             image = [f"images/{row['image_id']}.jpg"]
@@ -257,6 +311,7 @@ def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, 
             entry["columns"].update(chosen="chosen", rejected="rejected")
         info[name] = entry
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    _update_report(out, written, empty)
 
 
 def _with_image_token(messages: list[dict]) -> list[dict]:
@@ -275,16 +330,24 @@ def _with_image_token(messages: list[dict]) -> list[dict]:
 @click.option("--config", "configs", multiple=True, help="Only these configs (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sft-ratio", type=float, default=0.1, show_default=True)
+@click.option("--no-sft-balance", is_flag=True,
+              help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
 @click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
 @click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the SPEC five).")
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
-               sft_ratio: float, simple_cot_ratio: float, pair_kinds: str | None) -> None:
+               sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None) -> None:
     """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
     from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
 
-    opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, simple_cot_ratio=simple_cot_ratio,
+    opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
+                           simple_cot_ratio=simple_cot_ratio,
                            pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
     out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts)
+    report = read_report(out)
+    for name, rows in report["configs"].items():
+        click.echo(f"  {name}: {rows} rows")
+    for name, why in report["empty"].items():
+        click.echo(f"  {name}: empty, not written: {why}")
     click.echo(f"wrote {out}")
 
 
@@ -319,5 +382,5 @@ def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> N
     click.echo(f"imported {src_dir} -> {run_dir}")
 
 
-__all__ = ["FORMATS", "build_config", "card_cmd", "card_stats", "export", "export_cmd", "import_upstream_cmd",
-           "push", "push_cmd", "render_card"]
+__all__ = ["FORMATS", "REPORT_FILE", "build_config", "card_cmd", "card_stats", "export", "export_cmd",
+           "import_upstream_cmd", "push", "push_cmd", "read_report", "render_card"]

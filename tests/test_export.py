@@ -14,7 +14,9 @@ from huggingface_hub import DatasetCard
 
 import longperceptualthoughts as lpt
 from builder.answers import parse_thought
-from builder.export import card_cmd, card_stats, export, export_cmd, import_upstream_cmd
+from builder.assemble import AssembleOptions
+from builder.export import (build_config, card_cmd, card_stats, export, export_cmd, import_upstream_cmd,
+                            read_report)
 from builder.importer import import_upstream
 
 UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
@@ -118,3 +120,94 @@ def test_cli_commands(tmp_path):
     (tmp_path / "out" / "README.md").unlink()
     assert runner.invoke(card_cmd, [str(tmp_path / "out")]).exit_code == 0
     assert "LongPerceptualThoughts" in (tmp_path / "out" / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------- empty configs
+
+
+@pytest.fixture(scope="module")
+def no_x_o(tmp_path_factory):
+    """The imported run without any X→O expansion (no wrong simple thought is corrected): SFT is empty."""
+    import pyarrow as pa
+
+    from builder.records import EXPANSION
+
+    tmp = tmp_path_factory.mktemp("no_x_o")
+    run = import_upstream(UPSTREAM, tmp / "run", images_dir=make_images(tmp / "images"))
+    rows = [e for e in run.read("expansion").to_pylist() if not (e["correct"] and not e["simple_correct"])]
+    run.write_table("expansion", pa.Table.from_pylist(rows, schema=EXPANSION))
+    return run
+
+
+def test_datasets_cannot_load_a_zero_row_split(tmp_path):
+    """Why export leaves an empty config out instead of writing a zero-row parquet: `datasets` refuses the
+    split even when the file carries the schema. (If this starts passing, empty configs could be written.)"""
+    empty = datasets.Dataset.from_dict({k: [] for k in lpt.SFT_FEATURES}, features=lpt.SFT_FEATURES)
+    (tmp_path / "sft").mkdir()
+    empty.to_parquet(str(tmp_path / "sft" / "train-00000-of-00001.parquet"))
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: sft\n  data_files:\n  - split: train\n"
+                                        "    path: sft/train-*\n---\n")
+    with pytest.raises(ValueError, match="corresponds to no data"):
+        datasets.load_dataset(str(tmp_path), "sft", split="train")
+
+
+def test_empty_config_is_left_out_with_its_reason_and_every_listed_config_loads(no_x_o, tmp_path):
+    run = no_x_o
+    out = tmp_path / "hub"
+    (out / "sft").mkdir(parents=True)
+    (out / "sft" / "train-00000-of-00001.parquet").write_bytes(b"stale")  # an older export's file goes away
+    export(run.path, out, configs=["sft", "dpo", "mcq", "raw_expansion"])
+    names = datasets.get_dataset_config_names(str(out))
+    assert sorted(names) == ["dpo", "mcq", "raw_expansion"] and not (out / "sft").exists()
+    for name in names:
+        ds = datasets.load_dataset(str(out), name, split="train")
+        assert ds.num_rows > 0 and ds.features == lpt.CONFIGS[name].features
+    report = read_report(out)
+    assert set(report["configs"]) == set(names) and list(report["empty"]) == ["sft"]
+    why = report["empty"]["sft"]
+    assert "no X→O trace" in why and "50/50" in why and "sft_balance=False" in why
+    card = (out / "README.md").read_text()
+    assert "- `sft`: no X→O trace" in card and "config_name: sft" not in card
+    assert card_stats(out)["empty_configs"] == [{"name": "sft", "reason": why}]
+    # the builder itself answers an empty set with 0 rows and the declared features (no "no data" error)
+    ds = build_config(run.path, "sft", cache_dir=tmp_path / "cache")
+    assert ds.num_rows == 0 and ds.features == lpt.SFT_FEATURES
+    # without the 50/50 balance the correct half is exported, and the report forgets the old reason
+    export(run.path, out, configs=["sft"], options=AssembleOptions(sft_balance=False))
+    sft = datasets.load_dataset(str(out), "sft", split="train")
+    assert sft.num_rows > 0 and set(sft["cot_type"]) <= {"O", "O_O"}
+    assert read_report(out)["empty"] == {} and "sft" in datasets.get_dataset_config_names(str(out))
+
+
+def test_empty_sets_in_cli_and_llamafactory(no_x_o, tmp_path):
+    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out"), "--config", "sft", "--config",
+                                        "mcq"])
+    assert r.exit_code == 0, r.output
+    assert "sft: empty, not written: no X→O trace" in r.output and "mcq: " in r.output
+    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out2"), "--config", "sft",
+                                        "--no-sft-balance"])
+    assert r.exit_code == 0 and "sft: empty" not in r.output
+    assert datasets.load_dataset(str(tmp_path / "out2"), "sft", split="train").num_rows > 0
+    lf = export(no_x_o.path, tmp_path / "lf", fmt="llamafactory")
+    info = json.loads((lf / "dataset_info.json").read_text())
+    assert "LongPerceptualThoughts_SFT" not in info and not (lf / "LongPerceptualThoughts_SFT.json").exists()
+    assert "LongPerceptualThoughts_DPO" in info and "no X→O trace" in read_report(lf)["empty"]["sft"]
+
+
+def test_why_empty_for_each_set(no_x_o, tmp_path):
+    from builder import assemble
+    from builder.records import MCQ, SIMPLE_COT
+    from builder.store import RunDir
+
+    opts = AssembleOptions()
+    assert assemble.why_empty(no_x_o, "dpo", opts) == "" and assemble.why_empty(no_x_o, "mcq", opts) == ""
+    assert assemble.why_empty(no_x_o, "sft", opts.replace(sft_balance=False, sft_ratio=1e-6)) == \
+        "O ∪ O→O (562 traces) and X→O (0) x sft_ratio 1e-06 round down to 0"
+    assert "round down to 0" in assemble.why_empty(no_x_o, "simple_cot", opts.replace(simple_cot_ratio=1e-6))
+    bare = RunDir(tmp_path / "bare")
+    bare.write_table("mcq", MCQ.empty_table())
+    bare.write_table("simple_cot", SIMPLE_COT.empty_table())
+    assert assemble.why_empty(bare, "mcq_direct", opts) == "stage 1 wrote no valid MCQ"
+    assert assemble.why_empty(bare, "sft", opts) == "the run has no kept simple CoT or expansion"
+    why_dpo = assemble.why_empty(no_x_o, "dpo", opts.replace(pair_kinds=("X_O>X",)))
+    assert why_dpo.startswith("no pair of the kinds X_O>X (kept traces: O 234")
