@@ -88,7 +88,8 @@ def shuffle_options(options: Sequence[str], answer_index: int, rng: random.Rando
 
 # ---------------------------------------------------------------------------------------------- extraction
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)(</answer>|$)", re.S | re.I)
+_CUT_CLOSE = re.compile(r"<(?:/(?:a(?:n(?:s(?:w(?:e(?:r)?)?)?)?)?)?)?\s*$", re.I)  # "<", "</", ... "</answer"
 _THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(\*\*)?\s*(\(?[A-J]\)?)(?![A-Za-z])", re.I)
 _ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer(?:\*\*)?\s*:\s*(.+?)\s*$", re.I | re.M)
@@ -97,14 +98,16 @@ _ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer(?:\*\*)?\s*:\s*(.+?
 def extract_answer(text: str) -> str | None:
     """The answer string of a response: first ``<answer>`` tag, else an "Answer: …" / "answer is (X)" line.
 
-    Fallbacks look only after the thought (after ``</think>`` when there is one; an unclosed ``<think>``
-    gives no answer).
+    An unclosed ``<answer>`` (a reply cut off by the token limit) runs to the end of the text, less a closing
+    tag cut off part-way (``(B) </ans`` -> ``(B)``): a truncated prediction is still graded, and only what it
+    names counts. Fallbacks look only after the thought (after ``</think>`` when there is one; an unclosed
+    ``<think>`` gives no answer).
     """
     if text is None:
         return None
     m = _ANSWER_TAG.search(text)
     if m:
-        return m.group(1).strip()
+        return (m.group(1) if m.group(2) else _CUT_CLOSE.sub("", m.group(1))).strip()
     tail = text
     if re.search(r"<think>", text, re.I):
         end = re.search(r"</think>", text, re.I)

@@ -118,3 +118,14 @@ def test_ids_and_shards_are_stable():
     for i in range(400):
         counts[shard_of(content_id(i), 4)] += 1
     assert min(counts) > 60 and shard_of("abc", 4) == shard_of("abc", 4)
+
+
+def test_unclosed_answer_tag_runs_to_the_end_less_a_cut_off_closing_tag():
+    """A prediction cut off by the token limit is still graded on what it names (SPEC: anything else is wrong)."""
+    assert extract_answer("<think>t</think> <answer>A</answer") == "A"
+    assert extract_answer("<think>t</think> <answer> (B) </ans") == "(B)"
+    assert extract_answer("<answer>(C)") == "(C)" and extract_answer("<answer> A <") == "A"
+    assert extract_answer("<answer>x < y</answer>") == "x < y"  # a closed tag is taken as written
+    assert grade("<think>t</think> <answer>Blue</answ", OPTS, 1).correct
+    assert not grade("<think>t</think> <answer>Blue, no wait", OPTS, 1).parsed  # names no option: wrong
+    assert parse_thought("<think> t </think> <answer> (B)")[1] == "(B)"
