@@ -276,7 +276,8 @@ for _spec in [
     ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side).",
                why_empty=lambda c: "the run has no source rows"),
     ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
-               "Stage 1: every MCQ, valid or not, with its raw responses.",
+               "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
+               "one invalid row).",
                why_empty=lambda c: "stage 1 has no records"),
     ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
                lambda c: assemble.build_raw(c.run(), "simple_cot"),

@@ -179,15 +179,16 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
 
 
 def _stage_counts(run: Any) -> dict[str, dict[str, int]]:
+    from builder.stages.mcq import is_placeholder
+
     out: dict[str, dict[str, int]] = {}
-    mcq = run.read("mcq").to_pylist()
-    out["stage1 (mcq)"] = {"rows": len(mcq), "valid": sum(r["valid"] for r in mcq),
+    rows = run.read("mcq").to_pylist()
+    mcq = [r for r in rows if not is_placeholder(r)]  # an image's no-question record is not a question
+    out["stage1 (mcq)"] = {"questions": len(mcq), "valid": sum(r["valid"] for r in mcq),
                            "by model": sum(r["model"] != FALLBACK_MODEL for r in mcq),
                            "valid by model": sum(r["valid"] and r["model"] != FALLBACK_MODEL for r in mcq),
-                           "hand-written": sum(r["model"] == FALLBACK_MODEL for r in mcq)}
-    s1 = run.manifest.get("summaries", {}).get("mcq/0-of-1", {})
-    if "images_without_questions" in s1:
-        out["stage1 (mcq)"]["images where the model wrote no parseable question"] = s1["images_without_questions"]
+                           "hand-written": sum(r["model"] == FALLBACK_MODEL for r in mcq),
+                           "images where the model wrote no parseable question": len(rows) - len(mcq)}
     for key, stage in (("stage2 (simple_cot)", "simple_cot"), ("stage3 (expansion)", "expansion")):
         rows = run.read(stage).to_pylist()
         out[key] = {"rows": len(rows), "parsed": sum(r["parsed"] for r in rows),

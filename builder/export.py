@@ -188,9 +188,13 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats["pair_kinds"] = [{"kind": k, "pairs": v} for k, v in sorted(Counter(dpo["kind"]).items())] if dpo else []
     stages = []
     if data.get("raw_mcq") is not None:
-        valid = data["raw_mcq"]["valid"]
-        stages.append({"stage": "1 MCQ (valid)", "records": len(valid), "kept": sum(valid),
-                       "accuracy": sum(valid) / len(valid) if valid else None})
+        from builder.stages.mcq import is_placeholder
+
+        questions = [r for r in data["raw_mcq"].select_columns(["item_index", "valid"]).to_list()
+                     if not is_placeholder(r)]  # an image's no-question placeholder is not a question
+        valid = sum(r["valid"] for r in questions)
+        stages.append({"stage": "1 MCQ (valid)", "records": len(questions), "kept": valid,
+                       "accuracy": valid / len(questions) if questions else None})
     for name, label in (("raw_simple_cot", "2 simple CoT"), ("raw_expansion", "3 expansion")):
         if data.get(name) is None:
             continue

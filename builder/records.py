@@ -53,12 +53,13 @@ SOURCE = pa.schema(
     ]
 )
 
-# Stage 1: multiple-choice questions (valid and invalid ones; invalid ones say why).
+# Stage 1: multiple-choice questions (valid and invalid ones; invalid ones say why). An image whose reply holds
+# no question at all has one invalid placeholder row (item_index -1, empty question) that keeps the replies.
 MCQ = pa.schema(
     [
         ("mcq_id", _STR),  # content_id(image_id, question, options, answer_text)
         ("image_id", _STR),
-        ("item_index", _INT),  # position of the question in the LLM's reply
+        ("item_index", _INT),  # position of the question in the LLM's reply (-1: the no-question placeholder)
         ("question", _STR),
         ("options", _STRS),  # option texts in the order the LLM wrote them (letters A, B, ... by position)
         ("answer_text", _STR),  # the answer as the LLM wrote it

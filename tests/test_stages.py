@@ -166,6 +166,71 @@ def test_stage1_parser_handles_missing_tags_and_letters():
     assert [r["invalid_reason"] for r in rows[1:]] == ["no <choices>", "repeated option"]
 
 
+def test_stage1_parser_unclosed_tags_make_invalid_items_and_never_swallow_the_next():
+    text = ("1. <question> Q1? </question> <choices> (A) x (B) y </choices> <answer> (B) <type> T </type>\n"
+            "2. <question> Q2? <choices> (A) p (B) q </choices> <answer> p </answer>\n"
+            "3. <question> Q3? </question> <choices> (A) one (B) two </choices> <answer> two </answer> <type> Count")
+    items = mcq.parse_mcq_response(text)
+    assert [i.question for i in items] == ["Q1?", "", "Q3?"]
+    assert [i.unclosed for i in items] == [("answer",), ("question",), ("type",)]
+    rows = mcq.mcq_rows("im", items, model="m", raw_response=text, formatted_response="")
+    assert [r["invalid_reason"] for r in rows] == ["unclosed <answer>", "unclosed <question>", ""]
+    assert rows[2]["valid"] and rows[2]["answer_index"] == 1 and rows[2]["question_type"] == ""
+    cut = mcq.parse_mcq_response("<question> Q? </question> <choices> (A) a (B) b")  # cut off by the token limit
+    assert mcq.mcq_rows("im", cut, model="m", raw_response="", formatted_response="")[0]["invalid_reason"] == \
+        "unclosed <choices>"
+
+
+class _NoQuestionsFor(ReplayEngine):
+    """REPLAY engine whose stage-1 reply names no question for descriptions containing ``word``."""
+
+    def __init__(self, word: str, **kw) -> None:
+        super().__init__(**kw)
+        self.word = word
+
+    def _reply(self, req: Request, k: int) -> str:
+        if self.word in _text_of(req.messages[-1]):
+            return f"Sorry, I cannot write questions about the {self.word}."
+        return super()._reply(req, k)
+
+
+def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstream_respect(tmp_path):
+    from builder import assemble
+    from builder.demo import _stage_counts
+    from builder.export import card_stats, export
+
+    run = RunDir(tmp_path / "run")
+    src = make_source(run, tmp_path, n=4)
+    src[1]["description"] = "Thick fog; nothing else can be made out."
+    run.write_table("source", pa.Table.from_pylist(src, schema=SOURCE))
+    cfg = small_config()
+    s1 = mcq.run(run, _NoQuestionsFor("fog"), cfg, progress=False)
+    rows = run.read("mcq").to_pylist()
+    [ph] = [r for r in rows if r["image_id"] == "img_001"]
+    assert (ph["valid"], ph["invalid_reason"], ph["item_index"], ph["question"]) == (False, mcq.NO_QUESTION, -1, "")
+    assert ph["raw_response"] == "Sorry, I cannot write questions about the fog." and ph["formatted_response"]
+    assert ph["mcq_id"] == content_id("img_001", "", [], "") and mcq.is_placeholder(ph)
+    assert {r["image_id"] for r in rows} == {r["image_id"] for r in src}  # every input left a record
+    assert s1.counts["images_without_questions"] == 1 and s1.counts["questions"] == len(rows) - 1
+    assert mcq.NO_QUESTION not in s1.dropped
+    # resume: nothing is redone, also after a whole-table rewrite of the stage (the demo's fallback and the
+    # importer write whole tables; done inputs are then read from the rows)
+    again = ReplayEngine()
+    assert mcq.run(run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
+    run.write_table("mcq", run.read("mcq"))
+    assert mcq.run(run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
+    # downstream reads only valid rows: no stage-2 request, MCQ set row, demo count or card number for it
+    simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+    assert "img_001" not in set(run.read("simple_cot").column("image_id").to_pylist())
+    assert "img_001" not in {r["image_id"] for r in assemble.build_mcq(run)}
+    assert ph in assemble.build_raw(run, "mcq")  # the raw records keep it
+    counts = _stage_counts(run)["stage1 (mcq)"]
+    assert counts["questions"] == len(rows) - 1 and counts["images where the model wrote no parseable question"] == 1
+    out = export(run.path, tmp_path / "hub", configs=["raw_mcq", "mcq"])
+    [stage1] = [s for s in card_stats(out)["stages"] if s["stage"] == "1 MCQ (valid)"]
+    assert stage1["records"] == len(rows) - 1 and stage1["kept"] == sum(r["valid"] for r in rows)
+
+
 # ------------------------------------------------------------------------------------------------- stage 2
 
 

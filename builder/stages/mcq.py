@@ -9,6 +9,17 @@ Each item becomes an MCQ row. It is valid iff its answer resolves to exactly one
 text (upstream's rule), else :func:`builder.answers.match_option` (a letter such as ``(B)``, or the text up
 to case and punctuation). Invalid rows are kept with the reason. ``mcq_id = content_id(image_id, question,
 options, answer_text)``.
+
+Every image leaves a record: a reply with no ``<question>`` at all gives one invalid row (``item_index`` -1,
+reason :data:`NO_QUESTION`, empty question and options) that carries the raw replies. So nothing a model
+wrote is lost, the image counts as done on resume even after a whole-table rewrite of the stage (done inputs
+are then read from the rows), and everything downstream, which reads only ``valid`` rows, ignores it.
+
+A tag opened but not closed inside its item (``<answer> B`` with no ``</answer>``, e.g. a reply cut off by
+the token limit) does not count: the item is invalid with reason ``unclosed <answer>`` (likewise
+``<question>``, ``<choices>``; an unclosed ``<type>`` leaves the type empty). A gold answer is never guessed
+from a truncated tag. (Stages 2 and 3 read a model's *prediction* with :func:`builder.answers.extract_answer`,
+which does take an unclosed ``<answer>`` to the end of the text: a truncated prediction is still graded.)
 """
 
 from __future__ import annotations
@@ -36,19 +47,24 @@ from .common import (
 )
 
 STAGE = "mcq"
+NO_QUESTION = "no question in the reply"  # invalid_reason of an image's placeholder row
 
-_QUESTION = re.compile(r"<question>(.*?)</question>", re.S | re.I)
-_TAGS = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.S | re.I) for tag in ("choices", "answer", "type")}
+_FIELDS = ("question", "choices", "answer", "type")
+_CLOSED = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.S | re.I) for tag in _FIELDS}
+_OPENED = {tag: re.compile(rf"<{tag}>", re.I) for tag in _FIELDS}
 
 
 @dataclass(frozen=True)
 class ParsedItem:
-    """One question of a stage-1 reply, as written (``choices`` is the raw text inside ``<choices>``)."""
+    """One question of a stage-1 reply, as written (``choices`` is the raw text inside ``<choices>``).
+
+    ``unclosed`` names the tags the item opens but never closes (their field is then empty / None)."""
 
     question: str
     choices: str | None
     answer_text: str | None
     question_type: str
+    unclosed: tuple[str, ...] = ()
 
 
 def _clean(s: str | None) -> str | None:
@@ -56,17 +72,26 @@ def _clean(s: str | None) -> str | None:
 
 
 def parse_mcq_response(text: str) -> list[ParsedItem]:
-    """The tagged items of a reply, in order. Each item runs from one ``<question>`` to the next; a tag
-    missing from an item gives ``None`` for that field (the row is then invalid, not silently merged)."""
+    """The tagged items of a reply, in order. Each item runs from one ``<question>`` opening tag to the next
+    (so an unclosed tag never swallows the next item); a tag missing from an item gives ``None`` for that
+    field, and a tag opened but not closed is listed in ``unclosed`` (the row is then invalid, not silently
+    merged or guessed)."""
     text = text or ""
-    starts = [m.start() for m in _QUESTION.finditer(text)]
+    starts = [m.start() for m in _OPENED["question"].finditer(text)]
     items = []
     for k, start in enumerate(starts):
         segment = text[start: starts[k + 1] if k + 1 < len(starts) else len(text)]
-        q = _QUESTION.match(segment)
-        found = {tag: (m.group(1) if (m := rx.search(segment, q.end())) else None) for tag, rx in _TAGS.items()}
-        items.append(ParsedItem(question=_clean(q.group(1)) or "", choices=_clean(found["choices"]),
-                                answer_text=_clean(found["answer"]), question_type=_clean(found["type"]) or ""))
+        q = _CLOSED["question"].match(segment)
+        after = q.end() if q else len("<question>")
+        found, unclosed = {}, [] if q else ["question"]
+        for tag in _FIELDS[1:]:
+            m = _CLOSED[tag].search(segment, after)
+            found[tag] = m.group(1) if m else None
+            if m is None and _OPENED[tag].search(segment, after):
+                unclosed.append(tag)
+        items.append(ParsedItem(question=_clean(q.group(1)) if q else "", choices=_clean(found["choices"]),
+                                answer_text=_clean(found["answer"]), question_type=_clean(found["type"]) or "",
+                                unclosed=tuple(unclosed)))
     return items
 
 
@@ -80,19 +105,34 @@ def resolve_answer(answer_text: str, options: list[str]) -> int:
     return match_option(answer_text, options)
 
 
+def is_placeholder(row: dict[str, Any]) -> bool:
+    """Whether an MCQ row is an image's no-question placeholder (not a question)."""
+    return row["item_index"] < 0
+
+
 def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response: str,
              formatted_response: str) -> list[dict[str, Any]]:
-    """MCQ-schema rows for one image's parsed items (valid or with an ``invalid_reason``)."""
+    """MCQ-schema rows for one image's parsed items (valid or with an ``invalid_reason``); no item at all
+    gives the image's one placeholder row (reason :data:`NO_QUESTION`) carrying the replies."""
+    if not items:
+        return [{
+            "mcq_id": content_id(image_id, "", [], ""), "image_id": image_id, "item_index": -1, "question": "",
+            "options": [], "answer_text": "", "answer_index": -1, "question_type": "", "valid": False,
+            "invalid_reason": NO_QUESTION, "model": model, "raw_response": raw_response,
+            "formatted_response": formatted_response,
+        }]
     rows, seen = [], set()
     for k, it in enumerate(items):
         options: list[str] = []
         reason = ""
-        if not it.question:
+        if "question" in it.unclosed:
+            reason = "unclosed <question>"
+        elif not it.question:
             reason = "empty question"
         elif it.choices is None:
-            reason = "no <choices>"
+            reason = ("unclosed" if "choices" in it.unclosed else "no") + " <choices>"
         elif it.answer_text is None:
-            reason = "no <answer>"
+            reason = ("unclosed" if "answer" in it.unclosed else "no") + " <answer>"
         if not reason:
             try:
                 options = parse_options(it.choices)
@@ -164,13 +204,13 @@ def run(
                                    settings=stage_settings(config, "stage1"))
     ids = {k for k, _ in inputs}
     rows = shard_rows(run, STAGE, in_shard(ids, shard))
-    with_rows = {r["image_id"] for r in rows}
+    questions = [r for r in rows if not is_placeholder(r)]
     counts = {
         "items_in": items_in, "items_already_done": skipped,
-        "images_without_questions": items_in - len(with_rows),
-        "questions": len(rows), "valid": sum(r["valid"] for r in rows),
+        "images_without_questions": len(rows) - len(questions),
+        "questions": len(questions), "valid": sum(r["valid"] for r in rows),
     }
-    dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"])
+    dropped = Counter(r["invalid_reason"] for r in questions if not r["valid"])
     summary = StageSummary(stage=STAGE, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
     models = {"mcq": engine.model_id}
     if cfg.reformat:
@@ -178,4 +218,4 @@ def run(
     return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
 
 
-__all__ = ["ParsedItem", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]
+__all__ = ["NO_QUESTION", "ParsedItem", "is_placeholder", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]
