@@ -7,9 +7,11 @@ Input: a folder shaped like the authors' ``data_gen`` outputs (``../shared/refer
 * ``stage3_*.jsonl``: per simple CoT the reasoning model's continuations after a cue (``predict`` starts with
   the ``.``/separator/cue the authors appended), keyed by ``sha256(simple CoT)``.
 
-Nothing upstream decided is kept: MCQ validity, stage-2 and stage-3 labels are recomputed with
-:mod:`builder.answers`; long thoughts are rebuilt from the original-case simple thought (upstream defect 3)
-and filtered for bad words as words (defect 2), using the stage-3 rules of :mod:`builder.stages.expand`.
+Nothing upstream decided is kept: every record is rebuilt by the stage's own function, so each rule lives in
+one place: MCQ validity by :func:`builder.stages.mcq.mcq_rows`, stage-2 parsing, labels and duplicates by
+:func:`builder.stages.simple_cot.sample_rows`, stage-3 long thoughts (from the original-case simple thought,
+upstream defect 3), bad words as words (defect 2), labels and duplicates by
+:func:`builder.stages.expand.expansion_rows`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
-from builder.answers import grade, match_option, parse_options, parse_thought
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id
+from builder.answers import parse_options
+from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE
+from builder.stages.expand import Continuation, expansion_rows
+from builder.stages.mcq import ParsedItem, mcq_rows
+from builder.stages.simple_cot import sample_rows
 
 STAGE2_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 STAGE3_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
@@ -82,11 +87,10 @@ def _one(src: Path, pattern: str) -> list[Path]:
 
 
 def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table, pa.Table, dict[str, str]]:
-    """``(source, mcq, upstream_mcq_id -> mcq_id)`` from the authors' ``docci_mcq.csv``."""
+    """``(source, mcq, upstream_mcq_id -> mcq_id)`` from the authors' ``docci_mcq.csv`` (one row per MCQ; the
+    rows of one image share its generating and re-formatting replies)."""
     sources: dict[str, dict] = {}
-    mcqs: list[dict] = []
-    id_map: dict[str, str] = {}
-    position: dict[str, int] = {}
+    by_image: dict[str, list[dict]] = {}
     with open(csv_path, newline="", encoding="utf-8") as f:
         for n, row in enumerate(csv.DictReader(f), 2):
             where = f"row {n}"
@@ -102,23 +106,17 @@ def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table,
                     "image_id": image_id, "source": "docci", "split": image_id.rsplit("_", 1)[0],
                     "image_path": image_path, "description": row["description"],
                 }
-            try:
-                options = parse_options(row["mcq_choices"])
-            except ValueError as e:
-                raise _fail(csv_path, where, "mcq_choices", str(e)) from None
-            question, answer_text = row["mcq_question"].strip(), row["mcq_answer"].strip()
-            idx = match_option(answer_text, options)
-            mcq_id = content_id(image_id, question, options, answer_text)
-            id_map[row["mcq_unique_id"]] = mcq_id
-            mcqs.append({
-                "mcq_id": mcq_id, "image_id": image_id, "item_index": position.get(image_id, 0),
-                "question": question, "options": options, "answer_text": answer_text, "answer_index": idx,
-                "question_type": (row.get("mcq_question_type") or "").strip(), "valid": idx >= 0,
-                "invalid_reason": "" if idx >= 0 else "answer matches no single option",
-                "model": row.get("_mcq_gen_model_id", ""), "raw_response": row.get("_mcq_gen_raw_response", ""),
-                "formatted_response": row.get("_parse_to_mcq_response", ""),
-            })
-            position[image_id] = position.get(image_id, 0) + 1
+            by_image.setdefault(image_id, []).append(row)
+    mcqs: list[dict] = []
+    id_map: dict[str, str] = {}
+    for image_id, rows in by_image.items():
+        items = [ParsedItem(r["mcq_question"].strip(), r["mcq_choices"], r["mcq_answer"].strip(),
+                            (r.get("mcq_question_type") or "").strip()) for r in rows]
+        made = mcq_rows(image_id, items, model=rows[0].get("_mcq_gen_model_id", ""),
+                        raw_response=rows[0].get("_mcq_gen_raw_response", ""),
+                        formatted_response=rows[0].get("_parse_to_mcq_response", ""))
+        id_map.update((r["mcq_unique_id"], m["mcq_id"]) for r, m in zip(rows, made))
+        mcqs += made
     return (pa.Table.from_pylist(list(sources.values()), schema=SOURCE), pa.Table.from_pylist(mcqs, schema=MCQ),
             id_map)
 
@@ -163,27 +161,13 @@ def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str) -> tupl
         gold = p["options"].index(gold_text) if gold_text in p["options"] else -1
         if mcq["valid"] and gold < 0:
             raise _fail(path, where, "prompt", f"the MCQ's answer {gold_text!r} is not among the shown options")
-        seen: set[str] = set()
-        for i, response in enumerate(rec.get("predict") or []):
-            thought, answer = parse_thought(response)
-            g = grade(response, p["options"], gold)
-            parsed = thought is not None and answer is not None
-            drop = "" if parsed else "unparseable"
-            if parsed and response in seen:
-                drop = "duplicate"
-            seen.add(response)
-            row = {
-                "sample_id": content_id(mcq["mcq_id"], i, response), "mcq_id": mcq["mcq_id"],
-                "image_id": mcq["image_id"], "sample_index": i, "question": mcq["question"],
-                "question_type": mcq["question_type"], "options": p["options"], "answer_index": gold,
-                "option_style": p["option_style"], "answer_format": p["answer_format"],
-                "system_prompt": p["system_prompt"], "user_text": p["user_text"], "response": response,
-                "thought": thought or "", "answer": answer or "", "pred_index": g.pred_index, "parsed": parsed,
-                "correct": parsed and g.correct, "keep": not drop, "drop_reason": drop, "model": model,
-                "seed": IMPORTED_SEED,
-            }
-            rows.append(row)
-            by_hash[hashlib.sha256(response.encode()).hexdigest()] = row  # the authors' simple_cot_unique_id
+        shown = {"options": p["options"], "answer_index": gold, "option_style": p["option_style"],
+                 "answer_format": p["answer_format"]}
+        made = sample_rows(mcq, shown, rec.get("predict") or [], system_prompt=p["system_prompt"],
+                           user_text=p["user_text"], model=model, seed=IMPORTED_SEED)
+        rows += made
+        for row in made:
+            by_hash[hashlib.sha256(row["response"].encode()).hexdigest()] = row  # the authors' simple_cot_unique_id
     return rows, by_hash
 
 
@@ -199,7 +183,6 @@ def _split_cue(predict: str) -> tuple[str, str, str]:
 
 
 def _expansion_rows(path: Path, samples_by_hash: dict[str, dict], bad_words: Sequence[str], model: str) -> list[dict]:
-    label = _stage3_rules()
     rows = []
     for n, rec in _jsonl(path):
         where = f"line {n}"
@@ -209,62 +192,16 @@ def _expansion_rows(path: Path, samples_by_hash: dict[str, dict], bad_words: Seq
         user = _between(rec.get("prompt", ""), "<｜User｜>", "<｜Assistant｜>")
         if user is None:
             raise _fail(path, where, "prompt", "no <｜User｜> … <｜Assistant｜> turn")
-        seen: set[str] = set()
+        continuations = []
         for k, predict in enumerate(rec.get("predict") or []):
             try:
                 sep, cue, continuation = _split_cue(predict)
             except ValueError as e:
                 raise _fail(path, f"{where}, sample {k}", "predict", str(e)) from None
-            r = label(s, cue=cue, separator=sep, continuation=continuation, bad_words=bad_words)
-            drop = r["drop_reason"]
-            if not drop and continuation in seen:
-                drop = "duplicate"
-            seen.add(continuation)
-            rows.append({
-                "expansion_id": content_id(s["sample_id"], cue, k, continuation), "sample_id": s["sample_id"],
-                "mcq_id": s["mcq_id"], "image_id": s["image_id"], "expansion_index": k, "cue": cue,
-                "separator": sep, "user_text": user.strip(),
-                "prefill": (rec.get("simple_cot") or "") + predict[: len(predict) - len(continuation)],
-                "continuation": continuation, "long_thought": r["long_thought"], "answer": r["answer"],
-                "pred_index": r["pred_index"], "parsed": r["parsed"], "correct": r["correct"],
-                "simple_correct": s["correct"], "bad_word": r["bad_word"], "keep": not drop, "drop_reason": drop,
-                "model": model, "seed": IMPORTED_SEED,
-            })
+            prefill = (rec.get("simple_cot") or "") + predict[: len(predict) - len(continuation)]
+            continuations.append(Continuation(k, cue, sep, user.strip(), prefill, continuation, IMPORTED_SEED))
+        rows += expansion_rows(s, continuations, bad_words=bad_words, model=model)
     return rows
-
-
-def _stage3_rules():
-    """The stage-3 labelling of :mod:`builder.stages.expand` (one place for the rule)."""
-    try:
-        from builder.stages.expand import label_expansion
-    except ImportError:  # expand.py not landed yet: same rule, kept here until it does
-        return _label_expansion
-    return label_expansion
-
-
-def first_bad_word(text: str, bad_words: Sequence[str]) -> str:
-    """The first bad word used *as a word* (case-insensitive) in ``text``; "" when none (defect 2 fixed)."""
-    hits = [(m.start(), w) for w in bad_words
-            for m in [re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)] if m]
-    return min(hits)[1] if hits else ""
-
-
-def _label_expansion(s: dict, *, cue: str, separator: str, continuation: str, bad_words: Sequence[str]) -> dict:
-    """Long thought = simple thought (full stop added) + separator + cue + continuation up to ``</think>``;
-    the answer after it is graded against the sample's shown options."""
-    head = s["thought"] if s["thought"].rstrip().endswith(".") else s["thought"].rstrip() + "."
-    added = cue + continuation
-    end = re.search(r"</think>", added, re.I)
-    added_thought = added[: end.start()] if end else added
-    out = {"long_thought": (head + separator + added_thought).strip(), "answer": "", "pred_index": -1,
-           "parsed": False, "correct": False, "bad_word": first_bad_word(added_thought, bad_words)}
-    if end is None:
-        return {**out, "drop_reason": "no_end_of_thought"}
-    g = grade(added[end.start():], s["options"], s["answer_index"])
-    out.update(answer=g.answer or "", pred_index=g.pred_index, parsed=g.answer is not None,
-               correct=g.answer is not None and g.correct)
-    drop = "unparseable" if not out["parsed"] else ("bad_word" if out["bad_word"] else "")
-    return {**out, "drop_reason": drop}
 
 
 # ---------------------------------------------------------------------------------------------------- entry

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from builder.answers import grade, parse_thought
-from builder.importer import ImportError_, first_bad_word, import_upstream, parse_qwen_prompt
+from builder.importer import ImportError_, import_upstream, parse_qwen_prompt
+from builder.stages.expand import first_bad_word
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "shared/reference/upstream-example-outputs"
 if not UPSTREAM.is_dir():  # the checkout may sit elsewhere; the reference copy is at /work/shared
@@ -100,3 +101,68 @@ def test_bad_input_names_file_line_and_field(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ImportError_, match=r"stage2_qwen2\.5-vl-7b_simple_cots\.jsonl: line 3: field 'metadata"):
         import_upstream(src, tmp_path / "run")
+
+
+def test_import_applies_the_stages_own_rules(tmp_path):
+    """Each rule lives in one place: the importer's records are what stages 1-3's own row functions give.
+    Three inputs where a second copy of a rule would disagree: an MCQ with a repeated option, a sample with an
+    answer but no closed thought, and a continuation repeated after the other separator."""
+    import csv
+
+    from builder.importer import UPSTREAM_BAD_WORDS
+    from builder.stages import expand, mcq, simple_cot
+
+    src = tmp_path / "up"
+    shutil.copytree(UPSTREAM, src)
+    with open(src / "docci_mcq.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["mcq_answer"] == "Blue"
+    rows[0]["mcq_choices"] = "(A) Red (B) Blue (C) Green (D) Red"  # "Blue" still names one option
+    with open(src / "docci_mcq.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    s2 = src / "stage2_qwen2.5-vl-7b_simple_cots.jsonl"
+    recs = [json.loads(line) for line in s2.read_text().splitlines()]
+    unclosed = "<think> It is hard to say. <answer>(B)</answer>"
+    recs[1]["predict"].append(unclosed)
+    s2.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s3 = src / "stage3_r1-distill-qwen-32b_wait_expansions.jsonl"
+    recs3 = [json.loads(line) for line in s3.read_text().splitlines()]
+    first = recs3[1]["predict"][1]
+    other = {" ": "\n", "\n": " "}
+    i = first.index("Wait,")
+    recs3[1]["predict"].append(first[:i - 1] + other[first[i - 1]] + first[i:])  # same text, other separator
+    s3.write_text("".join(json.dumps(r) + "\n" for r in recs3))
+
+    run = import_upstream(src, tmp_path / "run")
+    # stage 1: mcq.mcq_rows' validity (a repeated option is invalid even when the answer names one option)
+    image0 = [m for m in run.read("mcq").to_pylist() if m["image_id"] == rows[0]["image_id"]]
+    items = [mcq.ParsedItem(r["mcq_question"].strip(), r["mcq_choices"], r["mcq_answer"].strip(),
+                            r["mcq_question_type"].strip()) for r in rows if r["image_id"] == rows[0]["image_id"]]
+    assert image0 == mcq.mcq_rows(rows[0]["image_id"], items, model=rows[0]["_mcq_gen_model_id"],
+                                  raw_response=rows[0]["_mcq_gen_raw_response"],
+                                  formatted_response=rows[0]["_parse_to_mcq_response"])
+    assert (image0[0]["valid"], image0[0]["invalid_reason"]) == (False, "repeated option")
+    # stage 2: simple_cot.sample_rows (no closed thought: unparseable, and it names no option)
+    samples = run.read("simple_cot").to_pylist()
+    [odd] = [s for s in samples if s["response"] == unclosed]
+    mine = [s for s in samples if s["mcq_id"] == odd["mcq_id"]]
+    shown = {k: odd[k] for k in ("options", "answer_index", "option_style", "answer_format")}
+    m = next(x for x in run.read("mcq").to_pylist() if x["mcq_id"] == odd["mcq_id"])
+    assert mine == simple_cot.sample_rows(m, shown, [s["response"] for s in mine], system_prompt=odd["system_prompt"],
+                                          user_text=odd["user_text"], model=odd["model"], seed=odd["seed"])
+    assert (odd["parsed"], odd["pred_index"], odd["drop_reason"]) == (False, -1, "unparseable")
+    # stage 3: expand.expansion_rows (a duplicate is the same long thought; the separator is part of it)
+    by_sample = {}
+    for e in run.read("expansion").to_pylist():
+        by_sample.setdefault(e["sample_id"], []).append(e)
+    simples = {s["sample_id"]: s for s in samples}
+    [four] = [es for es in by_sample.values() if len(es) == 4]
+    four.sort(key=lambda e: e["expansion_index"])
+    conts = [expand.Continuation(e["expansion_index"], e["cue"], e["separator"], e["user_text"], e["prefill"],
+                                 e["continuation"], e["seed"]) for e in four]
+    assert four == expand.expansion_rows(simples[four[0]["sample_id"]], conts, bad_words=UPSTREAM_BAD_WORDS,
+                                         model=four[0]["model"])
+    assert four[3]["continuation"] == four[1]["continuation"] and four[3]["separator"] != four[1]["separator"]
+    assert four[1]["keep"] and four[3]["keep"]  # not a duplicate: the long thoughts differ

@@ -16,7 +16,7 @@ no ``</think>`` (``no_end_of_thought``), no answer (``unparseable``), a bad word
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from builder.answers import extract_answer, match_option
 from builder.config import PipelineConfig
@@ -86,6 +86,41 @@ def label_expansion(simple: dict[str, Any], *, cue: str, separator: str, continu
     return {**out, "drop_reason": "bad_word" if out["bad_word"] else ""}
 
 
+class Continuation(NamedTuple):
+    """One continuation of a simple CoT: what was asked (cue, separator, prompt) and what the model wrote."""
+
+    index: int  # expansion_index
+    cue: str
+    separator: str
+    user_text: str
+    prefill: str  # the pre-filled assistant turn the model continued
+    text: str  # the continuation
+    seed: int
+
+
+def expansion_rows(simple: dict[str, Any], continuations: Sequence[Continuation], *, bad_words: Sequence[str],
+                   model: str, substring: bool = False) -> list[dict[str, Any]]:
+    """EXPANSION rows for the continuations of one simple CoT (a SIMPLE_COT row): labelled by
+    :func:`label_expansion`; a later keeper with the same long thought is dropped as a ``duplicate``."""
+    rows, seen = [], set()
+    for c in continuations:
+        lab = label_expansion(simple, cue=c.cue, separator=c.separator, continuation=c.text, bad_words=bad_words,
+                              substring=substring)
+        drop = lab.pop("drop_reason")
+        if not drop and lab["long_thought"] in seen:
+            drop = "duplicate"
+        if not drop:
+            seen.add(lab["long_thought"])
+        rows.append({
+            "expansion_id": content_id(simple["sample_id"], c.cue, c.index, c.text),
+            "sample_id": simple["sample_id"], "mcq_id": simple["mcq_id"], "image_id": simple["image_id"],
+            "expansion_index": c.index, "cue": c.cue, "separator": c.separator, "user_text": c.user_text,
+            "prefill": c.prefill, "continuation": c.text, **lab, "simple_correct": simple["correct"],
+            "keep": not drop, "drop_reason": drop, "model": model, "seed": c.seed,
+        })
+    return rows
+
+
 def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
     """``(expansion_index, cue, separator)`` for each expansion of one simple CoT (seeded per expansion)."""
     cfg = config.stage3
@@ -147,24 +182,15 @@ def run(
                 jobs.append((s, k, cue, sep, req))
                 requests.append(req)
         outputs = engine.generate(requests)
-        rows, seen = [], set()
+        per_sample: dict[str, tuple[dict, list[Continuation]]] = {}
         for (s, k, cue, sep, req), samples in zip(jobs, outputs):
-            continuation = samples[0].text if samples else ""
-            lab = label_expansion(s, cue=cue, separator=sep, continuation=continuation, bad_words=cfg.bad_words,
-                                  substring=cfg.substring_bad_word_filter)
-            drop = lab.pop("drop_reason")
-            key = (s["sample_id"], lab["long_thought"])
-            if not drop and key in seen:
-                drop = "duplicate"
-            if not drop:
-                seen.add(key)
-            rows.append({
-                "expansion_id": content_id(s["sample_id"], cue, k, continuation), "sample_id": s["sample_id"],
-                "mcq_id": s["mcq_id"], "image_id": s["image_id"], "expansion_index": k, "cue": cue,
-                "separator": sep, "user_text": req.messages[0]["content"], "prefill": req.messages[1]["content"],
-                "continuation": continuation, **lab, "simple_correct": s["correct"], "keep": not drop,
-                "drop_reason": drop, "model": engine.model_id, "seed": req.params.seed,
-            })
+            per_sample.setdefault(s["sample_id"], (s, []))[1].append(Continuation(
+                k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
+                samples[0].text if samples else "", req.params.seed))
+        rows = []
+        for s, continuations in per_sample.values():
+            rows += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=engine.model_id,
+                                   substring=cfg.substring_bad_word_filter)
         return rows
 
     items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
@@ -178,4 +204,5 @@ def run(
                   seed=config.seed)
 
 
-__all__ = ["SEPARATORS", "build_request", "first_bad_word", "label_expansion", "plan", "run", "with_full_stop"]
+__all__ = ["SEPARATORS", "Continuation", "build_request", "expansion_rows", "first_bad_word", "label_expansion", "plan",
+           "run", "with_full_stop"]
