@@ -172,8 +172,7 @@ class RunDir:
         try:
             t = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-            raise StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun "
-                             f"the stage to redo its inputs") from None
+            raise _unreadable(path, e) from None
         schema = STAGE_SCHEMAS[stage]
         if t.schema.names != schema.names:
             raise StoreError(f"{path}: columns {t.schema.names} do not match the {stage!r} schema {schema.names}")
@@ -187,15 +186,19 @@ class RunDir:
         table = pa.concat_tables(tables)
         return table.sort_by([(k, "ascending") for k in SORT_KEYS[stage]])
 
+    @staticmethod
+    def _metadata(p: Path) -> dict[bytes, bytes]:
+        """A file's parquet schema metadata; an unreadable file is a StoreError naming it."""
+        try:
+            return pq.read_schema(p).metadata or {}
+        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+            raise _unreadable(p, e) from None
+
     def done_inputs(self, stage: str) -> set[str]:
         """Ids of the inputs already covered by a chunk of ``stage`` (read from the files' metadata)."""
         done: set[str] = set()
         for p in self.files(stage):
-            try:
-                meta = pq.read_schema(p).metadata or {}
-            except Exception as e:
-                raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun "
-                                 f"the stage to redo its inputs") from None
+            meta = self._metadata(p)
             if INPUT_IDS_KEY in meta:
                 try:
                     done.update(json.loads(meta[INPUT_IDS_KEY]))
@@ -209,10 +212,7 @@ class RunDir:
         """The settings each chunk file of ``stage`` was written with (files written without any are left out)."""
         out = {}
         for p in self.files(stage):
-            try:
-                meta = pq.read_schema(p).metadata or {}
-            except Exception as e:
-                raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e})") from None
+            meta = self._metadata(p)
             if SETTINGS_KEY in meta:
                 out[p] = json.loads(meta[SETTINGS_KEY])
         return out
@@ -226,7 +226,7 @@ class RunDir:
                 try:
                     n += pq.ParquetFile(p).metadata.num_rows
                 except Exception as e:
-                    raise StoreError(f"{p}: unreadable parquet file ({type(e).__name__}: {e})") from None
+                    raise _unreadable(p, e) from None
             out[stage] = n
         return out
 
@@ -268,6 +268,11 @@ class RunDir:
 
         _atomic_write_bytes(self.manifest_path, write)
         return m
+
+
+def _unreadable(path: Path, e: Exception) -> StoreError:
+    return StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun the stage to "
+                      f"redo its inputs")
 
 
 def _now() -> str:

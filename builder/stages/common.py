@@ -97,6 +97,27 @@ def run_chunks(
     return len(mine), len(mine) - len(pending)
 
 
+def process(
+    run: RunDir,
+    stage: str,
+    section: str,
+    inputs: Sequence[tuple[str, Any]],
+    make_rows: Callable[[list[tuple[str, Any]]], list[dict[str, Any]]],
+    config: Any,
+    *,
+    shard: tuple[int, int] | str,
+    chunk_size: int | None,
+    progress: bool,
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """A stage's loop: :func:`run_chunks` with the run's chunk size and the settings of the config ``section``
+    (``stage1``/``stage2``/``stage3``); returns ``(items_in, skipped, rows)``, ``rows`` being all of this
+    shard's rows of the stage (earlier runs' included)."""
+    items_in, skipped = run_chunks(run, stage, inputs, make_rows, shard=shard,
+                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
+                                   settings=stage_settings(config, section))
+    return items_in, skipped, shard_rows(run, stage, in_shard([k for k, _ in inputs], shard))
+
+
 def stage_settings(config: Any, section: str) -> dict[str, Any]:
     """What a stage's rows depend on: the global seed, the template folder and the stage's config section
     (engine kind and options excluded: the same model may be served differently on different machines)."""
@@ -166,5 +187,5 @@ def load_image(path: str, where: str):
         raise ValueError(f"{where}: image file {path} cannot be read: {e}") from None
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "StageSummary", "in_shard", "load_image", "report", "request_seed", "run_chunks",
-           "shard_rows", "stage_settings", "summarise"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
+           "run_chunks", "shard_rows", "stage_settings", "summarise"]

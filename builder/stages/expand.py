@@ -27,12 +27,9 @@ from builder.store import RunDir
 
 from .common import (
     StageSummary,
-    in_shard,
+    process,
     report,
     request_seed,
-    run_chunks,
-    shard_rows,
-    stage_settings,
     summarise,
 )
 
@@ -193,10 +190,8 @@ def run(
                                    substring=cfg.substring_bad_word_filter)
         return rows
 
-    items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
-                                   settings=stage_settings(config, "stage3"))
-    rows = shard_rows(run, STAGE, in_shard([k for k, _ in inputs], shard))
+    items_in, skipped, rows = process(run, STAGE, "stage3", inputs, make_rows, config, shard=shard,
+                                      chunk_size=chunk_size, progress=progress)
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
                         extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
                                                      for r in rows)})

@@ -38,12 +38,9 @@ from builder.store import RunDir, parse_shard
 
 from .common import (
     StageSummary,
-    in_shard,
+    process,
     report,
     request_seed,
-    run_chunks,
-    shard_rows,
-    stage_settings,
 )
 
 STAGE = "mcq"
@@ -199,11 +196,8 @@ def run(
                              formatted_response=f_text)
         return rows
 
-    items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
-                                   settings=stage_settings(config, "stage1"))
-    ids = {k for k, _ in inputs}
-    rows = shard_rows(run, STAGE, in_shard(ids, shard))
+    items_in, skipped, rows = process(run, STAGE, "stage1", inputs, make_rows, config, shard=shard,
+                                      chunk_size=chunk_size, progress=progress)
     questions = [r for r in rows if not is_placeholder(r)]
     counts = {
         "items_in": items_in, "items_already_done": skipped,

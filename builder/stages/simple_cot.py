@@ -21,13 +21,10 @@ from builder.store import RunDir
 
 from .common import (
     StageSummary,
-    in_shard,
     load_image,
+    process,
     report,
     request_seed,
-    run_chunks,
-    shard_rows,
-    stage_settings,
     summarise,
 )
 
@@ -125,10 +122,8 @@ def run(
                 user_text=req.messages[1]["content"][1]["text"], model=engine.model_id, seed=req.params.seed)
         return rows
 
-    items_in, skipped = run_chunks(run, STAGE, inputs, make_rows, shard=shard,
-                                   chunk_size=chunk_size or config.chunk_size, progress=progress,
-                                   settings=stage_settings(config, "stage2"))
-    rows = shard_rows(run, STAGE, in_shard([k for k, _ in inputs], shard))
+    items_in, skipped, rows = process(run, STAGE, "stage2", inputs, make_rows, config, shard=shard,
+                                      chunk_size=chunk_size, progress=progress)
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
     return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
                   seed=config.seed)
