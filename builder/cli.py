@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -92,6 +93,8 @@ def main(verbose: int) -> None:
     """LongPerceptualThoughts: synthesise long chains of thought for vision-centric MCQs, export, evaluate."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:  # the libraries' weight-loading bars; our own progress bars and tables stay
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # --------------------------------------------------------------------------------------------- helpers

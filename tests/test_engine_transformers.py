@@ -37,11 +37,20 @@ def test_greedy_is_the_same_alone_and_in_a_padded_batch(lm):
 def test_seeded_samples_depend_only_on_the_request(lm):
     req = ask("Describe the photo.", n=3, temperature=1.0, max_new_tokens=12, seed=11)
     (a,) = lm.generate([req])
-    b = lm.generate([ask("Something else first", n=2, temperature=1.0, max_new_tokens=5, seed=3), req])[1]
-    assert [s.text for s in a] == [s.text for s in b]  # same bytes whatever else is in the batch
+    b = lm.generate([ask("Something else first", n=2, temperature=1.0, max_new_tokens=12, seed=3), req])[1]
+    assert [s.text for s in a] == [s.text for s in b]  # same bytes whatever else is in the padded batch
+    one_by_one = load_engine("transformers", str(lm.model_id), batch_size=1).generate([req])[0]
+    assert [s.text for s in one_by_one] == [s.text for s in a]
     assert len(a) == 3 and len({s.text for s in a}) > 1  # n samples, actually sampled
     (c,) = lm.generate([ask("Describe the photo.", n=3, temperature=1.0, max_new_tokens=12, seed=12)])
     assert [s.text for s in c] != [s.text for s in a]
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(lm):
+    greedy = lm.generate([ask("Describe the photo.", max_new_tokens=12)])[0][0].text
+    for cut in ({"top_k": 1}, {"top_p": 1e-6}):
+        (s,) = lm.generate([ask("Describe the photo.", n=2, temperature=1.3, max_new_tokens=12, seed=1, **cut)])
+        assert [x.text for x in s] == [greedy, greedy], cut
 
 
 def test_continuing_a_prefilled_assistant_turn(lm):

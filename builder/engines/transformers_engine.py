@@ -8,10 +8,10 @@ Options (``load_engine("transformers", model, **options)``):
 ``gguf_file``   load a GGUF file from the ``model`` folder (``model`` may also be the ``.gguf`` path itself)
 ``revision``, ``trust_remote_code``, ``attn_implementation``: passed to ``from_pretrained``
 
-Sampling and seeds: a request with ``temperature > 0`` and a ``seed`` is generated on its own (its ``n`` samples
-together, as ``num_return_sequences``) right after ``torch.manual_seed(seed)``, so what it gets depends on
-nothing but the request: resuming, sharding or re-chunking a run gives the same bytes. Greedy requests, and
-sampled ones without a seed, are batched (left padding). ``bad_words`` are blocked at generation time (the word
+Sampling and seeds: every sample is one row of a batch (left padding) and draws its tokens with its own
+``torch.Generator``, seeded from the request's ``seed`` and the sample's index, so what it gets depends on
+nothing but the request: resuming, sharding or re-chunking a run gives the same bytes. A greedy request is
+generated once and its sample repeated ``n`` times (as vLLM does). ``bad_words`` are blocked at generation time (the word
 and its space-prefixed form, as token sequences); ``stop`` strings end generation and are cut from the text.
 A model with a ``vision_config`` is a VLM: its images are capped at ``max_pixels`` and go through its
 processor; Qwen2-VL / Qwen2.5-VL get an image-only processor where torchvision is missing
@@ -112,33 +112,30 @@ class TransformersEngine(Engine):
         return [i for i in ids if i] or None
 
     def _gen_kwargs(self, p: SamplingParams) -> dict[str, Any]:
-        kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "num_return_sequences": p.n,
-                              "repetition_penalty": p.repetition_penalty,
+        # Sampling itself happens in _RowSampler (one generator per row); generate() then takes the argmax.
+        kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "do_sample": False, "temperature": None,
+                              "top_p": None, "top_k": None, "repetition_penalty": p.repetition_penalty,
                               "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": sorted(self.eos_ids)}
-        if p.temperature > 0:
-            kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if p.bad_words:
             kw["bad_words_ids"] = self._bad_words_ids(p.bad_words)
         return kw
 
-    def _run(self, requests: list[Request]) -> list[list[Sample]]:
+    def _run(self, rows: list[tuple[Request, int | None]]) -> list[Sample]:
+        """One ``generate`` call for rows ``(request, row seed)`` sharing sampling settings; a sample each."""
         import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        params = requests[0].params
-        enc = self._encode(requests)
+        params = rows[0][0].params
+        enc = self._encode([r for r, _ in rows])
         kw = self._gen_kwargs(params)
+        if params.temperature > 0:
+            kw["logits_processor"] = LogitsProcessorList([_RowSampler(params, [seed for _, seed in rows])])
         if params.stop:
-            from transformers import StoppingCriteriaList
-
             kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, params.stop,
                                                                          enc["input_ids"].shape[1])])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw)
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
-        samples = [self._sample(ids, params) for ids in new]
-        return [samples[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
+        return [self._sample(ids, params) for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
 
     def _sample(self, ids: list[int], params: SamplingParams) -> Sample:
         pad = self.tokenizer.pad_token_id
@@ -156,35 +153,76 @@ class TransformersEngine(Engine):
         return Sample(text=text, finish_reason=finish, num_tokens=len(ids))
 
     def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:
-        import torch
         from tqdm.auto import tqdm
 
-        results: list[list[Sample] | None] = [None] * len(requests)
-        solo = [i for i, r in enumerate(requests) if r.params.temperature > 0 and r.params.seed is not None]
-        solo_set = set(solo)
-        batched = sorted((i for i in range(len(requests)) if i not in solo_set), key=lambda i: _key(requests[i]))
-        bar = tqdm(total=len(requests), disable=not progress, desc=f"generate ({self.model_id})", unit="req")
-        for i in solo:
-            torch.manual_seed(requests[i].params.seed)
-            results[i] = self._run([requests[i]])[0]
-            bar.update(1)
-        for _, group in groupby(batched, key=lambda i: _key(requests[i])):
+        # one row per sample to draw; a greedy request is generated once and its sample repeated n times
+        rows = []  # (request index, sample index, row seed)
+        for i, r in enumerate(requests):
+            p = r.params
+            if p.temperature > 0:
+                rows += [(i, j, _row_seed(p.seed, j)) for j in range(p.n)]
+            else:
+                rows.append((i, 0, None))
+        rows.sort(key=lambda row: _key(requests[row[0]]))
+        results: list[list[Sample]] = [[] for _ in requests]
+        bar = tqdm(total=len(rows), disable=not progress, desc=f"generate ({self.model_id})", unit="sample")
+        for _, group in groupby(rows, key=lambda row: _key(requests[row[0]])):
             group = list(group)
             for start in range(0, len(group), self.batch_size):
                 part = group[start:start + self.batch_size]
-                seed = requests[part[0]].params.seed
-                torch.manual_seed(seed if seed is not None else 0)
-                for i, samples in zip(part, self._run([requests[i] for i in part])):
-                    results[i] = samples
+                for (i, j, _), sample in zip(part, self._run([(requests[i], seed) for i, _, seed in part])):
+                    results[i].append((j, sample))
                 bar.update(len(part))
         bar.close()
-        return results  # type: ignore[return-value]
+        out = []
+        for r, got in zip(requests, results):
+            got = [s for _, s in sorted(got, key=lambda js: js[0])]
+            out.append(got if r.params.temperature > 0 else got * r.params.n)
+        return out
 
     def close(self) -> None:
         self.model = None
         import gc
 
         gc.collect()
+
+
+def _row_seed(seed: int | None, j: int) -> int:
+    """The seed of sample ``j`` of a request (a fresh random one when the request has no seed)."""
+    import torch
+
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,)).item())
+    return (int(seed) * 1_000_003 + j) % 2**63
+
+
+class _RowSampler:
+    """Draws each row's next token with that row's own ``torch.Generator`` (temperature, top-k, top-p), after
+    the other processors (repetition penalty, bad words); generate() then takes the drawn token as argmax.
+    So a sample depends only on its request and seed, never on what else shares the batch."""
+
+    def __init__(self, params: SamplingParams, seeds: list[int | None]) -> None:
+        self.params, self.seeds, self.generators = params, seeds, None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        p = self.params
+        logits = scores.float() / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        picked = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, picked, 0.0)
 
 
 class _StopStrings:
