@@ -179,8 +179,23 @@ def image_bytes(path: str | os.PathLike, max_side: int = MAX_IMAGE_SIDE) -> byte
         return buf.getvalue()
 
 
+def _source_rows(cfg: LPTConfig) -> list[dict[str, Any]]:
+    return sorted(cfg.run().read("source").to_pylist(), key=lambda r: r["image_id"]) if cfg.run().has("source") else []
+
+
+def _images_why_empty(cfg: LPTConfig) -> str:
+    rows = _source_rows(cfg)
+    if not rows:
+        return "the run has no source rows"
+    return (f"none of the run's {len(rows)} source images is on this machine (e.g. {rows[0]['image_path']}); "
+            f"`lpt import-upstream --images-dir DOCCI/images` or a source pointing at the files adds them")
+
+
 def _build_images(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
-    for row in sorted(cfg.run().read("source").to_pylist(), key=lambda r: r["image_id"]):
+    rows = _source_rows(cfg)
+    if not any(Path(r["image_path"]).is_file() for r in rows):
+        return  # no image here at all (e.g. imported text-only): an empty config, explained by _images_why_empty
+    for row in rows:
         path = Path(row["image_path"])
         if not path.is_file():
             raise FileNotFoundError(f"source image_id {row['image_id']!r}: field 'image_path': no file {path}")
@@ -274,7 +289,7 @@ for _spec in [
     ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
                "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
     ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side).",
-               why_empty=lambda c: "the run has no source rows"),
+               why_empty=_images_why_empty),
     ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
                "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
                "one invalid row).",

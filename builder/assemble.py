@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from builder.answers import format_answer

@@ -112,8 +112,13 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError, StoreError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        except Exception as e:
+            cause = e
+            if type(e).__name__ == "DatasetGenerationError" and e.__cause__ is not None:
+                cause = e.__cause__  # datasets wraps the builder's own error: show that one
+            if not isinstance(cause, (ValueError, FileNotFoundError, FileExistsError, KeyError, StoreError)):
+                raise
+            msg = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
             raise click.ClickException(str(msg)) from None
 
     return wrapper

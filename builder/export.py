@@ -325,6 +325,8 @@ def _with_image_token(messages: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
+from builder.cli import friendly_errors  # noqa: E402  (the CLI's one way of turning user errors into a line)
+
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -338,6 +340,7 @@ def _with_image_token(messages: list[dict]) -> list[dict]:
               help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
 @click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
 @click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the SPEC five).")
+@friendly_errors
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
                sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None) -> None:
     """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
@@ -359,6 +362,7 @@ def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, conf
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo_id")
 @click.option("--private", is_flag=True)
+@friendly_errors
 def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
     """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID."""
     click.echo(push(out_dir, repo_id, private=private))
@@ -367,6 +371,7 @@ def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
 @click.command("card")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
+@friendly_errors
 def card_cmd(out_dir: str, repo_id: str | None) -> None:
     """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
     render_card(out_dir, repo_id=repo_id)
@@ -378,6 +383,7 @@ def card_cmd(out_dir: str, repo_id: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A local DOCCI images/ folder (needed for the images config).")
+@friendly_errors
 def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> None:
     """Import the authors' raw generations in SRC_DIR as run RUN_DIR, relabelled with our rules."""
     from builder.importer import import_upstream

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from builder.answers import grade, parse_thought
 from builder.assemble import AssembleOptions, length_weighted_subsample
 from builder.importer import import_upstream
 
-UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
+from _reference import UPSTREAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")

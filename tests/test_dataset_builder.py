@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 import longperceptualthoughts as lpt
 from builder.importer import import_upstream
 
-UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
+from _reference import UPSTREAM  # noqa: E402
 IDS = [f"train_{i:05d}" for i in range(5)]
 
 

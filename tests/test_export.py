@@ -19,7 +19,7 @@ from builder.export import (build_config, card_cmd, card_stats, export, export_c
                             read_report)
 from builder.importer import import_upstream
 
-UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
+from _reference import UPSTREAM  # noqa: E402
 IDS = [f"train_{i:05d}" for i in range(5)]
 
 
@@ -211,3 +211,23 @@ def test_why_empty_for_each_set(no_x_o, tmp_path):
     assert assemble.why_empty(bare, "sft", opts) == "the run has no kept simple CoT or expansion"
     why_dpo = assemble.why_empty(no_x_o, "dpo", opts.replace(pair_kinds=("X_O>X",)))
     assert why_dpo.startswith("no pair of the kinds X_O>X (kept traces: O 234")
+
+
+def test_images_missing_everywhere_or_in_part(tmp_path):
+    """Imported without images: the images config is left out, saying why; one image missing: a clear error
+    naming the image id, the field and the file, with no traceback, and nothing written."""
+    run = import_upstream(UPSTREAM, tmp_path / "run")  # no --images-dir: the paths point nowhere
+    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out"), "--config", "images", "--config", "mcq"])
+    assert r.exit_code == 0, r.output
+    assert "images: empty, not written: none of the run's 5 source images is on this machine" in r.output
+    assert read_report(tmp_path / "out")["empty"]["images"].startswith("none of the run's 5 source images")
+    assert datasets.load_dataset(str(tmp_path / "out"), "mcq", split="train").num_rows == 40
+
+    images = make_images(tmp_path / "images")
+    run = import_upstream(UPSTREAM, tmp_path / "run2", images_dir=images)
+    victim = sorted(images.iterdir())[0]
+    victim.unlink()
+    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out2"), "--config", "images"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"source image_id '{victim.stem}': field 'image_path': no file" in r.output, r.output
+    assert not (tmp_path / "out2" / "README.md").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,7 @@ from builder.answers import grade, parse_thought
 from builder.importer import ImportError_, import_upstream, parse_qwen_prompt
 from builder.stages.expand import first_bad_word
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared/reference/upstream-example-outputs"
-if not UPSTREAM.is_dir():  # the checkout may sit elsewhere; the reference copy is at /work/shared
-    UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
+from _reference import UPSTREAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")

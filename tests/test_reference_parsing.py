@@ -20,7 +20,6 @@ import hashlib
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -31,11 +30,7 @@ from builder.stages.expand import first_bad_word, label_expansion
 from builder.stages.mcq import mcq_rows, parse_mcq_response
 from builder.stages.simple_cot import label_response
 
-UPSTREAM = Path("/work/shared/reference/upstream-example-outputs")
-for _parent in Path(__file__).resolve().parents:
-    if (_parent / "shared/reference/upstream-example-outputs").is_dir():
-        UPSTREAM = _parent / "shared/reference/upstream-example-outputs"
-        break
+from _reference import UPSTREAM  # noqa: E402
 pytestmark = pytest.mark.skipif(not UPSTREAM.is_dir(), reason="reference outputs not present")
 STAGE2 = "stage2_qwen2.5-vl-7b_simple_cots.jsonl"
 STAGE3 = "stage3_r1-distill-qwen-32b_wait_expansions.jsonl"
