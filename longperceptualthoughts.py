@@ -180,7 +180,8 @@ def image_bytes(path: str | os.PathLike, max_side: int = MAX_IMAGE_SIDE) -> byte
 
 
 def _source_rows(cfg: LPTConfig) -> list[dict[str, Any]]:
-    return sorted(cfg.run().read("source").to_pylist(), key=lambda r: r["image_id"]) if cfg.run().has("source") else []
+    run = cfg.run()
+    return sorted(run.read("source").to_pylist(), key=lambda r: r["image_id"]) if run.has("source") else []
 
 
 def _images_why_empty(cfg: LPTConfig) -> str:

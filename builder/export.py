@@ -46,6 +46,13 @@ def _prepared(run_dir: str | os.PathLike, config: str, cache_dir: str | os.PathL
     return b
 
 
+def _built_or_why(run_dir: str | os.PathLike, config: str, cache_dir: str | os.PathLike, **config_kwargs: Any):
+    """``(dataset, None)`` for a config with rows, ``(None, why it is empty)`` for one without."""
+    b = _prepared(run_dir, config, cache_dir, **config_kwargs)
+    ds = b.as_dataset(split="train")
+    return (ds, None) if ds.num_rows else (None, b.why_empty())
+
+
 def build_config(run_dir: str | os.PathLike, config: str, *, cache_dir: str | os.PathLike, **config_kwargs: Any):
     """One config of a run as a ``datasets.Dataset`` (through the builder, freshly generated; may have 0 rows)."""
     return _prepared(run_dir, config, cache_dir, **config_kwargs).as_dataset(split="train")
@@ -105,14 +112,13 @@ def export(
             return out
         written, empty = {}, {}
         for name in names:
-            b = _prepared(run_dir, name, cache, **kwargs)
-            ds = b.as_dataset(split="train")
-            if ds.num_rows:
+            ds, why = _built_or_why(run_dir, name, cache, **kwargs)
+            if ds is not None:
                 _write_parquet(ds, out / name)
                 written[name] = ds.num_rows
             else:
                 shutil.rmtree(out / name, ignore_errors=True)
-                empty[name] = b.why_empty()
+                empty[name] = why
     _update_report(out, written, empty)
     render_card(out, repo_id=repo_id)
     return out
@@ -292,11 +298,10 @@ def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, 
     info: dict[str, Any] = {}
     written, empty = {}, {}
     for config, name in LLAMAFACTORY_SETS.items():
-        b = _prepared(run_dir, config, cache, **kwargs)
-        ds = b.as_dataset(split="train")
-        if not ds.num_rows:
+        ds, why = _built_or_why(run_dir, config, cache, **kwargs)
+        if ds is None:
             (out / f"{name}.json").unlink(missing_ok=True)
-            empty[config] = b.why_empty()
+            empty[config] = why
             continue
         written[config] = ds.num_rows
         records = []

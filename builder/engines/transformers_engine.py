@@ -216,8 +216,8 @@ class _RowSampler:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if p.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest prefix reaching top_p
+            sorted_probs = sorted_logits.softmax(-1)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p  # keep the smallest prefix reaching top_p
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         probs = logits.softmax(-1)
         picked = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
@@ -241,9 +241,10 @@ class _StopStrings:
 
 
 def _key(request: Request):
-    """Requests that can share one ``generate`` call: same sampling settings, same kind of prompt."""
+    """Rows that can share one ``generate`` call: same sampling settings (``n`` and ``seed`` are per row, so
+    they do not matter), same kind of prompt."""
     p = request.params
-    return (p.n, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens, p.stop, p.bad_words,
+    return (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens, p.stop, p.bad_words,
             request.continue_final_message)
 
 
