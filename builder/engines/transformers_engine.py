@@ -62,15 +62,30 @@ class TransformersEngine(Engine):
             from .hf_processors import load_processor
 
             load_kw = {k: v for k, v in load.items() if k != "gguf_file"}
-            self.processor = load_processor(model, config.model_type, **load_kw)
-            self.tokenizer = self.processor.tokenizer
-            self.model = AutoModelForImageTextToText.from_pretrained(model, **model_kw)
+            processor = load_processor(model, config.model_type, **load_kw)
+            self._adopt(AutoModelForImageTextToText.from_pretrained(model, **model_kw), processor.tokenizer, processor)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
-            self.processor = None
-            self.model = AutoModelForCausalLM.from_pretrained(model, **model_kw)
+            self._adopt(AutoModelForCausalLM.from_pretrained(model, **model_kw),
+                        AutoTokenizer.from_pretrained(model, **load), None)
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, processor: Any = None, *, name: str = "in-memory",
+                    batch_size: int = 8) -> "TransformersEngine":
+        """The engine around a model already in memory (on its device), with its tokenizer and, for a VLM,
+        its processor: e.g. a model built from a config with random weights for a benchmark."""
+        self = cls.__new__(cls)
+        Engine.__init__(self, name, batch_size=batch_size)
+        self.batch_size = int(batch_size)
+        self.device = next(model.parameters()).device
+        self.is_vlm = processor is not None
+        self._adopt(model, tokenizer, processor)
+        return self
+
+    def _adopt(self, model: Any, tokenizer: Any, processor: Any) -> None:
+        """Take a loaded model: on the engine's device, eval mode, left padding, a pad token, the EOS ids."""
+        self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

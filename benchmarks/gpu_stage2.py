@@ -1,0 +1,511 @@
+"""Stage 2 at full size through the project's transformers engine: a random-weight Qwen2.5-VL-7B on one GPU.
+
+Builds the Qwen2.5-VL-7B-Instruct *architecture* (the real hyperparameters, written out below; ~8.3 B
+parameters) with random bf16 weights straight on the GPU, a tokenizer and image-only processor built here
+(no hub, no network, no ``datasets``), and runs :class:`builder.engines.transformers_engine.TransformersEngine`
+at the paper's stage-2 settings: ``--prompts`` stage-2 requests (system + user turn with a 512x512 image +
+question + options, assistant turn continued after ``<think>``), ``--n`` samples each, temperature 0.7,
+top-p 0.8, repetition penalty 1.05, ``--max-new-tokens`` new tokens with no early stop (EOS and the pad
+token are blocked through the engine's ``bad_words``), ``--batch-size`` rows per ``generate`` call.
+
+Before the run it prints the memory-bandwidth bound of decoding at that batch size; after it, prompts/s,
+generated tokens/s, the prefill / decode split (CUDA-synchronised forward hooks), peak GPU memory; a JSON of
+everything goes to ``$OUT/gpu_stage2.json`` (``$OUT`` unset: the current folder).
+
+    python3 benchmarks/gpu_stage2.py                              # GPU, the defaults (~2-3 min on an H100)
+    python3 benchmarks/gpu_stage2.py --tiny --device cpu --prompts 4 --n 2 --max-new-tokens 16   # smoke test
+
+To avoid writing and re-reading 16 GB, the script hands the model and processor it built to the engine with
+``TransformersEngine.from_loaded``; ``generate`` and everything under it are the engine's own.
+``--via-disk`` instead saves the model to ``/tmp`` (safetensors) and goes through the engine's constructor.
+Needs only torch, transformers (+ tokenizers, tqdm, safetensors, its own dependencies), PIL, numpy, jinja2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere: this checkout's builder/ first
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def log(*args) -> None:
+    print(f"[{time.perf_counter() - T_START:7.1f}s]", *args, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+# Qwen/Qwen2.5-VL-7B-Instruct config.json (its vision_config lists hidden_size 1280, in_chans 3,
+# spatial_patch_size 14, tokens_per_second 2; the rest are Qwen2_5_VLVisionConfig's defaults, written out).
+TEXT_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4, hidden_act="silu", max_position_embeddings=128000,
+               rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=32768, max_window_layers=28,
+               initializer_range=0.02,
+               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+VISION_7B = dict(depth=32, hidden_size=1280, hidden_act="silu", intermediate_size=3420, num_heads=16,
+                 in_channels=3, out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                 window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+                 initializer_range=0.02)
+# --tiny: same architecture and vocabulary, small widths, 2 layers (runs on a CPU in seconds).
+TEXT_TINY = dict(TEXT_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_window_layers=2,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})
+VISION_TINY = dict(VISION_7B, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                   fullatt_block_indexes=[1])
+
+# stage-2 style MCQs (the images are noise: the model's weights are random anyway)
+QUESTIONS = [
+    ("What colour is the bus in the picture?", ["Red", "Blue", "Green", "Yellow"]),
+    ("How many people are walking on the street?", ["One", "Two", "Three", "Four or more"]),
+    ("Where is the dog relative to the bench?", ["On it", "Under it", "To its left", "Behind it"]),
+    ("What is the table most likely made of?", ["Wood", "Glass", "Metal", "Plastic"]),
+    ("Why is the man holding an umbrella?", ["It is raining", "It is sunny", "As a walking stick", "To shade a dog"]),
+    ("Which object is closest to the camera?", ["The lamp", "The chair", "The plant", "The window"]),
+]
+QUESTION_TYPES = ["Recognition", "Counting and Quantification", "Spatial and Relational Reasoning",
+                  "Recognition", "Causal and Commonsense Reasoning", "Spatial and Relational Reasoning"]
+
+# HBM bandwidth (GB/s) by GPU name; --bandwidth-gbs overrides
+BANDWIDTHS = [("H200", 4800.0), ("H100 PCIE", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0),
+              ("A100-SXM4-80GB", 2039.0), ("A100 80GB", 1935.0), ("A100", 1555.0)]
+
+
+def default_bandwidth(gpu_name: str | None) -> float | None:
+    name = (gpu_name or "").upper()
+    for key, gbs in BANDWIDTHS:
+        if key in name:
+            return gbs
+    return None
+
+
+# ------------------------------------------------------------------------------------ model, processor
+
+def build_tokenizer():
+    """A byte-level BPE with Qwen's special tokens and ChatML template, trained here in well under a second:
+    builder.tiny_models' recipe, on its corpus plus the text of the project's prompt templates, so the stage-2
+    prompt's text takes about as many tokens as with Qwen's own tokenizer (~4 characters a token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from builder.tiny_models import CHAT_TEMPLATE, CORPUS, SPECIALS
+
+    templates = [p.read_text() for p in sorted((ROOT / "builder" / "prompts").glob("*.j2"))]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(CORPUS * 4 + templates, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIALS[3:], chat_template=CHAT_TEMPLATE)
+
+
+def build_processor():
+    """The tokenizer above + the image-only Qwen2.5-VL processor (builder.engines.hf_processors) with
+    Qwen2.5-VL's real image settings (14-pixel patches, 2x2 merge, min 56*56 and max 28*28*16384 pixels)."""
+    import transformers
+
+    from builder.engines.hf_processors import ImageOnlyQwen2_5_VLProcessor
+    from builder.tiny_models import CHAT_TEMPLATE
+
+    tok = build_tokenizer()
+    image_cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    image_processor = image_cls(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14,
+                                temporal_patch_size=2, merge_size=2)
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tok, chat_template=CHAT_TEMPLATE)
+
+
+def build_config(tokenizer, tiny: bool, text_layers: int | None, vision_depth: int | None):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    text = dict(TEXT_TINY if tiny else TEXT_7B, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    vision = dict(VISION_TINY if tiny else VISION_7B)
+    if text_layers:
+        text["num_hidden_layers"] = text["max_window_layers"] = text_layers
+    if vision_depth:
+        vision["depth"] = vision_depth
+        full = [i for i in vision["fullatt_block_indexes"] if i < vision_depth]
+        vision["fullatt_block_indexes"] = full or [vision_depth - 1]
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def build_model(config, device, dtype, seed: int):
+    """The model, created directly on ``device`` in ``dtype`` (random init runs there: seconds on a GPU)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval()
+    text = config.text_config
+    model.generation_config = GenerationConfig(eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id,
+                                               bos_token_id=text.bos_token_id)
+    return model
+
+
+def param_counts(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    visual = _submodule(model, "visual")
+    vision = sum(p.numel() for p in visual.parameters()) if visual is not None else 0
+    embed = model.get_input_embeddings().weight.numel()
+    # read in full at every decode step: decoder layers, final norm, lm_head (not the vision tower; of the
+    # embedding table only the looked-up rows)
+    return {"total": total, "vision": vision, "embedding": embed, "decode_read": total - vision - embed}
+
+
+def _submodule(model, name: str):
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and hasattr(owner, name):
+            return getattr(owner, name)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+def make_requests(args, tokenizer):
+    import numpy as np
+    from PIL import Image
+
+    from builder.engines.base import Request, SamplingParams
+    from builder.prompts import THINK_PREFILL, Prompts
+
+    prompts = Prompts()
+    # no early stop: the EOS (<|im_end|>) and the pad token can never be drawn
+    blocked = tuple(t for t in (tokenizer.eos_token, tokenizer.pad_token) if t)
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            bad_words=blocked)
+    rng = np.random.default_rng(args.seed)
+    out = []
+    for i in range(args.prompts):
+        image = Image.fromarray(rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8))
+        question, options = QUESTIONS[i % len(QUESTIONS)]
+        messages = prompts.vlm_messages(question, options, image=image,
+                                        question_type=QUESTION_TYPES[i % len(QUESTION_TYPES)],
+                                        option_style=("paren", "dot")[i % 2],
+                                        answer_format=("paren", "dot", "text")[i % 3], prefill=THINK_PREFILL)
+        out.append(Request(messages, params.replace(seed=1000 + i), continue_final_message=True,
+                           max_pixels=args.max_pixels))
+    return out, blocked
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+class PhaseTimer:
+    """CUDA-synchronised timing of the engine's phases, per ``model.generate`` call: prefill = from the call's
+    start to the end of its first forward (input preparation, 3D rope index, vision tower, the prompt's
+    forward); decode = the rest of the call (one forward per new token + logits processors/sampling +
+    generate's bookkeeping). Also: the processor (``engine._encode``), the vision tower, each forward."""
+
+    def __init__(self, engine, device) -> None:
+        import torch
+
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.encode_s, self.prefill_s, self.decode_s, self.vision_s = [], [], [], []
+        self.prefill_fwd_s, self.decode_fwd_s = [], []
+        self._t: dict[str, float] = {}
+        self.engine, model = engine, engine.model
+        self._encode = engine._encode
+        engine._encode = self._timed_encode
+        self._generate = model.generate
+        model.generate = self._timed_generate
+        self.handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                        model.register_forward_hook(self._post, with_kwargs=True)]
+        visual = _submodule(model, "visual")
+        if visual is not None:
+            self.handles += [visual.register_forward_pre_hook(lambda m, a: self._start("vision")),
+                             visual.register_forward_hook(lambda m, a, o: self._stop("vision", self.vision_s))]
+
+    def _now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    def _start(self, key: str) -> None:
+        self._t[key] = self._now()
+
+    def _stop(self, key: str, sink: list) -> None:
+        sink.append(self._now() - self._t.pop(key))
+
+    def _timed_encode(self, *a, **kw):
+        self._start("encode")
+        out = self._encode(*a, **kw)
+        self._stop("encode", self.encode_s)
+        return out
+
+    def _timed_generate(self, *a, **kw):
+        self._start("generate")
+        self._t.pop("prefill_end", None)
+        out = self._generate(*a, **kw)
+        end = self._now()
+        prefill_end = self._t.pop("prefill_end", end)
+        self.prefill_s.append(prefill_end - self._t.pop("generate"))
+        self.decode_s.append(end - prefill_end)
+        return out
+
+    def _pre(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        self._kind = "prefill" if ids is None or ids.shape[1] > 1 else "decode"
+        self._start("fwd")
+
+    def _post(self, module, args, kwargs, output):
+        if self._kind == "prefill":
+            self._stop("fwd", self.prefill_fwd_s)
+            self._t.setdefault("prefill_end", time.perf_counter())
+        else:
+            self._stop("fwd", self.decode_fwd_s)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.engine._encode = self._encode
+        del self.engine.model.generate  # the instance attribute; the class's method shows again
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=64, help="stage-2 requests (one image each)")
+    ap.add_argument("--n", type=int, default=3, help="samples per request (one batch row each)")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="rows per generate call (default: prompts*n, all in one call)")
+    ap.add_argument("--image-size", type=int, default=512, help="side of the square test images")
+    ap.add_argument("--max-pixels", type=int, default=512 * 512, help="the requests' image-area cap")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--top-p", type=float, default=0.8)
+    ap.add_argument("--repetition-penalty", type=float, default=1.05)
+    ap.add_argument("--device", default="auto", help="auto (cuda if there is one), cuda, cuda:1, cpu")
+    ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    ap.add_argument("--bandwidth-gbs", type=float, default=None,
+                    help="memory bandwidth for the bound (default from the GPU name: H100 SXM 3350, H200 4800)")
+    ap.add_argument("--tiny", action="store_true", help="tiny widths, 2 layers: a CPU smoke test of this script")
+    ap.add_argument("--text-layers", type=int, default=None, help="override the decoder's layer count")
+    ap.add_argument("--vision-depth", type=int, default=None, help="override the vision tower's depth")
+    ap.add_argument("--via-disk", action="store_true",
+                    help="save the model to /tmp and load it through TransformersEngine's own constructor")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the 1-row warm-up generate")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="output JSON (default $OUT/gpu_stage2.json or ./gpu_stage2.json)")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+
+    phases: dict[str, float] = {}
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" \
+        else getattr(torch, args.dtype)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    bandwidth = args.bandwidth_gbs or default_bandwidth(gpu)
+    rows = args.prompts * args.n if args.temperature > 0 else args.prompts  # greedy: one row per request
+    batch = args.batch_size or rows
+    arch = ("tiny" if args.tiny else "Qwen2.5-VL-7B") + "".join(
+        f", {k} {v}" for k, v in (("text layers", args.text_layers), ("vision depth", args.vision_depth)) if v)
+    log(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device} ({gpu or 'cpu'}), "
+        f"dtype {dtype}, {arch} architecture")
+    log(f"stage 2: {args.prompts} prompts x n={args.n} = {rows} rows, batch {batch} rows, "
+        f"{args.max_new_tokens} new tokens (EOS blocked), T={args.temperature} top_p={args.top_p} "
+        f"rep={args.repetition_penalty}, {args.image_size}x{args.image_size} images, max_pixels {args.max_pixels}")
+    from builder.engines.transformers_engine import TransformersEngine  # noqa: F401  (fail early if missing)
+    phases["imports"] = time.perf_counter() - T_START
+
+    t = time.perf_counter()
+    processor = build_processor()
+    config = build_config(processor.tokenizer, args.tiny, args.text_layers, args.vision_depth)
+    phases["tokenizer+processor+config"] = time.perf_counter() - t
+    log(f"tokenizer ({len(processor.tokenizer)} tokens; model vocab {config.text_config.vocab_size}), processor, "
+        f"config: {phases['tokenizer+processor+config']:.1f}s")
+
+    t = time.perf_counter()
+    model = build_model(config, device, dtype, args.seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    phases["model_build"] = time.perf_counter() - t
+    counts = param_counts(model)
+    weights_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    log(f"model built on {device}: {counts['total'] / 1e9:.3f} B parameters (vision {counts['vision'] / 1e9:.3f} B, "
+        f"embedding {counts['embedding'] / 1e9:.3f} B) in {phases['model_build']:.1f}s; "
+        f"attention {model.config._attn_implementation}")
+
+    t = time.perf_counter()
+    if args.via_disk:
+        path = Path("/tmp/gpu_stage2_model" + ("_tiny" if args.tiny else ""))
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        processor.tokenizer.save_pretrained(path)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        log(f"saved to {path} in {time.perf_counter() - t:.1f}s; loading through TransformersEngine")
+        engine = TransformersEngine(str(path), device=str(device), dtype=str(dtype).removeprefix("torch."),
+                                    batch_size=batch)
+    else:
+        from builder.engines.transformers_engine import TransformersEngine
+
+        engine = TransformersEngine.from_loaded(model, processor.tokenizer, processor, name="random-qwen2.5-vl-7b",
+                                                batch_size=batch)
+    phases["engine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    requests, blocked = make_requests(args, engine.tokenizer)
+    enc = engine._encode(requests)  # the prompt length the batch will have (left-padded)
+    prompt_len = int(enc["input_ids"].shape[1])
+    image_tokens = int((enc["input_ids"][0] == config.image_token_id).sum())
+    del enc
+    phases["requests+encode_once"] = time.perf_counter() - t
+    log(f"{len(requests)} requests; prompt {prompt_len} tokens ({image_tokens} image tokens) in "
+        f"{phases['requests+encode_once']:.1f}s; blocked words {list(blocked)}")
+
+    # ---- the bound, before the run
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * itemsize  # per row
+    steps = args.max_new_tokens - 1  # the first new token comes out of the prefill
+    avg_context = prompt_len + args.max_new_tokens / 2
+    bound = {"rows_per_step": batch, "kv_bytes_per_token_per_row": kv_per_token, "prompt_len": prompt_len,
+             "avg_context": avg_context, "bandwidth_gbs": bandwidth, "weight_bytes_decode_read":
+             counts["decode_read"] * itemsize, "weight_bytes_all": counts["total"] * itemsize}
+    for label, wbytes in (("decode_read", bound["weight_bytes_decode_read"]), ("all", bound["weight_bytes_all"])):
+        per_step = wbytes + batch * kv_per_token * avg_context
+        bound[f"bytes_per_step_{label}"] = per_step
+        bound[f"tokens_per_s_{label}"] = batch / (per_step / (bandwidth * 1e9)) if bandwidth else None
+    last = bound["weight_bytes_decode_read"] + batch * kv_per_token * (prompt_len + args.max_new_tokens)
+    bound["tokens_per_s_decode_read_last_step"] = batch / (last / (bandwidth * 1e9)) if bandwidth else None
+
+    def fmt(x, spec=".0f"):
+        return "n/a" if x is None else format(x, spec)
+
+    print("\n== decode memory-bandwidth bound (before the run) ==", flush=True)
+    source = "--bandwidth-gbs" if args.bandwidth_gbs else f"from the GPU name {gpu!r}" if bandwidth \
+        else "unknown: give --bandwidth-gbs"
+    print(f"  bandwidth                    {fmt(bandwidth)} GB/s ({source})", flush=True)
+    print(f"  rows per decode step         {batch}", flush=True)
+    print(f"  weights read per step        {bound['weight_bytes_decode_read'] / 1e9:.2f} GB (decoder + lm_head; "
+          f"all params: {bound['weight_bytes_all'] / 1e9:.2f} GB)", flush=True)
+    print(f"  KV cache per token per row   {kv_per_token / 1024:.1f} KiB; at avg context {avg_context:.0f}: "
+          f"{batch * kv_per_token * avg_context / 1e9:.2f} GB per step", flush=True)
+    print(f"  bound (avg context)          {fmt(bound['tokens_per_s_decode_read'])} tok/s  "
+          f"[all params read: {fmt(bound['tokens_per_s_all'])} tok/s; at the last step: "
+          f"{fmt(bound['tokens_per_s_decode_read_last_step'])} tok/s]\n", flush=True)
+
+    # ---- warm-up (CUDA context, kernels), then the measured run
+    if not args.no_warmup:
+        t = time.perf_counter()
+        warm = requests[0]
+        engine.generate([dataclasses.replace(warm, params=warm.params.replace(n=1, max_new_tokens=4))])
+        phases["warmup"] = time.perf_counter() - t
+        log(f"warm-up (1 row, 4 tokens): {phases['warmup']:.1f}s")
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = PhaseTimer(engine, device)
+    log(f"generating {rows} rows ...")
+    t = time.perf_counter()
+    out = engine.generate(requests)
+    total = time.perf_counter() - t
+    timer.remove()
+    phases["generate"] = total
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak_reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
+    log(f"generate done in {total:.1f}s")
+
+    samples = [s for ss in out for s in ss]
+    new_tokens = sum(s.num_tokens or 0 for s in samples)
+    early = sum(1 for s in samples if s.finish_reason != "length" or s.num_tokens != args.max_new_tokens)
+    encode_s, prefill_s, decode_s = sum(timer.encode_s), sum(timer.prefill_s), sum(timer.decode_s)
+    gen_s = prefill_s + decode_s
+    decode_fwd_s = sum(timer.decode_fwd_s)
+    decode_steps = len(timer.decode_fwd_s)
+    decode_row_tokens = sum(min(batch, rows - start) * steps for start in range(0, rows, batch))
+    result = {
+        "prompts": args.prompts, "rows": rows, "samples": len(samples), "new_tokens": new_tokens,
+        "early_stopped_samples": early, "generate_calls": len(timer.prefill_s),
+        "total_s": total, "prompts_per_s": args.prompts / total, "new_tokens_per_s": new_tokens / total,
+        "encode_s": encode_s, "prefill_s": prefill_s, "vision_s": sum(timer.vision_s),
+        "prefill_forward_s": sum(timer.prefill_fwd_s), "decode_s": decode_s, "decode_forward_s": decode_fwd_s,
+        "decode_other_s": decode_s - decode_fwd_s, "decode_steps": decode_steps,
+        "decode_tokens_per_s": decode_row_tokens / decode_s if decode_s > 0 else None,
+        "decode_ms_per_step": 1000 * decode_s / max(1, decode_steps),
+        "decode_forward_ms_per_step": 1000 * decode_fwd_s / max(1, decode_steps),
+        "postprocess_s": total - encode_s - gen_s,
+        "peak_gpu_mem_gb": peak / 1e9 if peak is not None else None,
+        "peak_gpu_reserved_gb": peak_reserved / 1e9 if peak_reserved is not None else None,
+        "weights_gpu_mem_gb": weights_mem / 1e9 if weights_mem is not None else None,
+    }
+    if bound["tokens_per_s_decode_read"] and result["decode_tokens_per_s"]:
+        result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound["tokens_per_s_decode_read"]
+
+    r = result
+    reached = r.get("decode_fraction_of_bound")
+    print("\n== stage 2 through the transformers engine ==", flush=True)
+    rows_table = [
+        ("device", f"{gpu or device} ({dtype})"),
+        ("model", f"{arch} random weights, {counts['total'] / 1e9:.2f} B params"),
+        ("rows (prompts x n) / batch", f"{rows} ({args.prompts} x {args.n}) / {batch}, {r['generate_calls']} call(s)"),
+        ("prompt tokens (image)", f"{prompt_len} ({image_tokens})"),
+        ("new tokens", f"{new_tokens} ({early} samples stopped early)"),
+        ("total", f"{total:.1f} s"),
+        ("prompts/s", f"{r['prompts_per_s']:.3f}"),
+        ("generated tokens/s", f"{r['new_tokens_per_s']:.1f}"),
+        ("encode (processor)", f"{encode_s:.2f} s"),
+        ("prefill", f"{prefill_s:.2f} s (vision tower {r['vision_s']:.2f} s, "
+                    f"prompt forward {r['prefill_forward_s']:.2f} s)"),
+        ("decode", f"{decode_s:.2f} s = forwards {decode_fwd_s:.2f} s + sampling/other {r['decode_other_s']:.2f} s"),
+        ("decode per step", f"{r['decode_ms_per_step']:.1f} ms (forward {r['decode_forward_ms_per_step']:.1f} ms), "
+                            f"{r['decode_steps']} steps"),
+        ("decode tokens/s", f"{fmt(r['decode_tokens_per_s'], '.1f')}"),
+        ("bandwidth bound tokens/s", f"{fmt(bound['tokens_per_s_decode_read'])} "
+                                     f"({fmt(reached and 100 * reached, '.1f')}% reached)"),
+        ("postprocess (detokenize)", f"{r['postprocess_s']:.2f} s"),
+        ("peak GPU memory", f"{fmt(r['peak_gpu_mem_gb'], '.1f')} GB allocated "
+                            f"({fmt(r['peak_gpu_reserved_gb'], '.1f')} GB reserved; weights "
+                            f"{fmt(r['weights_gpu_mem_gb'], '.1f')} GB)"),
+    ]
+    for k, v in rows_table:
+        print(f"  {k:<28} {v}", flush=True)
+    print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()), flush=True)
+
+    report = {"args": vars(args), "device": str(device), "gpu": gpu, "dtype": str(dtype),
+              "torch": torch.__version__, "transformers": transformers.__version__, "params": counts,
+              "config": {"text": {k: getattr(text, k) for k in ("hidden_size", "num_hidden_layers",
+                                                               "num_attention_heads", "num_key_value_heads",
+                                                               "intermediate_size", "vocab_size")},
+                         "vision_depth": config.vision_config.depth},
+              "bound": bound, "result": result, "phases_s": phases,
+              "example_sample": samples[0].text[:200] if samples else None,
+              "wall_s": time.perf_counter() - T_START}
+    dest = Path(args.json) if args.json else Path(os.environ.get("OUT") or ".") / "gpu_stage2.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(report, indent=2, default=str))
+    log(f"wrote {dest}; wall {report['wall_s']:.1f}s")
+    if early:
+        log(f"WARNING: {early} samples did not run to {args.max_new_tokens} tokens")
+
+
+if __name__ == "__main__":
+    main()
