@@ -10,7 +10,7 @@
 or export a Hub-layout folder (``lpt export RUN OUT``) and use plain ``datasets.load_dataset(OUT, "sft")``,
 or :func:`load` which also attaches the images (stored once, in the ``images`` config).
 
-Add a config in a few lines (before the builder is first used)::
+The configs and how each is built live in :mod:`builder.configs`; add one in a few lines::
 
     from longperceptualthoughts import ConfigSpec, SFT_FEATURES, register, assemble
     register(ConfigSpec("sft_x_o", SFT_FEATURES,
@@ -20,100 +20,34 @@ Add a config in a few lines (before the builder is first used)::
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import datasets
-from datasets import Features, Image, List, Value
+from datasets import Image, List
 from datasets.utils.py_utils import classproperty
 
 from builder import assemble
 from builder.assemble import AssembleOptions
-from builder.records import EXPANSION, MCQ, SIMPLE_COT
+from builder.configs import (
+    CONFIGS,
+    DPO_FEATURES,
+    IMAGES_FEATURES,
+    LPT30K_FEATURES,
+    MAX_IMAGE_SIDE,
+    MCQ_FEATURES,
+    SFT_FEATURES,
+    ConfigSpec,
+    LPTConfig,
+    docci_image_path,
+    read_lpt30k,
+    register,
+    run_configs,
+)
+from builder.export import card_stats, export, push, render_card
+from builder.importer import import_upstream
 
 __version__ = "0.1.0"
-LPT30K_REPO = "andrewliao11/LongPerceptualThoughts-30k"
-MAX_IMAGE_SIDE = 512
-
-# ---------------------------------------------------------------------------------------------- features
-
-_S = Value("string")
-MESSAGES = List({"role": _S, "content": _S})
-SFT_FEATURES = Features({
-    "example_id": _S, "image_id": _S, "mcq_id": _S, "sample_id": _S, "expansion_id": _S, "cot_type": _S,
-    "question_type": _S, "messages": MESSAGES, "simple_thought": _S,
-})
-DPO_FEATURES = Features({
-    "example_id": _S, "image_id": _S, "mcq_id": _S, "kind": _S, "question_type": _S, "prompt": MESSAGES,
-    "chosen": MESSAGES, "rejected": MESSAGES, "chosen_id": _S, "rejected_id": _S, "chosen_type": _S,
-    "rejected_type": _S,
-})
-MCQ_FEATURES = Features({
-    "example_id": _S, "image_id": _S, "mcq_id": _S, "question": _S, "question_type": _S, "options": List(_S),
-    "answer_index": Value("int32"), "answer": _S, "messages": MESSAGES,
-})
-IMAGES_FEATURES = Features({"image_id": _S, "image": Image()})
-LPT30K_FEATURES = Features({"example_id": _S, "image_id": _S, "messages": MESSAGES, "cot_type": _S,
-                            "image": Image()})
-
-
-# ------------------------------------------------------------------------------------------------ configs
-
-
-@dataclass
-class LPTConfig(datasets.BuilderConfig):
-    """A config: which set to build, from which run directory, with which assembly options."""
-
-    run_dir: str | None = None
-    options: AssembleOptions = field(default_factory=AssembleOptions)
-    embed_images: bool = True  # images config: resized bytes (True) or the original file's path (False)
-    max_image_side: int = MAX_IMAGE_SIDE
-    release: str | None = None  # lpt30k: a local copy of the authors' release, or its Hub repo id
-    docci_dir: str | None = None  # lpt30k: a local DOCCI folder (images/ and/or the image files)
-
-    def run(self) -> Any:
-        if not self.run_dir:
-            raise ValueError(f"config {self.name!r} needs run_dir=<a run directory>")
-        from builder.store import RunDir
-
-        if not Path(self.run_dir).is_dir():
-            raise FileNotFoundError(f"run directory {self.run_dir} does not exist")
-        return RunDir(self.run_dir)
-
-
-@dataclass(frozen=True)
-class ConfigSpec:
-    """How to build one config: its features and a function from the config to rows."""
-
-    name: str
-    features: Features
-    build: Callable[[LPTConfig], Iterable[dict[str, Any]]]
-    description: str = ""
-    from_run: bool = True  # built from a run directory (and so written by ``lpt export``)
-    why_empty: Callable[[LPTConfig], str] | None = None  # says why a run gives no rows (export reports it)
-
-
-CONFIGS: dict[str, ConfigSpec] = {}
-
-
-def register(spec: ConfigSpec) -> ConfigSpec:
-    """Add (or replace) a config of :class:`LongPerceptualThoughts` and of ``lpt export``."""
-    CONFIGS[spec.name] = spec
-    LongPerceptualThoughts.BUILDER_CONFIGS = [
-        LPTConfig(name=s.name, version=LongPerceptualThoughts.VERSION, description=s.description)
-        for s in CONFIGS.values()
-    ]
-    return spec
-
-
-def run_configs() -> list[str]:
-    """The configs built from a run directory, in registration order."""
-    return [name for name, spec in CONFIGS.items() if spec.from_run]
 
 
 class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
@@ -121,7 +55,6 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
 
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = LPTConfig
-    BUILDER_CONFIGS: list[LPTConfig] = []
     DEFAULT_CONFIG_NAME = "sft"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -130,7 +63,12 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
 
     @classproperty
     @classmethod
-    def builder_configs(cls) -> dict[str, LPTConfig]:  # not memoised: register() may add configs later
+    def BUILDER_CONFIGS(cls) -> list[LPTConfig]:  # noqa: N802 - datasets' name; derived: register() may add configs
+        return [LPTConfig(name=s.name, version=cls.VERSION, description=s.description) for s in CONFIGS.values()]
+
+    @classproperty
+    @classmethod
+    def builder_configs(cls) -> dict[str, LPTConfig]:  # not memoised, for the same reason
         return {c.name: c for c in cls.BUILDER_CONFIGS}
 
     def _info(self) -> datasets.DatasetInfo:
@@ -164,151 +102,6 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
         return (spec.why_empty(self.config) if spec.why_empty else "") or "the run has no rows for it"
 
 
-# ----------------------------------------------------------------------------------------------- images
-
-
-def image_bytes(path: str | os.PathLike, max_side: int = MAX_IMAGE_SIDE) -> bytes:
-    """The image at ``path`` as JPEG bytes, its long side at most ``max_side`` pixels."""
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=92)
-        return buf.getvalue()
-
-
-def _source_rows(cfg: LPTConfig) -> list[dict[str, Any]]:
-    run = cfg.run()
-    return sorted(run.read("source").to_pylist(), key=lambda r: r["image_id"]) if run.has("source") else []
-
-
-def _images_why_empty(cfg: LPTConfig) -> str:
-    rows = _source_rows(cfg)
-    if not rows:
-        return "the run has no source rows"
-    return (f"none of the run's {len(rows)} source images is on this machine (e.g. {rows[0]['image_path']}); "
-            f"`lpt import-upstream --images-dir DOCCI/images` or a source pointing at the files adds them")
-
-
-def _build_images(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
-    rows = _source_rows(cfg)
-    if not any(Path(r["image_path"]).is_file() for r in rows):
-        return  # no image here at all (e.g. imported text-only): an empty config, explained by _images_why_empty
-    for row in rows:
-        path = Path(row["image_path"])
-        if not path.is_file():
-            raise FileNotFoundError(f"source image_id {row['image_id']!r}: field 'image_path': no file {path}")
-        if cfg.embed_images:
-            yield {"image_id": row["image_id"],
-                   "image": {"bytes": image_bytes(path, cfg.max_image_side), "path": f"{row['image_id']}.jpg"}}
-        else:
-            yield {"image_id": row["image_id"], "image": {"bytes": None, "path": str(path.resolve())}}
-
-
-# ------------------------------------------------------------------------------------ the authors' release
-
-_DOCCI_ID = re.compile(r"(?:train|test|qual_dev|qual_test)_\d{5}")
-
-
-def _release_dir(release: str) -> Path:
-    if Path(release).is_dir():
-        return Path(release)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-
-
-def read_lpt30k(release: str | os.PathLike = LPT30K_REPO) -> Iterator[dict[str, Any]]:
-    """Rows ``{example_id, image_id, messages, cot_type}`` of the authors' release (JSON/JSONL/parquet files).
-
-    ``image_id`` is the DOCCI id found in ``example_id`` (else in an ``images`` path of the row).
-    """
-    root = _release_dir(str(release))
-    files = sorted(p for ext in ("*.jsonl", "*.json", "*.parquet") for p in root.rglob(ext) if ".cache" not in p.parts)
-    for path in files:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows: Iterable[dict] = pq.read_table(path).to_pylist()
-        elif path.suffix == ".jsonl":
-            rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        else:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                continue  # e.g. a dataset_info.json
-            rows = data
-        for n, row in enumerate(rows, 1):
-            if "messages" not in row or "example_id" not in row:
-                raise ValueError(f"{path}: row {n}: fields 'example_id' and 'messages' are required")
-            found = _DOCCI_ID.search(str(row["example_id"])) or _DOCCI_ID.search(json.dumps(row.get("images", "")))
-            yield {
-                "example_id": str(row["example_id"]),
-                "image_id": found.group(0) if found else "",
-                "messages": [{"role": m["role"], "content": _content_text(m.get("content"))} for m in row["messages"]],
-                "cot_type": str(row.get("cot_type", "")),
-            }
-
-
-def docci_image_path(docci_dir: str | os.PathLike, image_id: str) -> Path | None:
-    """Where a DOCCI image lives in a local DOCCI folder (``images/<id>.jpg`` or ``<id>.jpg``)."""
-    for cand in (Path(docci_dir) / "images" / f"{image_id}.jpg", Path(docci_dir) / f"{image_id}.jpg"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _build_lpt30k(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
-    for row in read_lpt30k(cfg.release or LPT30K_REPO):
-        path = docci_image_path(cfg.docci_dir, row["image_id"]) if cfg.docci_dir and row["image_id"] else None
-        yield {**row, "image": str(path.resolve()) if path else None}
-
-
-# --------------------------------------------------------------------------------------------- the configs
-
-
-def _why(name: str) -> Callable[[LPTConfig], str]:
-    return lambda c: assemble.why_empty(c.run(), name, c.options)
-
-for _spec in [
-    ConfigSpec("sft", SFT_FEATURES, lambda c: assemble.build_sft(c.run(), c.options),
-               "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50.", why_empty=_why("sft")),
-    ConfigSpec("dpo", DPO_FEATURES, lambda c: assemble.build_dpo(c.run(), c.options),
-               "Preference pairs (prompt/chosen/rejected), tagged with their kind.", why_empty=_why("dpo")),
-    ConfigSpec("mcq", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "think"),
-               "The valid MCQs with the think system prompt and the gold answer.", why_empty=_why("mcq")),
-    ConfigSpec("mcq_direct", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "direct"),
-               "The valid MCQs with the direct-answer system prompt and the gold answer.",
-               why_empty=_why("mcq_direct")),
-    ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
-               "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
-    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side).",
-               why_empty=_images_why_empty),
-    ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
-               "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
-               "one invalid row).",
-               why_empty=lambda c: "stage 1 has no records"),
-    ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
-               lambda c: assemble.build_raw(c.run(), "simple_cot"),
-               "Stage 2: every simple-CoT sample, its parse and its label.",
-               why_empty=lambda c: "stage 2 has no records"),
-    ConfigSpec("raw_expansion", Features.from_arrow_schema(EXPANSION),
-               lambda c: assemble.build_raw(c.run(), "expansion"),
-               "Stage 3: every expansion, its parse, its label and why it was dropped.",
-               why_empty=lambda c: "stage 3 has no records"),
-    ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
-               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
-]:
-    register(_spec)
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -335,19 +128,9 @@ def load(config: str, path_or_repo: str | os.PathLike, with_images: bool = True,
     return attach_images(ds, datasets.load_dataset(str(path_or_repo), "images", split=split, **kwargs))
 
 
-def __getattr__(name: str) -> Any:  # the rest of the public API, imported on first use
-    lazy = {"export": "builder.export", "push": "builder.export", "render_card": "builder.export",
-            "card_stats": "builder.export", "import_upstream": "builder.importer"}
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(lazy[name]), name)
-    raise AttributeError(name)
-
-
 __all__ = [
     "AssembleOptions", "CONFIGS", "ConfigSpec", "DPO_FEATURES", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPTConfig",
-    "LongPerceptualThoughts", "MCQ_FEATURES", "SFT_FEATURES", "assemble", "attach_images", "card_stats",
-    "docci_image_path", "export", "import_upstream", "load", "push", "read_lpt30k", "register", "render_card",
-    "run_configs",
+    "LongPerceptualThoughts", "MAX_IMAGE_SIDE", "MCQ_FEATURES", "SFT_FEATURES", "assemble", "attach_images",
+    "card_stats", "docci_image_path", "export", "import_upstream", "load", "push", "read_lpt30k", "register",
+    "render_card", "run_configs",
 ]

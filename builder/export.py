@@ -21,41 +21,55 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import click
+import datasets
+import pyarrow.parquet as pq
+from datasets import Features
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from jinja2.sandbox import SandboxedEnvironment
+
+from builder.answers import parse_thought
+from builder.atomic import atomic_write, write_json, write_text
+from builder.configs import CONFIGS, MAX_IMAGE_SIDE, LPTConfig, run_configs
+from builder.records import is_placeholder
 
 FORMATS = ("hub", "llamafactory")
 REPORT_FILE = "export_report.json"
 SHARD_BYTES = 500 * 1024 * 1024
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
+CARD_TEMPLATE = Path(__file__).resolve().parent / "data" / "dataset_card.md"  # the repository's dataset_card.md
 LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptualThoughts_DPO",
                      "simple_cot": "LongPerceptualThoughts_SIMPLE_COT", "mcq": "LongPerceptualThoughts_MCQ",
                      "mcq_direct": "LongPerceptualThoughts_MCQ_DIRECT"}
 
 
-def _prepared(run_dir: str | os.PathLike, config: str, cache_dir: str | os.PathLike, **config_kwargs: Any):
-    import longperceptualthoughts as lpt
-
-    b = lpt.LongPerceptualThoughts(config_name=config, run_dir=str(run_dir), cache_dir=str(cache_dir),
-                                   **config_kwargs)
-    b.download_and_prepare(download_mode="force_redownload")
-    return b
-
-
-def _built_or_why(run_dir: str | os.PathLike, config: str, cache_dir: str | os.PathLike, **config_kwargs: Any):
+def _built_or_why(run_dir: str | os.PathLike, config: str, **config_kwargs: Any):
     """``(dataset, None)`` for a config with rows, ``(None, why it is empty)`` for one without."""
-    b = _prepared(run_dir, config, cache_dir, **config_kwargs)
-    ds = b.as_dataset(split="train")
-    return (ds, None) if ds.num_rows else (None, b.why_empty())
+    ds, cfg = _build(run_dir, config, **config_kwargs)
+    if ds.num_rows:
+        return ds, None
+    spec = CONFIGS[config]
+    return None, (spec.why_empty(cfg) if spec.why_empty else "") or "the run has no rows for it"
 
 
-def build_config(run_dir: str | os.PathLike, config: str, *, cache_dir: str | os.PathLike, **config_kwargs: Any):
-    """One config of a run as a ``datasets.Dataset`` (through the builder, freshly generated; may have 0 rows)."""
-    return _prepared(run_dir, config, cache_dir, **config_kwargs).as_dataset(split="train")
+def _build(run_dir: str | os.PathLike, config: str, **config_kwargs: Any):
+    if config not in CONFIGS:
+        raise ValueError(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
+    spec = CONFIGS[config]
+    cfg = LPTConfig(name=config, run_dir=str(run_dir), **config_kwargs)
+    if spec.from_run:
+        cfg.run()  # a missing run directory fails here, with its own message
+    return datasets.Dataset.from_list(list(spec.build(cfg)), features=spec.features), cfg
+
+
+def build_dataset(run_dir: str | os.PathLike, config: str, **config_kwargs: Any) -> datasets.Dataset:
+    """One config of a run as a ``datasets.Dataset`` (may have 0 rows)."""
+    return _build(run_dir, config, **config_kwargs)[0]
 
 
 def read_report(out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -73,9 +87,7 @@ def _update_report(out: Path, written: dict[str, int], empty: dict[str, str]) ->
         report["empty"].pop(name, None)
     report["configs"].update(written)
     report["empty"].update(empty)
-    tmp = out / (REPORT_FILE + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / REPORT_FILE)
+    write_json(out / REPORT_FILE, report)
     return report
 
 
@@ -96,29 +108,26 @@ def export(
     A config with no rows is not written (an old copy of it is removed); ``OUT/export_report.json`` and the
     card say why (:func:`read_report`).
     """
-    import longperceptualthoughts as lpt
-
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(configs or lpt.run_configs())
+    names = list(configs or run_configs())
     kwargs: dict[str, Any] = {"embed_images": embed_images}
     if options is not None:
         kwargs["options"] = options
-    with tempfile.TemporaryDirectory(prefix="lpt-export-") as cache:
-        if fmt == "llamafactory":
-            _export_llamafactory(run_dir, out, cache, kwargs)
-            return out
-        written, empty = {}, {}
-        for name in names:
-            ds, why = _built_or_why(run_dir, name, cache, **kwargs)
-            if ds is not None:
-                _write_parquet(ds, out / name)
-                written[name] = ds.num_rows
-            else:
-                shutil.rmtree(out / name, ignore_errors=True)
-                empty[name] = why
+    if fmt == "llamafactory":
+        _export_llamafactory(run_dir, out, kwargs)
+        return out
+    written, empty = {}, {}
+    for name in names:
+        ds, why = _built_or_why(run_dir, name, **kwargs)
+        if ds is not None:
+            _write_parquet(ds, out / name)
+            written[name] = ds.num_rows
+        else:
+            shutil.rmtree(out / name, ignore_errors=True)
+            empty[name] = why
     _update_report(out, written, empty)
     render_card(out, repo_id=repo_id)
     return out
@@ -130,18 +139,14 @@ def _write_parquet(ds: Any, folder: Path) -> None:
         old.unlink()
     n = max(1, math.ceil((ds.data.nbytes or 1) / SHARD_BYTES))
     for i in range(n):
-        final = folder / f"train-{i:05d}-of-{n:05d}.parquet"
-        tmp = final.with_suffix(".parquet.tmp")
-        ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(tmp))
-        os.replace(tmp, final)
+        shard = ds.shard(num_shards=n, index=i, contiguous=True)
+        atomic_write(folder / f"train-{i:05d}-of-{n:05d}.parquet", lambda tmp: shard.to_parquet(tmp))
 
 
 # --------------------------------------------------------------------------------------------------- card
 
 
 def _read(out: Path, config: str):
-    import datasets
-
     files = sorted(str(p) for p in (out / config).glob("train-*.parquet"))
     if not files:
         return None
@@ -160,23 +165,19 @@ def _words(text: str) -> int:
 
 
 def _thought_of(messages: list[dict]) -> str:
-    from builder.answers import parse_thought
-
     return parse_thought(messages[-1]["content"])[0] or ""
 
 
 def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     """The card's numbers, computed from the exported files: rows per config, SFT trace types and mean thought
     length, DPO pair kinds, per-stage records / kept / accuracy."""
-    import longperceptualthoughts as lpt
-
     out = Path(out_dir)
     present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and any(p.glob("train-*.parquet"))]
-    order = [c for c in lpt.CONFIGS if c in present] + [c for c in present if c not in lpt.CONFIGS]
+    order = [c for c in CONFIGS if c in present] + [c for c in present if c not in CONFIGS]
     data = {c: _read(out, c) for c in order}
     stats: dict[str, Any] = {"configs": [
         {"name": c, "rows": data[c].num_rows,
-         "description": lpt.CONFIGS[c].description if c in lpt.CONFIGS else ""} for c in order]}
+         "description": CONFIGS[c].description if c in CONFIGS else ""} for c in order]}
     stats["empty_configs"] = [{"name": c, "reason": why} for c, why in read_report(out)["empty"].items()
                               if c not in present]
     sft = data.get("sft")
@@ -194,8 +195,6 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats["pair_kinds"] = [{"kind": k, "pairs": v} for k, v in sorted(Counter(dpo["kind"]).items())] if dpo else []
     stages = []
     if data.get("raw_mcq") is not None:
-        from builder.stages.mcq import is_placeholder
-
         questions = [r for r in data["raw_mcq"].select_columns(["item_index", "valid"]).to_list()
                      if not is_placeholder(r)]  # an image's no-question placeholder is not a question
         valid = sum(r["valid"] for r in questions)
@@ -222,13 +221,6 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str:
     """``configs:`` (data_files) and ``dataset_info:`` (features, splits) exactly as ``push_to_hub`` writes them."""
-    import pyarrow.parquet as pq
-    from datasets import Features
-    from datasets.info import DatasetInfo, DatasetInfosDict
-    from datasets.splits import SplitDict, SplitInfo
-    from datasets.utils.metadata import MetadataConfigs
-    from huggingface_hub import DatasetCardData
-
     card = DatasetCardData()
     infos, metadata = {}, {}
     for name in names:
@@ -251,9 +243,6 @@ def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str
 def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
                 template: str | os.PathLike = CARD_TEMPLATE) -> str:
     """(Re)write ``OUT/README.md`` from ``dataset_card.md`` with the numbers of the files in ``OUT``."""
-    from huggingface_hub import DatasetCard
-    from jinja2.sandbox import SandboxedEnvironment
-
     out = Path(out_dir)
     stats = card_stats(out)
     names = [c["name"] for c in stats["configs"]]
@@ -262,16 +251,12 @@ def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
     text = env.from_string(Path(template).read_text(encoding="utf-8")).render(
         **stats, generated_yaml=_generated_yaml(out, names, default), repo_hint=repo_id or str(out))
     DatasetCard(text)  # parses the YAML front matter: fail here, not on the Hub
-    tmp = out / "README.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "README.md")
+    write_text(out / "README.md", text)
     return text
 
 
 def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload an exported folder as the dataset repo ``repo_id`` (created if needed); returns the commit URL."""
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
@@ -282,23 +267,21 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
 # ---------------------------------------------------------------------------------------------- LLaMA-Factory
 
 
-def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, Any]) -> None:
+def _export_llamafactory(run_dir: Any, out: Path, kwargs: dict[str, Any]) -> None:
     """sharegpt JSON per set (``<image>`` in the user turn, relative image paths) and ``dataset_info.json``;
     an empty set is left out of both (and named in the report)."""
-    import longperceptualthoughts as lpt
-
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
-    images = build_config(run_dir, "images", cache_dir=cache, embed_images=True,
-                          max_image_side=kwargs.get("max_image_side", lpt.MAX_IMAGE_SIDE))
-    for row in images.cast_column("image", __import__("datasets").Image(decode=False)):
+    images = build_dataset(run_dir, "images", embed_images=True,
+                           max_image_side=kwargs.get("max_image_side", MAX_IMAGE_SIDE))
+    for row in images.cast_column("image", datasets.Image(decode=False)):
         (img_dir / f"{row['image_id']}.jpg").write_bytes(row["image"]["bytes"])
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
             "system_tag": "system"}
     info: dict[str, Any] = {}
     written, empty = {}, {}
     for config, name in LLAMAFACTORY_SETS.items():
-        ds, why = _built_or_why(run_dir, config, cache, **kwargs)
+        ds, why = _built_or_why(run_dir, config, **kwargs)
         if ds is None:
             (out / f"{name}.json").unlink(missing_ok=True)
             empty[config] = why
@@ -312,14 +295,14 @@ def _export_llamafactory(run_dir: Any, out: Path, cache: str, kwargs: dict[str, 
                                 "rejected": row["rejected"][0], "images": image})
             else:
                 records.append({"messages": _with_image_token(row["messages"]), "images": image})
-        (out / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        write_text(out / f"{name}.json", json.dumps(records, ensure_ascii=False, indent=1))
         entry: dict[str, Any] = {"file_name": f"{name}.json", "formatting": "sharegpt",
                                  "columns": {"messages": "messages", "images": "images"}, "tags": tags}
         if config == "dpo":
             entry["ranking"] = True
             entry["columns"].update(chosen="chosen", rejected="rejected")
         info[name] = entry
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_text(out / "dataset_info.json", json.dumps(info, indent=2))
     _update_report(out, written, empty)
 
 
@@ -328,74 +311,4 @@ def _with_image_token(messages: list[dict]) -> list[dict]:
     return [{**m, "content": "<image>" + m["content"]} if i == first_user else dict(m) for i, m in enumerate(messages)]
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
-
-from builder.cli import friendly_errors  # noqa: E402  (the CLI's one way of turning user errors into a line)
-
-
-@click.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="hub", show_default=True)
-@click.option("--no-embed-images", is_flag=True, help="Store image paths instead of image bytes.")
-@click.option("--config", "configs", multiple=True, help="Only these configs (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sft-ratio", type=float, default=0.1, show_default=True)
-@click.option("--no-sft-balance", is_flag=True,
-              help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
-@click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
-@click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the SPEC five).")
-@friendly_errors
-def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
-               sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None) -> None:
-    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
-    from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
-
-    opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
-                           simple_cot_ratio=simple_cot_ratio,
-                           pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
-    out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts)
-    report = read_report(out)
-    for name, rows in report["configs"].items():
-        click.echo(f"  {name}: {rows} rows")
-    for name, why in report["empty"].items():
-        click.echo(f"  {name}: empty, not written: {why}")
-    click.echo(f"wrote {out}")
-
-
-@click.command("push")
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("repo_id")
-@click.option("--private", is_flag=True)
-@friendly_errors
-def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
-    """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID."""
-    click.echo(push(out_dir, repo_id, private=private))
-
-
-@click.command("card")
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
-@friendly_errors
-def card_cmd(out_dir: str, repo_id: str | None) -> None:
-    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
-    render_card(out_dir, repo_id=repo_id)
-    click.echo(f"wrote {Path(out_dir) / 'README.md'}")
-
-
-@click.command("import-upstream")
-@click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A local DOCCI images/ folder (needed for the images config).")
-@friendly_errors
-def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> None:
-    """Import the authors' raw generations in SRC_DIR as run RUN_DIR, relabelled with our rules."""
-    from builder.importer import import_upstream
-
-    import_upstream(src_dir, run_dir, images_dir=images_dir)
-    click.echo(f"imported {src_dir} -> {run_dir}")
-
-
-__all__ = ["FORMATS", "REPORT_FILE", "build_config", "card_cmd", "card_stats", "export", "export_cmd",
-           "import_upstream_cmd", "push", "push_cmd", "read_report", "render_card"]
+__all__ = ["FORMATS", "REPORT_FILE", "build_dataset", "card_stats", "export", "push", "read_report", "render_card"]

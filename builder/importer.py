@@ -1,6 +1,6 @@
 """Import the authors' published raw generations into a run directory, relabelled with our rules.
 
-Input: a folder shaped like the authors' ``data_gen`` outputs (``../shared/reference/upstream-example-outputs``):
+Input: a folder shaped like the authors' ``data_gen`` outputs (their published example outputs are one):
 
 * ``docci_mcq.csv``: stage 1 (one row per MCQ, with the image's DOCCI ``description``);
 * ``stage2_*.jsonl``: per MCQ the decoded Qwen2.5-VL prompt and its sampled answers (``predict``);
@@ -10,8 +10,8 @@ Input: a folder shaped like the authors' ``data_gen`` outputs (``../shared/refer
 Nothing upstream decided is kept: every record is rebuilt by the stage's own function, so each rule lives in
 one place: MCQ validity by :func:`builder.stages.mcq.mcq_rows`, stage-2 parsing, labels and duplicates by
 :func:`builder.stages.simple_cot.sample_rows`, stage-3 long thoughts (from the original-case simple thought,
-upstream defect 3), bad words as words (defect 2), labels and duplicates by
-:func:`builder.stages.expand.expansion_rows`.
+docs/method.md defect 3), bad words as words (defect 2), labels and duplicates by
+:func:`builder.stages.expansion.expansion_rows`.
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from builder.answers import parse_options
+from builder.method import BAD_WORDS, CUES
 from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE
-from builder.stages.expand import Continuation, expansion_rows
+from builder.stages.expansion import Continuation, expansion_rows
 from builder.stages.mcq import ParsedItem, mcq_rows
 from builder.stages.simple_cot import sample_rows
+from builder.store import RunDir
 
+EXAMPLE_DIR = Path(__file__).parent / "data" / "upstream_example"
+"""The authors' published example outputs (MIT), shipped with the package: ``import_upstream(EXAMPLE_DIR, run)``."""
 STAGE2_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 STAGE3_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
-UPSTREAM_BAD_WORDS = (
-    "description descriptions describe describes described mention mentions mentioned misread text state "
-    "states stated say says said internal mental visualize visualization".split()
-    + ["the image described", "user's", "detailed image"]
-)
-CUES = ("Wait,", "Hmm,", "Alternatively,", "Let's double-check the details.")
 IMPORTED_SEED = -1  # the authors' sampling seeds are not published
 
 _FORMAT_PHRASES = {  # the authors' answer-format sentences -> our answer formats
@@ -50,12 +48,12 @@ _FORMAT_PHRASES = {  # the authors' answer-format sentences -> our answer format
 }
 
 
-class ImportError_(ValueError):
+class UpstreamFormatError(ValueError):
     """Bad upstream input; the message names the file, the row/line and the field."""
 
 
-def _fail(path: Path, where: str, field: str, why: str) -> ImportError_:
-    return ImportError_(f"{path}: {where}: field {field!r}: {why}")
+def _fail(path: Path, where: str, field: str, why: str) -> UpstreamFormatError:
+    return UpstreamFormatError(f"{path}: {where}: field {field!r}: {why}")
 
 
 def _between(text: str, start: str, end: str) -> str | None:
@@ -212,7 +210,7 @@ def import_upstream(
     run_dir: str | os.PathLike,
     *,
     images_dir: str | os.PathLike | None = None,
-    bad_words: Sequence[str] = UPSTREAM_BAD_WORDS,
+    bad_words: Sequence[str] = BAD_WORDS,
     stage2_model: str = STAGE2_MODEL,
     stage3_model: str = STAGE3_MODEL,
 ) -> Any:
@@ -221,8 +219,6 @@ def import_upstream(
     ``images_dir`` is a local DOCCI ``images/`` folder: the source rows then point at real files (needed by
     the ``images`` config). Returns the :class:`builder.store.RunDir`.
     """
-    from builder.store import RunDir
-
     src = Path(src)
     source, mcq, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
     mcq_rows = {row["mcq_id"]: row for row in mcq.to_pylist()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -128,9 +129,55 @@ EXPANSION = pa.schema(
     ]
 )
 
-STAGE_SCHEMAS: dict[str, pa.Schema] = {
-    "source": SOURCE,
-    "mcq": MCQ,
-    "simple_cot": SIMPLE_COT,
-    "expansion": EXPANSION,
-}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of a run directory: its schema, the columns that order its rows, and (for a stage's output)
+    the column naming the input each row was made from."""
+
+    name: str
+    schema: pa.Schema
+    sort_keys: tuple[str, ...]
+    input_column: str | None = None
+
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (
+    TableSpec("source", SOURCE, ("image_id",)),
+    TableSpec("mcq", MCQ, ("image_id", "item_index", "mcq_id"), input_column="image_id"),
+    TableSpec("simple_cot", SIMPLE_COT, ("mcq_id", "sample_index", "sample_id"), input_column="mcq_id"),
+    TableSpec("expansion", EXPANSION, ("sample_id", "expansion_index", "expansion_id"), input_column="sample_id"),
+)}
+STAGE_SCHEMAS: dict[str, pa.Schema] = {name: t.schema for name, t in TABLES.items()}
+
+# ------------------------------------------------------------------------------------------------ counting
+
+LABELS = ("valid", "parsed", "correct", "keep")
+"""The boolean label columns a stage writes; :func:`tally` counts each."""
+
+
+def is_placeholder(row: dict) -> bool:
+    """Whether an MCQ row is an image's no-question placeholder (``item_index`` -1), not a question."""
+    return row["item_index"] < 0
+
+
+def tally(table: pa.Table) -> dict[str, int]:
+    """The one way records are counted (stage summaries, ``lpt status``, the demo, the card).
+
+    ``rows``; for each label column present, how many are true (``valid``, ``parsed``, ``correct``, ``kept``);
+    ``kept_correct`` when both exist. MCQ tables also give ``placeholders`` (images whose reply held no
+    question) and ``questions`` (the rest); their ``valid`` never counts a placeholder.
+    """
+    import pyarrow.compute as pc
+
+    out = {"rows": table.num_rows}
+    if "item_index" in table.column_names:
+        placeholders = pc.sum(pc.less(table.column("item_index"), 0)).as_py() or 0
+        out.update(questions=table.num_rows - placeholders, placeholders=placeholders)
+    for col in LABELS:
+        if col in table.column_names:
+            out["kept" if col == "keep" else col] = pc.sum(table.column(col)).as_py() or 0
+    if "keep" in table.column_names and "correct" in table.column_names:
+        both = pc.and_(table.column("keep"), table.column("correct"))
+        out["kept_correct"] = pc.sum(both).as_py() or 0
+    return out

@@ -24,29 +24,19 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.records import STAGE_SCHEMAS, content_id
+from builder.atomic import atomic_write, write_text
+from builder.records import TABLES, content_id
 
-STAGES = ("source", "mcq", "simple_cot", "expansion")
+STAGES = tuple(TABLES)  # the run directory's tables, in pipeline order: source, mcq, simple_cot, expansion
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
 WHOLE_TABLE = "table.parquet"
-
-# Sort keys that give every stage one deterministic row order (see RunDir.read).
-SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "source": ("image_id",),
-    "mcq": ("image_id", "item_index", "mcq_id"),
-    "simple_cot": ("mcq_id", "sample_index", "sample_id"),
-    "expansion": ("sample_id", "expansion_index", "expansion_id"),
-}
-# The column naming each row's input (the id that done_inputs reports) per stage.
-INPUT_COLUMN = {"mcq": "image_id", "simple_cot": "mcq_id", "expansion": "sample_id"}
 
 _VERSIONED = ("longperceptualthoughts", "pyarrow", "transformers", "torch", "vllm", "openai", "jinja2", "datasets")
 
@@ -86,22 +76,6 @@ def package_versions(names: Iterable[str] = _VERSIONED) -> dict[str, str]:
     return out
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` to a hidden temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class RunDir:
     """A run directory (created on first write). See the module docstring for the layout."""
 
@@ -114,8 +88,8 @@ class RunDir:
     # ---------------------------------------------------------------------------------------------- files
 
     def stage_dir(self, stage: str) -> Path:
-        if stage not in STAGE_SCHEMAS:
-            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGE_SCHEMAS)}")
+        if stage not in TABLES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(TABLES)}")
         return self.path / stage
 
     def files(self, stage: str) -> list[Path]:
@@ -131,7 +105,7 @@ class RunDir:
     # ---------------------------------------------------------------------------------------------- write
 
     def _cast(self, stage: str, table: pa.Table) -> pa.Table:
-        schema = STAGE_SCHEMAS[stage]
+        schema = TABLES[stage].schema
         if table.schema.names != schema.names:
             raise StoreError(f"{stage}: columns {table.schema.names} do not match the stage schema {schema.names}")
         return table.cast(schema)
@@ -152,14 +126,14 @@ class RunDir:
             meta[SETTINGS_KEY] = json.dumps(settings, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / f"shard-{shard_name(shard)}.chunk-{content_id(*ids)[:20]}.parquet"
-        _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
     def write_table(self, stage: str, table: pa.Table) -> Path:
         """Replace the whole stage with ``table`` (e.g. the source, or an import), atomically."""
         table = self._cast(stage, table)
         path = self.stage_dir(stage) / WHOLE_TABLE
-        _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         for p in self.files(stage):
             if p != path:
                 p.unlink()
@@ -173,7 +147,7 @@ class RunDir:
             t = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
-        schema = STAGE_SCHEMAS[stage]
+        schema = TABLES[stage].schema
         if t.schema.names != schema.names:
             raise StoreError(f"{path}: columns {t.schema.names} do not match the {stage!r} schema {schema.names}")
         return t.replace_schema_metadata(None).cast(schema)
@@ -182,9 +156,9 @@ class RunDir:
         """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none."""
         tables = [self._read_file(stage, p) for p in self.files(stage)]
         if not tables:
-            return STAGE_SCHEMAS[stage].empty_table()
+            return TABLES[stage].schema.empty_table()
         table = pa.concat_tables(tables)
-        return table.sort_by([(k, "ascending") for k in SORT_KEYS[stage]])
+        return table.sort_by([(k, "ascending") for k in TABLES[stage].sort_keys])
 
     @staticmethod
     def _metadata(p: Path) -> dict[bytes, bytes]:
@@ -204,8 +178,8 @@ class RunDir:
                     done.update(json.loads(meta[INPUT_IDS_KEY]))
                 except ValueError as e:
                     raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
-            elif stage in INPUT_COLUMN:  # a whole-table write: its rows' inputs are done
-                done.update(self._read_file(stage, p).column(INPUT_COLUMN[stage]).to_pylist())
+            elif TABLES[stage].input_column:  # a whole-table write: its rows' inputs are done
+                done.update(self._read_file(stage, p).column(TABLES[stage].input_column).to_pylist())
         return done
 
     def chunk_settings(self, stage: str) -> dict[Path, dict[str, Any]]:
@@ -220,7 +194,7 @@ class RunDir:
     def counts(self) -> dict[str, int]:
         """Rows per stage, from the files' footers."""
         out = {}
-        for stage in STAGE_SCHEMAS:
+        for stage in TABLES:
             n = 0
             for p in self.files(stage):
                 try:
@@ -261,12 +235,7 @@ class RunDir:
                 m[key] = value
         m["updated"] = _now()
         m["versions"] = package_versions()
-        blob = json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-
-        def write(tmp: str) -> None:
-            Path(tmp).write_text(blob, encoding="utf-8")
-
-        _atomic_write_bytes(self.manifest_path, write)
+        write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
         return m
 
 
@@ -279,5 +248,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["INPUT_IDS_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "SORT_KEYS", "StoreError", "package_versions",
+__all__ = ["INPUT_IDS_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
            "parse_shard", "shard_name"]

@@ -7,7 +7,6 @@
 The tokenizers are byte-level BPEs trained here on a few sentences, with Qwen's special tokens and a
 Qwen-style ChatML template. The weights are random (``torch.manual_seed``): the models test plumbing
 (chat templates, image placeholders, batching, padding, sampling, decoding), never quality.
-Recipe: ``../shared/research/offline-models.md`` section 5.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from builder.answers import grade, parse_thought
 from builder.assemble import AssembleOptions, length_weighted_subsample
 from builder.importer import import_upstream
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,8 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from builder.cli import (
-    LazyGroup,
-    main,
-    parse_shard_option,
-    parse_stages_option,
-    prepare_source,
-)
+from builder.cli import LazyGroup, main, parse_shard_option, parse_stages_option
+from builder.pipeline import PipelineError, prepare_source
 from builder.records import MCQ, SIMPLE_COT
 from builder.store import RunDir
 
@@ -61,8 +56,8 @@ def test_shard_and_stage_parsing():
     for bad in ("4/4", "-1/2", "x/2", "3"):
         with pytest.raises(click.BadParameter):
             parse_shard_option(None, None, bad)
-    assert parse_stages_option(None, None, "3,1") == ["stage1", "stage3"]
-    assert parse_stages_option(None, None, "mcq,expansion") == ["stage1", "stage3"]
+    assert [s.section for s in parse_stages_option(None, None, "3,1")] == ["stage1", "stage3"]
+    assert [s.section for s in parse_stages_option(None, None, "mcq,expansion")] == ["stage1", "stage3"]
     with pytest.raises(click.BadParameter, match="unknown stage '4'"):
         parse_stages_option(None, None, "1,4")
 
@@ -107,7 +102,7 @@ def test_prepare_source_grows_but_never_changes(tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"image": str(SAMPLE / "images" / "sample_desk.png"), "description": "Grey.",
                                  "id": "sample_desk"}) + "\n")
-    with pytest.raises(click.ClickException, match="already has a source of 4 images"):
+    with pytest.raises(PipelineError, match="already has a source of 4 images"):
         prepare_source(run, str(other))
 
 
@@ -150,7 +145,7 @@ def test_status_table_and_json(tmp_path):
     assert stages["source"]["rows"] == 2
     assert stages["mcq"]["rows"] == 4 and stages["mcq"]["valid"] == 2 and stages["mcq"]["inputs_done"] == 2
     assert stages["simple_cot"]["rows"] == 2 and stages["simple_cot"]["parsed"] == 1
-    assert stages["simple_cot"]["correct"] == 1 and stages["simple_cot"]["keep"] == 1
+    assert stages["simple_cot"]["correct"] == 1 and stages["simple_cot"]["kept"] == 1
     assert stages["expansion"]["rows"] == 0
     assert data["models"] == {"mcq": "m1", "simple_cot": "m2"} and data["seed"] == 42
 

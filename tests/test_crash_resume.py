@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from test_stages import ReplayEngine, make_source, small_config
+from helpers import ReplayEngine, make_source, small_config
 
-from builder.stages import expand, mcq, simple_cot
+from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
 
 TESTS = Path(__file__).resolve().parent
 CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_stages import ReplayEngine, small_config
+from helpers import ReplayEngine, small_config
 from builder.stages import {stage}
 from builder.store import RunDir
 cfg = small_config().apply_overrides(["chunk_size=1"])
@@ -58,7 +58,7 @@ def _prepared(tmp_path: Path, name: str, n_images: int = 8) -> RunDir:
     return run
 
 
-@pytest.mark.parametrize("stage,module", [("simple_cot", "simple_cot"), ("expansion", "expand")])
+@pytest.mark.parametrize("stage,module", [("simple_cot", "simple_cot"), ("expansion", "expansion")])
 def test_sigkill_mid_stage_then_rerun_equals_clean_run(tmp_path, stage, module):
     cfg = small_config().apply_overrides(["chunk_size=1"])
     clean = _prepared(tmp_path, "clean")
@@ -66,7 +66,7 @@ def test_sigkill_mid_stage_then_rerun_equals_clean_run(tmp_path, stage, module):
     if stage == "expansion":
         for run in (clean, crashed):
             simple_cot.run(run, ReplayEngine(), cfg, progress=False)
-    runner = simple_cot if stage == "simple_cot" else expand
+    runner = simple_cot if stage == "simple_cot" else expansion
     runner.run(clean, ReplayEngine(), cfg, progress=False)
     total = clean.read(stage).num_rows
     n_inputs = len(clean.done_inputs(stage))

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 import longperceptualthoughts as lpt
 from builder.importer import import_upstream
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 IDS = [f"train_{i:05d}" for i in range(5)]
 
 

@@ -10,9 +10,9 @@ import io
 import json
 from pathlib import Path
 
-from test_stages import ReplayEngine, make_source, real_fixture, run_all, small_config
+from helpers import ReplayEngine, make_source, run_all, small_config
 
-from builder.stages import expand, mcq, simple_cot
+from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
 
 
@@ -70,7 +70,7 @@ def test_rows_do_not_depend_on_chunking_or_sharding(tmp_path):
     (tmp_path / "d-img").mkdir()
     make_source(d, tmp_path / "d-img")
     cfg = small_config()
-    for stage in (mcq, simple_cot, expand):
+    for stage in (mcq, simple_cot, expansion):
         for i in range(3):
             stage.run(d, ReplayEngine(), cfg, shard=(i, 3), progress=False)
     for stage in STAGES:
@@ -89,7 +89,7 @@ def test_a_different_seed_changes_the_seeded_choices(tmp_path):
     assert {r["seed"] for r in sa}.isdisjoint({r["seed"] for r in sb})
 
 
-def test_real_engine_is_deterministic(tmp_path, request):
+def test_real_engine_is_deterministic(tmp_path, tiny_vlm):
     """Stage 2 through the transformers engine twice with the same seed: the same sampled texts."""
     import pyarrow as pa
 
@@ -97,7 +97,6 @@ def test_real_engine_is_deterministic(tmp_path, request):
     from builder.records import MCQ
     from builder.stages.mcq import mcq_rows, parse_mcq_response
 
-    tiny_vlm = real_fixture(request, "tiny_vlm")
     cfg = small_config().apply_overrides(["stage2.n=2", "stage2.max_new_tokens=8", "stage2.max_pixels=3136"])
     engine = load_engine("transformers", str(tiny_vlm))
     runs = []

@@ -15,11 +15,12 @@ from huggingface_hub import DatasetCard
 import longperceptualthoughts as lpt
 from builder.answers import parse_thought
 from builder.assemble import AssembleOptions
-from builder.export import (build_config, card_cmd, card_stats, export, export_cmd, import_upstream_cmd,
+from builder.cli import card_cmd, export_cmd, import_upstream_cmd
+from builder.export import (build_dataset, card_stats, export,
                             read_report)
 from builder.importer import import_upstream
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 IDS = [f"train_{i:05d}" for i in range(5)]
 
 
@@ -113,7 +114,7 @@ def test_cli_commands(tmp_path):
     images = make_images(tmp_path / "img")
     r = runner.invoke(import_upstream_cmd, [str(UPSTREAM), str(tmp_path / "run"), "--images-dir", str(images)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(export_cmd, [str(tmp_path / "run"), str(tmp_path / "out"), "--config", "sft", "--config",
+    r = runner.invoke(export_cmd, [str(tmp_path / "run"), str(tmp_path / "out"), "--only", "sft", "--config",
                                    "dpo", "--pair-kinds", "O>X,X_O>X"])
     assert r.exit_code == 0, r.output
     assert set(datasets.load_dataset(str(tmp_path / "out"), "dpo", split="train")["kind"]) == {"O>X", "X_O>X"}
@@ -170,7 +171,7 @@ def test_empty_config_is_left_out_with_its_reason_and_every_listed_config_loads(
     assert "- `sft`: no X→O trace" in card and "config_name: sft" not in card
     assert card_stats(out)["empty_configs"] == [{"name": "sft", "reason": why}]
     # the builder itself answers an empty set with 0 rows and the declared features (no "no data" error)
-    ds = build_config(run.path, "sft", cache_dir=tmp_path / "cache")
+    ds = build_dataset(run.path, "sft")
     assert ds.num_rows == 0 and ds.features == lpt.SFT_FEATURES
     # without the 50/50 balance the correct half is exported, and the report forgets the old reason
     export(run.path, out, configs=["sft"], options=AssembleOptions(sft_balance=False))
@@ -180,11 +181,11 @@ def test_empty_config_is_left_out_with_its_reason_and_every_listed_config_loads(
 
 
 def test_empty_sets_in_cli_and_llamafactory(no_x_o, tmp_path):
-    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out"), "--config", "sft", "--config",
+    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out"), "--only", "sft", "--config",
                                         "mcq"])
     assert r.exit_code == 0, r.output
     assert "sft: empty, not written: no X→O trace" in r.output and "mcq: " in r.output
-    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out2"), "--config", "sft",
+    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out2"), "--only", "sft",
                                         "--no-sft-balance"])
     assert r.exit_code == 0 and "sft: empty" not in r.output
     assert datasets.load_dataset(str(tmp_path / "out2"), "sft", split="train").num_rows > 0
@@ -217,7 +218,7 @@ def test_images_missing_everywhere_or_in_part(tmp_path):
     """Imported without images: the images config is left out, saying why; one image missing: a clear error
     naming the image id, the field and the file, with no traceback, and nothing written."""
     run = import_upstream(UPSTREAM, tmp_path / "run")  # no --images-dir: the paths point nowhere
-    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out"), "--config", "images", "--config", "mcq"])
+    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out"), "--only", "images", "--only", "mcq"])
     assert r.exit_code == 0, r.output
     assert "images: empty, not written: none of the run's 5 source images is on this machine" in r.output
     assert read_report(tmp_path / "out")["empty"]["images"].startswith("none of the run's 5 source images")
@@ -227,7 +228,7 @@ def test_images_missing_everywhere_or_in_part(tmp_path):
     run = import_upstream(UPSTREAM, tmp_path / "run2", images_dir=images)
     victim = sorted(images.iterdir())[0]
     victim.unlink()
-    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out2"), "--config", "images"])
+    r = CliRunner().invoke(export_cmd, [str(run.path), str(tmp_path / "out2"), "--only", "images"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"source image_id '{victim.stem}': field 'image_path': no file" in r.output, r.output
     assert not (tmp_path / "out2" / "README.md").exists()

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from builder.answers import grade, parse_thought
-from builder.importer import ImportError_, import_upstream, parse_qwen_prompt
-from builder.stages.expand import first_bad_word
+from builder.importer import UpstreamFormatError, import_upstream, parse_qwen_prompt
+from builder.stages.expansion import first_bad_word
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,9 @@ def _jsonl(name):
 
 
 def test_every_stage_is_written_with_its_schema(run):
-    from builder.records import STAGE_SCHEMAS
+    from builder.records import TABLES
 
-    for stage, schema in STAGE_SCHEMAS.items():
+    for stage, schema in ((n, t.schema) for n, t in TABLES.items()):
         table = run.read(stage)
         assert table.schema.names == schema.names, stage
     assert run.read("source").num_rows == 5
@@ -69,7 +69,7 @@ def test_long_thought_keeps_the_original_case_and_word_boundaries(run):
     assert first_bad_word("the Text says", ["says", "text"]) == "text"  # case-insensitive, first by position
     assert first_bad_word("as described above", ["described"]) == "described"
     # on the real data: kept expansions that upstream's substring filter would have thrown away
-    from builder.importer import UPSTREAM_BAD_WORDS
+    from builder.method import BAD_WORDS as UPSTREAM_BAD_WORDS
 
     rescued = [e for e in rows if e["keep"] and any(
         w in e["long_thought"][len(samples[e["sample_id"]]["thought"]):] for w in UPSTREAM_BAD_WORDS)]
@@ -96,7 +96,7 @@ def test_bad_input_names_file_line_and_field(tmp_path):
     rec["metadata"]["metadata"]["mcq_unique_id"] = "nope"
     lines[2] = json.dumps(rec)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ImportError_, match=r"stage2_qwen2\.5-vl-7b_simple_cots\.jsonl: line 3: field 'metadata"):
+    with pytest.raises(UpstreamFormatError, match=r"stage2_qwen2\.5-vl-7b_simple_cots\.jsonl: line 3: field 'metadata"):
         import_upstream(src, tmp_path / "run")
 
 
@@ -106,8 +106,8 @@ def test_import_applies_the_stages_own_rules(tmp_path):
     answer but no closed thought, and a continuation repeated after the other separator."""
     import csv
 
-    from builder.importer import UPSTREAM_BAD_WORDS
-    from builder.stages import expand, mcq, simple_cot
+    from builder.method import BAD_WORDS as UPSTREAM_BAD_WORDS
+    from builder.stages import expansion, mcq, simple_cot
 
     src = tmp_path / "up"
     shutil.copytree(UPSTREAM, src)
@@ -150,16 +150,16 @@ def test_import_applies_the_stages_own_rules(tmp_path):
     assert mine == simple_cot.sample_rows(m, shown, [s["response"] for s in mine], system_prompt=odd["system_prompt"],
                                           user_text=odd["user_text"], model=odd["model"], seed=odd["seed"])
     assert (odd["parsed"], odd["pred_index"], odd["drop_reason"]) == (False, -1, "unparseable")
-    # stage 3: expand.expansion_rows (a duplicate is the same long thought; the separator is part of it)
+    # stage 3: expansion.expansion_rows (a duplicate is the same long thought; the separator is part of it)
     by_sample = {}
     for e in run.read("expansion").to_pylist():
         by_sample.setdefault(e["sample_id"], []).append(e)
     simples = {s["sample_id"]: s for s in samples}
     [four] = [es for es in by_sample.values() if len(es) == 4]
     four.sort(key=lambda e: e["expansion_index"])
-    conts = [expand.Continuation(e["expansion_index"], e["cue"], e["separator"], e["user_text"], e["prefill"],
+    conts = [expansion.Continuation(e["expansion_index"], e["cue"], e["separator"], e["user_text"], e["prefill"],
                                  e["continuation"], e["seed"]) for e in four]
-    assert four == expand.expansion_rows(simples[four[0]["sample_id"]], conts, bad_words=UPSTREAM_BAD_WORDS,
+    assert four == expansion.expansion_rows(simples[four[0]["sample_id"]], conts, bad_words=UPSTREAM_BAD_WORDS,
                                          model=four[0]["model"])
     assert four[3]["continuation"] == four[1]["continuation"] and four[3]["separator"] != four[1]["separator"]
     assert four[1]["keep"] and four[3]["keep"]  # not a duplicate: the long thoughts differ

@@ -24,13 +24,13 @@ from collections import Counter
 import pytest
 
 from builder.answers import parse_options
-from builder.config import BAD_WORDS
+from builder.method import BAD_WORDS
 from builder.records import content_id
-from builder.stages.expand import first_bad_word, label_expansion
+from builder.stages.expansion import first_bad_word, label_expansion
 from builder.stages.mcq import mcq_rows, parse_mcq_response
 from builder.stages.simple_cot import label_response
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 pytestmark = pytest.mark.skipif(not UPSTREAM.is_dir(), reason="reference outputs not present")
 STAGE2 = "stage2_qwen2.5-vl-7b_simple_cots.jsonl"
 STAGE3 = "stage3_r1-distill-qwen-32b_wait_expansions.jsonl"

@@ -2,7 +2,7 @@
 
 Two kinds of engine:
 
-* ``ReplayEngine`` (defined here): a REPLAY stand-in for the GPU models. It answers each request with text
+* ``ReplayEngine`` (tests/helpers.py): a REPLAY stand-in for the GPU models. It answers each request with text
   that a real model could have written (tagged MCQs built from the description; thoughts and answers),
   chosen deterministically from the request's content and seed. It is used to test parsing and flow with
   outputs that parse; it never decides a label (that is builder.answers' job on whatever text comes back).
@@ -20,105 +20,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from builder.config import BAD_WORDS, PipelineConfig, load_config
+from builder.config import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, stable_int
-from builder.stages import expand, mcq, simple_cot
+from builder.method import BAD_WORDS
+from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, is_placeholder, stable_int
+from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
-
-COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
-
-
-class ReplayEngine(Engine):
-    """REPLAY engine (not a model): deterministic scripted replies per request kind, for flow tests.
-
-    ``fail_after``: raise after that many ``generate`` calls (a crash in the middle of a stage).
-    ``delay``: seconds to sleep per request (so a subprocess can be killed mid-way).
-    """
-
-    name = "replay"
-
-    def __init__(self, model: str = "replay", *, fail_after: int | None = None, delay: float = 0.0,
-                 continuation: str | None = None) -> None:
-        super().__init__(model)
-        self.calls: list[Request] = []
-        self.fail_after = fail_after
-        self.delay = delay
-        self.continuation = continuation
-        self.generate_calls = 0
-
-    def generate(self, requests, *, progress=False):
-        import time
-
-        if self.fail_after is not None and self.generate_calls >= self.fail_after:
-            raise RuntimeError("replay engine: simulated crash")
-        self.generate_calls += 1
-        out = []
-        for req in requests:
-            if self.delay:
-                time.sleep(self.delay)
-            self.calls.append(req)
-            out.append([Sample(self._reply(req, k), "stop") for k in range(req.params.n)])
-        return out
-
-    def _reply(self, req: Request, k: int) -> str:
-        text = _text_of(req.messages[-1]) if not req.continue_final_message else _text_of(req.messages[-2])
-        rng = random.Random(stable_int(req.params.seed, k, text))
-        if req.messages[-1]["role"] == "user" and "Image description:" in text:  # stage 1 generation
-            desc = text.split("Image description:")[1].strip()
-            items = []
-            for i, word in enumerate(w for w in COLOURS if w in desc):
-                wrong = [c.capitalize() for c in COLOURS if c != word][:3]
-                opts = wrong[:i % 4] + [word.capitalize()] + wrong[i % 4:]
-                choices = " ".join(f"({'ABCD'[j]}) {o}" for j, o in enumerate(opts))
-                items.append(f"{i + 1}. <question> Which colour is thing {i}? </question> <choices> {choices} "
-                             f"</choices> <answer> {word.capitalize()} </answer> <type> Recognition </type>")
-            items.append(f"{len(items) + 1}. <question> A broken one? </question> <choices> (A) Yes (B) No "
-                         "</choices> <answer> Maybe </answer> <type> Recognition </type>")
-            return "Here are the questions:\n\n" + "\n\n".join(items)
-        if req.messages[-1]["role"] == "user":  # stage 1 re-format: echo the list
-            return text.split("Text:\n", 1)[1]
-        if req.messages[-1]["content"] == "<think>":  # stage 2
-            letter = rng.choice("ABCD")
-            if rng.random() < 0.15:
-                return " I cannot tell."  # unparseable
-            if rng.random() < 0.2:
-                return " The object looks plain. </think>\n<answer>(A)</answer>"  # duplicates likely
-            return f" Looking at the texture, option {letter} fits. </think>\n<answer>({letter})</answer>"
-        if self.continuation is not None:
-            return self.continuation
-        letter = rng.choice("ABCD")
-        bad = rng.random() < 0.3
-        word = "the description says" if bad else "the texture shows"
-        return f" looking again, {word} option {letter}.\n</think>\n\nSo.\n\n<answer>({letter})</answer>"
-
-
-def _text_of(message: dict) -> str:
-    c = message["content"]
-    return c if isinstance(c, str) else " ".join(p.get("text", "") for p in c if p.get("type") == "text")
-
-
-def make_source(run: RunDir, tmp: Path, n: int = 6) -> list[dict]:
-    rows = []
-    for i in range(n):
-        img = tmp / f"img_{i}.png"
-        Image.new("RGB", (64 + i, 48), (40 * i % 255, 90, 200)).save(img)
-        colours = [COLOURS[(i + j) % len(COLOURS)] for j in range(2 + i % 3)]
-        rows.append({"image_id": f"img_{i:03d}", "source": "test", "split": "train", "image_path": str(img),
-                     "description": f"A still life with {', '.join(colours)} objects on a wooden table."})
-    run.write_table("source", pa.Table.from_pylist(rows, schema=SOURCE))
-    return rows
-
-
-def small_config(**over) -> PipelineConfig:
-    cfg = load_config("paper", overrides=["stage2.n=3", "stage3.n=2", "chunk_size=4"])
-    return cfg.merge(over) if over else cfg
-
-
-def run_all(run: RunDir, engine: Engine, cfg: PipelineConfig, **kw):
-    return (mcq.run(run, engine, cfg, progress=False, **kw), simple_cot.run(run, engine, cfg, progress=False, **kw),
-            expand.run(run, engine, cfg, progress=False, **kw))
-
+from helpers import ReplayEngine, make_source, run_all, small_config
 
 @pytest.fixture
 def pipeline(tmp_path):
@@ -196,7 +104,7 @@ class _NoQuestionsFor(ReplayEngine):
 
 def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstream_respect(tmp_path):
     from builder import assemble
-    from builder.demo import _stage_counts
+    from builder.demo import stage_counts
     from builder.export import card_stats, export
 
     run = RunDir(tmp_path / "run")
@@ -209,7 +117,7 @@ def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstre
     [ph] = [r for r in rows if r["image_id"] == "img_001"]
     assert (ph["valid"], ph["invalid_reason"], ph["item_index"], ph["question"]) == (False, mcq.NO_QUESTION, -1, "")
     assert ph["raw_response"] == "Sorry, I cannot write questions about the fog." and ph["formatted_response"]
-    assert ph["mcq_id"] == content_id("img_001", "", [], "") and mcq.is_placeholder(ph)
+    assert ph["mcq_id"] == content_id("img_001", "", [], "") and is_placeholder(ph)
     assert {r["image_id"] for r in rows} == {r["image_id"] for r in src}  # every input left a record
     assert s1.counts["images_without_questions"] == 1 and s1.counts["questions"] == len(rows) - 1
     assert mcq.NO_QUESTION not in s1.dropped
@@ -224,7 +132,7 @@ def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstre
     assert "img_001" not in set(run.read("simple_cot").column("image_id").to_pylist())
     assert "img_001" not in {r["image_id"] for r in assemble.build_mcq(run)}
     assert ph in assemble.build_raw(run, "mcq")  # the raw records keep it
-    counts = _stage_counts(run)["stage1 (mcq)"]
+    counts = stage_counts(run)["stage1 (mcq)"]
     assert counts["questions"] == len(rows) - 1 and counts["images where the model wrote no parseable question"] == 1
     out = export(run.path, tmp_path / "hub", configs=["raw_mcq", "mcq"])
     [stage1] = [s for s in card_stats(out)["stages"] if s["stage"] == "1 MCQ (valid)"]
@@ -324,16 +232,16 @@ def test_stage3_prefill_cues_bad_words_and_labels(pipeline):
 
 def test_label_expansion_rules():
     s = {"thought": "The ball is red", "options": ["red", "blue"], "answer_index": 0}
-    lab = expand.label_expansion(s, cue="Wait,", separator="\n", continuation=" the texture is red.</think>"
+    lab = expansion.label_expansion(s, cue="Wait,", separator="\n", continuation=" the texture is red.</think>"
                                  "<answer>(A)</answer>", bad_words=BAD_WORDS)
     assert lab["long_thought"] == "The ball is red.\nWait, the texture is red."
     assert (lab["correct"], lab["drop_reason"], lab["bad_word"]) == (True, "", "")
-    sub = expand.label_expansion(s, cue="Wait,", separator=" ", continuation=" the texture.</think><answer>blue"
+    sub = expansion.label_expansion(s, cue="Wait,", separator=" ", continuation=" the texture.</think><answer>blue"
                                  "</answer>", bad_words=BAD_WORDS, substring=True)
     assert (sub["bad_word"], sub["drop_reason"], sub["correct"], sub["pred_index"]) == ("text", "bad_word", False, 1)
-    open_ = expand.label_expansion(s, cue="Hmm,", separator=" ", continuation=" still thinking", bad_words=())
+    open_ = expansion.label_expansion(s, cue="Hmm,", separator=" ", continuation=" still thinking", bad_words=())
     assert open_["drop_reason"] == "no_end_of_thought" and not open_["parsed"]
-    noans = expand.label_expansion(s, cue="Hmm,", separator=" ", continuation=" ok</think> done", bad_words=())
+    noans = expansion.label_expansion(s, cue="Hmm,", separator=" ", continuation=" ok</think> done", bad_words=())
     assert noans["drop_reason"] == "unparseable"
 
 
@@ -362,7 +270,7 @@ def test_shards_merge_to_the_single_run(tmp_path, pipeline):
     run = RunDir(tmp_path / "sharded")
     make_source(run, tmp_path)
     cfg = small_config()
-    for stage in (mcq, simple_cot, expand):
+    for stage in (mcq, simple_cot, expansion):
         for i in (1, 0):  # order does not matter
             stage.run(run, ReplayEngine(), cfg, shard=(i, 2), progress=False)
     for stage in ("mcq", "simple_cot", "expansion"):
@@ -445,19 +353,9 @@ def test_presets_and_overrides(tmp_path):
 # ------------------------------------------------------------------------- real engine, tiny random models
 
 
-def real_fixture(request, name: str):
-    """The engines helper's tiny-model fixture (tests/conftest.py) and its transformers engine; the test is
-    skipped, saying why, only while they have not landed in the repository."""
-    pytest.importorskip("builder.engines.transformers_engine", reason="transformers engine not in the repo yet")
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"fixture {name} (tests/conftest.py) not in the repo yet")
-
-
 @pytest.fixture
-def tiny_models(request):
-    return real_fixture(request, "tiny_vlm"), real_fixture(request, "tiny_lm")
+def tiny_models(tiny_vlm, tiny_lm):
+    return tiny_vlm, tiny_lm
 
 
 def _tiny_config(vlm: str, lm: str) -> PipelineConfig:
@@ -502,7 +400,7 @@ def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_models):
         samples[0] = s0
         run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT))
     n_kept = sum(s["keep"] for s in run.read("simple_cot").to_pylist())
-    s3 = expand.run(run, lm, cfg, progress=False)
+    s3 = expansion.run(run, lm, cfg, progress=False)
     exp = run.read("expansion").to_pylist()
     assert len(exp) == 2 * n_kept and s3.counts["samples_out"] == len(exp)
     for e in exp:
@@ -519,7 +417,7 @@ def test_resuming_with_other_settings_is_refused(pipeline):
                                          r"settings \(differ in \['stage2'\]\)"):
         simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.n=5"]), progress=False)
     with pytest.raises(StoreError, match=r"differ in \['seed'\]"):
-        expand.run(run, ReplayEngine(), cfg.apply_overrides(["seed=1"]), progress=False)
+        expansion.run(run, ReplayEngine(), cfg.apply_overrides(["seed=1"]), progress=False)
     # engine choice and chunk size are not part of the settings: resuming with them changed is fine
     simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.engine=transformers", "chunk_size=9"]),
                    progress=False)

@@ -17,7 +17,7 @@ from builder.importer import import_upstream
 trl = pytest.importorskip("trl")
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages  # noqa: E402
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"

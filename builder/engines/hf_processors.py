@@ -4,7 +4,6 @@ transformers 5 builds the stock ``Qwen2_5_VLProcessor`` / ``Qwen2VLProcessor`` w
 video processors need torchvision; the CPU torch wheel has no working torchvision, so
 ``AutoProcessor.from_pretrained`` fails there (transformers issues #43986, #48556). The subclasses below skip
 the video part and use the PIL image processor; images and text work exactly as in the stock processor.
-See ``../shared/research/offline-models.md`` section 5.
 """
 
 from __future__ import annotations

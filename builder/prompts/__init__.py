@@ -147,7 +147,7 @@ class Prompts:
                           option_style: str = "paren") -> str:
         """The pre-filled assistant opening: restates question and options, then the simple thought.
 
-        The thought is used as it is (upstream defect 3 lower-cased all of it).
+        The thought is used as it is (the original code lower-cased all of it: docs/method.md, defect 3).
         """
         thought = thought.strip()
         return self.render("reasoning_prefill", question=question.strip(),
@@ -194,7 +194,7 @@ class Prompts:
 
 
 def join_cue(text: str, cue: str, separator: str = " ") -> str:
-    """``text`` ending in a full stop (added if missing), then ``separator`` and ``cue`` (SPEC stage 3)."""
+    """``text`` ending in a full stop (added if missing), then ``separator`` and ``cue`` (docs/method.md, stage 3)."""
     if separator not in ("\n", " "):
         raise ValueError(f"separator must be a newline or a space, got {separator!r}")
     text = text.rstrip()

@@ -1,35 +1,31 @@
-"""The three synthesis stages. Each module has ``run(run, engine, config, *, shard=(i, n), progress=True,
-chunk_size=None) -> StageSummary`` and reads the previous stage from the run directory:
+"""The synthesis stages, declared once each. Every stage module ends with its :class:`StageSpec` (``SPEC``):
+number, name (its run-directory table and its module), input table, run function. The runner, the CLI,
+``lpt status``, the demo and the card all derive from :data:`STAGES`.
 
 * :mod:`builder.stages.mcq` (stage 1, ``source`` -> ``mcq``): MCQs from descriptions (text LLM);
 * :mod:`builder.stages.simple_cot` (stage 2, ``mcq`` -> ``simple_cot``): simple CoTs (VLM);
-* :mod:`builder.stages.expand` (stage 3, ``simple_cot`` -> ``expansion``): thought expansion (reasoning LLM).
+* :mod:`builder.stages.expansion` (stage 3, ``simple_cot`` -> ``expansion``): thought expansion (reasoning LLM).
+
+Adding a stage: a new module with ``run`` and ``SPEC``, its record schema in :mod:`builder.records`, its
+settings section in :mod:`builder.config`, and one entry below.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from . import expansion, mcq, simple_cot
+from .common import StageSpec, StageSummary
 
-from .common import StageSummary
-
-# stage name -> (module, the run-directory stage it writes, the config section it uses)
-STAGES: dict[str, tuple[str, str, str]] = {
-    "stage1": ("builder.stages.mcq", "mcq", "stage1"),
-    "stage2": ("builder.stages.simple_cot", "simple_cot", "stage2"),
-    "stage3": ("builder.stages.expand", "expansion", "stage3"),
-}
+STAGES: tuple[StageSpec, ...] = (mcq.SPEC, simple_cot.SPEC, expansion.SPEC)
 
 
-def stage_module(name: str) -> ModuleType:
-    """The module of a stage by name: ``stage1``/``1``/``mcq``, ``stage2``/``2``/``simple_cot``,
-    ``stage3``/``3``/``expansion``/``expand``."""
-    aliases = {"1": "stage1", "mcq": "stage1", "2": "stage2", "simple_cot": "stage2", "3": "stage3",
-               "expansion": "stage3", "expand": "stage3"}
-    key = aliases.get(str(name), str(name))
-    if key not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
-    return importlib.import_module(STAGES[key][0])
+def get_stage(name: str | int) -> StageSpec:
+    """A stage by any of its names: ``1`` / ``stage1`` / ``mcq``, ``2`` / ``stage2`` / ``simple_cot``, ..."""
+    key = str(name).strip().lower()
+    for spec in STAGES:
+        if key in spec.aliases:
+            return spec
+    raise ValueError(f"unknown stage {name!r}; use one of {', '.join(s.section for s in STAGES)} "
+                     f"(or {', '.join(str(s.number) for s in STAGES)}, {', '.join(s.name for s in STAGES)})")
 
 
-__all__ = ["STAGES", "StageSummary", "stage_module"]
+__all__ = ["STAGES", "StageSpec", "StageSummary", "get_stage"]

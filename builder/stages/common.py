@@ -1,8 +1,9 @@
-"""What the three stages share: the chunked, sharded, resumable loop and the summary table.
+"""What the stages share: the stage declaration, the chunked, sharded, resumable loop and the summary table.
 
-A stage is ``inputs -> make_rows(chunk) -> rows``; :func:`run_chunks` keeps only this shard's inputs
-(``records.shard_of`` on the input id), skips inputs a previous run already covered
-(``RunDir.done_inputs``), and writes each chunk atomically with the ids it covers.
+Each stage module declares itself once with a :class:`StageSpec` (``SPEC``); the runner, ``lpt status``, the
+demo and the card derive everything from those declarations. A stage is ``inputs -> make_rows(chunk) ->
+rows``; :func:`run_chunks` keeps only this shard's inputs (``records.shard_of`` on the input id), skips inputs
+a previous run already covered (``RunDir.done_inputs``), and writes each chunk atomically with the ids it covers.
 """
 
 from __future__ import annotations
@@ -17,10 +18,44 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from builder.records import STAGE_SCHEMAS, shard_of, stable_int
-from builder.store import INPUT_COLUMN, RunDir, StoreError, parse_shard
+from builder.records import TABLES, TableSpec, shard_of, stable_int, tally
+from builder.store import RunDir, StoreError, parse_shard
 
 DEFAULT_CHUNK_SIZE = 64
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """The one declaration of a stage, from which the runner, the CLI, ``lpt status``, the demo and the card
+    derive what they need. Its output table (schema, sort keys, input column) is ``records.TABLES[name]``."""
+
+    number: int  # 1, 2, 3: ``lpt stage1``, ``--stages 1,2``, the config section ``stage1``
+    name: str  # its run-directory table and its module (mcq, simple_cot, expansion)
+    input: str  # the table it reads
+    usable: str | None  # the label column that selects the input rows it works on (None: every row)
+    run: Callable[..., "StageSummary"]  # run(run, engine, config, *, shard, progress, chunk_size, **engines)
+    what: str  # one line for ``--help``
+    no_input: str  # what the runner says when the stage before left it nothing
+    extra_engines: Callable[[Any], dict[str, Any]] = lambda config: {}  # keyword -> ModelConfig, e.g. a re-formatter
+
+    @property
+    def section(self) -> str:
+        """The config section of its settings (``stage1`` ...)."""
+        return f"stage{self.number}"
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return (str(self.number), self.section, self.name)
+
+    @property
+    def table(self) -> TableSpec:
+        return TABLES[self.name]
+
+
+def usable_inputs(run: RunDir, spec: StageSpec) -> list[dict[str, Any]]:
+    """The input rows the stage works on (e.g. the valid MCQs for stage 2), in the input table's order."""
+    rows = run.read(spec.input).to_pylist()
+    return [r for r in rows if r[spec.usable]] if spec.usable else rows
 
 
 def request_seed(seed: int, stage: str, *parts: object) -> int:
@@ -89,7 +124,7 @@ def run_chunks(
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             rows = make_rows(chunk)
-            table = pa.Table.from_pylist(rows, schema=STAGE_SCHEMAS[stage])
+            table = pa.Table.from_pylist(rows, schema=TABLES[stage].schema)
             run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n), settings=settings)
             bar.update(len(chunk))
     finally:
@@ -99,8 +134,7 @@ def run_chunks(
 
 def process(
     run: RunDir,
-    stage: str,
-    section: str,
+    spec: StageSpec,
     inputs: Sequence[tuple[str, Any]],
     make_rows: Callable[[list[tuple[str, Any]]], list[dict[str, Any]]],
     config: Any,
@@ -109,13 +143,13 @@ def process(
     chunk_size: int | None,
     progress: bool,
 ) -> tuple[int, int, list[dict[str, Any]]]:
-    """A stage's loop: :func:`run_chunks` with the run's chunk size and the settings of the config ``section``
-    (``stage1``/``stage2``/``stage3``); returns ``(items_in, skipped, rows)``, ``rows`` being all of this
-    shard's rows of the stage (earlier runs' included)."""
-    items_in, skipped = run_chunks(run, stage, inputs, make_rows, shard=shard,
+    """A stage's loop: :func:`run_chunks` with the run's chunk size and the settings of the stage's config
+    section; returns ``(items_in, skipped, rows)``, ``rows`` being all of this shard's rows of the stage
+    (earlier runs' included)."""
+    items_in, skipped = run_chunks(run, spec.name, inputs, make_rows, shard=shard,
                                    chunk_size=chunk_size or config.chunk_size, progress=progress,
-                                   settings=stage_settings(config, section))
-    return items_in, skipped, shard_rows(run, stage, in_shard([k for k, _ in inputs], shard))
+                                   settings=stage_settings(config, spec.section))
+    return items_in, skipped, shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard))
 
 
 def stage_settings(config: Any, section: str) -> dict[str, Any]:
@@ -141,24 +175,17 @@ def in_shard(ids: Iterable[str], shard: tuple[int, int] | str) -> list[str]:
 def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str]) -> list[dict[str, Any]]:
     """The stage's rows whose input is among ``input_ids`` (this shard's share of the stage)."""
     ids = set(input_ids)
-    col = INPUT_COLUMN[stage]
+    col = TABLES[stage].input_column
     return [r for r in run.read(stage).to_pylist() if r[col] in ids]
 
 
 def summarise(stage: str, shard: tuple[int, int] | str, rows: list[dict[str, Any]], *, items_in: int,
               skipped: int, extra: dict[str, int] | None = None) -> StageSummary:
-    """Counts for a sample-producing stage (2 or 3)."""
+    """Counts for a sample-producing stage (2 or 3): :func:`builder.records.tally` of its rows."""
     dropped = Counter(r["drop_reason"] for r in rows if not r["keep"])
-    counts = {
-        "items_in": items_in,
-        "items_already_done": skipped,
-        **(extra or {}),
-        "samples_out": len(rows),
-        "parsed": sum(bool(r["parsed"]) for r in rows),
-        "correct": sum(bool(r["correct"]) for r in rows),
-        "kept": sum(bool(r["keep"]) for r in rows),
-        "kept_correct": sum(bool(r["keep"] and r["correct"]) for r in rows),
-    }
+    t = tally(pa.Table.from_pylist(rows, schema=TABLES[stage].schema))
+    counts = {"items_in": items_in, "items_already_done": skipped, **(extra or {}), "samples_out": t["rows"],
+              **{k: t[k] for k in ("parsed", "correct", "kept", "kept_correct")}}
     return StageSummary(stage=stage, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
 
 
@@ -187,5 +214,5 @@ def load_image(path: str, where: str):
         raise ValueError(f"{where}: image file {path} cannot be read: {e}") from None
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
-           "run_chunks", "shard_rows", "stage_settings", "summarise"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "StageSpec", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
+           "run_chunks", "shard_rows", "stage_settings", "summarise", "usable_inputs"]

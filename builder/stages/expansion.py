@@ -25,15 +25,9 @@ from builder.prompts import Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import (
-    StageSummary,
-    process,
-    report,
-    request_seed,
-    summarise,
-)
+from .common import StageSpec, StageSummary, process, report, request_seed, summarise, usable_inputs
 
-STAGE = "expansion"
+STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
 _END = re.compile(r"</think>", re.I)
 
@@ -42,7 +36,7 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
     """The bad word that occurs first in ``text`` (case-insensitive), or "".
 
     By default a bad word must stand as a word ("text" is not found in "texture", "state" not in
-    "statement"; upstream defect 2); ``substring=True`` restores upstream's substring rule.
+    "statement"; docs/method.md, defect 2); ``substring=True`` restores upstream's substring rule.
     """
     hits = []
     for w in bad_words:
@@ -165,7 +159,7 @@ def run(
     prompts = prompts or Prompts(config.template_dir)
     if not run.has("simple_cot"):
         raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
-    simples = [s for s in run.read("simple_cot").to_pylist() if s["keep"]]
+    simples = usable_inputs(run, SPEC)
     descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
     inputs = [(s["sample_id"], s) for s in simples]
 
@@ -190,8 +184,8 @@ def run(
                                    substring=cfg.substring_bad_word_filter)
         return rows
 
-    items_in, skipped, rows = process(run, STAGE, "stage3", inputs, make_rows, config, shard=shard,
-                                      chunk_size=chunk_size, progress=progress)
+    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
+                                      progress=progress)
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
                         extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
                                                      for r in rows)})
@@ -199,5 +193,8 @@ def run(
                   seed=config.seed)
 
 
-__all__ = ["SEPARATORS", "Continuation", "build_request", "expansion_rows", "first_bad_word", "label_expansion", "plan",
+SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
+                 what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT")
+
+__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_request", "expansion_rows", "first_bad_word", "label_expansion", "plan",
            "run", "with_full_stop"]

@@ -33,17 +33,13 @@ from builder.answers import match_option, parse_options
 from builder.config import PipelineConfig
 from builder.engines.base import Engine, Request, SamplingParams
 from builder.prompts import Prompts
-from builder.records import content_id
+import pyarrow as pa
+
+from builder.records import MCQ, content_id, is_placeholder, tally
 from builder.store import RunDir, parse_shard
 
-from .common import (
-    StageSummary,
-    process,
-    report,
-    request_seed,
-)
+from .common import StageSpec, StageSummary, process, report, request_seed, usable_inputs
 
-STAGE = "mcq"
 NO_QUESTION = "no question in the reply"  # invalid_reason of an image's placeholder row
 
 _FIELDS = ("question", "choices", "answer", "type")
@@ -100,11 +96,6 @@ def resolve_answer(answer_text: str, options: list[str]) -> int:
     if len(exact) > 1:
         return -1
     return match_option(answer_text, options)
-
-
-def is_placeholder(row: dict[str, Any]) -> bool:
-    """Whether an MCQ row is an image's no-question placeholder (not a question)."""
-    return row["item_index"] < 0
 
 
 def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response: str,
@@ -171,7 +162,7 @@ def run(
     """
     cfg = config.stage1
     prompts = prompts or Prompts(config.template_dir)
-    source = run.read("source").to_pylist()
+    source = usable_inputs(run, SPEC)
     if not source:
         raise FileNotFoundError(f"{run.path / 'source'}: no source rows; write the source first")
     inputs = [(r["image_id"], r) for r in source]
@@ -179,14 +170,14 @@ def run(
 
     def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         requests = [Request(prompts.mcq_generation(r["description"]),
-                            params=cfg.params(seed=request_seed(config.seed, STAGE, image_id), n=1))
+                            params=cfg.params(seed=request_seed(config.seed, SPEC.name, image_id), n=1))
                     for image_id, r in chunk]
         raw = [out[0].text if out else "" for out in engine.generate(requests)]
         formatted = [""] * len(chunk)
         if cfg.reformat:
             ref = [Request(prompts.mcq_reformat(text), params=SamplingParams(
                 n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
-                seed=request_seed(config.seed, STAGE + "/reformat", image_id)))
+                seed=request_seed(config.seed, SPEC.name + "/reformat", image_id)))
                 for (image_id, _), text in zip(chunk, raw)]
             formatted = [out[0].text if out else "" for out in ref_engine.generate(ref)]
         rows = []
@@ -196,20 +187,26 @@ def run(
                              formatted_response=f_text)
         return rows
 
-    items_in, skipped, rows = process(run, STAGE, "stage1", inputs, make_rows, config, shard=shard,
-                                      chunk_size=chunk_size, progress=progress)
-    questions = [r for r in rows if not is_placeholder(r)]
-    counts = {
-        "items_in": items_in, "items_already_done": skipped,
-        "images_without_questions": len(rows) - len(questions),
-        "questions": len(questions), "valid": sum(r["valid"] for r in rows),
-    }
-    dropped = Counter(r["invalid_reason"] for r in questions if not r["valid"])
-    summary = StageSummary(stage=STAGE, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
+    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
+                                      progress=progress)
+    t = tally(pa.Table.from_pylist(rows, schema=MCQ))
+    counts = {"items_in": items_in, "items_already_done": skipped, "images_without_questions": t["placeholders"],
+              "questions": t["questions"], "valid": t["valid"]}
+    dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"] and not is_placeholder(r))
+    summary = StageSummary(stage=SPEC.name, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
     models = {"mcq": engine.model_id}
     if cfg.reformat:
         models["mcq_reformat"] = ref_engine.model_id
     return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
 
 
-__all__ = ["NO_QUESTION", "ParsedItem", "is_placeholder", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]
+def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
+    """The re-formatting call's own model, when it has one (else the generating engine re-formats)."""
+    cfg = config.stage1
+    return {"reformat_engine": cfg.reformat_model_config()} if cfg.reformat and cfg.reformat_model else {}
+
+
+SPEC = StageSpec(1, "mcq", input="source", usable=None, run=run, extra_engines=_reformat_engine,
+                 what="MCQs from the source's descriptions", no_input="the run has no source images")
+
+__all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]

@@ -19,16 +19,9 @@ from builder.prompts import THINK_PREFILL, Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import (
-    StageSummary,
-    load_image,
-    process,
-    report,
-    request_seed,
-    summarise,
-)
+from .common import StageSpec, StageSummary, load_image, process, report, request_seed, summarise, usable_inputs
 
-STAGE = "simple_cot"
+STAGE = "simple_cot"  # its table, and the name its seeds are drawn under
 
 
 def presentation(mcq: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -98,7 +91,7 @@ def run(
     prompts = prompts or Prompts(config.template_dir)
     if not run.has("mcq"):
         raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
-    mcqs = [m for m in run.read("mcq").to_pylist() if m["valid"]]
+    mcqs = usable_inputs(run, SPEC)
     images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
     inputs = [(m["mcq_id"], m) for m in mcqs]
 
@@ -122,11 +115,14 @@ def run(
                 user_text=req.messages[1]["content"][1]["text"], model=engine.model_id, seed=req.params.seed)
         return rows
 
-    items_in, skipped, rows = process(run, STAGE, "stage2", inputs, make_rows, config, shard=shard,
-                                      chunk_size=chunk_size, progress=progress)
+    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
+                                      progress=progress)
     summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
     return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
                   seed=config.seed)
 
 
-__all__ = ["build_request", "label_response", "presentation", "run", "sample_rows"]
+SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
+                 no_input="stage 1 wrote no valid MCQ")
+
+__all__ = ["SPEC", "build_request", "label_response", "presentation", "run", "sample_rows"]

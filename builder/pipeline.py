@@ -1,0 +1,173 @@
+"""The pipeline runner: source preparation, engines, the stages in order, and the run's status.
+
+The CLI (``lpt generate``, ``lpt stage1``…, ``lpt status``) and the demo call these functions; nothing here
+parses flags or formats tables. Every stage is driven through its declaration in :data:`builder.stages.STAGES`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.config import ModelConfig, PipelineConfig
+from builder.records import SOURCE, TABLES, tally
+from builder.sources import Skips, load_source
+from builder.stages import STAGES, StageSpec, StageSummary
+from builder.stages.common import usable_inputs
+from builder.store import RunDir
+
+
+class PipelineError(ValueError):
+    """A run that cannot go on as asked (no source, a different source); the message says what to do."""
+
+
+class NoSource(PipelineError):
+    """The run has no source yet and none was given."""
+
+
+def prepare_source(run: RunDir, spec: str | None, *, split: str | None = None, subset: int | None = None,
+                   limit: int | None = None, skip_bad: bool = False, echo: Callable[[str], None] = print) -> int:
+    """Write the source table into the run (when ``spec`` is given) and return its row count.
+
+    A run keeps one source: a new ``spec`` may only keep or grow it (the same rows for the ids it had), so a
+    rerun with a larger ``--limit`` extends the work and a different source is a clear error.
+    """
+    if spec is None:
+        if any(x is not None for x in (split, subset, limit)) or skip_bad:
+            echo("note: --split/--subset/--limit/--skip-bad apply only together with --source; the run's "
+                 "source is used as it is")
+        if not run.has("source"):
+            raise NoSource(f"{run.path} has no source yet: pass --source (a DOCCI folder, a JSONL/CSV/"
+                                f"parquet file or a folder of images with .txt descriptions)")
+        return run.read("source").num_rows
+    skips = Skips()
+    rows = list(load_source(spec, split=split, subset=subset, limit=limit, skip_bad=skip_bad, skips=skips))
+    if skips:
+        echo(skips.summary())
+    if not rows:
+        raise PipelineError(f"source {spec} gave no rows" + (f" for split {split!r}" if split else ""))
+    new = pa.Table.from_pylist(rows, schema=SOURCE)
+    if run.has("source"):
+        old = {r["image_id"]: r for r in run.read("source").to_pylist()}
+        fresh = {r["image_id"]: r for r in rows}
+        changed = [i for i, r in old.items() if fresh.get(i) != r]
+        if changed:
+            raise PipelineError(
+                f"{run.path} already has a source of {len(old)} images and {spec} differs from it "
+                f"(e.g. image {changed[0]!r} {'is missing' if changed[0] not in fresh else 'differs'}); "
+                f"use a new run directory")
+        if len(fresh) == len(old):
+            return len(old)
+    run.write_table("source", new)
+    run.update_manifest(source={"spec": str(spec), "split": split, "subset": subset, "limit": limit,
+                                "rows": len(rows), "skipped": len(skips)})
+    return len(rows)
+
+
+class EngineCache:
+    """The engines a stage needs, kept while the next stage needs the same ones (same engine kind, model and
+    options) and closed otherwise before new ones load (two big models rarely fit on one GPU)."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Any] = {}
+
+    @staticmethod
+    def _key(model_cfg: ModelConfig) -> str:
+        return json.dumps([model_cfg.engine, model_cfg.model, model_cfg.engine_options], sort_keys=True, default=str)
+
+    def get_all(self, models: Sequence[ModelConfig]) -> list[Any]:
+        """One engine per model config, in order; engines no longer asked for are closed first."""
+        keys = [self._key(m) for m in models]
+        for key in [k for k in self.engines if k not in keys]:
+            _close(self.engines.pop(key))
+        for key, model_cfg in zip(keys, models):
+            if key not in self.engines:
+                self.engines[key] = model_cfg.load_engine()
+        return [self.engines[k] for k in keys]
+
+    def get(self, model_cfg: ModelConfig) -> Any:
+        return self.get_all([model_cfg])[0]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            _close(engine)
+        self.engines.clear()
+
+
+def _close(engine: Any) -> None:
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()
+    del engine
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def usable_count(run: RunDir, spec: StageSpec) -> int:
+    """How many inputs ``spec`` would find (valid MCQs for stage 2, kept simple CoTs for stage 3, ...)."""
+    return len(usable_inputs(run, spec)) if run.has(spec.input) else 0
+
+
+def run_stage(spec: StageSpec, run: RunDir, config: PipelineConfig, *, engines: EngineCache,
+              shard: tuple[int, int] = (0, 1), progress: bool = True, chunk_size: int | None = None) -> StageSummary:
+    """Run one stage with the engines its settings name (loaded through ``engines``); returns its summary."""
+    extra = spec.extra_engines(config)
+    loaded = engines.get_all([getattr(config, spec.section), *extra.values()])
+    return spec.run(run, loaded[0], config, shard=shard, progress=progress, chunk_size=chunk_size,
+                    **dict(zip(extra, loaded[1:])))
+
+
+def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = STAGES, *,
+             shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress: bool = True,
+             echo: Callable[[str], None] = print) -> list[StageSummary]:
+    """Run ``stages`` in order into ``run`` (which must have its source); returns their summaries.
+
+    A stage left without input by the stage before it (run just now) is skipped with a note.
+    """
+    engines = EngineCache()
+    summaries = []
+    try:
+        for k, spec in enumerate(stages):
+            section = getattr(config, spec.section)
+            if k > 0 and usable_count(run, spec) == 0:
+                echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.no_input})")
+                continue
+            echo(f"[bold]{spec.section}[/] ({spec.name}): {section.model} via {section.engine}")
+            summaries.append(run_stage(spec, run, config, engines=engines, shard=shard, progress=progress,
+                                       chunk_size=chunk_size))
+    finally:
+        engines.close()
+    return summaries
+
+
+def status_rows(run: RunDir) -> list[dict[str, Any]]:
+    """Per table: files, shards present, :func:`builder.records.tally` counts and inputs done."""
+    out = []
+    for name, table in TABLES.items():
+        files = run.files(name)
+        shards = sorted({m.group(1) for p in files if (m := re.match(r"shard-(\d+-of-\d+)\.", p.name))})
+        labels = [c for c in ("item_index", "valid", "parsed", "correct", "keep") if c in table.schema.names]
+        counts = tally(pa.concat_tables([pq.read_table(p, columns=labels) for p in files])
+                       if files and labels else table.schema.empty_table().select(labels))
+        counts["rows"] = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+        row: dict[str, Any] = {"stage": name, "files": len(files), "shards": shards, **counts}
+        if table.input_column:
+            row["inputs_done"] = len(run.done_inputs(name)) if files else 0
+        out.append(row)
+    return out
+
+
+__all__ = ["EngineCache", "NoSource", "PipelineError", "generate", "prepare_source", "run_stage", "status_rows",
+           "usable_count"]
