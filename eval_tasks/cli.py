@@ -126,7 +126,9 @@ def summary_lines(results: dict[str, dict[str, float]]) -> list[str]:
         return []
     order = list(TITLES.values())
     rows.sort(key=lambda r: (order.index(r[0]), r[1]))
-    head = ("benchmark", "task", "acc_macro %", "paper Qwen2.5-VL-7B %")
+    from builder.answers import MATCHER_VERSION
+
+    head = ("benchmark", "task", f"acc_macro % (matcher v{MATCHER_VERSION})", "paper Qwen2.5-VL-7B %")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return [fmt.format(*head), *(fmt.format(*r) for r in rows), *notes]

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("lighteval")
 
-from builder.answers import LETTERS  # noqa: E402
+from builder.answers import LETTERS, MATCHER_VERSION  # noqa: E402
 from builder.prompts import Prompts  # noqa: E402
 from eval_tasks import samples  # noqa: E402
 from eval_tasks.metrics import summarize  # noqa: E402
@@ -210,6 +210,7 @@ def test_summarize_by_hand():
     out = summarize(items)
     assert out["acc_macro"] == pytest.approx((2 / 3 + 0) / 2) and out["acc_micro"] == 0.5
     assert "acc_pair" not in out and "acc_cvbench_official" not in out
+    assert out["matcher_version"] == MATCHER_VERSION  # the results file records the rule that scored it
 
 
 # ---------------------------------------------------------------------------------- prompt functions
