@@ -1,6 +1,6 @@
 """Options, answer formats, answer extraction and matching: the one place that decides right or wrong.
 
-Used for labelling generated data and for scoring benchmarks alike (docs/answers.md has the rule with examples).
+Used for labelling generated data and for scoring benchmarks alike (docs/method.md, "The answer rule", has the rule with examples).
 
 1. **Where the answer is.** Unicode is normalised first (NFKC, curly quotes made straight, zero-width characters
    dropped). Only the text after the first ``</think>`` counts when there is one (also when the reply never
