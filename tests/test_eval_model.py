@@ -97,6 +97,8 @@ def test_lpt_eval_command(data_dir, lpt_env):
     (saved,) = list(out.rglob("results_*.json"))
     res = json.loads(saved.read_text())["results"]
     assert {_base(k) for k in res} == {"lpt_mmvp_direct", "lpt_mmlu_pro_direct", "all"}
+    bogus = CliRunner().invoke(eval_cmd, ["m", "--tasks", "bogus_direct"])
+    assert bogus.exit_code == 2 and "unknown task 'bogus_direct'" in bogus.output and "Traceback" not in bogus.output
     bad = CliRunner().invoke(eval_cmd, ["m", "--tasks", "nope"])
     assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output
 
