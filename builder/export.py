@@ -68,7 +68,10 @@ def _build(run_dir: str | os.PathLike, config: str, **config_kwargs: Any):
     cfg = LPTConfig(name=config, run_dir=str(run_dir), **config_kwargs)
     if spec.from_run:
         cfg.run()  # a missing run directory fails here, with its own message
-    return datasets.Dataset.from_list(list(spec.build(cfg)), features=spec.features), cfg
+    rows = list(spec.build(cfg))
+    if not rows:  # from_list cannot tell an empty list's columns
+        return datasets.Dataset.from_dict({k: [] for k in spec.features}, features=spec.features), cfg
+    return datasets.Dataset.from_list(rows, features=spec.features), cfg
 
 
 def build_dataset(run_dir: str | os.PathLike, config: str, **config_kwargs: Any) -> datasets.Dataset:

@@ -114,7 +114,7 @@ def test_cli_commands(tmp_path):
     images = make_images(tmp_path / "img")
     r = runner.invoke(import_upstream_cmd, [str(UPSTREAM), str(tmp_path / "run"), "--images-dir", str(images)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(export_cmd, [str(tmp_path / "run"), str(tmp_path / "out"), "--only", "sft", "--config",
+    r = runner.invoke(export_cmd, [str(tmp_path / "run"), str(tmp_path / "out"), "--only", "sft", "--only",
                                    "dpo", "--pair-kinds", "O>X,X_O>X"])
     assert r.exit_code == 0, r.output
     assert set(datasets.load_dataset(str(tmp_path / "out"), "dpo", split="train")["kind"]) == {"O>X", "X_O>X"}
@@ -181,7 +181,7 @@ def test_empty_config_is_left_out_with_its_reason_and_every_listed_config_loads(
 
 
 def test_empty_sets_in_cli_and_llamafactory(no_x_o, tmp_path):
-    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out"), "--only", "sft", "--config",
+    r = CliRunner().invoke(export_cmd, [str(no_x_o.path), str(tmp_path / "out"), "--only", "sft", "--only",
                                         "mcq"])
     assert r.exit_code == 0, r.output
     assert "sft: empty, not written: no X→O trace" in r.output and "mcq: " in r.output

@@ -1,4 +1,4 @@
-"""Prompt templates: every prompt renders what SPEC.md asks, user overrides, sandbox and strictness."""
+"""Prompt templates: every prompt renders what docs/method.md describes, user overrides, sandbox and strictness."""
 
 from __future__ import annotations
 

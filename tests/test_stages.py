@@ -26,7 +26,7 @@ from builder.method import BAD_WORDS
 from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, is_placeholder, stable_int
 from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
-from helpers import ReplayEngine, make_source, run_all, small_config
+from helpers import COLOURS, ReplayEngine, _text_of, make_source, run_all, small_config
 
 @pytest.fixture
 def pipeline(tmp_path):

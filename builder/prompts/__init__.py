@@ -1,6 +1,6 @@
 """Prompt templates (sandboxed Jinja2, ``*.j2`` in this folder) and the functions that render them.
 
-Templates, one per prompt of SPEC.md (all in our own words):
+Templates, one per prompt of the method (docs/method.md), all in our own words:
 
 =========================== ==============================================================================
 ``mcq_generation_system``   stage 1 system turn
