@@ -140,14 +140,13 @@ class RunDir:
     def write_table(self, stage: str, table: pa.Table, input_ids: Iterable[str] | None = None) -> Path:
         """Replace the whole stage with ``table`` (e.g. the source, or an import), atomically.
 
-        ``input_ids``: the inputs the table covers (default: those the stage's chunks covered so far plus those
-        its rows name), so that an input which made no row still counts as done."""
+        ``input_ids``: the inputs the table covers (default: those its rows name); give them when an input may
+        have made no row, so that it still counts as done."""
         table = self._cast(stage, table)
         meta = dict(table.schema.metadata or {})
         col = TABLES[stage].input_column
         if col:
-            ids = set(input_ids) if input_ids is not None else self.done_inputs(stage)
-            ids |= set(table.column(col).to_pylist())
+            ids = set(input_ids or ()) | set(table.column(col).to_pylist())
             meta[INPUT_IDS_KEY] = json.dumps(sorted(ids)).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / WHOLE_TABLE
@@ -206,9 +205,10 @@ class RunDir:
 
         Each input's rows are taken from one file: should two files cover the same input (two writers of an old
         version, say), the later file's rows for it are left out, with a warning naming both files."""
+        files = self.files(stage)  # (an unknown stage fails here)
         col = TABLES[stage].input_column
         tables, seen = [], {}
-        for p in self.files(stage):
+        for p in files:
             t = self._read_file(stage, p)
             if col:
                 ids = self._covered(stage, p, t)
