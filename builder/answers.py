@@ -1,18 +1,35 @@
 """Options, answer formats, answer extraction and matching: the one place that decides right or wrong.
 
-Used for labelling generated data and for scoring benchmarks alike. The rule (SPEC "Answer matching"):
-take the first ``<answer>…</answer>`` (else an "Answer: …" / "answer is (X)" line after the thought),
-accept a letter in the usual dressings (``A``, ``(A)``, ``A.``, ``A)``, ``(a)``, ``**(A)**``, ``Option A``,
-``(A) text``) or the bare text of exactly one option, and compare letters. Anything else is wrong. The text
-of a *wrong* option is wrong (upstream defect 1 does not come back).
+Used for labelling generated data and for scoring benchmarks alike (docs/method.md, "The answer rule", has the rule with examples).
+
+1. **Where the answer is.** Unicode is normalised first (NFKC, curly quotes made straight, zero-width characters
+   dropped). Only the text after the first ``</think>`` counts when there is one (also when the reply never
+   opened ``<think>``: R1-style templates open the thought in the prompt); a reply that opens ``<think>`` and
+   never closes it has no answer. There, the first ``<answer>…</answer>`` (an unclosed one runs to the end,
+   less a closing tag cut off part-way); else what follows the last "Answer:" line start, else the last
+   "answer is", up to the next blank line (so an option list echoed over several lines stays one answer);
+   else the last ``\\boxed{…}``.
+2. **What it names.** Dressing is peeled off: markdown emphasis and code marks, ``$``, ``\\boxed{}`` /
+   ``\\text{}``, surrounding quotes, a trailing full stop, and a leading "Answer:", "The (correct) answer is",
+   "The correct option is", "Option", "Choice". What is left must be exactly one of: the text of one option;
+   the letter of one option as ``B``, ``b``, ``(B)``, ``B.``, ``B)``, ``B:``; or that letter followed by that
+   same option's text (``(B) Blue``). Anything else (two options, a negation, a hedge, an explanation, the
+   option list echoed back) names no option: ``pred_index`` -1, which is wrong, never right. When the text
+   reading and the letter reading name different options (options ``["b", "a"]``, answer ``b``), it names none.
+3. **Right or wrong.** Correct exactly when the one option named is the gold one.
+
+Bump :data:`MATCHER_VERSION` whenever the rule changes; runs record it.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
+
+MATCHER_VERSION = 2  # 1: first letter + anything; 2: exactly one option, unambiguously (NFKC, after </think>)
 
 LETTERS = "ABCDEFGHIJ"
 OPTION_STYLES = ("paren", "dot")  # "(A) text" / "A. text"
@@ -88,87 +105,151 @@ def shuffle_options(options: Sequence[str], answer_index: int, rng: random.Rando
 
 # ---------------------------------------------------------------------------------------------- extraction
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)(</answer>|$)", re.S | re.I)
-_CUT_CLOSE = re.compile(r"<(?:/(?:a(?:n(?:s(?:w(?:e(?:r)?)?)?)?)?)?)?\s*$", re.I)  # "<", "</", ... "</answer"
-_THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(\*\*)?\s*(\(?[A-J]\)?)(?![A-Za-z])", re.I)
-_ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer(?:\*\*)?\s*:\s*(.+?)\s*$", re.I | re.M)
+# Every pattern below is linear in the length of its input: no nested quantifiers, no unbounded ``\s*`` that
+# can span lines in front of something that may fail (100 KB replies must not backtrack catastrophically).
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+                         "\u00ab": '"', "\u00bb": '"'})
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>\n]{1,64}\|>")  # <|im_end|>, <|end▁of▁sentence|> (after NFKC)
+_THINK_OPEN = re.compile(r"<think>", re.I)
+_THINK_CLOSE = re.compile(r"</think>", re.I)
+_ANSWER_OPEN = re.compile(r"<answer>", re.I)
+_ANSWER_CLOSE = re.compile(r"</answer>", re.I)
+_CUT_CLOSE = re.compile(r"<(?:/(?:a(?:n(?:s(?:w(?:e(?:r)?)?)?)?)?)?)?[ \t\r\n]*$", re.I)  # "<", "</", … "</answer"
+_PARAGRAPH = r"(.*(?:\n[ \t]*\S.*)*)"  # the rest of the line and the lines after it, up to a blank line
+_ANSWER_LINE = re.compile(r"^[ \t]*(?:[*_#>-]{1,4}[ \t]*)?(?:final[ \t]+)?answer[*_]{0,2}[ \t]*:" + _PARAGRAPH,
+                          re.I | re.M)
+_ANSWER_IS = re.compile(r"\banswer[ \t]+(?:is|would be|should be|will be)\b" + _PARAGRAPH, re.I)
+_BOXED = re.compile(r"\\boxed[ \t]*\{([^{}\n]*(?:\{[^{}\n]*\}[^{}\n]*)?)\}")
 
 
-def extract_answer(text: str) -> str | None:
-    """The answer string of a response: first ``<answer>`` tag, else an "Answer: …" / "answer is (X)" line.
+def normalize_text(text: str) -> str:
+    """NFKC (full-width ``（B）`` -> ``(B)``, composed accents), straight quotes, no zero-width characters."""
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text).translate(_QUOTES))
+
+
+def answer_region(text: str | None) -> str | None:
+    """The part of a reply that may hold its answer: after the first ``</think>`` when there is one; None when
+    ``<think>`` is opened and never closed (a thought cut off has no answer); else the whole reply.
+
+    A caller whose prompt opened the thought (an R1-style template) and whose reply may stop before
+    ``</think>`` passes ``"<think>" + reply``, so that a cut-off thought gives no answer either.
+    """
+    if not isinstance(text, str):
+        return None
+    text = _SPECIAL_TOKEN.sub("", normalize_text(text))
+    end = _THINK_CLOSE.search(text)
+    if end:
+        return text[end.end():]
+    return None if _THINK_OPEN.search(text) else text
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The answer string of a reply (see the module docstring for where it is looked for), or None.
 
     An unclosed ``<answer>`` (a reply cut off by the token limit) runs to the end of the text, less a closing
     tag cut off part-way (``(B) </ans`` -> ``(B)``): a truncated prediction is still graded, and only what it
-    names counts. Fallbacks look only after the thought (after ``</think>`` when there is one; an unclosed
-    ``<think>`` gives no answer).
+    names counts. The string is returned NFKC-normalised.
     """
-    if text is None:
+    region = answer_region(text)
+    if region is None:
         return None
-    m = _ANSWER_TAG.search(text)
-    if m:
-        return (m.group(1) if m.group(2) else _CUT_CLOSE.sub("", m.group(1))).strip()
-    tail = text
-    if re.search(r"<think>", text, re.I):
-        end = re.search(r"</think>", text, re.I)
-        if not end:
-            return None
-        tail = text[end.end():]
-    lines = _ANSWER_LINE.findall(tail)
-    if lines:
-        return lines[-1].strip()
-    found = _ANSWER_IS.findall(tail)
-    if found:
-        return found[-1][1].strip()
+    tag = _ANSWER_OPEN.search(region)
+    if tag:
+        rest = region[tag.end():]
+        close = _ANSWER_CLOSE.search(rest)
+        return (rest[:close.start()] if close else _CUT_CLOSE.sub("", rest)).strip()
+    for pattern in (_ANSWER_LINE, _ANSWER_IS, _BOXED):
+        last = None
+        for last in pattern.finditer(region):
+            pass
+        if last is not None:
+            found = last.group(0) if pattern is _BOXED else last.group(1)
+            return found.strip().lstrip(":").strip().rstrip(".").strip()
     return None
 
 
-def parse_thought(text: str) -> tuple[str | None, str | None]:
-    """``(thought, answer)`` of ``<think> … </think> … <answer> … </answer>``; None for a missing part."""
-    m = _THINK.search(text or "")
-    thought = m.group(1).strip() if m else None
-    answer = extract_answer(text[m.end():]) if m else None
-    return thought, answer
+def parse_thought(text: str | None) -> tuple[str | None, str | None]:
+    """``(thought, answer)`` of ``<think> … </think> … <answer> … </answer>``; None for a missing part.
+
+    The thought runs to the first ``</think>``; a reply that closes the thought without opening it (R1-style
+    templates open it in the prompt) has the text before ``</think>`` as its thought.
+    """
+    if not isinstance(text, str):
+        return None, None
+    end = _THINK_CLOSE.search(text)
+    if end is None:
+        return None, None
+    start = _THINK_OPEN.search(text, 0, end.start())
+    thought = text[start.end() if start else 0:end.start()].strip()
+    return thought, extract_answer(text)  # the same region grade() reads
 
 
-def _norm(s: str) -> str:
-    s = s.strip().strip("*`\"' ").strip()
-    s = re.sub(r"\s+", " ", s)
-    return s.rstrip(".").strip().casefold()
+# ------------------------------------------------------------------------------------------------ matching
+
+_LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf|mathtt|fbox)[ \t]*\{([^{}]*)\}")
+_WS = re.compile(r"\s+")
+_PREAMBLE = re.compile(
+    r"(?:(?:so|thus|therefore|hence)[ ,]+)?(?:the[ ]+|my[ ]+)?(?:(?:final|correct|best|right)[ ]+){0,2}"
+    r"(?:answer|option|choice)\b(?:[ ]+(?:is|would be|should be|will be)\b)?[ ]*(?::[ ]*)?", re.I)
+# a letter, bare or in parentheses; a separator; the rest (which must then be that option's own text)
+_LETTER = re.compile(r"(?:\([ ]*([A-Ja-j])[ ]*\)|([A-Ja-j])(?![A-Za-z0-9]))[ ]*([.):\-\u2013\u2014]?)[ ]*(.*)",
+                     re.S)
+_NOT_A_LETTER_FORM = -2
 
 
-_LETTER_ONLY = re.compile(r"^(?:(?:option|choice)\s*)?(?:\(\s*([A-Ja-j])\s*\)|([A-J])\s*[.):]?)$", re.I)
-_LETTER_TEXT = re.compile(r"^(?:(?:option|choice)\s*)?(?:\(\s*([A-Ja-j])\s*\)|([A-J])\s*[.):])\s*(.+)$", re.S)
+def _clean(s: str) -> str:
+    """An answer or option text without its dressing, whitespace collapsed (case kept)."""
+    s = _SPECIAL_TOKEN.sub("", normalize_text(s))
+    for _ in range(3):  # \boxed{\text{(B)}}: innermost first
+        s = _LATEX_WRAP.sub(r"\1", s)
+    s = s.replace("**", "").replace("__", "").replace("`", "").replace("$", "")
+    s = _WS.sub(" ", s).strip().strip("*_\"' ")
+    return s.rstrip(".!;, ").strip("*_\"' ")
+
+
+def _letter_reading(a: str, normed: Sequence[str]) -> int:
+    """What a letter form names: ``B``, ``b``, ``(B)``, ``B.``, ``B)``, ``B:``, optionally followed by that same
+    option's text. -1 when it names none (a letter beyond the options, or followed by anything but its own
+    option's text); ``_NOT_A_LETTER_FORM`` when ``a`` does not start with a letter form."""
+    m = _LETTER.fullmatch(a)
+    if not m:
+        return _NOT_A_LETTER_FORM
+    bare, sep, rest = m.group(2), m.group(3), _clean(m.group(4))
+    if rest and bare and bare.islower() and not sep:
+        return _NOT_A_LETTER_FORM  # "a blue car": an article, not the letter a
+    i = LETTERS.index((m.group(1) or bare).upper())
+    if i >= len(normed):
+        return -1
+    if rest and rest.casefold() != normed[i]:
+        return -1  # "(A) is incorrect", "(A) or (B)", "A. B.", "(A) <text of B>", the option list echoed back
+    return i
 
 
 def match_option(answer: str | None, options: Sequence[str]) -> int:
-    """Index of the option ``answer`` names, or -1 when it names none (or contradicts itself)."""
-    if not answer:
+    """Index of the one option ``answer`` names, or -1 when it names none, several, or contradicts itself."""
+    if not isinstance(answer, str) or not options:
         return -1
-    a = answer.strip().strip("*`").strip()
-    a = re.sub(r"^\*\*|\*\*$", "", a).strip()
-    normed = [_norm(o) for o in options]
-    # a bare option text (checked first: an option may itself start with "A ")
-    hits = [i for i, o in enumerate(normed) if o == _norm(a)]
-    if len(hits) == 1:
-        return hits[0]
-    m = _LETTER_ONLY.match(a)
-    if m and (m.group(1) or m.group(2).isupper() or a.lower().startswith(("option", "choice"))):
-        i = LETTERS.index((m.group(1) or m.group(2)).upper())
-        return i if i < len(options) else -1
-    m = _LETTER_TEXT.match(a)
-    if m:
-        i = LETTERS.index((m.group(1) or m.group(2)).upper())
-        if i >= len(options):
+    normed = [_clean(str(o)).casefold() for o in options]
+    a = _clean(answer)
+    for _ in range(3):  # "Answer: The correct option is (B)" peels twice
+        if not a:
             return -1
-        rest = _norm(re.sub(r"\*\*", "", m.group(3)))
-        named = [j for j, o in enumerate(normed) if o == rest]
-        if named and i not in named:
-            return -1  # "(A) <text of option B>": contradictory, never right
-        return i
-    m = _ANSWER_IS.search(a)  # "<answer> The answer is (B) </answer>"
-    if m:
-        return match_option(m.group(2), options)
+        key = a.casefold()
+        texts = [i for i, o in enumerate(normed) if o == key]
+        letter = _letter_reading(a, normed)
+        if len(texts) > 1:
+            return -1  # the text of two options (duplicate options): ambiguous
+        if texts:
+            # options ["b", "a"] and answer "b": the text says A, the letter says B -> names none
+            return texts[0] if letter < 0 or letter == texts[0] else -1
+        if letter != _NOT_A_LETTER_FORM:
+            return letter
+        m = _PREAMBLE.match(a)
+        if not m:
+            return -1
+        a = _clean(a[m.end():])
     return -1
 
 
@@ -183,7 +264,7 @@ class Grade:
         return self.pred_index >= 0
 
 
-def grade(response: str, options: Sequence[str], gold_index: int) -> Grade:
+def grade(response: str | None, options: Sequence[str], gold_index: int) -> Grade:
     """Extract the answer of ``response`` and compare it with the gold option."""
     ans = extract_answer(response)
     idx = match_option(ans, options)

@@ -6,16 +6,22 @@
    path), so an empty stub is enough: :func:`prepare_lighteval` creates one when it is missing.
 2. Some built-in task modules call ``nltk.download("punkt")`` on import; offline this prints long errors.
    With ``HF_HUB_OFFLINE`` set, :func:`prepare_lighteval` makes ``nltk.download`` a quiet no-op returning False.
+3. A benchmark whose Hub dataset cannot be loaded (offline and not cached, or the Hub unreachable) would cost a
+   minute of ``huggingface_hub`` retries and end in a traceback. :func:`hub_dataset_problem` says why in a few
+   seconds; :func:`prepare_lighteval` wraps lighteval's dataset loader so that ``lighteval custom …
+   --custom-tasks eval_tasks.tasks`` stops with that one line (``lpt eval`` checks before building anything).
 
 The version pins (``huggingface_hub<2``, ``xxhash<4``) live in pyproject's ``eval`` extra.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +36,107 @@ def tiny_benchmarks_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "tasks" / "tasks" / "tinyBenchmarks.pkl"
 
 
+_TRUE = {"1", "true", "yes", "on"}
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """Whether the Hugging Face offline switches are on (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def in_datasets_cache(repo: str) -> bool:
+    """Whether ``datasets`` has a prepared copy of the Hub dataset ``repo`` (what it falls back to offline)."""
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = repo.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = Path(os.path.expanduser(str(config.HF_DATASETS_CACHE))) / "___".join(parts)
+    return any(p.is_dir() for p in root.glob("*/*/*"))
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_unreachable(endpoint: str) -> str | None:
+    """None when ``endpoint`` answers an HTTP request within a few seconds, else why not (one request, no retry)."""
+    import httpx
+
+    try:
+        httpx.head(f"{endpoint}/api/datasets", timeout=HUB_PROBE_TIMEOUT_S)
+    except httpx.HTTPError as e:
+        return f"the Hugging Face Hub ({endpoint}) cannot be reached: {type(e).__name__}"
+    return None
+
+
+def hub_dataset_problem(repo: str) -> str | None:
+    """Why the Hub dataset ``repo`` cannot be loaded now (offline and not cached, or the Hub unreachable), or
+    None when it may load. Takes a few seconds at most, where ``datasets`` would retry for a minute."""
+    if in_datasets_cache(repo):
+        return None
+    if offline():
+        return "HF_HUB_OFFLINE is set and it is not in the local datasets cache"
+    from huggingface_hub import constants
+
+    return _hub_unreachable(constants.ENDPOINT.rstrip("/"))
+
+
+def data_dir_hint(bench: str = "<task>") -> str:
+    """How to give a local copy instead (the same words in every message)."""
+    return (f"put a local copy in DIR/{bench} and pass --data-dir DIR (lighteval custom: LPT_EVAL_DATA_DIR=DIR); "
+            "`lpt eval --sample-data DIR` writes offline stand-ins")
+
+
+def _fail_fast(load: Callable) -> Callable:
+    """Wrap ``LightevalTask.download_dataset_worker``: an LPT task whose Hub dataset cannot load stops the process
+    with one line (lighteval's CLI would print a minute of retries and a traceback)."""
+
+    @functools.wraps(load)
+    def download_dataset_worker(task):
+        path = str(task.dataset_path)
+        if str(task.name).startswith("lpt_") and not Path(path).is_dir():
+            why = hub_dataset_problem(path)
+            if why:
+                raise SystemExit(f"error: {task.name}: cannot load the Hub dataset {path} ({why}); "
+                                 f"{data_dir_hint(task.name.removesuffix('_direct'))}")
+        return load(task)
+
+    download_dataset_worker.lpt_fail_fast = True
+    return download_dataset_worker
+
+
+def _install_fail_fast_loader() -> None:
+    from lighteval.tasks.lighteval_task import LightevalTask
+
+    load = LightevalTask.download_dataset_worker
+    if not getattr(load, "lpt_fail_fast", False):
+        LightevalTask.download_dataset_worker = staticmethod(_fail_fast(load))
+
+
+def quiet_lighteval() -> None:
+    """For ``lpt eval``: no nltk downloads (punkt serves lighteval's built-in ifeval tasks, not ours), no notice
+    that our zero-shot tasks have no few-shot split, no FutureWarning about lighteval's use of huggingface_hub."""
+    import warnings
+
+    _no_nltk_downloads()
+    logging.getLogger("lighteval.tasks.lighteval_task").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"huggingface_hub\..*")
+
+
+def _no_nltk_downloads() -> None:
+    try:
+        import nltk
+    except ImportError:  # pragma: no cover - lighteval depends on nltk
+        return
+
+    def _no_download(*args, **kwargs) -> bool:
+        return False
+
+    nltk.download = _no_download
 
 
 def prepare_lighteval() -> None:
-    """Idempotent: stub ``tinyBenchmarks.pkl`` if missing; silence nltk downloads when offline."""
+    """Idempotent: stub ``tinyBenchmarks.pkl`` if missing; silence nltk downloads when offline; make LPT tasks
+    whose Hub dataset cannot load fail fast."""
     global _done
     if _done:
         return
@@ -48,13 +149,7 @@ def prepare_lighteval() -> None:
             logger.warning("cannot create %s (%s); lighteval will try to download it. Create it by hand: "
                            "touch %s", path, e, path)
     if offline():
-        try:
-            import nltk
-        except ImportError:  # pragma: no cover - lighteval depends on nltk
-            pass
-        else:
-            def _no_download(*args, **kwargs) -> bool:
-                return False
-
-            nltk.download = _no_download
+        _no_nltk_downloads()
+    if path is not None:
+        _install_fail_fast_loader()
     _done = True

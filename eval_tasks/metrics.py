@@ -11,7 +11,8 @@ Two metrics go on every task:
     ``acc_cvbench_official``  CV-Bench's own formula ½·((acc ADE20K + acc COCO)/2 + acc Omni3D), by ``source``,
                    when the items carry sources;
     ``acc_pair``   MMVP pair accuracy: items ``Index`` 2k+1 and 2k+2 form a pair ((Index-1)//2), a pair counts
-                   when both are right; pairs with a missing member (e.g. ``--max-samples``) are left out.
+                   when both are right; pairs with a missing member (e.g. ``--max-samples``) are left out;
+    ``matcher_version``  ``builder.answers.MATCHER_VERSION``, so that a results file records the rule that scored it.
 
 Both read the response's raw text (``model_response.text``, before lighteval strips ``<think>``), because
 the matcher itself knows where the thought ends. The item's options, category, source and pair id come from
@@ -30,7 +31,7 @@ from lighteval.metrics.metrics_sample import SampleLevelComputation
 from lighteval.metrics.utils.metric_utils import CorpusLevelMetric, SampleLevelMetric
 from lighteval.tasks.requests import Doc, SamplingMethod
 
-from builder.answers import grade
+from builder.answers import MATCHER_VERSION, grade
 
 CVBENCH_2D_SOURCES = ("ADE20K", "COCO")
 CVBENCH_3D_SOURCE = "Omni3D"
@@ -76,7 +77,7 @@ class ItemRecord(SampleLevelComputation):
 def summarize(items: list[dict]) -> dict[str, float]:
     """Macro, micro, per-category, CV-Bench-official and MMVP-pair accuracies of ItemRecord dicts."""
     if not items:
-        return {"acc_macro": 0.0, "acc_micro": 0.0}
+        return {"acc_macro": 0.0, "acc_micro": 0.0, "matcher_version": float(MATCHER_VERSION)}
     by_cat: dict[str, list[float]] = defaultdict(list)
     by_source: dict[str, list[float]] = defaultdict(list)
     pairs: dict[int, list[float]] = defaultdict(list)
@@ -95,6 +96,7 @@ def summarize(items: list[dict]) -> dict[str, float]:
     full = [v for v in pairs.values() if len(v) == 2]
     if full:
         out["acc_pair"] = float(np.mean([float(all(x == 1.0 for x in v)) for v in full]))
+    out["matcher_version"] = float(MATCHER_VERSION)
     return out
 
 

@@ -1,8 +1,9 @@
 """A lighteval custom model for VLMs (and text LLMs) on top of :mod:`builder.engines`.
 
 Use with ``lighteval custom <model id or path> <path of this file> "<tasks>" --custom-tasks eval_tasks.tasks``
-or through ``lpt eval``. lighteval's ``CustomModelConfig`` carries only the model name, so the other options
-come from the environment:
+or through ``lpt eval``. ``lpt eval`` (and :func:`eval_tasks.cli.run_eval`) pass the options to the model as
+arguments (``LPTEngineModel(config, settings=engine_settings(...))``). lighteval's ``CustomModelConfig`` carries
+only the model name, so under ``lighteval custom`` the other options come from the environment:
 
 =================== ===================== ============================================================
 variable            default               meaning
@@ -48,26 +49,33 @@ DEFAULT_MAX_PIXELS = 512 * 512
 DEFAULT_GENERATION_SIZE = 1024
 
 
-def engine_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The engine kind and options that the ``LPT_*`` variables ask for (see the module docstring)."""
-    env = dict(os.environ if env is None else env)
-    kind = env.get("LPT_ENGINE", "auto").strip() or "auto"
+def engine_settings(engine: str = "auto", *, dtype: str | None = None, batch_size: int | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, engine_options: dict[str, Any] | None = None,
+                    temperature: float = 0.0, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The model's settings: engine kind (``auto`` resolved), engine options, pixel cap, sampling."""
+    kind = (engine or "auto").strip() or "auto"
     if kind == "auto":
         kind = "vllm" if _vllm_usable() else "transformers"
-    options: dict[str, Any] = json.loads(env.get("LPT_ENGINE_OPTIONS") or "{}")
+    options = dict(engine_options or {})
+    if dtype:
+        options["dtype"] = dtype
+    if batch_size and kind == "transformers":
+        options["batch_size"] = int(batch_size)
+    return {"engine": kind, "engine_options": options, "max_pixels": int(max_pixels), "temperature": float(temperature),
+            "max_new_tokens": int(max_new_tokens) if max_new_tokens else None}
+
+
+def engine_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings that the ``LPT_*`` variables ask for (see the module docstring): ``lighteval custom``'s way in."""
+    env = dict(os.environ if env is None else env)
+    options = json.loads(env.get("LPT_ENGINE_OPTIONS") or "{}")
     if not isinstance(options, dict):
         raise ValueError(f"LPT_ENGINE_OPTIONS must be a JSON object, got {env['LPT_ENGINE_OPTIONS']!r}")
-    if env.get("LPT_DTYPE"):
-        options["dtype"] = env["LPT_DTYPE"]
-    if env.get("LPT_BATCH_SIZE") and kind == "transformers":
-        options["batch_size"] = int(env["LPT_BATCH_SIZE"])
-    return {
-        "engine": kind,
-        "engine_options": options,
-        "max_pixels": int(env.get("LPT_MAX_PIXELS") or DEFAULT_MAX_PIXELS),
-        "temperature": float(env.get("LPT_TEMPERATURE") or 0.0),
-        "max_new_tokens": int(env["LPT_MAX_NEW_TOKENS"]) if env.get("LPT_MAX_NEW_TOKENS") else None,
-    }
+    return engine_settings(env.get("LPT_ENGINE", "auto"), dtype=env.get("LPT_DTYPE") or None,
+                           batch_size=int(env["LPT_BATCH_SIZE"]) if env.get("LPT_BATCH_SIZE") else None,
+                           max_pixels=int(env.get("LPT_MAX_PIXELS") or DEFAULT_MAX_PIXELS), engine_options=options,
+                           temperature=float(env.get("LPT_TEMPERATURE") or 0.0),
+                           max_new_tokens=int(env["LPT_MAX_NEW_TOKENS"]) if env.get("LPT_MAX_NEW_TOKENS") else None)
 
 
 def _vllm_usable() -> bool:
@@ -132,9 +140,11 @@ def prompt_record(doc: Doc) -> str:
 class LPTEngineModel(_am.LightevalModel):
     """Generative lighteval model backed by ``builder.engines`` (transformers or vLLM)."""
 
-    def __init__(self, config: Any, engine: Any = None) -> None:
+    def __init__(self, config: Any, engine: Any = None, settings: dict[str, Any] | None = None) -> None:
+        """``settings``: see :func:`engine_settings`; default: the ``LPT_*`` variables (``lighteval custom``).
+        ``engine``: a ready :class:`builder.engines.Engine` instead of loading one."""
         self.config = config
-        self.settings = engine_options_from_env()
+        self.settings = settings if settings is not None else engine_options_from_env()
         self._cache = SampleCache(cache_config(config.model_name, self.settings, _cache_dir_of(config)))
         self.engine = engine if engine is not None else load_engine(
             self.settings["engine"], config.model_name, **self.settings["engine_options"])

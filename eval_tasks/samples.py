@@ -4,7 +4,8 @@ For offline tests, smoke runs (``lpt eval MODEL --data-dir DIR``) and the GPU th
 ``write_sample_data(DIR)`` writes ``DIR/<task>/`` for all seven tasks, laid out like the Hub repositories
 (V*: ``test_questions.jsonl`` + image files; CV-Bench: ``test_2d.parquet``/``test_3d.parquet``; MMVP:
 ``data/train-*.parquet``; MMStar: ``mmstar.parquet`` + a README declaring config/split ``val``; MME-RealWorld:
-``test.json`` + image files; RealWorldQA and MMLU-Pro: ``data/test-*.parquet``). Images are flat colours.
+the Hub mirror's ``data/train-*.parquet`` with base64 images (``write_mme_rw_json``: the original ``test.json`` +
+image files); RealWorldQA and MMLU-Pro: ``data/test-*.parquet``). Images are flat colours.
 """
 
 from __future__ import annotations
@@ -105,6 +106,25 @@ def write_mmstar(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
 
 
 def write_mme_rw(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
+    """The Hub's parquet mirror (yifanzhang114/MME-RealWorld-Lmms-eval): ``category`` "Perception/Monitoring",
+    ``l2-category``, ``multi-choice options`` ["(A) …", …], ``answer`` letter, image as base64 text in ``bytes``."""
+    import base64
+    import io
+
+    rows = []
+    for i, s in enumerate(specs):
+        task, _, subtask = s.category.partition(".")
+        png = io.BytesIO()
+        _png(size, i).save(png, format="PNG")
+        rows.append({"index": i, "question": s.question,
+                     "multi-choice options": [f"({LETTERS[j]}) {o}" for j, o in enumerate(s.options)],
+                     "answer": LETTERS[s.gold], "category": f"{task}/{subtask}", "l2-category": "fixture/attribute",
+                     "bytes": base64.b64encode(png.getvalue()).decode("ascii")})
+    _parquet(rows, Path(folder) / "data" / "train-00000-of-00001.parquet", image_column=None)
+
+
+def write_mme_rw_json(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
+    """The original release: ``MME_RealWorld.json`` saved as ``test.json`` next to the extracted image folders."""
     folder = Path(folder)
     rows = []
     for i, s in enumerate(specs):
@@ -182,4 +202,4 @@ def write_sample_data(out_dir: str | Path, n: int = 4, size: tuple[int, int] = (
     return out
 
 
-__all__ = ["CATEGORIES", "Spec", "WRITERS", "default_specs", "write_sample_data"]
+__all__ = ["CATEGORIES", "Spec", "WRITERS", "default_specs", "write_mme_rw_json", "write_sample_data"]

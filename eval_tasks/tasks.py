@@ -10,15 +10,17 @@ task               Hub dataset (config / split)      n       categories (macro)
 ``lpt_mmvp``       lmms-lab-eval/MMVP (default/train) 300     none (+ pair accuracy from ``Index``)
 ``lpt_mmstar_v``   Lin-Chen/MMStar (val/val)          750     coarse perception, fine-grained perception,
                                                               instance reasoning (the other 3 are dropped)
-``lpt_mme_rw_v``   MME-RealWorld JSON + images        ?       Task.Subtask, Subtask in Autonomous_Driving,
-                   (local copy only, see below)               Monitoring, Remote Sensing
+``lpt_mme_rw_v``   yifanzhang114/MME-RealWorld-Lmms-  ?       Perception × Remote Sensing, Monitoring,
+                   eval (default/train; images                Autonomous_Driving; Reasoning × Monitoring,
+                   embedded), or a local JSON copy            Autonomous_Driving (5 categories)
 ``lpt_realworldqa`` xai-org/RealworldQA (default/test) ≤765   none; open-ended items (no lettered options) dropped
 ``lpt_mmlu_pro``   TIGER-Lab/MMLU-Pro (default/test)  12032   14 categories; text only, 2048 new tokens
 ================== ================================= ======= ================================================
 
 Every item becomes the paper's prompt through :meth:`builder.prompts.Prompts.benchmark_messages`: the
 system text goes to ``Doc.instruction``, the user text (question, "Select from the following choices.",
-``(A) …`` lines) to ``Doc.query``, the image (capped at ``LPT_MAX_PIXELS``, default 512·512 area) to
+``(A) …`` lines) to ``Doc.query``, the image (capped at ``max_pixels``: ``make_tasks(max_pixels=…)``, else
+``LPT_MAX_PIXELS``, default 512·512 area) to
 ``Doc.images``. ``Doc.specific`` carries ``options``, ``category`` (and ``source`` for CV-Bench, ``pair``
 for MMVP), which :mod:`eval_tasks.metrics` scores with ``builder.answers.grade``.
 
@@ -26,9 +28,13 @@ Local copies: with ``LPT_EVAL_DATA_DIR`` set, a folder ``$LPT_EVAL_DATA_DIR/<tas
 ``_direct``) replaces the Hub dataset. It is read with ``datasets.load_dataset(folder)``, so a snapshot of the
 Hub repository (``hf download <repo> --repo-type dataset --local-dir …``) works as is, as does any folder with
 data files named after the split (``test.jsonl``, ``val.parquet``, ``train-*.parquet`` …). Image paths
-(V*, MME-RealWorld) are resolved relative to that folder. MME-RW-V needs a local copy: the folder holds the
-annotation file as ``test.json`` (``MME_RealWorld.json`` renamed or linked) and the extracted image folders.
-Without a local copy, V* images are fetched with ``huggingface_hub.hf_hub_download`` at the pinned revision.
+(V*, MME-RealWorld JSON) are resolved relative to that folder. MME-RW-V loads from the Hub's parquet mirror
+(``question``, ``multi-choice options``, ``answer``, ``category`` "Perception/Monitoring" …, image as base64
+``bytes``); a local folder may instead hold the original annotation file as ``test.json``
+(``MME_RealWorld.json`` renamed or linked) and the extracted image folders. Without a local copy, V* images are
+fetched with ``huggingface_hub.hf_hub_download`` at the pinned revision.
+
+:data:`PAPER_QWEN25_VL_7B` holds the paper's scores for the base model, which ``lpt eval`` prints next to a run's.
 
 ``make_tasks(data_dir)`` builds the table for another data folder (tests, ``lpt eval --data-dir``).
 """
@@ -43,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from eval_tasks._offline import prepare_lighteval
+from eval_tasks._offline import data_dir_hint, hub_dataset_problem, prepare_lighteval
 
 prepare_lighteval()
 
@@ -51,7 +57,7 @@ from lighteval.tasks.lighteval_task import LightevalTaskConfig  # noqa: E402
 from lighteval.tasks.requests import Doc  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from builder.answers import LETTERS, parse_options  # noqa: E402
+from builder.answers import LETTERS, normalize_text, parse_options  # noqa: E402
 from builder.engines.base import cap_pixels  # noqa: E402
 from builder.prompts import Prompts  # noqa: E402
 from eval_tasks.metrics import METRICS  # noqa: E402
@@ -64,6 +70,14 @@ TASK_VERSION = 1  # part of lighteval's cache key: bump it when a prompt or pars
 
 MMSTAR_V_CATEGORIES = ("coarse perception", "fine-grained perception", "instance reasoning")
 MME_RW_V_SUBTASKS = ("Autonomous_Driving", "Monitoring", "Remote Sensing")
+
+# The paper's macro accuracy (%) of Qwen2.5-VL-7B-Instruct, the base model (None: not in the paper).
+PAPER_QWEN25_VL_7B: dict[str, float | None] = {
+    "lpt_cvbench": 74.74, "lpt_vstar": 48.51, "lpt_mmvp": 73.67, "lpt_mmstar_v": 63.73, "lpt_mme_rw_v": 31.68,
+    "lpt_realworldqa": None, "lpt_mmlu_pro": 48.07,
+}
+TITLES = {"lpt_cvbench": "CV-Bench", "lpt_vstar": "V* Bench", "lpt_mmvp": "MMVP", "lpt_mmstar_v": "MMStar-V",
+          "lpt_mme_rw_v": "MME-RealWorld-V", "lpt_realworldqa": "RealWorldQA", "lpt_mmlu_pro": "MMLU-Pro"}
 
 
 class ItemError(ValueError):
@@ -95,22 +109,29 @@ class Benchmark:
 
 
 def max_pixels() -> int:
+    """The image area cap of ``LPT_MAX_PIXELS`` (``lighteval custom``'s way in), else 512·512."""
     return int(os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
 
 
-def _image(img: Any) -> Image.Image:
-    """RGB copy of a PIL image (or an image file path), capped at ``max_pixels()`` area."""
-    if isinstance(img, (str, Path)):
-        with Image.open(img) as im:
-            img = im.convert("RGB")
-    elif isinstance(img, dict) and img.get("bytes"):  # undecoded datasets Image value
-        import io
+def _image(img: Any, cap: int | None = None) -> Image.Image:
+    """RGB copy of a PIL image (or an image file path, encoded bytes, base64 text), capped at ``cap`` area."""
+    import io
 
-        with Image.open(io.BytesIO(img["bytes"])) as im:
+    if isinstance(img, dict) and img.get("bytes"):  # undecoded datasets Image value
+        img = img["bytes"]
+    if isinstance(img, str) and not os.path.isfile(img):  # base64 (MME-RealWorld's parquet mirror)
+        import base64
+
+        img = base64.b64decode(img)
+    if isinstance(img, (bytes, bytearray)):
+        with Image.open(io.BytesIO(img)) as im:
+            img = im.convert("RGB")
+    elif isinstance(img, (str, Path)):
+        with Image.open(img) as im:
             img = im.convert("RGB")
     else:
         img = img.convert("RGB")
-    return cap_pixels(img, max_pixels())
+    return cap_pixels(img, cap or max_pixels())
 
 
 def _letter_index(value: Any, n: int, where: str) -> int:
@@ -139,6 +160,14 @@ class Resolver:
     repo: str
     revision: str | None
     root: str | None  # local folder, or None for the Hub
+    max_pixels: int | None = None  # None: max_pixels()
+
+    def image(self, value: Any, where: str) -> Image.Image:
+        """The item's image, capped; a field value that cannot be read as an image is an ItemError."""
+        try:
+            return _image(value, self.max_pixels)
+        except (OSError, ValueError) as e:
+            raise ItemError(f"{where}: image cannot be read ({type(e).__name__}: {e})") from None
 
     def path(self, relative: str, where: str) -> str:
         if self.root is not None:
@@ -147,8 +176,8 @@ class Resolver:
                 raise ItemError(f"{where}: image file {p} not found (field 'image' relative to {self.root})")
             return str(p)
         if self.bench == "lpt_mme_rw_v":
-            raise ItemError(f"{where}: MME-RealWorld images ship as tarballs; put an extracted copy in "
-                            f"${DATA_DIR_ENV}/lpt_mme_rw_v (see eval_tasks.tasks)")
+            raise ItemError(f"{where}: an MME-RealWorld JSON row names an image file; give the extracted images "
+                            f"with the annotation file in DIR/lpt_mme_rw_v and pass --data-dir DIR")
         from huggingface_hub import hf_hub_download
 
         return hf_hub_download(repo_id=self.repo, filename=relative, repo_type="dataset", revision=self.revision)
@@ -167,7 +196,7 @@ def parse_vstar(line: dict, res: Resolver) -> Item:
     options = parse_options("\n".join(option_lines))
     return Item(question.strip(), options, _letter_index(_field(line, "label", where), len(options), where),
                 str(_field(line, "category", where)),
-                _image(res.path(str(_field(line, "image", where)), where)),
+                res.image(res.path(str(_field(line, "image", where)), where), where),
                 {"id": str(line.get("question_id", ""))})
 
 
@@ -176,7 +205,7 @@ def parse_cvbench(line: dict, res: Resolver) -> Item:
     options = [str(c) for c in _field(line, "choices", where)]
     return Item(str(_field(line, "question", where)).strip(), options,
                 _letter_index(_field(line, "answer", where), len(options), where),
-                str(_field(line, "task", where)), _image(_field(line, "image", where)),
+                str(_field(line, "task", where)), res.image(_field(line, "image", where), where),
                 {"source": str(line.get("source") or ""), "id": str(line.get("idx", ""))})
 
 
@@ -186,7 +215,7 @@ def parse_mmvp(line: dict, res: Resolver) -> Item:
     index = int(_field(line, "Index", where))
     return Item(str(_field(line, "Question", where)).strip(), options,
                 _letter_index(_field(line, "Correct Answer", where), len(options), where), "all",
-                _image(_field(line, "image", where)), {"pair": (index - 1) // 2, "id": str(index)})
+                res.image(_field(line, "image", where), where), {"pair": (index - 1) // 2, "id": str(index)})
 
 
 def parse_mmstar(line: dict, res: Resolver) -> Item | None:
@@ -200,19 +229,40 @@ def parse_mmstar(line: dict, res: Resolver) -> Item | None:
         raise ItemError(f"{where}: field 'question' has no 'Options:' part: {text[:100]!r}")
     options = parse_options(rest)
     return Item(question.strip(), options, _letter_index(_field(line, "answer", where), len(options), where),
-                category, _image(_field(line, "image", where)), {"id": str(line.get("index", ""))})
+                category, res.image(_field(line, "image", where), where), {"id": str(line.get("index", ""))})
+
+
+def _mme_subtask(name: str) -> str | None:
+    """``"Remote Sensing"`` / ``"remote_sensing"`` / ``"Autonomous_Driving"`` -> the MME_RW_V_SUBTASKS spelling, or
+    None for a subtask outside MME-RW-V (OCR, Diagram and Table)."""
+    key = re.sub(r"[\s_]+", " ", name).strip().casefold()
+    return next((s for s in MME_RW_V_SUBTASKS if s.replace("_", " ").casefold() == key), None)
 
 
 def parse_mme_rw(line: dict, res: Resolver) -> Item | None:
+    """MME-RealWorld, either the Hub's parquet mirror (``category`` "Perception/Monitoring", ``multi-choice
+    options``, ``answer``, base64 ``bytes``) or the original JSON (``Task``, ``Subtask``, ``Answer choices``,
+    ``Ground truth``, ``Image`` path). Category ``Task.Subtask``; rows outside MME-RW-V's subtasks are dropped."""
     where = _where("lpt_mme_rw_v", line)
-    subtask = str(_field(line, "Subtask", where))
-    if subtask not in MME_RW_V_SUBTASKS:
+    if "multi-choice options" in line or "category" in line:  # parquet mirror
+        category = str(_field(line, "category", where))
+        task = "Perception" if "perception" in category.casefold() else "Reasoning"
+        subtask = _mme_subtask(category.split("/")[-1])
+        if subtask is None:
+            return None
+        options = parse_options(normalize_text("\n".join(str(c) for c in _field(line, "multi-choice options", where))))
+        image = line.get("bytes") if line.get("bytes") is not None else _field(line, "image", where)
+        return Item(str(_field(line, "question", where)).strip(), options,
+                    _letter_index(_field(line, "answer", where), len(options), where), f"{task}.{subtask}",
+                    res.image(image, where), {"id": str(line.get("index", ""))})
+    subtask = _mme_subtask(str(_field(line, "Subtask", where)))
+    if subtask is None:
         return None
-    options = parse_options("\n".join(str(c) for c in _field(line, "Answer choices", where)))
+    options = parse_options(normalize_text("\n".join(str(c) for c in _field(line, "Answer choices", where))))
     return Item(str(_field(line, "Text", where)).strip(), options,
                 _letter_index(_field(line, "Ground truth", where), len(options), where),
                 f"{_field(line, 'Task', where)}.{subtask}",
-                _image(res.path(str(_field(line, "Image", where)), where)),
+                res.image(res.path(str(_field(line, "Image", where)), where), where),
                 {"id": str(line.get("Question_id", ""))})
 
 
@@ -231,7 +281,7 @@ def parse_realworldqa(line: dict, res: Resolver) -> Item | None:
         gold = _letter_index(_field(line, "answer", where), len(options), where)
     except (ValueError, ItemError):
         return None
-    return Item(text[:m.start()].strip(), options, gold, "all", _image(_field(line, "image", where)))
+    return Item(text[:m.start()].strip(), options, gold, "all", res.image(_field(line, "image", where), where))
 
 
 def parse_mmlu_pro(line: dict, res: Resolver) -> Item:
@@ -251,7 +301,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "bc284db50d036958861cb60cdd7b77612052ce0d", parse_cvbench),
     Benchmark("lpt_mmvp", "lmms-lab-eval/MMVP", "default", "train", None, parse_mmvp),
     Benchmark("lpt_mmstar_v", "Lin-Chen/MMStar", "val", "val", None, parse_mmstar),
-    Benchmark("lpt_mme_rw_v", "yifanzhang114/MME-RealWorld", "default", "test", None, parse_mme_rw),
+    Benchmark("lpt_mme_rw_v", "yifanzhang114/MME-RealWorld-Lmms-eval", "default", "train", None, parse_mme_rw),
     Benchmark("lpt_realworldqa", "xai-org/RealworldQA", "default", "test", None, parse_realworldqa),
     Benchmark("lpt_mmlu_pro", "TIGER-Lab/MMLU-Pro", "default", "test",
               "3373e0b32277875b8db2aa555a333b78a08477ea", parse_mmlu_pro, generation_size=2048),
@@ -277,10 +327,11 @@ def build_doc(item: Item, task_name: str, variant: str = "think") -> Doc:
                specific=specific)
 
 
-def prompt(bench: str, variant: str, root: str | None, line: dict, task_name: str) -> Doc | None:
+def prompt(bench: str, variant: str, root: str | None, line: dict, task_name: str, *,
+           max_pixels: int | None = None) -> Doc | None:
     """lighteval prompt function (bound with functools.partial): dataset row -> Doc, or None to skip."""
     b = BENCHMARKS[bench]
-    item = b.parse(line, Resolver(bench, b.repo, b.revision, root))
+    item = b.parse(line, Resolver(bench, b.repo, b.revision, root, max_pixels))
     return None if item is None else build_doc(item, task_name, variant)
 
 
@@ -310,17 +361,23 @@ def task_name(bench: str, variant: str = "think") -> str:
     return bench if variant == "think" else f"{bench}_{variant}"
 
 
-def make_task(bench: str, variant: str = "think", data_dir: str | os.PathLike | None = None) -> LightevalTaskConfig:
+def make_task(bench: str, variant: str = "think", data_dir: str | os.PathLike | None = None,
+              max_pixels: int | None = None) -> LightevalTaskConfig:
+    """The lighteval config of one benchmark × prompt variant; a local copy in ``data_dir/<bench>`` replaces the
+    Hub dataset; images are capped at ``max_pixels`` area (None: ``LPT_MAX_PIXELS``, else 512·512)."""
     b = BENCHMARKS[bench]
     root = local_dir(bench, data_dir)
+    split = b.split
+    if root and bench == "lpt_mme_rw_v" and (Path(root) / "test.json").is_file():
+        split = "test"  # the original annotation file (MME_RealWorld.json) saved as test.json
     return LightevalTaskConfig(
         name=task_name(bench, variant),
-        prompt_function=functools.partial(prompt, bench, variant, root),
+        prompt_function=functools.partial(prompt, bench, variant, root, max_pixels=max_pixels),
         hf_repo=root or b.repo,
         hf_subset=_local_subset(root, b.subset) if root else b.subset,
         hf_revision=None if root else b.revision,
-        hf_avail_splits=[b.split],
-        evaluation_splits=[b.split],
+        hf_avail_splits=[split],
+        evaluation_splits=[split],
         few_shots_split=None,
         few_shots_select=None,
         generation_size=b.generation_size,
@@ -330,16 +387,43 @@ def make_task(bench: str, variant: str = "think", data_dir: str | os.PathLike | 
     )
 
 
-def make_tasks(data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS) -> list[LightevalTaskConfig]:
+def make_tasks(data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS,
+               max_pixels: int | None = None) -> list[LightevalTaskConfig]:
     """All task configs (every benchmark × variant), reading local copies from ``data_dir`` where present."""
-    return [make_task(b, v, data_dir) for v in variants for b in BENCHMARKS]
+    return [make_task(b, v, data_dir, max_pixels) for v in variants for b in BENCHMARKS]
 
 
-def tasks_module(data_dir: str | os.PathLike | None = None) -> types.ModuleType:
+def tasks_module(data_dir: str | os.PathLike | None = None, max_pixels: int | None = None) -> types.ModuleType:
     """A module object holding ``TASKS_TABLE`` for ``data_dir`` (lighteval accepts it as custom tasks)."""
     mod = types.ModuleType("eval_tasks.tasks_for_data_dir")
-    mod.TASKS_TABLE = make_tasks(data_dir)
+    mod.TASKS_TABLE = make_tasks(data_dir, max_pixels=max_pixels)
     return mod
+
+
+class DataUnavailable(RuntimeError):
+    """Benchmark data that cannot be loaded now; the message is one line naming the Hub ids and ``--data-dir``."""
+
+
+def base_name(task: str) -> str:
+    """``"lpt_vstar_direct|0"`` -> ``"lpt_vstar"``."""
+    name = task.split("|")[0].split(":")[0].strip()
+    return name.removesuffix("_direct")
+
+
+def check_data(benches: list[str], data_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`DataUnavailable` when a benchmark has no local copy in ``data_dir`` and its Hub dataset
+    cannot be loaded now (offline and not cached, or the Hub unreachable); seconds, not a minute of retries."""
+    problems = []
+    for bench in dict.fromkeys(base_name(b) for b in benches):
+        if bench in BENCHMARKS and local_dir(bench, data_dir) is None:
+            why = hub_dataset_problem(BENCHMARKS[bench].repo)
+            if why:
+                problems.append((bench, why))
+    if problems:
+        names = ", ".join(f"{b} ({BENCHMARKS[b].repo})" for b, _ in problems)
+        where = f" ({data_dir} has no folder {' or '.join(b for b, _ in problems)})" if data_dir else ""
+        raise DataUnavailable(f"cannot load the Hub dataset{'s' if len(problems) > 1 else ''} of {names}: "
+                              f"{problems[0][1]}{where}; {data_dir_hint()}")
 
 
 def task_string(benches: list[str] | None = None, variant: str = "think") -> str:
@@ -349,5 +433,6 @@ def task_string(benches: list[str] | None = None, variant: str = "think") -> str
 
 TASKS_TABLE = make_tasks(os.environ.get(DATA_DIR_ENV))
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "TASKS_TABLE", "build_doc", "make_task", "make_tasks",
-           "task_name", "task_string", "tasks_module"]
+__all__ = ["BENCHMARKS", "PAPER_QWEN25_VL_7B", "TITLES", "Benchmark", "DataUnavailable", "Item", "ItemError",
+           "TASKS_TABLE", "base_name", "build_doc", "check_data", "make_task", "make_tasks", "task_name", "task_string",
+           "tasks_module"]

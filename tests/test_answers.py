@@ -4,6 +4,8 @@
 import pytest
 
 from builder.answers import (
+    MATCHER_VERSION,
+    answer_region,
     extract_answer,
     format_answer,
     format_options,
@@ -18,14 +20,64 @@ from builder.records import content_id, rng_for, shard_of
 OPTS = ["Green", "Blue", "Orange", "Red"]
 
 
-@pytest.mark.parametrize(
-    "answer",
-    ["B", "(B)", "B.", "B)", "(b)", "**(B)**", "**B**", "Option B", "option (B)", "(B) Blue", "B. Blue", "Blue",
-     "blue.", "  (B)  ", "The answer is (B)"],
-)
-def test_accepted_spellings_of_the_right_answer(answer):
-    g = grade(f"<think>looking</think> <answer> {answer} </answer>", OPTS, 1)
-    assert g.correct and g.pred_index == 1
+ACCEPTED = [
+    "B", "(B)", "B.", "B)", "(b)", "**(B)**", "**B**", "Option B", "option (B)", "(B) Blue", "B. Blue", "Blue",
+    "blue.", "  (B)  ", "The answer is (B)",
+    # were marked wrong before MATCHER_VERSION 2
+    "\\boxed{B}", "$\\boxed{B}$", "\\boxed{\\text{(B)}}", "b", "**Answer: (B)**", "The correct option is (B).",
+    "Final answer: B", "B: Blue", "(B) - Blue", "`B`", "\u201cBlue\u201d", "\uff08B\uff09", "(\uff22)",
+]
+# each names two options, or negates, hedges or qualifies its letter: it names none (-1), which is wrong
+REJECTED = [
+    "(A) or (B)", "(B) or (C)", "A, B, or C", "B, C, or D", "(A) and (C)", "(B) and (C)", "A. B.", "B. C.",
+    "(A) is incorrect", "(B) is incorrect", "(A) is not the answer; it is (C)", "(C) is not the answer; it is (B)",
+    "A. None of these", "B. None of these", "(A) Green (B) Blue (C) Orange (D) Red",
+    "(A) Green\n(B) Blue\n(C) Orange\n(D) Red", "(B) Green", "Blue or Green", "Either B or C", "B/C", "(B)(C)",
+    "not B", "B is wrong", "(B) Blue, not (A) Green",
+]
+CONTAINERS = [
+    "<think>looking</think> <answer> {} </answer>",
+    "<think>looking</think>\nAnswer: {}",
+    "<think>looking</think>\nThe answer is {}.",
+    "<think>looking</think> <answer>{}",  # cut off before </answer>
+    "looking</think> <answer>{}</answer>",  # R1-style: the thought was opened in the prompt
+]
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("answer", ACCEPTED)
+def test_accepted_spellings_of_the_right_answer(answer, container):
+    g = grade(container.format(answer), OPTS, 1)
+    assert g.correct and g.pred_index == 1, g
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("answer", REJECTED)
+def test_two_options_negations_and_hedges_name_none(answer, container):
+    for gold in range(len(OPTS)):  # never right, whichever option is gold
+        g = grade(container.format(answer), OPTS, gold)
+        assert not g.correct and g.pred_index == -1, (gold, g)
+
+
+def test_unicode_is_normalised_before_matching():
+    assert match_option("Caf\u00e9", ["Cafe\u0301", "Bar"]) == 0  # composed vs decomposed accent
+    assert match_option("\u2018Blue\u2019", ["Green", "'Blue'"]) == 1  # curly vs straight quotes
+    assert extract_answer("<think>t</think>\uff1canswer\uff1e(B)\uff1c/answer\uff1e") == "(B)"  # full-width tags
+
+
+def test_only_the_text_after_the_thought_counts():
+    # R1-style: "answer is (D)" inside the thought; the final answer was cut off
+    assert grade("so the answer is (D)</think>\n<ans", OPTS, 3).correct is False
+    assert grade("so the answer is (D)</think>\n<answer>", OPTS, 3).correct is False
+    assert grade("<think><answer>(D)</answer></think> <answer>(B)</answer>", OPTS, 1).correct
+    assert answer_region("<think>unfinished") is None and answer_region("(B)") == "(B)"
+    assert answer_region("a</think>b</think>c") == "b</think>c"  # the first </think> ends the thought
+    assert extract_answer("<think>t</think> so the answer is $\\boxed{C}$") == "$\\boxed{C}$"
+    assert extract_answer("<think>t</think> hence \\boxed{C}.") == "\\boxed{C}"
+
+
+def test_matcher_version_is_recorded():
+    assert MATCHER_VERSION == 2
 
 
 @pytest.mark.parametrize("answer", ["Green", "(A)", "A", "(A) Green", "orange"])
@@ -35,7 +87,7 @@ def test_a_wrong_option_is_wrong_including_its_text(answer):
     assert g.parsed and not g.correct
 
 
-@pytest.mark.parametrize("answer", ["", "b", "E", "(E)", "Purple", "(A) Blue", "I am not sure", "Blue or Green"])
+@pytest.mark.parametrize("answer", ["", "E", "(E)", "Purple", "(A) Blue", "I am not sure", "Blue or Green"])
 def test_anything_else_is_wrong_never_right(answer):
     # "(A) Blue" contradicts itself (letter A, text of option B): never right.
     g = grade(f"<answer>{answer}</answer>", OPTS, 1)
@@ -58,6 +110,10 @@ def test_an_option_that_starts_like_a_letter():
     opts = ["A red car", "A blue car"]
     assert match_option("A blue car", opts) == 1
     assert match_option("A", opts) == 0
+    assert match_option("a blue car", ["red car", "blue car"]) == -1  # "a" is an article here, not the letter
+    assert match_option("b", ["b", "a"]) == -1  # the text says A, the letter says B: names none
+    assert match_option("B", ["A", "B"]) == 1  # both readings agree
+    assert match_option("Blue", ["Blue", "blue"]) == -1  # the text of two options
 
 
 def test_letters_beyond_the_options_are_wrong():
@@ -69,6 +125,7 @@ def test_parse_thought():
     thought, answer = parse_thought("<think> I see a blue iris. </think>\n<answer>(B)</answer><|im_end|>")
     assert thought == "I see a blue iris." and answer == "(B)"
     assert parse_thought("<think> unfinished") == (None, None)
+    assert parse_thought("opened by the template </think> <answer>(B)<|im_end|>") == ("opened by the template", "(B)")
 
 
 @pytest.mark.parametrize(

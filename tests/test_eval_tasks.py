@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("lighteval")
 
-from builder.answers import LETTERS  # noqa: E402
+from builder.answers import LETTERS, MATCHER_VERSION  # noqa: E402
 from builder.prompts import Prompts  # noqa: E402
 from eval_tasks import samples  # noqa: E402
 from eval_tasks.metrics import summarize  # noqa: E402
@@ -63,6 +63,8 @@ def data_dir(tmp_path_factory):
     samples.write_vstar(root / "unbalanced" / "lpt_vstar", [s for s, _ in VSTAR_UNBALANCED])
     samples.write_cvbench(root / "unbalanced" / "lpt_cvbench", [s for s, _ in CVBENCH_SOURCES])
     samples.write_mmvp(root / "unbalanced" / "lpt_mmvp", [s for s, _ in MMVP_PAIRS])
+    # MME-RealWorld's original release (annotation JSON + image files) next to the Hub mirror's parquet in main/
+    samples.write_mme_rw_json(root / "json" / "lpt_mme_rw_v", samples.default_specs("lpt_mme_rw_v", N_ITEMS))
     return root
 
 
@@ -114,6 +116,7 @@ def results(data_dir, tmp_path_factory):
         dataclasses.replace(make_task("lpt_vstar", "think", data_dir / "unbalanced"), name="lpt_vstar_unbalanced"),
         dataclasses.replace(make_task("lpt_cvbench", "think", data_dir / "unbalanced"), name="lpt_cvbench_sources"),
         dataclasses.replace(make_task("lpt_mmvp", "think", data_dir / "unbalanced"), name="lpt_mmvp_pairs"),
+        dataclasses.replace(make_task("lpt_mme_rw_v", "think", data_dir / "json"), name="lpt_mme_rw_v_json"),
     ]
     module = types.ModuleType("lpt_test_tasks")
     module.TASKS_TABLE = make_tasks(data_dir / "main") + extra
@@ -152,6 +155,18 @@ def test_categories_are_reported_per_benchmark(results):
     assert len({k for k in res["lpt_mmlu_pro"] if k.startswith("acc_")} - {"acc_macro", "acc_micro", "acc_stderr"}) == 3
     assert res["lpt_cvbench"]["acc_cvbench_official"] == 1.0 and res["lpt_mmvp"]["acc_pair"] == 1.0
     assert res["lpt_mmvp_direct"]["acc_pair"] == 0.0
+
+
+def test_mme_realworld_hub_mirror_and_original_json_give_the_same_items(results, data_dir):
+    res, _ = results
+    hub, local_json = res["lpt_mme_rw_v"], res["lpt_mme_rw_v_json"]
+    cats = {"acc_perception_remote_sensing", "acc_perception_monitoring", "acc_perception_autonomous_driving",
+            "acc_reasoning_monitoring", "acc_reasoning_autonomous_driving"}
+    assert {k for k in local_json if k.startswith(("acc_perception", "acc_reasoning"))} == cats
+    assert local_json["acc_macro"] == hub["acc_macro"] == 1.0
+    assert list(make_task("lpt_mme_rw_v", "think", data_dir / "json").evaluation_splits) == ["test"]
+    assert make_task("lpt_mme_rw_v").hf_repo == "yifanzhang114/MME-RealWorld-Lmms-eval"
+    assert list(make_task("lpt_mme_rw_v").evaluation_splits) == ["train"]
 
 
 def test_macro_and_micro_differ_as_computed_by_hand(results):
@@ -195,6 +210,7 @@ def test_summarize_by_hand():
     out = summarize(items)
     assert out["acc_macro"] == pytest.approx((2 / 3 + 0) / 2) and out["acc_micro"] == 0.5
     assert "acc_pair" not in out and "acc_cvbench_official" not in out
+    assert out["matcher_version"] == MATCHER_VERSION  # the results file records the rule that scored it
 
 
 # ---------------------------------------------------------------------------------- prompt functions
@@ -240,6 +256,28 @@ def test_inline_option_parsing_mmvp_mmstar_realworldqa():
         question="How many cars are there?\nPlease answer directly with a single word or number.", answer="3",
         image=img), "lpt_realworldqa")
     assert open_ended is None
+
+
+def test_mme_realworld_parquet_rows():
+    import base64
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(png, format="PNG")
+    line = _line(index=3, question="What colour is the car?", answer="B", category="Reasoning/Autonomous_Driving",
+                 **{"multi-choice options": ["\uff08A\uff09 red", "\uff08B\uff09 blue", "(C) green"],
+                    "l2-category": "vehicle/attribute", "bytes": base64.b64encode(png.getvalue()).decode()})
+    doc = prompt("lpt_mme_rw_v", "think", None, line, "lpt_mme_rw_v", max_pixels=50 * 50)
+    assert doc.specific["options"] == ["red", "blue", "green"] and doc.gold_index == 1  # full-width letters too
+    assert doc.specific["category"] == "Reasoning.Autonomous_Driving"
+    w, h = doc.images[0].size
+    assert w * h <= 50 * 50 and abs(w / h - 1.5) < 0.1  # capped by the argument, not the environment
+    ocr = dict(line, category="Perception/OCR with Complex Context")
+    assert prompt("lpt_mme_rw_v", "think", None, ocr, "lpt_mme_rw_v") is None  # not in MME-RW-V
+    with pytest.raises(ItemError, match=r"lpt_mme_rw_v row 7: image cannot be read"):
+        prompt("lpt_mme_rw_v", "think", None, dict(line, bytes="not an image"), "lpt_mme_rw_v")
 
 
 def test_mmlu_pro_is_text_only():
