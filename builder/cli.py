@@ -30,12 +30,14 @@ import huggingface_hub
 from rich.console import Console
 from rich.table import Table
 
+from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
 from builder.config import load_config
 from builder.demo import run_demo
 from builder.export import FORMATS, export, push, read_report, render_card
 from builder.importer import EXAMPLE_DIR, import_upstream
 from builder.pipeline import NoSource, generate, prepare_source, status_rows
+from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
 from builder.stages import STAGES, StageSpec, get_stage
 from builder.store import RunDir, StoreError, parse_shard
@@ -287,9 +289,29 @@ def status_cmd(run_dir: str, as_json: bool) -> None:
     if as_json:
         m = run.manifest
         click.echo(json.dumps({"run": str(run.path), "stages": status_rows(run), "models": m.get("models", {}),
-                               "seed": m.get("seed"), "updated": m.get("updated")}, indent=2))
+                               "seed": m.get("seed"), "updated": m.get("updated"), "stale_labels": stale_labels(run),
+                               "matcher_version": MATCHER_VERSION}, indent=2))
         return
     _console().print(status_table(run))
+    stale = stale_labels(run)
+    if stale:
+        _console().print(f"[yellow]warning:[/] the labels of {', '.join(stale)} come from an older answer matcher "
+                         f"(version {', '.join(str(v) for vs in stale.values() for v in vs)}; installed: "
+                         f"{MATCHER_VERSION}): `lpt relabel {run.path}` re-grades them without generating")
+
+
+@main.command("relabel")
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@friendly_errors
+def relabel_cmd(run_dir: str) -> None:
+    """Re-grade RUN's simple CoTs and expansions with the installed answer matcher (nothing is generated)."""
+    counts = relabel(RunDir(run_dir))
+    t = Table(title=f"relabelled {run_dir} with answer matcher version {MATCHER_VERSION}")
+    for col in ("stage", "rows", "label changed", "kept changed", "any field changed"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, c in counts.items():
+        t.add_row(stage, *(str(c[k]) for k in ("rows", "label changed", "kept changed", "any field changed")))
+    _console().print(t)
 
 
 @main.command("download-docci")

@@ -35,12 +35,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from builder.answers import MATCHER_VERSION
 from builder.atomic import atomic_write, remove_orphans, write_text
 from builder.records import TABLES, content_id
 
 STAGES = tuple(TABLES)  # the run directory's tables, in pipeline order: source, mcq, simple_cot, expansion
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
+MATCHER_KEY = b"lpt.matcher"  # parquet schema metadata: the answer matcher's version that labelled the rows
 WHOLE_TABLE = "table.parquet"
 LOCK_DIR = ".locks"
 
@@ -132,6 +134,7 @@ class RunDir:
         meta[INPUT_IDS_KEY] = json.dumps(ids).encode()
         if settings is not None:
             meta[SETTINGS_KEY] = json.dumps(settings, sort_keys=True, default=str).encode()
+        meta[MATCHER_KEY] = str(MATCHER_VERSION).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / f"shard-{shard_name(shard)}.chunk-{content_id(*ids)[:20]}.parquet"
         atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag=f"shard-{shard_name(shard)}")
@@ -148,6 +151,7 @@ class RunDir:
         if col:
             ids = set(input_ids or ()) | set(table.column(col).to_pylist())
             meta[INPUT_IDS_KEY] = json.dumps(sorted(ids)).encode()
+        meta[MATCHER_KEY] = str(MATCHER_VERSION).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / WHOLE_TABLE
         atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag="table")
@@ -251,6 +255,21 @@ class RunDir:
                 done.update(self._covered(stage, p))
         return done
 
+    def matcher_versions(self, stage: str) -> dict[Path, int | None]:
+        """The answer-matcher version that labelled each file of ``stage`` (None: written before versions)."""
+        out = {}
+        for p in self.files(stage):
+            raw = self._metadata(p).get(MATCHER_KEY)
+            out[p] = int(raw) if raw else None
+        return out
+
+    def rewrite_file(self, stage: str, path: Path, table: pa.Table) -> None:
+        """Replace the rows of one file of ``stage`` (same inputs covered, same settings), relabelled by the
+        current answer matcher; atomic."""
+        meta = {**self._metadata(path), MATCHER_KEY: str(MATCHER_VERSION).encode()}
+        table = self._cast(stage, table).replace_schema_metadata(meta)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag="relabel")
+
     def shard_counts(self, stage: str) -> set[int]:
         """The shard counts (N of ``shard-i-of-N``) the stage's chunk files were written with."""
         out = set()
@@ -332,5 +351,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["INPUT_IDS_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
+__all__ = ["INPUT_IDS_KEY", "MATCHER_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
            "parse_shard", "shard_name"]
