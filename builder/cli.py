@@ -30,12 +30,14 @@ import huggingface_hub
 from rich.console import Console
 from rich.table import Table
 
+from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
 from builder.config import load_config
 from builder.demo import run_demo
 from builder.export import FORMATS, export, push, read_report, render_card
-from builder.importer import import_upstream
+from builder.importer import EXAMPLE_DIR, import_upstream
 from builder.pipeline import NoSource, generate, prepare_source, status_rows
+from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
 from builder.stages import STAGES, StageSpec, get_stage
 from builder.store import RunDir, StoreError, parse_shard
@@ -94,6 +96,8 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """LongPerceptualThoughts: synthesise long chains of thought for vision-centric MCQs, export, evaluate."""
+    global _VERBOSE
+    _VERBOSE = verbose
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:  # the libraries' weight-loading bars; our own progress bars and tables stay
@@ -104,25 +108,40 @@ def main(verbose: int) -> None:
 # --------------------------------------------------------------------------------------------- helpers
 
 
+_VERBOSE = 0  # set by `lpt -v`: errors then show their traceback
+
+
 def friendly_errors(fn: Callable) -> Callable:
-    """Turn the errors users cause (bad file, bad config, bad source row) into one clear line, no traceback."""
+    """The one error path of every command: an error is one line naming what went wrong (the file, row and
+    field where the library knows them), with ``lpt -v`` for the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
-            cause = e
-            if type(e).__name__ == "DatasetGenerationError" and e.__cause__ is not None:
-                cause = e.__cause__  # datasets wraps the builder's own error: show that one
-            if not isinstance(cause, (ValueError, FileNotFoundError, FileExistsError, KeyError, StoreError)):
+            if _VERBOSE:
                 raise
-            msg = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-            raise click.ClickException(str(msg)) from None
+            raise click.ClickException(error_line(e)) from None
 
     return wrapper
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an error: the library's own message for the errors users cause, else its type too."""
+    if type(e).__name__ == "DatasetGenerationError" and e.__cause__ is not None:
+        e = e.__cause__  # datasets wraps the builder's own error: show that one
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.errno is not None and e.filename:
+        return f"{e.filename}: {e.strerror} (run with -v for the traceback)"
+    if isinstance(e, (ValueError, OSError, StoreError)):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, RecursionError):
+        return "a template or setting refers to itself without end (RecursionError); check your templates"
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with -v for the traceback)"
 
 
 def parse_shard_option(ctx: click.Context | None, param: click.Parameter | None, value: str | None
@@ -152,13 +171,16 @@ def status_table(run: RunDir) -> Table:
     """A rich table of :func:`builder.pipeline.status_rows` plus the manifest's models."""
     manifest = run.manifest
     t = Table(title=f"run {run.path}")
-    for col in ("stage", "rows", "inputs done", "valid / parsed", "correct", "kept", "shards", "model"):
-        t.add_column(col, justify="right" if col not in ("stage", "shards", "model") else "left")
+    for col in ("stage", "rows", "inputs done", "valid / parsed", "correct", "kept", "complete", "model"):
+        t.add_column(col, justify="right" if col not in ("stage", "complete", "model") else "left")
     models = manifest.get("models", {})
     for r in status_rows(run):
+        p = r.get("progress")
+        complete = "" if p is None else ("yes" if p["complete"] else "[red]no[/]") + (
+            f" (shards {', '.join(f'{k}: {v}' for k, v in p['shards'].items())})" if len(p["shards"]) > 1 else "")
         t.add_row(r["stage"], str(r["rows"]), str(r.get("inputs_done", "")),
                   str(r.get("valid", r.get("parsed", ""))), str(r.get("correct", "")), str(r.get("kept", "")),
-                  ", ".join(r["shards"]) or ("whole table" if r["files"] else "-"), models.get(r["stage"], ""))
+                  complete or ("whole table" if r["files"] else "-"), models.get(r["stage"], ""))
     return t
 
 
@@ -193,6 +215,9 @@ _common_run_options = [
                  help="Do only shard i of N (stable hash of the item id), e.g. --shard 0/4."),
     click.option("--chunk-size", type=click.IntRange(min=1), default=None,
                  help="Inputs per written chunk (default: the config's chunk_size)."),
+    click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+                 help="With shards on several machines: wait up to SECONDS for the other shards to finish the "
+                      "stage before (a stage only starts on its complete input)."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bars (summary tables are still printed)."),
 ]
 
@@ -206,7 +231,7 @@ def common_run_options(fn: Callable) -> Callable:
 def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, split: str | None,
               subset: int | None, limit: int | None, skip_bad: bool, preset: str, config_files: tuple[str, ...],
               overrides: tuple[str, ...], engine: str | None, shard: tuple[int, int], chunk_size: int | None,
-              quiet: bool) -> None:
+              wait: float, quiet: bool) -> None:
     config = load_config(preset, files=config_files, overrides=overrides, engine=engine)
     run = RunDir(run_dir)
     console = _console()
@@ -216,7 +241,7 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
         raise click.UsageError(str(e)) from None
     console.print(f"[bold]run[/] {run.path}  source: {n} images  stages: {', '.join(s.section for s in stages)}  "
                   f"shard {shard[0]}/{shard[1]}")
-    summaries = generate(run, config, stages, shard=shard, chunk_size=chunk_size, progress=not quiet,
+    summaries = generate(run, config, stages, shard=shard, chunk_size=chunk_size, progress=not quiet, wait=wait,
                          echo=console.print)
     if quiet:
         for summary in summaries:
@@ -264,9 +289,29 @@ def status_cmd(run_dir: str, as_json: bool) -> None:
     if as_json:
         m = run.manifest
         click.echo(json.dumps({"run": str(run.path), "stages": status_rows(run), "models": m.get("models", {}),
-                               "seed": m.get("seed"), "updated": m.get("updated")}, indent=2))
+                               "seed": m.get("seed"), "updated": m.get("updated"), "stale_labels": stale_labels(run),
+                               "matcher_version": MATCHER_VERSION}, indent=2))
         return
     _console().print(status_table(run))
+    stale = stale_labels(run)
+    if stale:
+        _console().print(f"[yellow]warning:[/] the labels of {', '.join(stale)} come from an older answer matcher "
+                         f"(version {', '.join(str(v) for vs in stale.values() for v in vs)}; installed: "
+                         f"{MATCHER_VERSION}): `lpt relabel {run.path}` re-grades them without generating")
+
+
+@main.command("relabel")
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@friendly_errors
+def relabel_cmd(run_dir: str) -> None:
+    """Re-grade RUN's simple CoTs and expansions with the installed answer matcher (nothing is generated)."""
+    counts = relabel(RunDir(run_dir))
+    t = Table(title=f"relabelled {run_dir} with answer matcher version {MATCHER_VERSION}")
+    for col in ("stage", "rows", "label changed", "kept changed", "any field changed"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, c in counts.items():
+        t.add_row(stage, *(str(c[k]) for k in ("rows", "label changed", "kept changed", "any field changed")))
+    _console().print(t)
 
 
 @main.command("download-docci")
@@ -311,14 +356,18 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
               help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
 @click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
 @click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the paper's five).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds files this project did not write.")
+@click.option("--allow-incomplete", is_flag=True, help="Export a run whose stages miss some shards' work.")
 @friendly_errors
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
-               sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None) -> None:
+               sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None,
+               overwrite: bool, allow_incomplete: bool) -> None:
     """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
     opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
                            simple_cot_ratio=simple_cot_ratio,
                            pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
-    out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts)
+    out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts,
+                 overwrite=overwrite, allow_incomplete=allow_incomplete)
     report = read_report(out)
     for name, rows in report["configs"].items():
         click.echo(f"  {name}: {rows} rows")
@@ -348,15 +397,22 @@ def card_cmd(out_dir: str, repo_id: str | None) -> None:
 
 
 @main.command("import-upstream")
-@click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, required=True, metavar="[SRC_DIR] RUN_DIR")
+@click.option("--example", is_flag=True, help="Import the authors' example outputs shipped with the package.")
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A local DOCCI images/ folder (needed for the images config).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory RUN_DIR.")
 @friendly_errors
-def import_upstream_cmd(src_dir: str, run_dir: str, images_dir: str | None) -> None:
-    """Import the authors' raw generations in SRC_DIR as run RUN_DIR, relabelled with our rules."""
-    import_upstream(src_dir, run_dir, images_dir=images_dir)
-    click.echo(f"imported {src_dir} -> {run_dir}")
+def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str | None, overwrite: bool) -> None:
+    """Import the authors' raw generations in SRC_DIR (or, with --example, their example outputs shipped with
+    the package) as the run RUN_DIR, relabelled with our rules."""
+    if len(paths) != (1 if example else 2):
+        raise click.UsageError("give SRC_DIR RUN_DIR, or --example RUN_DIR")
+    src, run_dir = (EXAMPLE_DIR, paths[0]) if example else paths
+    if not Path(src).is_dir():
+        raise click.BadParameter(f"{src} is not a folder", param_hint="SRC_DIR")
+    import_upstream(src, run_dir, images_dir=images_dir, overwrite=overwrite)
+    click.echo(f"imported {'the example outputs' if example else src} -> {run_dir}")
 
 
 __all__ = ["LazyGroup", "main", "parse_shard_option", "parse_stages_option", "status_table"]

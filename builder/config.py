@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -46,6 +47,17 @@ class ModelConfig:
     repetition_penalty: float = 1.0
     max_new_tokens: int = 1024
 
+    def __post_init__(self) -> None:
+        _check(self.n >= 1, "n", self.n, "at least 1")
+        _check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
+        _check(self.top_k >= 0, "top_k", self.top_k, "at least 0 (0: no top-k cut)")
+        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "above 0")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "at least 1")
+        secret = [k for k in self.engine_options if SECRET.search(k)]
+        _check(not secret, "engine_options", secret, "free of credentials: give them through the environment "
+               "(OPENAI_API_KEY, HF_TOKEN), they are never written into a run")
+
     def params(self, *, seed: int | None = None, **extra: Any) -> SamplingParams:
         """These settings as engine sampling parameters (``extra`` overrides, e.g. ``n=1``)."""
         base = dict(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -70,6 +82,12 @@ class Stage1Config(ModelConfig):
     reformat_temperature: float = 0.0
     reformat_max_new_tokens: int = 2048
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.reformat_temperature >= 0, "reformat_temperature", self.reformat_temperature, "at least 0")
+        _check(self.reformat_max_new_tokens >= 1, "reformat_max_new_tokens", self.reformat_max_new_tokens,
+               "at least 1")
+
     def reformat_model_config(self) -> ModelConfig:
         """The model of the re-formatting call (when ``reformat_model`` is set; else the generating one)."""
         return ModelConfig(model=self.reformat_model or self.model, engine=self.reformat_engine or self.engine,
@@ -89,6 +107,11 @@ class Stage2Config(ModelConfig):
     max_new_tokens: int = 1024
     max_pixels: int | None = MAX_PIXELS  # cap on an image's area (w*h)
     system_variant: str = "think"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.max_pixels is None or self.max_pixels >= 28 * 28, "max_pixels", self.max_pixels,
+               "at least 784 (28×28) or null for no cap")
 
 
 @dataclass
@@ -110,6 +133,11 @@ class Stage3Config(ModelConfig):
     generation_bad_words: bool = True  # also block the bad words at generation time
     substring_bad_word_filter: bool = False  # True: upstream's substring rule ("text" in "texture"; defect 2)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.cues) > 0, "cues", list(self.cues), "a non-empty list")
+        _check(self.cue_mode in ("sample", "each"), "cue_mode", self.cue_mode, "'sample' or 'each'")
+
 
 @dataclass
 class PipelineConfig:
@@ -119,6 +147,9 @@ class PipelineConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "at least 1")
 
     # ------------------------------------------------------------------------------------------- presets
 
@@ -185,6 +216,14 @@ class PipelineConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+SECRET = re.compile(r"(?:^|_)(?:api_?key|token|secret|password)(?:$|_)", re.I)  # hf_token, api_key; not max_num_batched_tokens
+
+
+def _check(ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise TypeError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
@@ -210,7 +249,10 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> Any:
             changes[key] = type(current)(value)
         else:
             changes[key] = value
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as e:  # a range check of the section: name the setting with its full path
+        raise ValueError(f"{prefix}{e}") from None
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:

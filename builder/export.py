@@ -17,9 +17,11 @@ LLaMA-Factory layout: ``OUT/<name>.json`` (sharegpt), ``OUT/images/<image_id>.jp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -35,9 +37,11 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from jinja2.sandbox import SandboxedEnvironment
 
 from builder.answers import parse_thought
-from builder.atomic import atomic_write, write_json, write_text
+from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
 from builder.configs import CONFIGS, MAX_IMAGE_SIDE, LPTConfig, run_configs
+from builder.pipeline import incomplete_stages
 from builder.records import is_placeholder
+from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
 REPORT_FILE = "export_report.json"
@@ -76,15 +80,21 @@ def build_dataset(run_dir: str | os.PathLike, config: str, **config_kwargs: Any)
 
 
 def read_report(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """``OUT/export_report.json``: ``{"configs": {name: rows}, "empty": {name: why}}`` ({} parts if absent)."""
+    """``OUT/export_report.json``: ``{"configs": {name: rows}, "empty": {name: why}, "files": [written]}``."""
     path = Path(out_dir) / REPORT_FILE
-    report = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    return {"configs": dict(report.get("configs", {})), "empty": dict(report.get("empty", {}))}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:
+        report = {}
+    return {"configs": dict(report.get("configs", {})), "empty": dict(report.get("empty", {})),
+            "files": list(report.get("files", []))}
 
 
-def _update_report(out: Path, written: dict[str, int], empty: dict[str, str]) -> dict[str, Any]:
-    """Merge this export's configs into the report (a config exported again replaces its old entry)."""
-    report = read_report(out)
+def _update_report(out: Path, written: dict[str, int], empty: dict[str, str],
+                   old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge this export's configs into the (old) report (a config exported again replaces its old entry)."""
+    report = old if old is not None else read_report(out)
+    report = {"configs": dict(report["configs"]), "empty": dict(report["empty"])}
     for name in (*written, *empty):
         report["configs"].pop(name, None)
         report["empty"].pop(name, None)
@@ -92,6 +102,10 @@ def _update_report(out: Path, written: dict[str, int], empty: dict[str, str]) ->
     report["empty"].update(empty)
     write_json(out / REPORT_FILE, report)
     return report
+
+
+class ExportError(ValueError):
+    """An export that would lose or mix data (OUT inside the run, OUT holding foreign files, an incomplete run)."""
 
 
 def export(
@@ -103,37 +117,87 @@ def export(
     configs: Sequence[str] | None = None,
     options: Any = None,
     repo_id: str | None = None,
+    overwrite: bool = False,
+    allow_incomplete: bool = False,
 ) -> Path:
     """Export ``run_dir``'s configs (default: every run config) to ``out_dir``; returns ``out_dir``.
 
     ``embed_images=False`` stores the images config as absolute paths to the source files (not portable).
     ``options`` is an :class:`builder.assemble.AssembleOptions` (ratios, pair kinds, seed).
-    A config with no rows is not written (an old copy of it is removed); ``OUT/export_report.json`` and the
-    card say why (:func:`read_report`).
+    A config with no rows is not written; ``OUT/export_report.json`` and the card say why (:func:`read_report`).
+
+    Nothing already there is lost: the export is built in a temporary folder beside ``OUT`` and swapped in
+    only when complete. ``OUT`` may be new, empty, or an earlier export (its other configs are kept); one that
+    holds files this project did not write is refused unless ``overwrite``, and so is ``OUT`` inside the run.
+    A run whose stages are not complete across their shards is refused unless ``allow_incomplete``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_target(Path(run_dir), out, overwrite)
+    if not allow_incomplete and Path(run_dir).is_dir():
+        missing = incomplete_stages(RunDir(run_dir))
+        if missing:
+            raise ExportError(f"{run_dir} is not complete: {'; '.join(missing)}. Finish the missing shards (lpt "
+                              f"status shows them), or export it as it is with --allow-incomplete")
     names = list(configs or run_configs())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown config {unknown[0]!r}; choose from {', '.join(run_configs())}")
     kwargs: dict[str, Any] = {"embed_images": embed_images}
     if options is not None:
         kwargs["options"] = options
-    if fmt == "llamafactory":
-        _export_llamafactory(run_dir, out, kwargs)
-        return out
-    written, empty = {}, {}
-    for name in names:
-        ds, why = _built_or_why(run_dir, name, **kwargs)
-        if ds is not None:
-            _write_parquet(ds, out / name)
-            written[name] = ds.num_rows
+    tmp = temp_dir_beside(out, "export")
+    try:
+        if fmt == "llamafactory":
+            _export_llamafactory(run_dir, tmp, kwargs)
         else:
-            shutil.rmtree(out / name, ignore_errors=True)
-            empty[name] = why
-    _update_report(out, written, empty)
-    render_card(out, repo_id=repo_id)
+            old = read_report(out) if out.is_dir() else {"configs": {}, "empty": {}, "files": []}
+            for name in old["configs"]:  # an earlier export's other configs stay
+                if name not in names and (out / name).is_dir():
+                    shutil.copytree(out / name, tmp / name, copy_function=os.link)
+            written, empty = {}, {}
+            for name in names:
+                ds, why = _built_or_why(run_dir, name, **kwargs)
+                if ds is not None:
+                    _write_parquet(ds, tmp / name)
+                    written[name] = ds.num_rows
+                else:
+                    empty[name] = why
+            _update_report(tmp, written, empty, old)
+            render_card(tmp, repo_id=repo_id)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_target(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``OUT`` that is, or is inside, the run directory, or that holds what this project did not write."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents:
+        raise ExportError(f"{out} is inside the run directory {run_dir}: choose an OUT outside it")
+    if (target / "manifest.json").is_file() or (target / "source").is_dir():
+        raise ExportError(f"{out} is a run directory, not an export folder: choose another OUT")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    ours = set(read_report(target)["files"]) | {REPORT_FILE}
+    foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                     if p.is_file() and str(p.relative_to(target)) not in ours)
+    if foreign and not overwrite:
+        raise ExportError(f"{out} holds files this project did not write (e.g. {foreign[0]}); choose a new or empty "
+                          f"OUT, or pass --overwrite to replace the folder")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished export in place of ``out`` with renames; the old folder goes only after the new is in."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != REPORT_FILE)
+    report_path = tmp / REPORT_FILE
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+    write_json(report_path, {**report, "files": files})
+    replace_dir(tmp, out)
 
 
 def _write_parquet(ds: Any, folder: Path) -> None:
@@ -275,10 +339,14 @@ def _export_llamafactory(run_dir: Any, out: Path, kwargs: dict[str, Any]) -> Non
     an empty set is left out of both (and named in the report)."""
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
-    images = build_dataset(run_dir, "images", embed_images=True,
-                           max_image_side=kwargs.get("max_image_side", MAX_IMAGE_SIDE))
+    images, why = _built_or_why(run_dir, "images", embed_images=True,
+                                max_image_side=kwargs.get("max_image_side", MAX_IMAGE_SIDE))
+    if images is None:
+        raise ExportError(f"LLaMA-Factory records point at image files, and {why}")
+    files = {}
     for row in images.cast_column("image", datasets.Image(decode=False)):
-        (img_dir / f"{row['image_id']}.jpg").write_bytes(row["image"]["bytes"])
+        files[row["image_id"]] = f"images/{image_file_name(row['image_id'])}"
+        (out / files[row["image_id"]]).write_bytes(row["image"]["bytes"])
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
             "system_tag": "system"}
     info: dict[str, Any] = {}
@@ -292,7 +360,7 @@ def _export_llamafactory(run_dir: Any, out: Path, kwargs: dict[str, Any]) -> Non
         written[config] = ds.num_rows
         records = []
         for row in ds:
-            image = [f"images/{row['image_id']}.jpg"]
+            image = [files[row["image_id"]]]
             if config == "dpo":
                 records.append({"messages": _with_image_token(row["prompt"]), "chosen": row["chosen"][0],
                                 "rejected": row["rejected"][0], "images": image})
@@ -309,9 +377,16 @@ def _export_llamafactory(run_dir: Any, out: Path, kwargs: dict[str, Any]) -> Non
     _update_report(out, written, empty)
 
 
+def image_file_name(image_id: str) -> str:
+    """A file name for an image id that stays inside its folder whatever the id holds (``/``, ``..``): the id's
+    safe characters and a hash of the whole id."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", image_id).strip("_")[:64] or "image"
+    return f"{safe}-{hashlib.sha256(image_id.encode()).hexdigest()[:10]}.jpg"
+
+
 def _with_image_token(messages: list[dict]) -> list[dict]:
     first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
     return [{**m, "content": "<image>" + m["content"]} if i == first_user else dict(m) for i, m in enumerate(messages)]
 
 
-__all__ = ["FORMATS", "REPORT_FILE", "build_dataset", "card_stats", "export", "push", "read_report", "render_card"]
+__all__ = ["ExportError", "FORMATS", "REPORT_FILE", "build_dataset", "image_file_name", "card_stats", "export", "push", "read_report", "render_card"]

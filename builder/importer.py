@@ -22,12 +22,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from builder.answers import parse_options
+from builder.atomic import replace_dir, temp_dir_beside
 from builder.method import BAD_WORDS, CUES
 from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE
 from builder.stages.expansion import Continuation, expansion_rows
@@ -69,9 +71,12 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield n, json.loads(line)
+                    rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise _fail(path, f"line {n}", "<json>", str(e)) from None
+                if not isinstance(rec, dict):
+                    raise _fail(path, f"line {n}", "<json>", f"not a JSON object (got {type(rec).__name__})")
+                yield n, rec
 
 
 def _one(src: Path, pattern: str) -> list[Path]:
@@ -213,13 +218,21 @@ def import_upstream(
     bad_words: Sequence[str] = BAD_WORDS,
     stage2_model: str = STAGE2_MODEL,
     stage3_model: str = STAGE3_MODEL,
-) -> Any:
+    overwrite: bool = False,
+) -> RunDir:
     """Write ``src``'s upstream generations as the four stages of the run directory ``run_dir``.
 
     ``images_dir`` is a local DOCCI ``images/`` folder: the source rows then point at real files (needed by
-    the ``images`` config). Returns the :class:`builder.store.RunDir`.
+    the ``images`` config). ``run_dir`` must be new or empty; an earlier run directory is replaced only with
+    ``overwrite`` (the import is built beside it and swapped in whole). Returns the :class:`RunDir`.
     """
-    src = Path(src)
+    src, target = Path(src), Path(run_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{target} is not empty: import into a new run directory, or pass --overwrite to "
+                                  f"replace the run directory there")
+        if not (target / "manifest.json").is_file():
+            raise FileExistsError(f"{target} is not a run directory (no manifest.json): it will not be replaced")
     source, mcq, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
     mcq_rows = {row["mcq_id"]: row for row in mcq.to_pylist()}
     mcq_by_up = {up: mcq_rows[ours] for up, ours in id_map.items()}
@@ -232,11 +245,18 @@ def import_upstream(
     for p in _one(src, "stage3_*.jsonl"):
         expansions += _expansion_rows(p, by_hash, bad_words, stage3_model)
 
-    run = RunDir(run_dir)
-    run.write_table("source", source)
-    run.write_table("mcq", mcq)
-    run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT))
-    run.write_table("expansion", pa.Table.from_pylist(expansions, schema=EXPANSION))
-    run.update_manifest(imported_from=str(src.resolve()), stage2_model=stage2_model, stage3_model=stage3_model,
-                        bad_words=list(bad_words))
-    return run
+    tmp = temp_dir_beside(target, "import")
+    try:
+        run = RunDir(tmp)
+        run.write_table("source", source)
+        run.write_table("mcq", mcq, input_ids=source.column("image_id").to_pylist())
+        run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT),
+                        input_ids=[m["mcq_id"] for m in mcq_rows.values() if m["valid"]])
+        run.write_table("expansion", pa.Table.from_pylist(expansions, schema=EXPANSION),
+                        input_ids=[s["sample_id"] for s in samples if s["keep"]])
+        run.update_manifest(imported_from=str(src.resolve()), stage2_model=stage2_model, stage3_model=stage3_model,
+                            bad_words=list(bad_words))
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RunDir(target)

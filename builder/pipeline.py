@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.config import ModelConfig, PipelineConfig
-from builder.records import SOURCE, TABLES, tally
+from builder.records import SOURCE, TABLES, shard_of, tally
 from builder.sources import Skips, load_source
 from builder.stages import STAGES, StageSpec, StageSummary
-from builder.stages.common import usable_inputs
+from builder.stages.common import missing_inputs, progress_of, require_input, usable_inputs
 from builder.store import RunDir
 
 
@@ -129,18 +130,34 @@ def run_stage(spec: StageSpec, run: RunDir, config: PipelineConfig, *, engines: 
                     **dict(zip(extra, loaded[1:])))
 
 
+def wait_for_input(run: RunDir, spec: StageSpec, wait: float, *, poll: float = 5.0,
+                   echo: Callable[[str], None] = print) -> None:
+    """Return once the stages before ``spec`` are complete across all shards; wait up to ``wait`` seconds for
+    other machines to finish them, then refuse (:class:`builder.stages.common.IncompleteInput`)."""
+    deadline = time.monotonic() + wait
+    said = False
+    while (missing := missing_inputs(run, spec)) and time.monotonic() < deadline:
+        if not said:
+            echo(f"{spec.section}: waiting for its input ({missing})")
+            said = True
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    require_input(run, spec)
+
+
 def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = STAGES, *,
              shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> list[StageSummary]:
+             wait: float = 0.0, echo: Callable[[str], None] = print) -> list[StageSummary]:
     """Run ``stages`` in order into ``run`` (which must have its source); returns their summaries.
 
-    A stage left without input by the stage before it (run just now) is skipped with a note.
+    A stage starts only when the stages before it are complete across all shards (waiting up to ``wait``
+    seconds for other machines); a stage left without input by the stage before it is skipped with a note.
     """
     engines = EngineCache()
     summaries = []
     try:
         for k, spec in enumerate(stages):
             section = getattr(config, spec.section)
+            wait_for_input(run, spec, wait, echo=echo)
             if k > 0 and usable_count(run, spec) == 0:
                 echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.no_input})")
                 continue
@@ -152,8 +169,34 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     return summaries
 
 
+def shard_progress(run: RunDir, spec: StageSpec) -> dict[str, Any]:
+    """A stage's completeness: inputs done of expected, overall and per shard (``"i/N": "done/expected"``)."""
+    done, expected = progress_of(run, spec)
+    n = (sorted(run.shard_counts(spec.name)) or [1])[0]
+    per = {f"{i}/{n}": [0, 0] for i in range(n)}
+    for k in expected:
+        cell = per[f"{shard_of(k, n)}/{n}"]
+        cell[1] += 1
+        cell[0] += k in done
+    return {"done": len(done), "expected": len(expected), "complete": len(done) == len(expected),
+            "shards": {s: f"{d}/{e}" for s, (d, e) in per.items()}}
+
+
+def incomplete_stages(run: RunDir) -> list[str]:
+    """The stages that were started but have not covered all their inputs (in words), for export to refuse."""
+    out = []
+    for spec in STAGES:
+        if run.has(spec.name):
+            p = shard_progress(run, spec)
+            if not p["complete"]:
+                out.append(f"{spec.section} ({spec.name}) {p['done']}/{p['expected']} inputs "
+                           f"(by shard: {', '.join(f'{k} {v}' for k, v in p['shards'].items())})")
+    return out
+
+
 def status_rows(run: RunDir) -> list[dict[str, Any]]:
-    """Per table: files, shards present, :func:`builder.records.tally` counts and inputs done."""
+    """Per table: files, shards present, :func:`builder.records.tally` counts, inputs done and completeness."""
+    specs = {s.name: s for s in STAGES}
     out = []
     for name, table in TABLES.items():
         files = run.files(name)
@@ -165,9 +208,11 @@ def status_rows(run: RunDir) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"stage": name, "files": len(files), "shards": shards, **counts}
         if table.input_column:
             row["inputs_done"] = len(run.done_inputs(name)) if files else 0
+        if name in specs and run.has(specs[name].input):
+            row["progress"] = shard_progress(run, specs[name])
         out.append(row)
     return out
 
 
-__all__ = ["EngineCache", "NoSource", "PipelineError", "generate", "prepare_source", "run_stage", "status_rows",
-           "usable_count"]
+__all__ = ["EngineCache", "NoSource", "PipelineError", "generate", "incomplete_stages", "prepare_source", "run_stage",
+           "shard_progress", "status_rows", "usable_count", "wait_for_input"]

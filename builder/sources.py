@@ -185,10 +185,28 @@ def _docci_rows(folder: Path, *, split: str | None, subset: int | None, seed: in
 # ----------------------------------------------------------------------------------------------- generic
 
 
+def _not_utf8(text: str) -> str | None:
+    """Where ``text`` (read with ``errors="surrogateescape"``) holds bytes that are not UTF-8, in words; else None."""
+    for i, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            return f"not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02x} at character {i + 1})"
+    return None
+
+
+def _open_text(path: Path, **kw: Any):
+    """A text file as UTF-8 (a leading byte-order mark dropped); undecodable bytes kept as surrogates so that the
+    record holding them, not the whole file, is reported (:func:`_not_utf8`)."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", **kw)
+
+
 def _jsonl_objects(path: Path, on_bad) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
+                continue
+            bad = _not_utf8(line)
+            if bad:
+                on_bad(str(path), line_no, _Bad(None, bad))
                 continue
             try:
                 obj = json.loads(line)
@@ -206,12 +224,15 @@ def _table_records(path: Path, kind: str, on_bad) -> Iterator[tuple[int, dict[st
     if kind == "jsonl":
         yield from _jsonl_objects(path, on_bad)
     elif kind == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
+        with _open_text(path, newline="") as f:
             reader = csv.DictReader(f)
             start = 2
             for rec in reader:
+                bad = next(((k, why) for k, v in rec.items() if isinstance(v, str) and (why := _not_utf8(v))), None)
                 if None in rec:  # more cells than header columns
                     on_bad(str(path), start, _Bad(None, f"{len(rec[None])} more cell(s) than the header has"))
+                elif bad:
+                    on_bad(str(path), start, _Bad(bad[0], bad[1]))
                 else:
                     yield start, rec
                 start = reader.line_num + 1
@@ -266,7 +287,11 @@ def _txt_folder_rows(folder: Path, on_bad) -> Iterator[tuple[str, int, dict[str,
         if not txt.exists():
             on_bad(str(img), None, _Bad("description", f"no description file {txt.name} beside the image"))
             continue
-        text = txt.read_text(encoding="utf-8").strip()
+        with _open_text(txt) as f:
+            text = f.read().strip()
+        if _not_utf8(text):
+            on_bad(str(txt), None, _Bad("description", _not_utf8(text)))
+            continue
         if not text:
             on_bad(str(txt), None, _Bad("description", "empty"))
             continue
@@ -303,7 +328,9 @@ def check_image(path: str | os.PathLike) -> bytes:
         import io
 
         with Image.open(io.BytesIO(data)) as im:
-            im.verify()
+            im.verify()  # structure
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # every pixel: a truncated file fails here, not in stage 2
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
         raise _Bad("image", f"image file {p} cannot be read as an image ({type(e).__name__}: {e})") from None
     return data

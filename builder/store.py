@@ -20,23 +20,33 @@ columns), whatever the chunking, sharding or interruptions were.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import importlib.metadata
 import json
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.atomic import atomic_write, write_text
+from builder.answers import MATCHER_VERSION
+from builder.atomic import atomic_write, remove_orphans, write_text
 from builder.records import TABLES, content_id
 
 STAGES = tuple(TABLES)  # the run directory's tables, in pipeline order: source, mcq, simple_cot, expansion
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
+MATCHER_KEY = b"lpt.matcher"  # parquet schema metadata: the answer matcher's version that labelled the rows
 WHOLE_TABLE = "table.parquet"
+LOCK_DIR = ".locks"
+
+log = logging.getLogger(__name__)
 
 _VERSIONED = ("longperceptualthoughts", "pyarrow", "transformers", "torch", "vllm", "openai", "jinja2", "datasets")
 
@@ -124,21 +134,63 @@ class RunDir:
         meta[INPUT_IDS_KEY] = json.dumps(ids).encode()
         if settings is not None:
             meta[SETTINGS_KEY] = json.dumps(settings, sort_keys=True, default=str).encode()
+        meta[MATCHER_KEY] = str(MATCHER_VERSION).encode()
         table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / f"shard-{shard_name(shard)}.chunk-{content_id(*ids)[:20]}.parquet"
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag=f"shard-{shard_name(shard)}")
         return path
 
-    def write_table(self, stage: str, table: pa.Table) -> Path:
-        """Replace the whole stage with ``table`` (e.g. the source, or an import), atomically."""
+    def write_table(self, stage: str, table: pa.Table, input_ids: Iterable[str] | None = None) -> Path:
+        """Replace the whole stage with ``table`` (e.g. the source, or an import), atomically.
+
+        ``input_ids``: the inputs the table covers (default: those its rows name); give them when an input may
+        have made no row, so that it still counts as done."""
         table = self._cast(stage, table)
+        meta = dict(table.schema.metadata or {})
+        col = TABLES[stage].input_column
+        if col:
+            ids = set(input_ids or ()) | set(table.column(col).to_pylist())
+            meta[INPUT_IDS_KEY] = json.dumps(sorted(ids)).encode()
+        meta[MATCHER_KEY] = str(MATCHER_VERSION).encode()
+        table = table.replace_schema_metadata(meta)
         path = self.stage_dir(stage) / WHOLE_TABLE
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag="table")
         for p in self.files(stage):
             if p != path:
                 p.unlink()
         self.update_manifest(counts={stage: table.num_rows})
         return path
+
+    # ---------------------------------------------------------------------------------------------- locks
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, wait: bool = False):
+        """Hold the run's lock ``name`` (e.g. ``shard-0-of-2``) while writing. The lock is an OS file lock, so a
+        killed holder releases it; a second holder gets a :class:`StoreError` naming the first (or, with
+        ``wait``, blocks until it is free)."""
+        folder = self.path / LOCK_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.lock"
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise StoreError(f"{self.path} is being written by {holder} (lock {path}); wait for it to finish, "
+                                 f"or run another shard") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}")
+            f.flush()
+            yield path
+        finally:
+            f.close()  # releases the lock
+
+    def remove_orphans(self, stage: str, shard: str | tuple[int, int]) -> int:
+        """Remove the temporary chunk files a killed writer of ``shard`` left in ``stage`` (hold its lock)."""
+        return remove_orphans(self.stage_dir(stage), f"shard-{shard_name(shard)}")
 
     # ----------------------------------------------------------------------------------------------- read
 
@@ -153,8 +205,24 @@ class RunDir:
         return t.replace_schema_metadata(None).cast(schema)
 
     def read(self, stage: str) -> pa.Table:
-        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none."""
-        tables = [self._read_file(stage, p) for p in self.files(stage)]
+        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none.
+
+        Each input's rows are taken from one file: should two files cover the same input (two writers of an old
+        version, say), the later file's rows for it are left out, with a warning naming both files."""
+        files = self.files(stage)  # (an unknown stage fails here)
+        col = TABLES[stage].input_column
+        tables, seen = [], {}
+        for p in files:
+            t = self._read_file(stage, p)
+            if col:
+                ids = self._covered(stage, p, t)
+                again = [i for i in ids if i in seen]
+                if again:
+                    log.warning("%s: %d input(s) also covered by %s (e.g. %s); their rows are read once",
+                                p, len(again), seen[again[0]], again[0])
+                    t = t.filter(pc.invert(pc.is_in(t.column(col), pa.array(again, pa.string()))))
+                seen.update((i, p.name) for i in ids if i not in seen)
+            tables.append(t)
         if not tables:
             return TABLES[stage].schema.empty_table()
         table = pa.concat_tables(tables)
@@ -168,19 +236,47 @@ class RunDir:
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(p, e) from None
 
+    def _covered(self, stage: str, p: Path, table: pa.Table | None = None) -> list[str]:
+        """The input ids a file covers: its metadata, else (an older whole-table write) its rows' inputs."""
+        meta = self._metadata(p)
+        if INPUT_IDS_KEY in meta:
+            try:
+                return json.loads(meta[INPUT_IDS_KEY])
+            except ValueError as e:
+                raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
+        t = table if table is not None else self._read_file(stage, p)
+        return list(dict.fromkeys(t.column(TABLES[stage].input_column).to_pylist()))
+
     def done_inputs(self, stage: str) -> set[str]:
         """Ids of the inputs already covered by a chunk of ``stage`` (read from the files' metadata)."""
         done: set[str] = set()
-        for p in self.files(stage):
-            meta = self._metadata(p)
-            if INPUT_IDS_KEY in meta:
-                try:
-                    done.update(json.loads(meta[INPUT_IDS_KEY]))
-                except ValueError as e:
-                    raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
-            elif TABLES[stage].input_column:  # a whole-table write: its rows' inputs are done
-                done.update(self._read_file(stage, p).column(TABLES[stage].input_column).to_pylist())
+        if TABLES[stage].input_column:
+            for p in self.files(stage):
+                done.update(self._covered(stage, p))
         return done
+
+    def matcher_versions(self, stage: str) -> dict[Path, int | None]:
+        """The answer-matcher version that labelled each file of ``stage`` (None: written before versions)."""
+        out = {}
+        for p in self.files(stage):
+            raw = self._metadata(p).get(MATCHER_KEY)
+            out[p] = int(raw) if raw else None
+        return out
+
+    def rewrite_file(self, stage: str, path: Path, table: pa.Table) -> None:
+        """Replace the rows of one file of ``stage`` (same inputs covered, same settings), relabelled by the
+        current answer matcher; atomic."""
+        meta = {**self._metadata(path), MATCHER_KEY: str(MATCHER_VERSION).encode()}
+        table = self._cast(stage, table).replace_schema_metadata(meta)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), tag="relabel")
+
+    def shard_counts(self, stage: str) -> set[int]:
+        """The shard counts (N of ``shard-i-of-N``) the stage's chunk files were written with."""
+        out = set()
+        for p in self.files(stage):
+            if p.name.startswith("shard-"):
+                out.add(int(p.name.split(".")[0].rsplit("-of-", 1)[1]))
+        return out
 
     def chunk_settings(self, stage: str) -> dict[Path, dict[str, Any]]:
         """The settings each chunk file of ``stage`` was written with (files written without any are left out)."""
@@ -224,8 +320,14 @@ class RunDir:
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the manifest (dict values merge one level deep) and write it atomically.
 
-        Package versions and an update time are refreshed on every write.
+        Package versions and an update time are refreshed on every write. Writers on several shards take turns
+        (a lock), so none loses another's update.
         """
+        with self.lock("manifest", wait=True):
+            remove_orphans(self.path, "manifest")
+            return self._update_manifest(fields)
+
+    def _update_manifest(self, fields: dict[str, Any]) -> dict[str, Any]:
         m = self.manifest
         m.setdefault("created", _now())
         for key, value in fields.items():
@@ -235,7 +337,8 @@ class RunDir:
                 m[key] = value
         m["updated"] = _now()
         m["versions"] = package_versions()
-        write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",
+                   tag="manifest")
         return m
 
 
@@ -248,5 +351,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["INPUT_IDS_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
+__all__ = ["INPUT_IDS_KEY", "MATCHER_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
            "parse_shard", "shard_name"]

@@ -137,7 +137,7 @@ def test_status_table_and_json(tmp_path):
     run = _run_with_rows(tmp_path / "run")
     res = invoke("status", run.path)
     assert res.exit_code == 0, res.output
-    for text in ("source", "mcq", "simple_cot", "expansion", "0-of-2, 1-of-2", "m1", "m2"):
+    for text in ("source", "mcq", "simple_cot", "expansion", "shards 0/2", "1/2", "m1", "m2"):
         assert text in res.output
     res = invoke("status", run.path, "--json")
     data = json.loads(res.output)

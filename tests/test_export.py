@@ -155,8 +155,7 @@ def test_datasets_cannot_load_a_zero_row_split(tmp_path):
 def test_empty_config_is_left_out_with_its_reason_and_every_listed_config_loads(no_x_o, tmp_path):
     run = no_x_o
     out = tmp_path / "hub"
-    (out / "sft").mkdir(parents=True)
-    (out / "sft" / "train-00000-of-00001.parquet").write_bytes(b"stale")  # an older export's file goes away
+    export(run.path, out, configs=["sft"], options=AssembleOptions(sft_balance=False))  # an older export's sft goes
     export(run.path, out, configs=["sft", "dpo", "mcq", "raw_expansion"])
     names = datasets.get_dataset_config_names(str(out))
     assert sorted(names) == ["dpo", "mcq", "raw_expansion"] and not (out / "sft").exists()

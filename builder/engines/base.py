@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,14 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def require_local_model(model: str) -> None:
+    """A model named by a local path (``/…``, ``./…``, ``../…``, ``~/…``) must exist: one clear error instead of a
+    hub look-up that fails on a name that was never a Hub id."""
+    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model)):
+        raise FileNotFoundError(f"model {model}: no such folder or file (a local model path must exist; a Hub id "
+                                f"looks like org/name)")
 
 
 def iter_images(messages: list[dict[str, Any]]):

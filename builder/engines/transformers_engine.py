@@ -24,7 +24,7 @@ import os
 from itertools import groupby
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images
+from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images, require_local_model
 
 
 class TransformersEngine(Engine):
@@ -32,6 +32,7 @@ class TransformersEngine(Engine):
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
+        require_local_model(model)
         import torch
         from transformers import AutoConfig
 

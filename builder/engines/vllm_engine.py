@@ -12,7 +12,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels
+from .base import Engine, Request, Sample, SamplingParams, cap_pixels, require_local_model
 
 
 def sampling_kwargs(p: SamplingParams) -> dict[str, Any]:
@@ -50,6 +50,7 @@ class VLLMEngine(Engine):
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
+        require_local_model(model)
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the machine

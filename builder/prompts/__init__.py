@@ -22,6 +22,8 @@ sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty s
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,6 +71,7 @@ class Prompts:
                 raise FileNotFoundError(f"template directory {template_dir} does not exist")
             search.insert(0, str(template_dir))
         self.template_dir = template_dir
+        self.search = search
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(search),
             undefined=jinja2.StrictUndefined,
@@ -78,6 +81,16 @@ class Prompts:
         self.env.globals["fail"] = _fail
 
     # ------------------------------------------------------------------------------------------- generic
+
+    def fingerprint(self) -> str:
+        """A hash of the templates in effect (a user's that override ours, and ours): the rows of a stage depend
+        on them, so a run resumed after a template was edited must notice."""
+        folders = [Path(d) for d in self.search]
+        h = hashlib.sha256()
+        for name in sorted({p.name for d in folders for p in d.glob("*.j2")}):
+            path = next(d / name for d in folders if (d / name).is_file())
+            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        return h.hexdigest()[:16]
 
     def render(self, name: str, **variables: Any) -> str:
         """Render ``<name>.j2`` with ``variables`` (surrounding whitespace stripped)."""

@@ -18,10 +18,12 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from builder.prompts import Prompts
 from builder.records import TABLES, TableSpec, shard_of, stable_int, tally
 from builder.store import RunDir, StoreError, parse_shard
 
 DEFAULT_CHUNK_SIZE = 64
+_SPECS: dict[str, "StageSpec"] = {}  # name -> declaration, filled as the stage modules are imported
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class StageSpec:
     what: str  # one line for ``--help``
     no_input: str  # what the runner says when the stage before left it nothing
     extra_engines: Callable[[Any], dict[str, Any]] = lambda config: {}  # keyword -> ModelConfig, e.g. a re-formatter
+
+    def __post_init__(self) -> None:
+        _SPECS[self.name] = self  # so a stage finds the one before it (require_input)
 
     @property
     def section(self) -> str:
@@ -109,26 +114,33 @@ def run_chunks(
     i, n = parse_shard(shard)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if settings is not None:
-        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
-        for path, old in run.chunk_settings(stage).items():
-            if old != settings:
-                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                raise StoreError(f"{path}: made with other {stage} settings (differ in {diff}); use a new run "
-                                 f"directory, or delete the {stage} folder to redo the stage")
-    mine = [(k, v) for k, v in inputs if shard_of(k, n) == i]
-    done = run.done_inputs(stage)
-    pending = [(k, v) for k, v in mine if k not in done]
-    bar = _progress(total=len(mine), initial=len(mine) - len(pending), desc=stage, enabled=progress)
-    try:
-        for start in range(0, len(pending), chunk_size):
-            chunk = pending[start:start + chunk_size]
-            rows = make_rows(chunk)
-            table = pa.Table.from_pylist(rows, schema=TABLES[stage].schema)
-            run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n), settings=settings)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    with run.lock(f"shard-{i}-of-{n}"):
+        other = run.shard_counts(stage) - {n}
+        if other:
+            raise StoreError(f"{run.path / stage}: written in {sorted(other)[0]} shards; run every shard of a stage "
+                             f"with the same N (--shard i/{sorted(other)[0]})")
+        run.remove_orphans(stage, (i, n))  # temp files of a killed writer of this shard
+        if settings is not None:
+            settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+            for path, old in run.chunk_settings(stage).items():
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k)
+                              and not (k == "templates" and k not in old))  # runs made before fingerprints
+                if diff:
+                    raise StoreError(f"{path}: made with other {stage} settings (differ in {diff}); use a new run "
+                                     f"directory, or delete the {stage} folder to redo the stage")
+        mine = [(k, v) for k, v in inputs if shard_of(k, n) == i]
+        done = run.done_inputs(stage)
+        pending = [(k, v) for k, v in mine if k not in done]
+        bar = _progress(total=len(mine), initial=len(mine) - len(pending), desc=stage, enabled=progress)
+        try:
+            for start in range(0, len(pending), chunk_size):
+                chunk = pending[start:start + chunk_size]
+                rows = make_rows(chunk)
+                table = pa.Table.from_pylist(rows, schema=TABLES[stage].schema)
+                run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n), settings=settings)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
     return len(mine), len(mine) - len(pending)
 
 
@@ -145,7 +157,8 @@ def process(
 ) -> tuple[int, int, list[dict[str, Any]]]:
     """A stage's loop: :func:`run_chunks` with the run's chunk size and the settings of the stage's config
     section; returns ``(items_in, skipped, rows)``, ``rows`` being all of this shard's rows of the stage
-    (earlier runs' included)."""
+    (earlier runs' included). The stage's input must be complete across all shards (:func:`require_input`)."""
+    require_input(run, spec)
     items_in, skipped = run_chunks(run, spec.name, inputs, make_rows, shard=shard,
                                    chunk_size=chunk_size or config.chunk_size, progress=progress,
                                    settings=stage_settings(config, spec.section))
@@ -157,7 +170,47 @@ def stage_settings(config: Any, section: str) -> dict[str, Any]:
     (engine kind and options excluded: the same model may be served differently on different machines)."""
     d = config.to_dict()
     sec = {k: v for k, v in d[section].items() if k not in ("engine", "engine_options")}
-    return {"seed": d["seed"], "template_dir": d["template_dir"], section: sec}
+    return {"seed": d["seed"], "template_dir": d["template_dir"], section: sec,
+            "templates": Prompts(config.template_dir).fingerprint()}
+
+
+class IncompleteInput(StoreError):
+    """A stage's input is not complete (another shard has not finished the stage before)."""
+
+
+def progress_of(run: RunDir, spec: StageSpec) -> tuple[set[str], set[str]]:
+    """``(done, expected)`` input ids of a stage: what it has covered, of the inputs it works on."""
+    col = spec.table.input_column
+    expected = {r[col] for r in usable_inputs(run, spec)} if run.has(spec.input) else set()
+    return run.done_inputs(spec.name) & expected, expected
+
+
+def missing_inputs(run: RunDir, spec: StageSpec) -> str:
+    """"" when every stage before ``spec`` is complete across all shards, else what is missing, in words."""
+    before = _SPECS.get(spec.input)
+    if before is None:
+        return ""
+    behind = missing_inputs(run, before)
+    if behind:
+        return behind
+    done, expected = progress_of(run, before)
+    if len(done) == len(expected):
+        return ""
+    shards = sorted(run.shard_counts(before.name)) or [1]
+    n = shards[0]
+    late = sorted({shard_of(k, n) for k in expected - done})
+    return (f"{before.section} ({before.name}) has covered {len(done)} of its {len(expected)} inputs "
+            f"(unfinished: shard {', '.join(f'{i}/{n}' for i in late)})")
+
+
+def require_input(run: RunDir, spec: StageSpec) -> None:
+    """Refuse to run ``spec`` while the stages before it are incomplete across the shards: a stage started on
+    part of its input would finish with part of its rows and look done."""
+    missing = missing_inputs(run, spec)
+    if missing:
+        raise IncompleteInput(f"{run.path}: {spec.section} ({spec.name}) needs its input complete, but {missing}; "
+                              f"finish those shards first (or run with --wait to wait for them)")
+
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -214,5 +267,5 @@ def load_image(path: str, where: str):
         raise ValueError(f"{where}: image file {path} cannot be read: {e}") from None
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "StageSpec", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
+__all__ = ["DEFAULT_CHUNK_SIZE", "IncompleteInput", "StageSpec", "missing_inputs", "progress_of", "require_input", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
            "run_chunks", "shard_rows", "stage_settings", "summarise", "usable_inputs"]
