@@ -136,7 +136,7 @@ def no_x_o(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("no_x_o")
     run = import_upstream(UPSTREAM, tmp / "run", images_dir=make_images(tmp / "images"))
     rows = [e for e in run.read("expansion").to_pylist() if not (e["correct"] and not e["simple_correct"])]
-    run.write_table("expansion", pa.Table.from_pylist(rows, schema=EXPANSION))
+    run.write_table("expansion", pa.Table.from_pylist(rows, schema=EXPANSION), input_ids=run.done_inputs("expansion"))
     return run
 
 
