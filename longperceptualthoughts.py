@@ -125,6 +125,10 @@ def load(config: str, path_or_repo: str | os.PathLike, with_images: bool = True,
     ds = datasets.load_dataset(str(path_or_repo), config, split=split, **kwargs)
     if not with_images or config == "images" or "image_id" not in ds.column_names:
         return ds
+    if "images" not in datasets.get_dataset_config_names(str(path_or_repo)):
+        raise ValueError(f"{path_or_repo} has no images config (it was exported without the source images): load "
+                         f"the traces alone with with_images=False, or export a run whose source images are on the "
+                         f"machine (lpt import-upstream --images-dir DOCCI/images)")
     return attach_images(ds, datasets.load_dataset(str(path_or_repo), "images", split=split, **kwargs))
 
 

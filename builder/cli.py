@@ -139,6 +139,8 @@ def error_line(e: BaseException) -> str:
         return f"{e.filename}: {e.strerror} (run with -v for the traceback)"
     if isinstance(e, (ValueError, OSError, StoreError)):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if type(e).__name__ == "PushError":
+        return str(e)
     if isinstance(e, RecursionError):
         return "a template or setting refers to itself without end (RecursionError); check your templates"
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with -v for the traceback)"
@@ -380,10 +382,11 @@ def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, conf
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo_id")
 @click.option("--private", is_flag=True)
+@click.option("--token", default=None, help="A Hugging Face token (default: HF_TOKEN or your saved login).")
 @friendly_errors
-def push_cmd(out_dir: str, repo_id: str, private: bool) -> None:
-    """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID."""
-    click.echo(push(out_dir, repo_id, private=private))
+def push_cmd(out_dir: str, repo_id: str, private: bool, token: str | None) -> None:
+    """Upload an exported folder to the Hugging Face Hub as dataset REPO_ID (its card then loads from REPO_ID)."""
+    click.echo(push(out_dir, repo_id, private=private, token=token))
 
 
 @main.command("card")

@@ -47,6 +47,28 @@ MCQ_FEATURES = Features({
     "answer_index": Value("int32"), "answer": _S, "messages": MESSAGES,
 })
 IMAGES_FEATURES = Features({"image_id": _S, "image": Image()})
+
+FIELD_DOCS = {
+    "example_id": "a stable id of the row (content hash)",
+    "image_id": "the source image (DOCCI example_id); its pixels are in the `images` config",
+    "mcq_id": "the question (content hash of image, question, options, answer)",
+    "sample_id": "the simple chain of thought the trace starts from (stage 2)",
+    "expansion_id": "the expansion (stage 3); empty for a simple thought",
+    "cot_type": "O / X: a correct / wrong simple thought; O_O, X_O, …: a simple thought and its expansion's outcome",
+    "question_type": "the reasoning type stage 1 gave the question",
+    "messages": "the chat: system prompt, user turn (question and options), assistant turn (<think>…</think> "
+                "<answer>…</answer>)",
+    "simple_thought": "the simple thought an expansion grew from",
+    "kind": "the pair kind, chosen>rejected (O>X, O>O_X, X_O>X, X_O>X_X, O>O_O)",
+    "prompt": "the shared prompt (system and user turns)",
+    "chosen": "the preferred assistant turn", "rejected": "the other assistant turn",
+    "chosen_id": "the chosen trace's id", "rejected_id": "the rejected trace's id",
+    "chosen_type": "the chosen trace's cot_type", "rejected_type": "the rejected trace's cot_type",
+    "question": "the question", "options": "the options, in the order shown",
+    "answer_index": "the gold option's index", "answer": "the gold answer, formatted as the prompt asks",
+    "image": "the image (JPEG, long side at most 512 px)",
+}
+"""What each exported field means (the card's field tables); raw configs use the run-directory schema's names."""
 LPT30K_FEATURES = Features({"example_id": _S, "image_id": _S, "messages": MESSAGES, "cot_type": _S,
                             "image": Image()})
 
@@ -250,6 +272,6 @@ for _spec in [
     register(_spec)
 
 
-__all__ = ["CONFIGS", "ConfigSpec", "DPO_FEATURES", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+__all__ = ["CONFIGS", "ConfigSpec", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MAX_IMAGE_SIDE", "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

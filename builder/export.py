@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import datasets
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Features
 from datasets.info import DatasetInfo, DatasetInfosDict
@@ -38,13 +39,23 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
-from builder.configs import CONFIGS, MAX_IMAGE_SIDE, LPTConfig, run_configs
+from builder.configs import CONFIGS, FIELD_DOCS, MAX_IMAGE_SIDE, LPTConfig, run_configs
 from builder.pipeline import incomplete_stages
-from builder.records import is_placeholder
+from builder.records import tally
 from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
 REPORT_FILE = "export_report.json"
+RUN_MANIFEST = "run_manifest.json"  # the run's manifest.json (models, settings, seeds, versions), beside the data
+PAPER = {"arxiv": "https://arxiv.org/abs/2504.15362", "code": "https://github.com/andrewliao11/LongPerceptualThoughts",
+         "bibtex": """@inproceedings{liao2025longperceptualthoughts,
+  title     = {LongPerceptualThoughts: Distilling System-2 Reasoning for System-1 Perception},
+  author    = {Liao, Yuan-Hong and Elflein, Sven and He, Liu and Leal-Taix{\\'e}, Laura and Choi, Yejin and
+               Fidler, Sanja and Acuna, David},
+  booktitle = {Conference on Language Modeling (COLM)},
+  year      = {2025},
+  url       = {https://arxiv.org/abs/2504.15362}
+}"""}
 SHARD_BYTES = 500 * 1024 * 1024
 CARD_TEMPLATE = Path(__file__).resolve().parent / "data" / "dataset_card.md"  # the repository's dataset_card.md
 LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptualThoughts_DPO",
@@ -165,7 +176,9 @@ def export(
                 else:
                     empty[name] = why
             _update_report(tmp, written, empty, old)
-            render_card(tmp, repo_id=repo_id)
+            if (Path(run_dir) / "manifest.json").is_file():  # what made the data travels with it
+                shutil.copyfile(Path(run_dir) / "manifest.json", tmp / RUN_MANIFEST)
+            render_card(tmp, repo_id=repo_id or str(out))  # the card names where it will be, not the temp folder
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -262,28 +275,71 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats["pair_kinds"] = [{"kind": k, "pairs": v} for k, v in sorted(Counter(dpo["kind"]).items())] if dpo else []
     stages = []
     if data.get("raw_mcq") is not None:
-        questions = [r for r in data["raw_mcq"].select_columns(["item_index", "valid"]).to_list()
-                     if not is_placeholder(r)]  # an image's no-question placeholder is not a question
-        valid = sum(r["valid"] for r in questions)
-        stages.append({"stage": "1 MCQ (valid)", "records": len(questions), "kept": valid,
-                       "accuracy": valid / len(questions) if questions else None})
+        t = tally(data["raw_mcq"].data.table)  # an image's no-question placeholder is not a question
+        stages.append({"stage": "1 MCQ (valid)", "records": t["questions"], "kept": t["valid"],
+                       "accuracy": t["valid"] / t["questions"] if t["questions"] else None})
     for name, label in (("raw_simple_cot", "2 simple CoT"), ("raw_expansion", "3 expansion")):
         if data.get(name) is None:
             continue
-        t = data[name].select_columns([c for c in ("keep", "correct", "simple_correct")
-                                       if c in data[name].column_names]).to_list()
-        groups = [(label, t)]
+        table = data[name].data.table
+        groups = [(label, table)]
         if name == "raw_expansion":
-            groups += [(f"{label} of O", [r for r in t if r["simple_correct"]]),
-                       (f"{label} of X", [r for r in t if not r["simple_correct"]])]
-        for lab, rows in groups:
-            kept = [r for r in rows if r["keep"]]
-            stages.append({"stage": lab, "records": len(rows), "kept": len(kept),
-                           "accuracy": sum(r["correct"] for r in kept) / len(kept) if kept else None})
+            groups += [(f"{label} of O", table.filter(table.column("simple_correct"))),
+                       (f"{label} of X", table.filter(pc.invert(table.column("simple_correct"))))]
+        for lab, part in groups:
+            t = tally(part)
+            stages.append({"stage": lab, "records": t["rows"], "kept": t["kept"],
+                           "accuracy": t["kept_correct"] / t["kept"] if t["kept"] else None})
     stats["stages"] = stages
     trace_rows = sum(c["rows"] for c in stats["configs"] if c["name"] in ("sft", "dpo"))
     stats["size_category"] = _size_category(trace_rows or max([c["rows"] for c in stats["configs"]] or [0]))
+    stats["fields"] = {c: [{"name": k, "type": _type_name(v), "doc": FIELD_DOCS.get(k, "")}
+                           for k, v in data[c].features.items()] for c in order}
+    first = "sft" if "sft" in data else (order[0] if order else None)
+    stats["example"] = {"config": first, "json": _example(data[first][0]) if first else ""}
+    stats["provenance"] = provenance(out)
+    stats["paper"] = PAPER
+    stats["figures"] = sorted(str(p.relative_to(out)) for p in (out / "figures").glob("*.png")) \
+        if (out / "figures").is_dir() else []
     return stats
+
+
+def provenance(out_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Which models and settings made the data, from the run's manifest exported beside it."""
+    path = Path(out_dir) / RUN_MANIFEST
+    if not path.is_file():
+        return []
+    m = json.loads(path.read_text(encoding="utf-8"))
+    models, config = m.get("models", {}), m.get("config", {})
+    rows = []
+    for stage, section in (("mcq", "stage1"), ("simple_cot", "stage2"), ("expansion", "stage3")):
+        model = models.get(stage) or m.get({"simple_cot": "stage2_model", "expansion": "stage3_model"}.get(stage, ""),
+                                           "")
+        sec = config.get(section, {})
+        settings = ", ".join(f"{k}={sec[k]}" for k in ("n", "temperature", "top_p", "top_k", "repetition_penalty",
+                                                       "max_new_tokens") if k in sec)
+        if model or settings:
+            rows.append({"stage": f"{section} ({stage})", "model": model or "?", "settings": settings or
+                         ("imported: " + Path(m["imported_from"]).name if m.get("imported_from") else "")})
+    if m.get("seed") is not None:
+        rows.append({"stage": "seed", "model": "", "settings": str(m["seed"])})
+    return rows
+
+
+def _type_name(feature: Any) -> str:
+    return type(feature).__name__ if not hasattr(feature, "dtype") else str(feature.dtype)
+
+
+def _example(row: dict[str, Any], limit: int = 300) -> str:
+    def cut(v: Any) -> Any:
+        if isinstance(v, str):
+            return v if len(v) <= limit else v[:limit] + " …"
+        if isinstance(v, list):
+            return [cut(x) for x in v]
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        return v if isinstance(v, (int, float, bool)) or v is None else f"<{type(v).__name__}>"
+    return json.dumps(cut(row), ensure_ascii=False, indent=2)
 
 
 def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str:
@@ -322,12 +378,26 @@ def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
     return text
 
 
+class PushError(RuntimeError):
+    """An upload that failed (network, authentication, permissions); the message is one line."""
+
+
 def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-    """Upload an exported folder as the dataset repo ``repo_id`` (created if needed); returns the commit URL."""
+    """Upload an exported folder (data, card, the run's manifest) as the dataset repo ``repo_id`` (created if
+    needed); the card's load snippet is rewritten to name ``repo_id`` first. ``token``: else the usual login
+    (``HF_TOKEN``, ``huggingface-cli login``). Returns the commit URL."""
+    if not (Path(out_dir) / REPORT_FILE).is_file():
+        raise ExportError(f"{out_dir} is not an export folder (no {REPORT_FILE}); run `lpt export` first")
+    render_card(out_dir, repo_id=repo_id)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
-                             commit_message="Upload LongPerceptualThoughts build")
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
+                                 commit_message="Upload LongPerceptualThoughts build")
+    except Exception as e:  # noqa: BLE001 - network, auth and HTTP errors of every kind: one line, not 90
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PushError(f"upload of {out_dir} to the Hub dataset {repo_id} failed ({type(e).__name__}: {first}); "
+                        f"check the network and your token (--token, HF_TOKEN or `huggingface-cli login`)") from None
     return str(getattr(info, "commit_url", info))
 
 

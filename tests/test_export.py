@@ -16,6 +16,7 @@ import longperceptualthoughts as lpt
 from builder.answers import parse_thought
 from builder.assemble import AssembleOptions
 from builder.cli import card_cmd, export_cmd, import_upstream_cmd
+from builder.cli import main as main_cli
 from builder.export import (build_dataset, card_stats, export,
                             read_report)
 from builder.importer import import_upstream
@@ -231,3 +232,27 @@ def test_images_missing_everywhere_or_in_part(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"source image_id '{victim.stem}': field 'image_path': no file" in r.output, r.output
     assert not (tmp_path / "out2" / "README.md").exists()
+
+
+def test_card_names_the_paper_the_makers_the_fields_and_only_configs_that_exist(tmp_path):
+    run = import_upstream(UPSTREAM, tmp_path / "run")  # no images on this machine: no images config
+    out = export(run.path, tmp_path / "out", configs=["sft", "dpo", "raw_expansion"])
+    card = (out / "README.md").read_text()
+    assert "https://arxiv.org/abs/2504.15362" in card and "@inproceedings{liao2025longperceptualthoughts" in card
+    assert "| stage3 (expansion) | deepseek-ai/DeepSeek-R1-Distill-Qwen-32B |" in card
+    assert (out / "run_manifest.json").is_file() and "run_manifest.json" in read_report(out)["files"]
+    assert "| `kind` | string | the pair kind" in card and "## An example row (`sft`" in card
+    assert f'load_dataset("{out}", "sft"' in card and '"images"' not in card.split("## Load")[1].split("##")[0]
+    assert "has no `images` config" in card
+    with pytest.raises(ValueError, match="with_images=False"):
+        lpt.load("sft", str(out))
+    assert lpt.load("sft", str(out), with_images=False).num_rows == read_report(out)["configs"]["sft"]
+
+
+def test_push_fills_in_the_repo_id_and_fails_in_one_line_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = import_upstream(UPSTREAM, tmp_path / "run")
+    out = export(run.path, tmp_path / "out", configs=["mcq"])
+    res = CliRunner().invoke(main_cli, ["push", str(out), "me/lpt-test", "--token", "hf_x"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "me/lpt-test" in res.output
+    assert 'load_dataset("me/lpt-test", "mcq"' in (out / "README.md").read_text()
