@@ -34,7 +34,6 @@ from builder.configs import (
     DPO_FEATURES,
     IMAGES_FEATURES,
     LPT30K_FEATURES,
-    MAX_IMAGE_SIDE,
     MCQ_FEATURES,
     SFT_FEATURES,
     ConfigSpec,
@@ -134,7 +133,7 @@ def load(config: str, path_or_repo: str | os.PathLike, with_images: bool = True,
 
 __all__ = [
     "AssembleOptions", "CONFIGS", "ConfigSpec", "DPO_FEATURES", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPTConfig",
-    "LongPerceptualThoughts", "MAX_IMAGE_SIDE", "MCQ_FEATURES", "SFT_FEATURES", "assemble", "attach_images",
+    "LongPerceptualThoughts", "MCQ_FEATURES", "SFT_FEATURES", "assemble", "attach_images",
     "card_stats", "docci_image_path", "export", "import_upstream", "load", "push", "read_lpt30k", "register",
     "render_card", "run_configs",
 ]

@@ -23,11 +23,12 @@ from PIL import Image as PILImage
 
 from builder import assemble
 from builder.assemble import AssembleOptions
+from builder.engines.base import cap_pixels
+from builder.method import MAX_PIXELS
 from builder.records import EXPANSION, MCQ, SIMPLE_COT
 from builder.store import RunDir
 
 LPT30K_REPO = "andrewliao11/LongPerceptualThoughts-30k"
-MAX_IMAGE_SIDE = 512
 
 # ---------------------------------------------------------------------------------------------- features
 
@@ -66,7 +67,7 @@ FIELD_DOCS = {
     "chosen_type": "the chosen trace's cot_type", "rejected_type": "the rejected trace's cot_type",
     "question": "the question", "options": "the options, in the order shown",
     "answer_index": "the gold option's index", "answer": "the gold answer, formatted as the prompt asks",
-    "image": "the image (JPEG, long side at most 512 px)",
+    "image": "the image (JPEG, area at most 512×512 pixels)",
 }
 """What each exported field means (the card's field tables); raw configs use the run-directory schema's names."""
 LPT30K_FEATURES = Features({"example_id": _S, "image_id": _S, "messages": MESSAGES, "cot_type": _S,
@@ -89,8 +90,8 @@ class LPTConfig(datasets.BuilderConfig):
     embed_images: bool = True
     """``images`` config: store resized JPEG bytes (True) or the original file's absolute path (False)."""
 
-    max_image_side: int = MAX_IMAGE_SIDE
-    """``images`` config: the long side of a stored image is cut to this many pixels."""
+    max_pixels: int | None = MAX_PIXELS
+    """``images`` config: a stored image's area is capped at this many pixels (512×512, as the models saw it)."""
 
     release: str | None = None
     """``lpt30k``: a local copy of the authors' release, or its Hub repo id (default :data:`LPT30K_REPO`)."""
@@ -136,11 +137,10 @@ def run_configs() -> list[str]:
 # ----------------------------------------------------------------------------------------------- images
 
 
-def image_bytes(path: str | os.PathLike, max_side: int = MAX_IMAGE_SIDE) -> bytes:
-    """The image at ``path`` as JPEG bytes, its long side at most ``max_side`` pixels."""
+def image_bytes(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """The image at ``path`` as JPEG bytes, its area capped at ``max_pixels`` the way the models see images."""
     with PILImage.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((max_side, max_side))
+        im = cap_pixels(im.convert("RGB"), max_pixels)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=92)
         return buf.getvalue()
@@ -169,7 +169,7 @@ def _build_images(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
             raise FileNotFoundError(f"source image_id {row['image_id']!r}: field 'image_path': no file {path}")
         if cfg.embed_images:
             yield {"image_id": row["image_id"],
-                   "image": {"bytes": image_bytes(path, cfg.max_image_side), "path": f"{row['image_id']}.jpg"}}
+                   "image": {"bytes": image_bytes(path, cfg.max_pixels), "path": f"{row['image_id']}.jpg"}}
         else:
             yield {"image_id": row["image_id"], "image": {"bytes": None, "path": str(path.resolve())}}
 
@@ -252,7 +252,7 @@ for _spec in [
                why_empty=_why("mcq_direct")),
     ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
                "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
-    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (≤512 px long side).",
+    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (area capped at 512×512 pixels, as the models saw it).",
                why_empty=_images_why_empty),
     ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
                "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
@@ -273,5 +273,5 @@ for _spec in [
 
 
 __all__ = ["CONFIGS", "ConfigSpec", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
-           "MAX_IMAGE_SIDE", "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
+           "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

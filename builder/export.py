@@ -39,7 +39,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
-from builder.configs import CONFIGS, FIELD_DOCS, MAX_IMAGE_SIDE, LPTConfig, run_configs
+from builder.configs import CONFIGS, FIELD_DOCS, LPTConfig, run_configs
 from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.store import RunDir
@@ -409,8 +409,7 @@ def _export_llamafactory(run_dir: Any, out: Path, kwargs: dict[str, Any]) -> Non
     an empty set is left out of both (and named in the report)."""
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
-    images, why = _built_or_why(run_dir, "images", embed_images=True,
-                                max_image_side=kwargs.get("max_image_side", MAX_IMAGE_SIDE))
+    images, why = _built_or_why(run_dir, "images", embed_images=True)
     if images is None:
         raise ExportError(f"LLaMA-Factory records point at image files, and {why}")
     files = {}
