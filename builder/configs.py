@@ -7,8 +7,11 @@ the raw stage records, and ``lpt30k``, the authors' release). The ``datasets`` b
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import io
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from builder.method import MAX_PIXELS
 from builder.records import EXPANSION, MCQ, SIMPLE_COT
 from builder.store import RunDir
 
+log = logging.getLogger(__name__)
 LPT30K_REPO = "andrewliao11/LongPerceptualThoughts-30k"
 
 # ---------------------------------------------------------------------------------------------- features
@@ -127,6 +131,36 @@ def register(spec: ConfigSpec) -> ConfigSpec:
     """Add (or replace) a config of the ``datasets`` builder and of ``lpt export``."""
     CONFIGS[spec.name] = spec
     return spec
+
+
+PLUGIN_GROUP = "longperceptualthoughts.configs"
+"""Entry-point group through which an installed package adds configs: the entry point names a
+:class:`ConfigSpec`, a function returning ConfigSpecs, or a module that calls :func:`register` when imported."""
+
+
+def load_plugins(modules: Iterable[str] = ()) -> list[str]:
+    """Register the configs of installed plugin packages (entry points of :data:`PLUGIN_GROUP`) and of the
+    modules named (``--plugin MODULE``); returns the names of the configs added."""
+    before = set(CONFIGS)
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            _use(ep.load())
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the package; it is named
+            log.warning("config plugin %s (%s) could not be loaded: %s: %s", ep.name, ep.value, type(e).__name__, e)
+    for name in modules:
+        try:
+            _use(importlib.import_module(name))
+        except ImportError as e:
+            raise ValueError(f"--plugin {name}: cannot be imported ({e})") from None
+    return [c for c in CONFIGS if c not in before]
+
+
+def _use(obj: Any) -> None:
+    if isinstance(obj, ConfigSpec):
+        register(obj)
+    elif callable(obj):
+        for spec in obj() or ():
+            register(spec)
 
 
 def run_configs() -> list[str]:
@@ -272,6 +306,8 @@ for _spec in [
     register(_spec)
 
 
-__all__ = ["CONFIGS", "ConfigSpec", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+load_plugins()  # installed plugin packages: their configs are there wherever the package is used
+
+__all__ = ["CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

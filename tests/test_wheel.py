@@ -58,3 +58,51 @@ def test_installed_wheel_runs_the_tiny_demo_and_exports_with_the_card(wheel_venv
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---") and "configs:" in card and "LongPerceptualThoughts" in card
     assert (tmp_path / "out" / "raw_mcq").is_dir()
+
+
+PLUGIN = {
+    "pyproject.toml": """[build-system]
+requires = ["setuptools>=69"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "lpt-plugin-xo"
+version = "0.0.1"
+
+[project.entry-points."longperceptualthoughts.configs"]
+sft_x_o = "lpt_plugin_xo:SPEC"
+
+[tool.setuptools]
+py-modules = ["lpt_plugin_xo"]
+""",
+    "lpt_plugin_xo.py": """from builder import assemble
+from builder.configs import SFT_FEATURES, ConfigSpec
+
+SPEC = ConfigSpec("sft_x_o", SFT_FEATURES,
+                  lambda c: [r for r in assemble.build_sft(c.run(), c.options) if r["cot_type"] == "X_O"],
+                  "SFT rows that start from a wrong simple thought (a plugin's config)")
+""",
+}
+
+
+def test_an_installed_plugin_package_adds_a_config_to_export_and_the_card(wheel_venv, tmp_path):
+    """A community config as a package: its entry point is found by `lpt export`, the card and load_dataset."""
+    src = tmp_path / "plugin"
+    src.mkdir()
+    for name, text in PLUGIN.items():
+        (src / name).write_text(text)
+    py = str(wheel_venv / "bin" / "python")
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+          str(src)], cwd=tmp_path)
+    _run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, (tmp_path / "dist").glob("*.whl"))],
+         cwd=tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+    lpt = str(wheel_venv / "bin" / "lpt")
+    _run([lpt, "import-upstream", "--example", str(tmp_path / "run")], cwd=tmp_path, env=env)  # the packaged copy
+    res = _run([lpt, "export", str(tmp_path / "run"), str(tmp_path / "out"), "--only", "sft_x_o"], cwd=tmp_path,
+               env=env)
+    assert "sft_x_o: 56 rows" in res.stdout
+    assert "`sft_x_o` | 56 | SFT rows that start from a wrong simple thought" in (tmp_path / "out" / "README.md").read_text()
+    rows = _run([py, "-c", "import datasets; ds = datasets.load_dataset(%r, 'sft_x_o', split='train'); "
+                 "print(set(ds['cot_type']))" % str(tmp_path / "out")], cwd=tmp_path, env=env).stdout
+    assert "{'X_O'}" in rows
