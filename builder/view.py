@@ -22,6 +22,7 @@ import datetime as _dt
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def thumbnail(src: bytes | str | os.PathLike, side: int = THUMB_SIDE) -> str | N
 
     try:
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+            im.draft("RGB", (side, side))  # a JPEG decodes at a reduced scale: much faster for large photos
             im = im.convert("RGB")
             im.thumbnail((side, side))
             buf = io.BytesIO()
@@ -110,21 +112,22 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         return image_index[image_id]
 
     # stage 1: questions (rows of later stages whose MCQ is not in stage 1 add one from their own fields)
-    M: dict[str, list] = {k: [] for k in ("id", "img", "q", "o", "g", "qt", "ok", "why", "item")}
+    M: dict[str, list] = {k: [] for k in ("id", "img", "q", "o", "g", "qt", "ok", "why", "item", "at")}
     mcq_index: dict[str, int] = {}
 
     def add_mcq(mcq_id: str, image_id: str, question: str, options: list[str], gold: int, qt: str, valid: bool,
-                why: str, item: int) -> int:
+                why: str, item: int, answer_text: str = "") -> int:
         mcq_index[mcq_id] = len(M["id"])
         for k, v in (("id", mcq_id[:ID_CHARS]), ("img", image(image_id)), ("q", question), ("o", optsets(options)),
-                     ("g", gold), ("qt", qtypes(qt or "")), ("ok", int(valid)), ("why", why), ("item", item)):
+                     ("g", gold), ("qt", qtypes(qt or "")), ("ok", int(valid)), ("why", why), ("item", item),
+                     ("at", "" if valid else answer_text or "")):
             M[k].append(v)
         return mcq_index[mcq_id]
 
     for m in o.read("mcq").select(["mcq_id", "image_id", "item_index", "question", "options", "answer_index",
-                                   "question_type", "valid", "invalid_reason"]).to_pylist():
+                                   "answer_text", "question_type", "valid", "invalid_reason"]).to_pylist():
         add_mcq(m["mcq_id"], m["image_id"], m["question"], m["options"] or [], m["answer_index"], m["question_type"],
-                m["valid"], m["invalid_reason"], m["item_index"])
+                m["valid"], m["invalid_reason"], m["item_index"], m["answer_text"])
 
     # the sets: which traces are in SFT, the DPO pairs
     sft_rows, sft_from = o.sft()
@@ -133,11 +136,11 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
 
     # stage 2
     s_table = o.read("simple_cot").select(["sample_id", "mcq_id", "image_id", "sample_index", "question",
-                                           "question_type", "options", "answer_index", "thought", "answer",
+                                           "question_type", "options", "answer_index", "response", "thought", "answer",
                                            "pred_index", "parsed", "correct", "keep", "drop_reason"])
     samples = sorted(s_table.to_pylist(), key=lambda r: (mcq_index.get(r["mcq_id"], len(mcq_index)), r["mcq_id"],
                                                          r["sample_index"], r["sample_id"]))
-    S: dict[str, list] = {k: [] for k in ("id", "m", "o", "g", "t", "a", "p", "f", "r", "n")}
+    S: dict[str, list] = {k: [] for k in ("id", "m", "o", "g", "t", "a", "p", "f", "r", "n", "raw")}
     sample_index: dict[str, int] = {}
     for s in samples:
         if s["mcq_id"] not in mcq_index:
@@ -149,14 +152,14 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         for k, v in (("id", s["sample_id"][:ID_CHARS]), ("m", mcq_index[s["mcq_id"]]), ("o", optsets(s["options"] or [])),
                      ("g", s["answer_index"]), ("t", s["thought"] or ""), ("a", s["answer"] or ""),
                      ("p", s["pred_index"]), ("f", flags), ("r", reasons(s["drop_reason"] or "")),
-                     ("n", s["sample_index"])):
+                     ("n", s["sample_index"]), ("raw", None if s["parsed"] else s["response"] or "")):
             S[k].append(v)
 
     # stage 3
     e_table = o.read("expansion").select(["expansion_id", "sample_id", "expansion_index", "cue", "separator",
                                           "continuation", "long_thought", "answer", "pred_index", "parsed", "correct",
                                           "simple_correct", "bad_word", "keep", "drop_reason"])
-    E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n")}
+    E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n", "after")}
     orphans = 0
     expansions = e_table.to_pylist()
     expansions.sort(key=lambda r: (sample_index.get(r["sample_id"], -1), r["expansion_index"], r["expansion_id"]))
@@ -173,7 +176,8 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         for k, v in (("id", e["expansion_id"][:ID_CHARS]), ("s", si), ("c", cues(e["cue"] or "")),
                      ("sep", seps(e["separator"] or "")), ("pre", pre), ("x", added), ("a", e["answer"] or ""),
                      ("p", e["pred_index"]), ("f", flags), ("r", reasons(e["drop_reason"] or "")),
-                     ("b", e["bad_word"] or ""), ("n", e["expansion_index"])):
+                     ("b", e["bad_word"] or ""), ("n", e["expansion_index"]),
+                     ("after", None if e["parsed"] else _after_thought(e))):
             E[k].append(v)
     if orphans:
         notes.append(f"{orphans} expansions whose simple thought is not in the records are not shown")
@@ -211,10 +215,11 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
     have = 0
     if images:
         sources = o.image_sources()
-        for i, image_id in enumerate(image_ids):
-            if image_id in sources:
-                thumbs[i] = thumbnail(sources[image_id], thumb_side)
-                have += thumbs[i] is not None
+        todo = [i for i, image_id in enumerate(image_ids) if image_id in sources]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+            for i, uri in zip(todo, pool.map(lambda i: thumbnail(sources[image_ids[i]], thumb_side), todo)):
+                thumbs[i] = uri
+                have += uri is not None
         if not have and image_ids:
             notes.append("none of the images is on this machine" + (
                 " (the export has no images config)" if o.kind == EXPORT and o.config("images") is None else ""))
@@ -245,6 +250,13 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         "images": {"id": image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in image_ids]},
         "mcq": M, "simple": S, "exp": E, "pairs": P,
     }
+
+
+def _after_thought(e: dict[str, Any]) -> str:
+    """What an expansion wrote after ``</think>`` (shown for the ones whose answer could not be parsed)."""
+    cont = e["continuation"] or ""
+    end = cont.lower().find("</think>")
+    return "" if end < 0 else cont[end:]
 
 
 def o_manifest(o: Opened) -> dict[str, Any]:
@@ -307,5 +319,108 @@ def write_html(path_or_run: Any, out_file: str | os.PathLike | None = None, **kw
     return out
 
 
-__all__ = ["PAGE_SIZE", "THUMB_SIDE", "build_html", "collect", "default_output", "render", "thumbnail",
-           "write_html"]
+# -------------------------------------------------------------------------------------- lpt show (terminal)
+
+
+def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: int = 0) -> tuple[list[dict], int]:
+    """``(rows start … start+rows of an exported config, its total rows)``, reading only the batches needed."""
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    files = sorted((out / config).glob("train-*.parquet"))
+    if not files:
+        present = sorted(p.name for p in out.iterdir() if p.is_dir() and any(p.glob("train-*.parquet")))
+        why = _read_report(out).get("empty", {}).get(config)
+        raise ValueError(f"{out} has no config {config!r}" + (f" (left out of the export: {why})" if why else "")
+                         + f"; it has {', '.join(present) or 'none'}")
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    got: list[dict] = []
+    skip = start
+    for f in files:
+        pf = pq.ParquetFile(f)
+        if skip >= pf.metadata.num_rows:
+            skip -= pf.metadata.num_rows
+            continue
+        for batch in pf.iter_batches(batch_size=max(64, rows)):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            got += batch.slice(skip, rows - len(got)).to_pylist()
+            skip = 0
+            if len(got) >= rows:
+                return got, total
+    return got, total
+
+
+def _read_report(out: Path) -> dict[str, Any]:
+    p = out / "export_report.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def fold(text: str, max_chars: int) -> str:
+    """``text`` cut to about ``max_chars`` characters (its start and its end), saying how much was left out."""
+    if len(text) <= max_chars + max(80, max_chars // 4):  # folding would hide little
+        return text
+    head = text[: max_chars * 2 // 3].rstrip()
+    tail = text[-(max_chars // 3):].lstrip()
+    return f"{head} … [{len(text) - len(head) - len(tail):,} characters folded] … {tail}"
+
+
+def _cell(name: str, value: Any, row: dict[str, Any], max_chars: int):
+    from rich.text import Text
+
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+        t = Text()
+        for k, m in enumerate(value):
+            if k:
+                t.append("\n")
+            t.append(f"{m['role']}: ", style="bold cyan" if m["role"] != "assistant" else "bold green")
+            t.append(fold(str(m.get("content") or ""), max_chars))
+        return t
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):  # an image
+        size = f"{len(value['bytes']) / 1024:.0f} KB JPEG" if value.get("bytes") else f"file {value.get('path')}"
+        return Text(f"[image {row.get('image_id') or value.get('path') or '?'}] ({size})", style="magenta")
+    if isinstance(value, (bytes, bytearray)):
+        return Text(f"<{len(value):,} bytes>", style="dim")
+    if isinstance(value, list):
+        if name == "options":
+            gold = row.get("answer_index", -1)
+            t = Text()
+            for k, o in enumerate(value):
+                t.append(f"({chr(65 + k)}) {o}" + ("  " if k < len(value) - 1 else ""),
+                         style="bold green" if k == gold else "")
+            return t
+        return Text(fold(json.dumps(value, ensure_ascii=False), max_chars))
+    if isinstance(value, str):
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):  # a content id
+            return Text(value, style="dim")
+        return Text(fold(value, max_chars))
+    return Text(repr(value) if value is not None else "null", style="dim" if value is None else "")
+
+
+def show_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: int = 0,
+              max_chars: int = 700) -> list[Any]:
+    """Rich tables, one per row of an exported config (``lpt show``)."""
+    from rich.table import Table
+
+    got, total = read_rows(out_dir, config, rows=rows, start=start)
+    tables = []
+    for k, row in enumerate(got):
+        t = Table(title=f"{config} · row {start + k + 1:,} of {total:,}", title_justify="left", show_header=False,
+                  expand=True)
+        t.add_column("field", style="bold", no_wrap=True, ratio=1)
+        t.add_column("value", ratio=6, overflow="fold")
+        for name, value in row.items():
+            t.add_row(name, _cell(name, value, row, max_chars))
+        tables.append(t)
+    if not got:
+        t = Table(title=f"{config}: no row at {start:,} ({total:,} rows)", title_justify="left")
+        tables.append(t)
+    return tables
+
+
+__all__ = ["PAGE_SIZE", "THUMB_SIDE", "build_html", "collect", "default_output", "fold", "read_rows", "render",
+           "show_rows", "thumbnail", "write_html"]

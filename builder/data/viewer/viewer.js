@@ -103,7 +103,8 @@ function hits(q) {  // per-query match arrays (null when no search)
   for (let m = 0; m < nM; m++)
     mq[m] = lc(M.q, m).includes(q) || optHit[M.o[m]] || M.id[m].startsWith(q) || lc(IMG.id, M.img[m]).includes(q) ? 1 : 0;
   for (let i = 0; i < nS; i++)
-    sq[i] = lc(S.t, i).includes(q) || lc(S.a, i).includes(q) || S.id[i].startsWith(q) ? 1 : 0;
+    sq[i] = lc(S.t, i).includes(q) || lc(S.a, i).includes(q) || S.id[i].startsWith(q)
+      || (S.raw[i] != null && lc(S.raw, i).includes(q)) ? 1 : 0;
   for (let j = 0; j < nE; j++)
     eq[j] = lc(E.x, j).includes(q) || lc(E.a, j).includes(q) || E.id[j].startsWith(q) || (E.pre[j] && lc(E.pre, j).includes(q))
       || (E.pre[j] == null && sq[E.s[j]] && lc(S.t, E.s[j]).includes(q)) ? 1 : 0;
@@ -198,13 +199,13 @@ function imageBox(img) {
 function mcqHead(m, optIdx, gold, continued) {
   const desc = IMG.desc[M.img[m]];
   const links = [];
-  if (st.view !== "traces" || st.mcq !== M.id[m]) links.push(`<a href="${link({view: "traces", mcq: M.id[m]})}">all its traces (${fmt(sOfM[m] + eOfM[m])})</a>`);
+  if ((st.view !== "traces" || st.mcq !== M.id[m]) && sOfM[m]) links.push(`<a href="${link({view: "traces", mcq: M.id[m]})}">all its traces (${fmt(sOfM[m] + eOfM[m])})</a>`);
   if (pairsOfM[m] && (st.view !== "pairs" || st.mcq !== M.id[m])) links.push(`<a href="${link({view: "pairs", mcq: M.id[m]})}">its DPO pairs (${fmt(pairsOfM[m])})</a>`);
   return `<div class="mcq-head">${imageBox(M.img[m])}<div class="mcq-body">
     <div class="q">${hl(M.q[m] || "(no question)")}${continued ? ` <span class="cont">(continued)</span>` : ""}</div>
     ${optionsList(optIdx, gold, -1)}
     <div class="qmeta"><span>${esc(T.qt[M.qt[m]] || "no question type")}</span><span>image <code>${esc(IMG.id[M.img[m]])}</code></span>
-      <span>question <code>${esc(M.id[m])}</code></span>${M.ok[m] ? "" : `<span class="invalid">invalid: ${esc(M.why[m])}</span>`}${links.map(l => `<span>${l}</span>`).join("")}</div>
+      <span>question <code>${esc(M.id[m])}</code></span>${M.ok[m] ? "" : `<span class="invalid">invalid: ${esc(M.why[m])}${M.at[m] ? ` (answer as written: “${esc(M.at[m])}”)` : ""}</span>`}${links.map(l => `<span>${l}</span>`).join("")}</div>
     ${desc ? `<details class="desc"><summary>image description (what stages 1 and 3 read)</summary><p>${hl(desc)}</p></details>` : ""}
   </div></div>`;
 }
@@ -252,13 +253,14 @@ function expansionText(j) {
   let body;
   if (cue && x.startsWith(cue)) body = `<mark class="cue">${esc(cue)}</mark><span class="add">${marked(x.slice(cue.length), pats)}</span>`;
   else body = `<span class="add">${marked(x, pats)}</span>`;
-  return `<div class="text">${preHtml}${body}</div>`;
+  const after = E.after[j] != null ? `<div class="raw"><span>${E.after[j] ? "after the thought (no answer could be parsed):" : "the model never closed the thought (no &lt;/think&gt;)"}</span>${E.after[j] ? `<div class="text">${hl(E.after[j])}</div>` : ""}</div>` : "";
+  return `<div class="text">${preHtml}${body}</div>${after}`;
 }
 function simpleCard(i, solo, own = "") {
   return `<article class="card s${solo ? " solo" : ""}" data-stage="simple" data-type="${typeOfS(i)}" data-correct="${S.f[i] & FL.correct ? 1 : 0}" data-kept="${S.f[i] & FL.keep ? 1 : 0}" data-id="${S.id[i]}">
     <div class="row1"><span class="what">Stage 2 · simple thought #${S.n[i] + 1}</span>${labelChips(typeOfS(i), S.f[i], S.r[i], "", pairsOfS[i])}<span class="id" title="sample_id">${esc(S.id[i])}</span></div>
     ${own}${answerLine(S.o[i], S.g[i], S.p[i], S.a[i], S.f[i])}
-    <div class="text">${hl(S.t[i])}</div></article>`;
+    <div class="text">${hl(S.t[i])}</div>${S.raw[i] != null ? `<div class="raw"><span>what the model wrote (no answer could be parsed):</span><div class="text">${hl(S.raw[i]) || "<i>(nothing)</i>"}</div></div>` : ""}</article>`;
 }
 function expansionCard(j, afterItsSimple, own = "") {
   const i = E.s[j], type = typeOfE(j), cue = T.cue[E.c[j]];
@@ -502,3 +504,4 @@ buildBar();
 readState();
 render();
 document.body.dataset.ready = "1";
+document.body.dataset.readyMs = performance.now().toFixed(0);  // since navigation start: parse + first page
