@@ -113,10 +113,11 @@ class Opened:
 
     def dpo(self) -> tuple[list[dict[str, str]], str]:
         """``([{kind, mcq_id, chosen_id, rejected_id, chosen_type, rejected_type, …}], where they come from)``:
-        the exported ``dpo`` config (its texts too), or :func:`builder.assemble.dpo_pairs` on a run."""
+        the exported ``dpo`` config (without its texts: :meth:`config`), or :func:`builder.assemble.dpo_pairs` on
+        a run."""
         if "dpo" not in self._assembled:
-            self._assembled["dpo"] = self._set("dpo", ["kind", "mcq_id", "question_type", "chosen_id", "rejected_id",
-                                                       "chosen_type", "rejected_type", "chosen", "rejected"])
+            self._assembled["dpo"] = self._set("dpo", ["kind", "mcq_id", "image_id", "question_type", "chosen_id",
+                                                       "rejected_id", "chosen_type", "rejected_type"])
         return self._assembled["dpo"]
 
     def _set(self, name: str, columns: list[str]) -> tuple[list[dict[str, Any]], str]:
@@ -134,7 +135,8 @@ class Opened:
         if name == "sft":
             return [{"cot_type": t.cot_type, "sample_id": t.sample_id, "expansion_id": t.expansion_id}
                     for t in assemble.sft_traces(traces, opts)], where
-        return [{"kind": k, "mcq_id": c.mcq_id, "question_type": c.question_type, "chosen_id": c.trace_id,
+        return [{"kind": k, "mcq_id": c.mcq_id, "image_id": c.image_id, "question_type": c.question_type,
+                 "chosen_id": c.trace_id,
                  "rejected_id": r.trace_id, "chosen_type": c.cot_type, "rejected_type": r.cot_type}
                 for k, c, r in assemble.dpo_pairs(traces, opts)], where
 

@@ -192,23 +192,34 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
             return 2 * expansion_index[trace_id] + 1
         return -1
 
+    refs = [(ref(d["chosen_id"]), ref(d["rejected_id"])) for d in dpo_rows]
+    texts: dict[int, dict[str, Any]] = {}  # rows whose texts are needed: a side or a question not in the records
+    need = [n for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)) if c < 0 or r < 0 or d["mcq_id"] not in mcq_index]
+    if need:
+        table = o.config("dpo")
+        if table is not None:
+            texts = dict(zip(need, table.select(["prompt", "chosen", "rejected"]).take(need).to_pylist()))
     unmatched = 0
-    for d in dpo_rows:
-        c, r = ref(d["chosen_id"]), ref(d["rejected_id"])
+    for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)):
+        t = texts.get(n, {})
         if d["mcq_id"] not in mcq_index:
-            if "prompt" not in d:
-                continue
-            add_mcq(d["mcq_id"], d.get("image_id", ""), _user_question(d), [], -1, d.get("question_type", ""), True,
-                    "", -2)
+            add_mcq(d["mcq_id"], d.get("image_id") or "", _user_question(t), [], -1, d.get("question_type") or "",
+                    True, "", -2)
         unmatched += (c < 0) + (r < 0)
         P["k"].append(kinds(d["kind"]))
         P["m"].append(mcq_index[d["mcq_id"]])
         P["c"].append(c)
         P["r"].append(r)
-        P["ct"].append(_side_text(d, "chosen") if c < 0 else None)
-        P["rt"].append(_side_text(d, "rejected") if r < 0 else None)
-    if unmatched:
-        notes.append(f"{unmatched} DPO sides are not among the raw records; they are shown as exported text")
+        P["ct"].append(_side_text(t, "chosen") if c < 0 else None)
+        P["rt"].append(_side_text(t, "rejected") if r < 0 else None)
+    if unmatched and S["id"]:
+        notes.append(f"{unmatched:,} DPO pair sides are not among the stage records here; they are shown as the "
+                     f"exported text")
+    if o.kind == EXPORT and not S["id"]:
+        have_sets = [n for n in ("sft", "dpo") if o.config(n) is not None]
+        notes.append("this export has no raw_simple_cot / raw_expansion configs, so no trace is shown"
+                     + (f" ({' and '.join(have_sets)} rows are counted above; DPO pairs are shown as exported text)"
+                        if have_sets else "") + "; `lpt export` writes them by default")
 
     # images and descriptions
     thumbs: list[str | None] = [None] * len(image_ids)
