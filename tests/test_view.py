@@ -227,6 +227,46 @@ def test_browser_search_finds_a_known_trace(pages, made, tmp_path):
     assert none["matches"] == 0 and not none["cards"] and "Nothing matches" in none["main"]
 
 
+_PROBE = r"""<script>
+(async () => {
+  const out = {}, wait = ms => new Promise(r => setTimeout(r, ms));
+  const more = document.querySelector("button.more[data-pre]"), j = more.dataset.pre;
+  more.click(); await wait(50);
+  out.expanded = !document.querySelector(`button.more[data-pre="${j}"]`);
+  const q = document.getElementById("f-q"); q.value = "Sclera"; q.dispatchEvent(new Event("input")); await wait(500);
+  out.search = [+document.body.dataset.matches, location.hash];
+  const stage = document.getElementById("f-stage"); stage.value = "expansion";
+  stage.dispatchEvent(new Event("change", {bubbles: true})); await wait(50);
+  out.stage = [+document.body.dataset.matches, location.hash];
+  document.querySelector('.tab[data-view="pairs"]').click(); await wait(50);
+  out.tab = [document.body.dataset.view, +document.body.dataset.matches];
+  document.getElementById("f-reset").click(); await wait(50); document.activeElement.blur();
+  document.dispatchEvent(new KeyboardEvent("keydown", {key: "ArrowRight"})); await wait(50);
+  out.next = location.hash;
+  document.querySelector("img[data-img]").click(); out.lightbox = !document.getElementById("lightbox").hidden;
+  document.body.dataset.probe = JSON.stringify(out);
+})().catch(e => { document.body.dataset.probe = JSON.stringify({error: String(e)}); });
+</script></body>"""
+
+
+@needs_browser
+def test_browser_controls_work(pages, made, tmp_path):
+    """Clicking and typing (events dispatched by a script appended to a copy of the page) filter the list and
+    keep the address in step."""
+    page = tmp_path / "probe.html"
+    page.write_text(pages["run"].read_text(encoding="utf-8").replace("</body>", _PROBE), encoding="utf-8")
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri()).stdout
+    out = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    e = RunDir(made / "run").read("expansion").to_pylist()
+    s = RunDir(made / "run").read("simple_cot").to_pylist()
+    assert out["expanded"] is True and out["lightbox"] is True
+    in_e = sum("sclera" in r["long_thought"].lower() for r in e)
+    assert out["search"] == [in_e + sum("sclera" in r["thought"].lower() for r in s), "#q=sclera"]
+    assert out["stage"] == [in_e, "#stage=expansion&q=sclera"]
+    assert out["tab"][0] == "pairs" and 0 < out["tab"][1] < 779  # the search stays on when the tab changes
+    assert out["next"] == "#view=pairs&page=2"
+
+
 @needs_browser
 def test_browser_screenshot_is_not_blank(pages, tmp_path):
     shot = tmp_path / "view.png"

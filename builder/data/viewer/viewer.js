@@ -218,10 +218,16 @@ function answerLine(optIdx, gold, pred, answer, f) {
   else got = `<b>${hl(answer)}</b> → (${LETTERS[pred]}) ${esc(opts[pred] ?? "")} ${pred === gold ? '<span class="right">✓</span>' : '<span class="bad">✗</span>'}`;
   return `<div class="ans">answered ${got}<span class="muted"> · gold ${goldTxt}</span></div>`;
 }
-function labelChips(type, f, reason, bad, nPairs) {
+const KEPT_TITLE = {
+  simple: "kept: an answer was parsed and it repeats no other sample",
+  expansion: "kept: it closed its thought, its answer was parsed, no bad word in the added text, it repeats no other expansion",
+};
+function labelChips(type, f, reason, bad, nPairs, stage, parentDropped) {
   const c = [`<span class="chip type t${type}" title="${esc(TYPE_TITLE[type])}">${typeLabel(type)}</span>`];
   c.push(f & FL.correct ? `<span class="chip ok">correct</span>` : `<span class="chip wrong">wrong</span>`);
-  if (f & FL.keep) c.push(`<span class="chip kept" title="kept by the stage's filters">kept</span>`);
+  if (f & FL.keep) c.push(parentDropped
+    ? `<span class="chip drop" title="the expansion passed stage 3's filters, but its simple thought was dropped, so no set uses it">kept · its simple thought was dropped</span>`
+    : `<span class="chip kept" title="${KEPT_TITLE[stage]}">kept</span>`);
   else {
     const r = T.reason[reason] || "dropped";
     c.push(`<span class="chip drop" title="${esc(REASON_TITLE[r] || r)}">dropped · ${esc(r.replace(/_/g, " "))}${bad && r === "bad_word" ? ` “${esc(bad)}”` : ""}</span>`);
@@ -258,14 +264,14 @@ function expansionText(j) {
 }
 function simpleCard(i, solo, own = "") {
   return `<article class="card s${solo ? " solo" : ""}" data-stage="simple" data-type="${typeOfS(i)}" data-correct="${S.f[i] & FL.correct ? 1 : 0}" data-kept="${S.f[i] & FL.keep ? 1 : 0}" data-id="${S.id[i]}">
-    <div class="row1"><span class="what">Stage 2 · simple thought #${S.n[i] + 1}</span>${labelChips(typeOfS(i), S.f[i], S.r[i], "", pairsOfS[i])}<span class="id" title="sample_id">${esc(S.id[i])}</span></div>
+    <div class="row1"><span class="what">Stage 2 · simple thought #${S.n[i] + 1}</span>${labelChips(typeOfS(i), S.f[i], S.r[i], "", pairsOfS[i], "simple", false)}<span class="id" title="sample_id">${esc(S.id[i])}</span></div>
     ${own}${answerLine(S.o[i], S.g[i], S.p[i], S.a[i], S.f[i])}
     <div class="text">${hl(S.t[i])}</div>${S.raw[i] != null ? `<div class="raw"><span>what the model wrote (no answer could be parsed):</span><div class="text">${hl(S.raw[i]) || "<i>(nothing)</i>"}</div></div>` : ""}</article>`;
 }
 function expansionCard(j, afterItsSimple, own = "") {
   const i = E.s[j], type = typeOfE(j), cue = T.cue[E.c[j]];
   return `<article class="card e${afterItsSimple ? "" : " solo"}" data-stage="expansion" data-type="${type}" data-correct="${E.f[j] & FL.correct ? 1 : 0}" data-kept="${E.f[j] & FL.keep ? 1 : 0}" data-cue="${esc(cue)}" data-id="${E.id[j]}">
-    <div class="row1"><span class="what">Stage 3 · expansion #${E.n[j] + 1} of simple thought #${S.n[i] + 1}</span><span class="chip cue" title="the cue the reasoning model continued from">cue “${esc(cue)}”</span>${labelChips(type, E.f[j], E.r[j], E.b[j], pairsOfE[j])}<span class="id" title="expansion_id">${esc(E.id[j])}</span></div>
+    <div class="row1"><span class="what">Stage 3 · expansion #${E.n[j] + 1} of simple thought #${S.n[i] + 1}</span><span class="chip cue" title="the cue the reasoning model continued from">cue “${esc(cue)}”</span>${labelChips(type, E.f[j], E.r[j], E.b[j], pairsOfE[j], "expansion", !(S.f[i] & FL.keep))}<span class="id" title="expansion_id">${esc(E.id[j])}</span></div>
     ${own}${answerLine(S.o[i], S.g[i], E.p[j], E.a[j], E.f[j])}
     ${expansionText(j)}</article>`;
 }
@@ -404,16 +410,16 @@ function buildBar() {
     sel("valid", "stage 1", [["", "any"], ["valid", "valid"], ["invalid", "invalid"]]),
   ];
   const tabs = [["traces", "Traces", nS + nE], ["pairs", "DPO pairs", nP], ["mcqs", "MCQs", nM]];
-  let html = `<div class="inner"><div class="tabs" role="tablist">` + tabs.map(([v, l, n]) =>
+  let html = `<div class="inner"><div class="barline"><div class="tabs" role="tablist">` + tabs.map(([v, l, n]) =>
     `<button class="tab" role="tab" data-view="${v}">${l}<span class="n">${fmt(n)}</span></button>`).join("") + `</div>
+    <div id="pager-top" class="pager"></div></div>
     <div class="filters"><input id="f-q" type="search" placeholder="Search question, options, thoughts, ids…  ( / )" aria-label="search">`;
   for (const d of defs) {
     html += `<label id="l-${d.name}" ${d.title ? `title="${esc(d.title)}"` : ""}>${d.label} <select id="f-${d.name}" data-f="${d.name}">` +
       d.opts.map(([v, l]) => `<option value="${esc(v)}">${esc(l)}</option>`).join("") + `</select></label>`;
   }
   html += `<label id="l-mcq" title="only this question">question <input id="f-mcq" data-f="mcq" size="12"></label>
-    <button id="f-reset" title="clear every filter and the search">reset</button></div>
-    <div id="pager-top" class="pager"></div></div>`;
+    <button id="f-reset" title="clear every filter and the search">reset</button></div></div>`;
   $("bar").innerHTML = html;
   for (const d of defs) CONTROLS[d.name] = $("f-" + d.name);
   CONTROLS.mcq = $("f-mcq");
