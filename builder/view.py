@@ -92,7 +92,7 @@ def _split_long_thought(e: dict[str, Any], thought: str) -> tuple[str | None, st
         cut = long.rfind(e["cue"]) if e["cue"] else -1
         cut = max(cut, 0)
     pre = long[:cut]
-    return (None if pre == _prefix(thought, e["separator"]).lstrip() else pre), long[cut:]
+    return (None if pre == _prefix(thought, e["separator"]) else pre), long[cut:]
 
 
 def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SIDE) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def test_the_page_data_holds_every_record_once_and_rebuilds_each_long_thought(ma
     for j in range(len(E["id"])):
         r = records[E["id"][j]]
         thought, sep = S["t"][E["s"][j]], T["sep"][E["sep"][j]]
-        pre = E["pre"][j] if E["pre"][j] is not None else (with_full_stop(thought) + sep).lstrip()
+        pre = E["pre"][j] if E["pre"][j] is not None else with_full_stop(thought) + sep  # as the page does
         assert pre + E["x"][j] == r["long_thought"]
         assert E["x"][j].startswith(r["cue"]) and E["x"][j][len(r["cue"]):] in r["continuation"]
         assert E["b"][j] == r["bad_word"] and T["reason"][E["r"][j]] == r["drop_reason"]
