@@ -422,6 +422,72 @@ def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str |
     click.echo(f"imported {'the example outputs' if example else src} -> {run_dir}")
 
 
+@main.command("view")
+@click.argument("path", metavar="RUN|OUT", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The HTML file to write (default: <folder name>-view.html in the current directory).")
+@click.option("--no-images", is_flag=True, help="Leave the image thumbnails out (a smaller file).")
+@click.option("--page-size", type=click.IntRange(min=1), default=50, show_default=True, help="Items per page.")
+@click.option("--thumb-size", type=click.IntRange(min=32, max=2048), default=384, show_default=True,
+              help="Long side of the embedded image thumbnails, in pixels.")
+@friendly_errors
+def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int) -> None:
+    """A static HTML report of a run directory or an exported folder: every MCQ, simple thought, expansion and
+    DPO pair, with labels, filters and search (one self-contained file; open it in a browser)."""
+    from builder.stats import open_input
+    from builder.view import write_html
+
+    source = open_input(path)
+    click.echo(f"reading the {source.label}")
+    out = write_html(source, output, images=not no_images, page_size=page_size, thumb_side=thumb_size)
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
+
+
+@main.command("stats")
+@click.argument("path", metavar="RUN|OUT", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNG plots (default: <folder name>-stats in the current directory).")
+@click.option("--no-plots", is_flag=True, help="Only the summary tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of tables.")
+@friendly_errors
+def stats_cmd(path: str, out_dir: str | None, no_plots: bool, as_json: bool) -> None:
+    """Numbers and plots of a run directory or an exported folder: the funnel of every stage, what each filter
+    removed, accuracy by question type, thought lengths, SFT/DPO composition."""
+    from builder.stats import compute, open_input, summary_tables, write_figures
+
+    source = open_input(path)
+    numbers = compute(source)
+    if as_json:
+        click.echo(json.dumps(numbers, indent=2, ensure_ascii=False))
+    else:
+        console = _console()
+        for table in summary_tables(numbers):
+            console.print(table)
+    if not no_plots:
+        folder = Path(out_dir) if out_dir else Path(f"{Path(path).resolve().name}-stats")
+        written = write_figures(source, folder)
+        click.echo(f"wrote {len(written)} plots to {folder}: {', '.join(p.name for p in written)}",
+                   err=as_json)
+
+
+@main.command("show")
+@click.argument("out_dir", metavar="OUT", type=click.Path(exists=True, file_okay=False))
+@click.argument("config")
+@click.option("-n", "rows", type=click.IntRange(min=1), default=3, show_default=True, help="How many rows.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First row to show.")
+@click.option("--max-chars", type=click.IntRange(min=20), default=700, show_default=True,
+              help="Longer texts are folded to this many characters.")
+@friendly_errors
+def show_cmd(out_dir: str, config: str, rows: int, start: int, max_chars: int) -> None:
+    """A few rows of an exported config, readable in a terminal (messages as role: content, long texts folded,
+    images as their id)."""
+    from builder.view import show_rows
+
+    console = _console()
+    for table in show_rows(out_dir, config, rows=rows, start=start, max_chars=max_chars):
+        console.print(table)
+
+
 __all__ = ["LazyGroup", "main", "parse_shard_option", "parse_stages_option", "status_table"]
 
 

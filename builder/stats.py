@@ -1,0 +1,608 @@
+"""Numbers and plots of a run directory or an exported dataset folder (``lpt stats``).
+
+:func:`open_input` reads either kind of folder into one shape (:class:`Opened`: the stage records, the SFT
+and DPO composition, the images); :func:`compute` turns it into a JSON-able dict (the funnel of every stage,
+what each filter removed, accuracy by question type, thought lengths, SFT/DPO composition);
+:func:`write_figures` draws the same numbers as PNG files (matplotlib, Agg) and returns their paths, so a
+dataset card can show them beside its README. Records are counted with :func:`builder.records.tally` only.
+
+Trace types follow docs/method.md: O / X a correct / wrong simple thought; O→O, O→X, X→O, X→X an expansion of
+a correct (O→) or wrong (X→) simple thought that ends correct (→O) or wrong (→X).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from builder.records import TABLES, tally
+from builder.store import RunDir
+
+RUN, EXPORT = "run", "export"
+KIND_LABELS = {RUN: "run directory", EXPORT: "exported dataset folder"}
+_RAW = {"mcq": "raw_mcq", "simple_cot": "raw_simple_cot", "expansion": "raw_expansion"}
+STAGE_TITLES = {"mcq": "stage 1 · MCQs", "simple_cot": "stage 2 · simple CoTs", "expansion": "stage 3 · expansions"}
+TYPE_ORDER = ("O", "X", "O_O", "O_X", "X_O", "X_X")
+
+
+def type_label(cot_type: str) -> str:
+    """``X_O`` -> ``X→O`` (how docs/method.md writes trace types)."""
+    return cot_type.replace("_", "→")
+
+
+def kind_label(kind: str) -> str:
+    """A DPO pair kind ``X_O>X`` -> ``X→O ≻ X``."""
+    return " ≻ ".join(type_label(k) for k in kind.split(">"))
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class NotAnInput(ValueError):
+    """A folder that is neither a run directory nor an exported dataset folder."""
+
+
+@dataclass
+class Opened:
+    """A run directory or an exported folder, read into one shape. ``read(stage)`` gives a stage's records
+    (``mcq``, ``simple_cot``, ``expansion``; ``source`` for a run), so :mod:`builder.assemble` accepts it."""
+
+    kind: str  # RUN or EXPORT
+    path: Path
+    _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+    _assembled: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{KIND_LABELS[self.kind]} {self.path}"
+
+    # -- the stage records -------------------------------------------------------------------------------
+
+    def read(self, stage: str) -> pa.Table:
+        if stage not in self._tables:
+            if self.kind == RUN:
+                self._tables[stage] = RunDir(self.path).read(stage)
+            elif stage in _RAW and _config_files(self.path, _RAW[stage]):
+                t = pq.read_table(_config_files(self.path, _RAW[stage]))
+                self._tables[stage] = t.replace_schema_metadata(None).cast(TABLES[stage].schema)
+            else:
+                self._tables[stage] = TABLES[stage].schema.empty_table()
+        return self._tables[stage]
+
+    def has(self, stage: str) -> bool:
+        return self.read(stage).num_rows > 0
+
+    def config(self, name: str) -> pa.Table | None:
+        """An exported config's rows (``None`` for a run, or when the export has no such config)."""
+        if self.kind != EXPORT or not _config_files(self.path, name):
+            return None
+        return pq.read_table(_config_files(self.path, name)).replace_schema_metadata(None)
+
+    def export_report(self) -> dict[str, Any]:
+        if self.kind != EXPORT:
+            return {}
+        p = self.path / "export_report.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+    # -- the sets ------------------------------------------------------------------------------------------
+
+    def traces(self) -> list:
+        """:func:`builder.assemble.load_traces` of the records (computed once)."""
+        from builder import assemble
+
+        if "traces" not in self._assembled:
+            self._assembled["traces"] = assemble.load_traces(self)
+        return self._assembled["traces"]
+
+    def sft(self) -> tuple[list[dict[str, str]], str]:
+        """``([{cot_type, sample_id, expansion_id}], where they come from)``: the exported ``sft`` config, or
+        :func:`builder.assemble.sft_traces` with the default options on a run."""
+        if "sft" not in self._assembled:
+            self._assembled["sft"] = self._set("sft", ["cot_type", "sample_id", "expansion_id"])
+        return self._assembled["sft"]
+
+    def dpo(self) -> tuple[list[dict[str, str]], str]:
+        """``([{kind, mcq_id, chosen_id, rejected_id, chosen_type, rejected_type, …}], where they come from)``:
+        the exported ``dpo`` config (without its texts: :meth:`config`), or :func:`builder.assemble.dpo_pairs` on
+        a run."""
+        if "dpo" not in self._assembled:
+            self._assembled["dpo"] = self._set("dpo", ["kind", "mcq_id", "image_id", "question_type", "chosen_id",
+                                                       "rejected_id", "chosen_type", "rejected_type"])
+        return self._assembled["dpo"]
+
+    def _set(self, name: str, columns: list[str]) -> tuple[list[dict[str, Any]], str]:
+        from builder import assemble
+
+        if self.kind == EXPORT:
+            t = self.config(name)
+            if t is not None:
+                return t.select([c for c in columns if c in t.column_names]).to_pylist(), f"the export's {name} config"
+            why = self.export_report().get("empty", {}).get(name)
+            return [], (f"the export left {name} out: {why}" if why else f"the export has no {name} config")
+        traces = self.traces()
+        opts = assemble.AssembleOptions()
+        where = f"assembled from the run ({name} with the default options)"
+        if name == "sft":
+            return [{"cot_type": t.cot_type, "sample_id": t.sample_id, "expansion_id": t.expansion_id}
+                    for t in assemble.sft_traces(traces, opts)], where
+        return [{"kind": k, "mcq_id": c.mcq_id, "image_id": c.image_id, "question_type": c.question_type,
+                 "chosen_id": c.trace_id,
+                 "rejected_id": r.trace_id, "chosen_type": c.cot_type, "rejected_type": r.cot_type}
+                for k, c, r in assemble.dpo_pairs(traces, opts)], where
+
+    # -- images ----------------------------------------------------------------------------------------------
+
+    def image_sources(self) -> dict[str, bytes | str]:
+        """``image_id -> JPEG bytes or a file path``: the run's source image paths that exist on this machine,
+        or the export's ``images`` config (bytes, or paths that exist)."""
+        out: dict[str, bytes | str] = {}
+        if self.kind == RUN:
+            for r in self.read("source").select(["image_id", "image_path"]).to_pylist():
+                if r["image_path"] and Path(r["image_path"]).is_file():
+                    out[r["image_id"]] = r["image_path"]
+            return out
+        files = _config_files(self.path, "images")
+        if files:
+            for r in pq.read_table(files).to_pylist():
+                img = r["image"] or {}
+                if img.get("bytes"):
+                    out[r["image_id"]] = img["bytes"]
+                elif img.get("path") and Path(img["path"]).is_file():
+                    out[r["image_id"]] = img["path"]
+        return out
+
+    def descriptions(self) -> dict[str, str]:
+        """``image_id -> description``: the run's source, or (export) the description quoted in stage 3's prompt."""
+        if self.kind == RUN:
+            return {r["image_id"]: r["description"] for r in self.read("source").select(
+                ["image_id", "description"]).to_pylist()}
+        out: dict[str, str] = {}
+        e = self.read("expansion")
+        for image_id, text in zip(e.column("image_id").to_pylist(), e.column("user_text").to_pylist()):
+            if image_id not in out:
+                m = _DESCRIPTION.search(text or "")
+                if m:
+                    out[image_id] = m.group(1).strip()
+        return out
+
+
+_DESCRIPTION = re.compile(r"Image description:\s*(.*?)\n\s*Question:", re.S)
+
+
+def _config_files(out: Path, name: str) -> list[str]:
+    return sorted(str(p) for p in (out / name).glob("train-*.parquet"))
+
+
+def detect(path: str | os.PathLike) -> str:
+    """``"run"`` or ``"export"``; :class:`NotAnInput` (a ValueError) says what was expected otherwise."""
+    p = Path(path)
+    if not p.is_dir():
+        raise NotAnInput(f"{p} is not a folder (expected a run directory or an exported dataset folder)")
+    if (p / "export_report.json").is_file() or any(_config_files(p, n) for n in (*_RAW.values(), "sft", "dpo")):
+        return EXPORT
+    if (p / "manifest.json").is_file() or any(RunDir(p).has(s) for s in TABLES):
+        return RUN
+    raise NotAnInput(f"{p} is neither a run directory (manifest.json, mcq/, simple_cot/, expansion/) nor an exported "
+                     f"dataset folder (export_report.json, raw_*/ and sft/ dpo/ configs)")
+
+
+def open_input(path_or_run: Any) -> Opened:
+    """A run directory (path or :class:`RunDir`), an exported folder, or an :class:`Opened` (returned as is)."""
+    if isinstance(path_or_run, Opened):
+        return path_or_run
+    if isinstance(path_or_run, RunDir):
+        return Opened(RUN, path_or_run.path)
+    return Opened(detect(path_or_run), Path(path_or_run))
+
+
+# --------------------------------------------------------------------------------------------- computing
+
+
+def words(text: str | None) -> int:
+    return len((text or "").split())
+
+
+def _tally_by(table: pa.Table, column: str) -> dict[str, dict[str, int]]:
+    """:func:`tally` of each group of rows sharing ``column``'s value (groups in order of size, largest first)."""
+    if column not in table.column_names or not table.num_rows:
+        return {}
+    col = table.column(column)
+    out = {}
+    for value in sorted(set(col.to_pylist()), key=lambda v: (v is None, str(v))):
+        out[value] = tally(table.filter(pc.equal(col, value)))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["rows"]))
+
+
+def _summary(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    s = sorted(values)
+    return {"n": len(s), "mean": statistics.fmean(s), "median": statistics.median(s),
+            "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
+
+
+def added_text(expansion: dict[str, Any]) -> str:
+    """What the reasoning model added to the simple thought: the cue and the continuation up to ``</think>``
+    (the end of ``long_thought``)."""
+    added = (expansion.get("cue") or "") + (expansion.get("continuation") or "")
+    end = added.lower().find("</think>")
+    return (added if end < 0 else added[:end]).rstrip()
+
+
+def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
+    """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
+    (whole thought) and by cue (added words)."""
+    s = o.read("simple_cot")
+    e = o.read("expansion")
+    out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
+                                            "by_cue": {}}
+    simple_kept = s.filter(pc.field("keep")) if s.num_rows else s
+    for r in simple_kept.select(["thought", "correct"]).to_pylist():
+        n = words(r["thought"])
+        out["all"]["simple"].append(n)
+        out["by_type"].setdefault("O" if r["correct"] else "X", []).append(n)
+    kept_e = e.filter(pc.field("keep")) if e.num_rows else e
+    for r in kept_e.select(["long_thought", "cue", "continuation", "correct", "simple_correct"]).to_pylist():
+        n, a = words(r["long_thought"]), words(added_text(r))
+        out["all"]["expanded"].append(n)
+        out["all"]["added"].append(a)
+        t = ("O" if r["simple_correct"] else "X") + "_" + ("O" if r["correct"] else "X")
+        out["by_type"].setdefault(t, []).append(n)
+        out["by_cue"].setdefault(r["cue"], []).append(a)
+    out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if t in out["by_type"]}
+    return out
+
+
+def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(stats, raw lists for the plots)``."""
+    o = open_input(path_or_run)
+    stages = {s: o.read(s) for s in ("mcq", "simple_cot", "expansion")}
+    counts = {s: tally(t) for s, t in stages.items()}
+    e = stages["expansion"]
+    if e.num_rows:
+        for flag, name in ((True, "expansion_of_O"), (False, "expansion_of_X")):
+            counts[name] = tally(e.filter(pc.equal(e.column("simple_correct"), flag)))
+
+    funnel = []
+    m = counts["mcq"]
+    funnel.append({"stage": "mcq", "title": STAGE_TITLES["mcq"], "items": m.get("questions", 0),
+                   "parsed": m.get("valid", 0), "correct": None, "kept": m.get("valid", 0)})
+    for s in ("simple_cot", "expansion"):
+        c = counts[s]
+        funnel.append({"stage": s, "title": STAGE_TITLES[s], "items": c["rows"], "parsed": c.get("parsed", 0),
+                       "correct": c.get("correct", 0), "kept": c.get("kept", 0),
+                       "kept_correct": c.get("kept_correct", 0)})
+
+    drops: dict[str, dict[str, int]] = {}
+    mcq = stages["mcq"]
+    questions = mcq.filter(pc.greater_equal(mcq.column("item_index"), 0)) if mcq.num_rows else mcq
+    invalid = questions.filter(pc.invert(questions.column("valid"))) if questions.num_rows else questions
+    drops["mcq"] = {k: v["rows"] for k, v in _tally_by(invalid, "invalid_reason").items()}
+    for s in ("simple_cot", "expansion"):
+        t = stages[s]
+        dropped = t.filter(pc.invert(t.column("keep"))) if t.num_rows else t
+        drops[s] = {(k or "(no reason)"): v["rows"] for k, v in _tally_by(dropped, "drop_reason").items()}
+    bad = e.filter(pc.not_equal(e.column("bad_word"), "")) if e.num_rows else e
+    bad_words = {k: v["rows"] for k, v in _tally_by(bad, "bad_word").items()}
+
+    accuracy: dict[str, dict[str, dict[str, Any]]] = {}
+    s2 = stages["simple_cot"]
+    qt_of = dict(zip(s2.column("sample_id").to_pylist(), s2.column("question_type").to_pylist()))
+    for s, t in (("simple_cot", s2), ("expansion", e)):
+        if s == "expansion" and t.num_rows:  # stage 3 rows name their question type through their simple thought
+            t = t.append_column("question_type", pa.array([qt_of.get(i, "") for i in t.column("sample_id").to_pylist()],
+                                                          pa.string()))
+        accuracy[s] = {}
+        for qt, c in _tally_by(t, "question_type").items():
+            kept = c.get("kept", 0)
+            accuracy[s][qt or "(none)"] = {"rows": c["rows"], "kept": kept, "kept_correct": c.get("kept_correct", 0),
+                                           "accuracy": c.get("kept_correct", 0) / kept if kept else None}
+
+    lengths = _lengths(o)
+    sft_rows, sft_from = o.sft()
+    dpo_rows, dpo_from = o.dpo()
+    sft_types = Counter(r["cot_type"] for r in sft_rows)
+    dpo_kinds = Counter(r["kind"] for r in dpo_rows)
+    stats = {
+        "input": {"kind": o.kind, "path": str(o.path), "label": o.label},
+        "counts": counts,
+        "funnel": funnel,
+        "drops": drops,
+        "bad_words": bad_words,
+        "accuracy_by_question_type": accuracy,
+        "lengths": {
+            "unit": "words",
+            "simple": _summary(lengths["all"]["simple"]),
+            "expanded": _summary(lengths["all"]["expanded"]),
+            "added": _summary(lengths["all"]["added"]),
+            "by_type": {t: _summary(v) for t, v in lengths["by_type"].items()},
+            "added_by_cue": {c: _summary(v) for c, v in lengths["by_cue"].items()},
+        },
+        "sft": {"rows": len(sft_rows), "from": sft_from,
+                "cot_type": {t: sft_types[t] for t in TYPE_ORDER if sft_types[t]}},
+        "dpo": {"rows": len(dpo_rows), "from": dpo_from, "kind": dict(sorted(dpo_kinds.items()))},
+    }
+    return stats, lengths
+
+
+def compute(path_or_run: Any) -> dict[str, Any]:
+    """The numbers of a run directory or an exported folder (JSON-able).
+
+    Keys: ``input`` (kind, path, label), ``counts`` (:func:`tally` of each stage, and of stage 3 split by the
+    simple thought's label), ``funnel`` (per stage: items, parsed, correct, kept), ``drops`` (per stage: rows
+    removed per reason; stage 1: invalid questions per reason), ``bad_words``, ``accuracy_by_question_type``
+    (kept-and-correct / kept, stages 2 and 3), ``lengths`` (word counts of kept thoughts: n, mean, median,
+    p90, max), ``sft`` and ``dpo`` (rows, trace types / pair kinds, and where they come from).
+    """
+    return _collect(path_or_run)[0]
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+FIGURES = {
+    "funnel": "Records per stage: items → parsed → correct → kept",
+    "drop_reasons": "What each filter removed",
+    "bad_words": "Bad words that dropped expansions",
+    "accuracy_by_question_type": "Accuracy of kept traces by question type",
+    "thought_lengths": "Thought length: simple vs expanded (kept)",
+    "thought_lengths_by_type": "Thought length by trace type (kept)",
+    "added_length_by_cue": "Words added by the reasoning model, by cue (kept)",
+    "sft_composition": "SFT composition by trace type",
+    "dpo_composition": "DPO composition by pair kind",
+}
+"""File stem -> title of every figure :func:`write_figures` may write (one axes each; usable as alt text)."""
+
+_COLOURS = {"items": "#9aa5b1", "parsed": "#5b8def", "correct": "#2f9e63", "kept": "#e0a526",
+            "kept_correct": "#7b5bd6", "mcq": "#5b8def", "simple_cot": "#2f9e63", "expansion": "#e0a526"}
+_TYPE_COLOURS = {"O": "#2f9e63", "X": "#d64545", "O_O": "#7fc8a0", "O_X": "#f08c8c", "X_O": "#4c7bd9", "X_X": "#a33"}
+
+
+def make_figures(path_or_run: Any) -> dict[str, Any]:
+    """``{stem: matplotlib Figure}`` for the figures that have data (see :data:`FIGURES`); one axes each, with a
+    title and both axes labelled. Close them (``matplotlib.pyplot.close``) when done; :func:`write_figures`
+    does."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats, lengths = _collect(path_or_run)
+    figs: dict[str, Any] = {}
+
+    def new(stem: str, size=(7.5, 4.2)):
+        fig, ax = plt.subplots(figsize=size, dpi=110, layout="constrained")
+        ax.set_title(FIGURES[stem])
+        ax.grid(axis="y" if size[0] >= size[1] else "x", alpha=0.3)
+        ax.set_axisbelow(True)
+        figs[stem] = fig
+        return ax
+
+    # the funnel
+    levels = ("items", "parsed", "correct", "kept")
+    ax = new("funnel")
+    width = 0.2
+    for i, level in enumerate(levels):
+        xs = [j + (i - 1.5) * width for j in range(len(stats["funnel"]))]
+        ys = [f[level] or 0 for f in stats["funnel"]]
+        bars = ax.bar(xs, ys, width, label=level if level != "parsed" else "parsed (stage 1: valid)",
+                      color=_COLOURS[level])
+        ax.bar_label(bars, labels=[str(f[level]) if f[level] is not None else "–" for f in stats["funnel"]],
+                     fontsize=7, padding=1)
+    ax.set_xticks(range(len(stats["funnel"])), [f["title"] for f in stats["funnel"]])
+    ax.set_xlabel("stage")
+    ax.set_ylabel("records")
+    ax.legend(fontsize=8)
+
+    # drop reasons
+    bars_ = [(STAGE_TITLES[s], reason, n) for s in ("mcq", "simple_cot", "expansion")
+             for reason, n in stats["drops"][s].items()]
+    stage_of = {STAGE_TITLES[s]: s for s in STAGE_TITLES}
+    if bars_:
+        ax = new("drop_reasons", (7.5, 0.9 + 0.38 * len(bars_)))
+        labels = [f"{st.split(' · ')[0]}: {reason}" for st, reason, _ in bars_]
+        ys = list(range(len(bars_)))[::-1]
+        b = ax.barh(ys, [n for *_, n in bars_], color=[_COLOURS[stage_of[st]] for st, *_ in bars_])
+        ax.bar_label(b, fontsize=8, padding=2)
+        ax.set_yticks(ys, labels, fontsize=8)
+        ax.set_xlabel("records dropped (stage 1: invalid questions)")
+        ax.set_ylabel("stage: reason")
+    if stats["bad_words"]:
+        top = list(stats["bad_words"].items())[:15]
+        ax = new("bad_words", (7.5, 0.9 + 0.32 * len(top)))
+        ys = list(range(len(top)))[::-1]
+        b = ax.barh(ys, [n for _, n in top], color="#d64545")
+        ax.bar_label(b, fontsize=8, padding=2)
+        ax.set_yticks(ys, [w for w, _ in top], fontsize=8)
+        ax.set_xlabel("stage-3 expansions containing it (first bad word found)")
+        ax.set_ylabel("bad word")
+
+    # accuracy by question type
+    acc = stats["accuracy_by_question_type"]
+    qts = sorted({q for s in acc.values() for q in s}, key=lambda q: -sum(acc[s].get(q, {}).get("rows", 0) for s in acc))
+    if qts:
+        ax = new("accuracy_by_question_type", (7.5, 1.2 + 0.55 * len(qts)))
+        h = 0.38
+        for i, s in enumerate(("simple_cot", "expansion")):
+            ys = [len(qts) - 1 - j + (0.5 - i) * h for j in range(len(qts))]
+            vals = [(acc[s].get(q) or {}).get("accuracy") for q in qts]
+            b = ax.barh(ys, [v or 0 for v in vals], h, color=_COLOURS[s], label=STAGE_TITLES[s])
+            ax.bar_label(b, labels=[f"{v:.0%} of {acc[s][q]['kept']}" if v is not None else "–"
+                                    for v, q in zip(vals, qts)], fontsize=7, padding=2)
+        ax.set_yticks([len(qts) - 1 - j for j in range(len(qts))], [_wrap(q) for q in qts], fontsize=8)
+        ax.set_xlim(0, 1.2)
+        ax.set_xlabel("accuracy of kept traces (correct / kept)")
+        ax.set_ylabel("question type")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    # lengths
+    simple, expanded = lengths["all"]["simple"], lengths["all"]["expanded"]
+    if simple or expanded:
+        ax = new("thought_lengths")
+        top = max(simple + expanded)
+        bins = list(range(0, top + max(1, top // 40) + 1, max(1, top // 40)))
+        if simple:
+            ax.hist(simple, bins=bins, alpha=0.65, color=_COLOURS["simple_cot"],
+                    label=f"simple thought (stage 2), n={len(simple)}, median {statistics.median(simple):.0f}")
+        if expanded:
+            ax.hist(expanded, bins=bins, alpha=0.65, color=_COLOURS["expansion"],
+                    label=f"long thought (stage 3), n={len(expanded)}, median {statistics.median(expanded):.0f}")
+        ax.set_xlabel("thought length (words)")
+        ax.set_ylabel("kept thoughts")
+        ax.legend(fontsize=8)
+    if lengths["by_type"]:
+        ax = new("thought_lengths_by_type")
+        types = list(lengths["by_type"])
+        bp = ax.boxplot([lengths["by_type"][t] for t in types], patch_artist=True, showfliers=False)
+        for patch, t in zip(bp["boxes"], types):
+            patch.set_facecolor(_TYPE_COLOURS.get(t, "#999"))
+            patch.set_alpha(0.7)
+        ax.set_xticks(range(1, len(types) + 1), [f"{type_label(t)}\nn={len(lengths['by_type'][t])}" for t in types])
+        ax.set_xlabel("trace type (O correct, X wrong; A→B: simple thought → expansion)")
+        ax.set_ylabel("thought length (words)")
+    if lengths["by_cue"]:
+        ax = new("added_length_by_cue")
+        cues = sorted(lengths["by_cue"], key=lambda c: -len(lengths["by_cue"][c]))
+        bp = ax.boxplot([lengths["by_cue"][c] for c in cues], patch_artist=True, showfliers=False)
+        for patch in bp["boxes"]:
+            patch.set_facecolor(_COLOURS["expansion"])
+            patch.set_alpha(0.7)
+        ax.set_xticks(range(1, len(cues) + 1), [f"{_wrap(c, 18)}\nn={len(lengths['by_cue'][c])}" for c in cues])
+        ax.set_xlabel("cue")
+        ax.set_ylabel("words added (cue + continuation)")
+
+    # composition
+    if stats["sft"]["rows"]:
+        ax = new("sft_composition", (6.5, 3.8))
+        items = list(stats["sft"]["cot_type"].items())
+        b = ax.bar([type_label(t) for t, _ in items], [n for _, n in items],
+                   color=[_TYPE_COLOURS.get(t, "#999") for t, _ in items])
+        ax.bar_label(b, fontsize=8, padding=1)
+        ax.set_xlabel(f"trace type ({_short(stats['sft']['from'])})")
+        ax.set_ylabel("SFT rows")
+    if stats["dpo"]["rows"]:
+        ax = new("dpo_composition", (6.5, 3.8))
+        items = list(stats["dpo"]["kind"].items())
+        b = ax.bar([kind_label(k).replace("≻", ">") for k, _ in items], [n for _, n in items], color="#7b5bd6")
+        ax.bar_label(b, fontsize=8, padding=1)
+        ax.set_xlabel(f"pair kind, chosen ≻ rejected ({_short(stats['dpo']['from'])})")
+        ax.set_ylabel("DPO pairs")
+    return figs
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _short(where: str) -> str:
+    return "exported config" if where.startswith("the export") else "assembled from the run, default options"
+
+
+def describe(fig: Any) -> list[dict[str, str]]:
+    """Title and axis labels of each axes of a figure (what the tests and a card's alt text read)."""
+    return [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()} for ax in fig.axes]
+
+
+def write_figures(path_or_run: Any, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the figures of a run directory or an exported folder as ``OUT_DIR/<stem>.png`` (see
+    :data:`FIGURES`; a figure without data is not written); returns the paths, in :data:`FIGURES` order."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, fig in make_figures(path_or_run).items():
+        path = out / f"{stem}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ the terminal
+
+
+def summary_tables(stats: dict[str, Any]) -> list[Any]:
+    """Rich tables of :func:`compute`'s numbers, for ``lpt stats``."""
+    from rich.table import Table
+
+    tables = []
+    t = Table(title=f"{stats['input']['label']}: records per stage (builder.records.tally)", title_justify="left")
+    for col in ("stage", "items", "parsed / valid", "correct", "kept", "kept & correct", "accuracy of kept"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for f in stats["funnel"]:
+        kc = f.get("kept_correct")
+        t.add_row(f["title"], str(f["items"]), str(f["parsed"]), _n(f["correct"]), str(f["kept"]), _n(kc),
+                  f"{kc / f['kept']:.1%}" if kc is not None and f["kept"] else "")
+    for name, label in (("expansion_of_O", "  stage 3 of O (correct simple)"),
+                        ("expansion_of_X", "  stage 3 of X (wrong simple)")):
+        c = stats["counts"].get(name)
+        if c:
+            t.add_row(label, str(c["rows"]), str(c.get("parsed", 0)), str(c.get("correct", 0)), str(c.get("kept", 0)),
+                      str(c.get("kept_correct", 0)), f"{c['kept_correct'] / c['kept']:.1%}" if c.get("kept") else "")
+    tables.append(t)
+
+    t = Table(title="what each filter removed", title_justify="left")
+    for col in ("stage", "reason", "records"):
+        t.add_column(col, justify="right" if col == "records" else "left")
+    for s, reasons in stats["drops"].items():
+        for reason, n in reasons.items():
+            t.add_row(STAGE_TITLES[s], reason, str(n))
+    for w, n in list(stats["bad_words"].items())[:8]:
+        t.add_row("", f"[dim]its bad word:[/dim] {w!r}", f"[dim]{n}[/dim]")
+    tables.append(t)
+
+    t = Table(title="accuracy of kept traces by question type", title_justify="left")
+    for col in ("question type", "stage 2 kept", "stage 2 acc.", "stage 3 kept", "stage 3 acc."):
+        t.add_column(col, justify="left" if col == "question type" else "right")
+    acc = stats["accuracy_by_question_type"]
+    for q in sorted({q for s in acc.values() for q in s}):
+        cells = []
+        for s in ("simple_cot", "expansion"):
+            a = acc.get(s, {}).get(q)
+            cells += [str(a["kept"]) if a else "", f"{a['accuracy']:.1%}" if a and a["accuracy"] is not None else ""]
+        t.add_row(q, *cells)
+    tables.append(t)
+
+    t = Table(title="thought length of kept traces (words)", title_justify="left")
+    for col in ("what", "n", "mean", "median", "p90"):
+        t.add_column(col, justify="left" if col == "what" else "right")
+    L = stats["lengths"]
+    rows = [("simple thought", L["simple"]), ("long thought", L["expanded"]), ("added by stage 3", L["added"])]
+    rows += [(f"type {type_label(k)}", v) for k, v in L["by_type"].items()]
+    rows += [(f"added after cue {c!r}", v) for c, v in L["added_by_cue"].items()]
+    for what, v in rows:
+        if v.get("n"):
+            t.add_row(what, str(v["n"]), f"{v['mean']:.0f}", f"{v['median']:.0f}", str(v["p90"]))
+    tables.append(t)
+
+    t = Table(title="SFT / DPO composition", title_justify="left")
+    for col in ("set", "part", "rows"):
+        t.add_column(col, justify="right" if col == "rows" else "left")
+    t.add_row("sft", f"[dim]{stats['sft']['from']}[/dim]", str(stats["sft"]["rows"]))
+    for k, n in stats["sft"]["cot_type"].items():
+        t.add_row("", type_label(k), str(n))
+    t.add_row("dpo", f"[dim]{stats['dpo']['from']}[/dim]", str(stats["dpo"]["rows"]))
+    for k, n in stats["dpo"]["kind"].items():
+        t.add_row("", kind_label(k), str(n))
+    tables.append(t)
+    return tables
+
+
+def _n(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+__all__ = ["EXPORT", "FIGURES", "NotAnInput", "Opened", "RUN", "added_text", "compute", "describe", "detect",
+           "kind_label", "make_figures", "open_input", "summary_tables", "type_label", "write_figures"]

@@ -1,0 +1,132 @@
+"""`lpt stats`: the numbers of a run directory and of an exported folder (counted with builder.records.tally),
+and the PNG figures (valid files, a title and labelled axes on every plot)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from builder import assemble
+from builder.cli import stats_cmd
+from builder.export import export
+from builder.importer import import_upstream
+from builder.records import tally
+from builder.stats import FIGURES, compute, describe, make_figures, write_figures
+from builder.store import RunDir
+
+from helpers import UPSTREAM, ReplayEngine, make_source, run_all, small_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stats")
+    import_upstream(UPSTREAM, tmp / "run")
+    export(tmp / "run", tmp / "hub")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def replay_run(tmp_path_factory):
+    """A run made by the pipeline (REPLAY engine): invalid questions, unparseable samples, duplicates, bad words."""
+    tmp = tmp_path_factory.mktemp("stats_replay")
+    run = RunDir(tmp / "run")
+    make_source(run, tmp)
+    run_all(run, ReplayEngine(), small_config())
+    return run
+
+
+def test_numbers_of_a_run(made):
+    run = RunDir(made / "run")
+    s = compute(run)
+    assert s["input"] == {"kind": "run", "path": str(made / "run"), "label": f"run directory {made / 'run'}"}
+    e = run.read("expansion")
+    assert s["counts"]["expansion"] == tally(e) and s["counts"]["simple_cot"] == tally(run.read("simple_cot"))
+    funnel = {f["stage"]: f for f in s["funnel"]}
+    assert (funnel["expansion"]["items"], funnel["expansion"]["parsed"], funnel["expansion"]["correct"],
+            funnel["expansion"]["kept"]) == (1200, 1120, 1093, 517)
+    assert funnel["mcq"]["items"] == 40 and funnel["mcq"]["kept"] == 40
+    rows = e.to_pylist()
+    assert s["drops"]["expansion"] == dict(Counter(r["drop_reason"] for r in rows if not r["keep"]))
+    assert sum(s["drops"]["expansion"].values()) == 1200 - 517
+    assert s["bad_words"] == dict(Counter(r["bad_word"] for r in rows if r["bad_word"]))
+    assert s["counts"]["expansion_of_X"]["rows"] + s["counts"]["expansion_of_O"]["rows"] == 1200
+
+    samples = run.read("simple_cot").to_pylist()
+    recog = [r for r in samples if r["question_type"] == "Recognition" and r["keep"]]
+    acc = s["accuracy_by_question_type"]["simple_cot"]["Recognition"]
+    assert acc["kept"] == len(recog) and acc["accuracy"] == pytest.approx(sum(r["correct"] for r in recog) / len(recog))
+
+    L = s["lengths"]
+    assert L["simple"]["n"] == sum(r["keep"] for r in samples) and L["expanded"]["n"] == 517
+    assert L["expanded"]["median"] > L["simple"]["median"] and set(L["added_by_cue"]) == {"Wait,"}
+    assert sum(v["n"] for v in L["by_type"].values()) == L["simple"]["n"] + L["expanded"]["n"]
+
+    traces = assemble.load_traces(run)
+    assert s["sft"]["cot_type"] == dict(Counter(t.cot_type for t in assemble.sft_traces(traces)))
+    assert s["dpo"]["kind"] == dict(sorted(Counter(k for k, _, _ in assemble.dpo_pairs(traces)).items()))
+    assert s["sft"]["from"].startswith("assembled from the run")
+    json.dumps(s)  # JSON-able, for a card
+
+
+def test_numbers_of_an_export_match_the_run_and_read_its_sets(made):
+    run_stats, out_stats = compute(made / "run"), compute(made / "hub")
+    assert out_stats["input"]["kind"] == "export"
+    for key in ("counts", "funnel", "drops", "bad_words", "accuracy_by_question_type", "lengths"):
+        assert out_stats[key] == run_stats[key], key
+    import datasets
+
+    dpo = datasets.load_dataset(str(made / "hub"), "dpo", split="train")
+    assert out_stats["dpo"]["kind"] == dict(sorted(Counter(dpo["kind"]).items()))
+    assert out_stats["dpo"]["from"] == "the export's dpo config" and out_stats["sft"]["rows"] == 112
+
+
+def test_what_each_filter_removed_in_a_pipeline_run(replay_run):
+    s = compute(replay_run)
+    mcq = [r for r in replay_run.read("mcq").to_pylist() if r["item_index"] >= 0]
+    assert s["drops"]["mcq"] == dict(Counter(r["invalid_reason"] for r in mcq if not r["valid"])) != {}
+    samples = replay_run.read("simple_cot").to_pylist()
+    assert s["drops"]["simple_cot"] == dict(Counter(r["drop_reason"] for r in samples if not r["keep"]))
+    assert {"unparseable", "duplicate"} <= set(s["drops"]["simple_cot"])
+    assert s["funnel"][0]["parsed"] == sum(r["valid"] for r in mcq)
+
+
+def test_every_figure_has_a_title_and_labelled_axes(made, replay_run):
+    import matplotlib.pyplot as plt
+
+    for source in (made / "run", made / "hub", replay_run):
+        figs = make_figures(source)
+        assert set(figs) <= set(FIGURES) and {"funnel", "drop_reasons", "thought_lengths",
+                                               "accuracy_by_question_type", "dpo_composition"} <= set(figs)
+        for stem, fig in figs.items():
+            axes = describe(fig)
+            assert axes, stem
+            for ax in axes:
+                assert ax["title"] == FIGURES[stem] and ax["xlabel"] and ax["ylabel"], (stem, ax)
+            plt.close(fig)
+
+
+def test_write_figures_writes_valid_pngs(made, tmp_path):
+    paths = write_figures(made / "hub", tmp_path / "figs")
+    assert [p.stem for p in paths] == [s for s in FIGURES if s in {p.stem for p in paths}] and len(paths) >= 8
+    for p in paths:
+        assert p.parent == tmp_path / "figs"
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width >= 500 and im.height >= 200
+            im.verify()
+
+
+def test_stats_command(made, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(stats_cmd, [str(made / "run"), "-o", str(tmp_path / "plots")])
+    assert r.exit_code == 0, r.output
+    assert f"run directory {made / 'run'}: records per stage" in r.output
+    assert "what each filter removed" in r.output and "bad_word" in r.output and "X→O ≻ X" in r.output
+    assert "wrote 9 plots to" in r.output and len(list((tmp_path / "plots").glob("*.png"))) == 9
+    r = runner.invoke(stats_cmd, [str(made / "hub"), "--json", "--no-plots"])
+    assert r.exit_code == 0 and json.loads(r.output)["input"]["kind"] == "export"
+    r = runner.invoke(stats_cmd, [str(tmp_path / "plots")])
+    assert r.exit_code == 1 and "neither a run directory" in r.output
