@@ -10,7 +10,10 @@ Commands::
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
     lpt export RUN OUT [--only CONFIG]...  Hub-layout dataset folder (or LLaMA-Factory JSON)
     lpt card OUT / lpt push OUT REPO_ID    the dataset card; upload to the Hub
-    lpt import-upstream SRC RUN            the authors' raw generations as a run directory
+    lpt import-upstream SRC RUN            the authors' raw generations as a run directory (--example: theirs)
+    lpt relabel RUN                        re-grade a run with the installed answer matcher
+    lpt view RUN|OUT / lpt stats RUN|OUT   a self-contained HTML trace viewer; numbers and PNG figures
+    lpt show OUT CONFIG                    a few rows of an exported config in the terminal
     lpt eval MODEL                         lighteval on the paper's benchmarks (needs the ``eval`` extra)
 """
 
@@ -40,8 +43,10 @@ from builder.importer import EXAMPLE_DIR, import_upstream
 from builder.pipeline import NoSource, generate, prepare_source, status_rows
 from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
+from builder.stats import compute, open_input, summary_tables, write_figures
 from builder.stages import STAGES, StageSpec, get_stage
 from builder.store import RunDir, StoreError, parse_shard
+from builder.view import show_rows, write_html
 
 ENGINE_KINDS = ("transformers", "vllm", "openai")
 
@@ -434,8 +439,6 @@ def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str |
 def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int) -> None:
     """A static HTML report of a run directory or an exported folder: every MCQ, simple thought, expansion and
     DPO pair, with labels, filters and search (one self-contained file; open it in a browser)."""
-    from builder.stats import open_input
-    from builder.view import write_html
 
     source = open_input(path)
     click.echo(f"reading the {source.label}")
@@ -453,7 +456,6 @@ def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thu
 def stats_cmd(path: str, out_dir: str | None, no_plots: bool, as_json: bool) -> None:
     """Numbers and plots of a run directory or an exported folder: the funnel of every stage, what each filter
     removed, accuracy by question type, thought lengths, SFT/DPO composition."""
-    from builder.stats import compute, open_input, summary_tables, write_figures
 
     source = open_input(path)
     numbers = compute(source)
@@ -481,7 +483,6 @@ def stats_cmd(path: str, out_dir: str | None, no_plots: bool, as_json: bool) -> 
 def show_cmd(out_dir: str, config: str, rows: int, start: int, max_chars: int) -> None:
     """A few rows of an exported config, readable in a terminal (messages as role: content, long texts folded,
     images as their id)."""
-    from builder.view import show_rows
 
     console = _console()
     for table in show_rows(out_dir, config, rows=rows, start=start, max_chars=max_chars):

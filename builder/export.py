@@ -42,10 +42,13 @@ from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_jso
 from builder.configs import CONFIGS, FIELD_DOCS, LPTConfig, run_configs
 from builder.pipeline import incomplete_stages
 from builder.records import tally
+from builder.stats import FIGURES as FIGURE_TITLES
+from builder.stats import write_figures
 from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
 REPORT_FILE = "export_report.json"
+FIGURES = "figures"  # PNG plots of the data beside the card (builder.stats)
 RUN_MANIFEST = "run_manifest.json"  # the run's manifest.json (models, settings, seeds, versions), beside the data
 PAPER = {"arxiv": "https://arxiv.org/abs/2504.15362", "code": "https://github.com/andrewliao11/LongPerceptualThoughts",
          "bibtex": """@inproceedings{liao2025longperceptualthoughts,
@@ -178,6 +181,8 @@ def export(
             _update_report(tmp, written, empty, old)
             if (Path(run_dir) / "manifest.json").is_file():  # what made the data travels with it
                 shutil.copyfile(Path(run_dir) / "manifest.json", tmp / RUN_MANIFEST)
+            shutil.rmtree(tmp / FIGURES, ignore_errors=True)
+            write_figures(tmp, tmp / FIGURES)  # the card shows them; the Hub renders them
             render_card(tmp, repo_id=repo_id or str(out))  # the card names where it will be, not the temp folder
         _swap_in(tmp, out)
     finally:
@@ -299,8 +304,8 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats["example"] = {"config": first, "json": _example(data[first][0]) if first else ""}
     stats["provenance"] = provenance(out)
     stats["paper"] = PAPER
-    stats["figures"] = sorted(str(p.relative_to(out)) for p in (out / "figures").glob("*.png")) \
-        if (out / "figures").is_dir() else []
+    stats["figures"] = [{"path": f"{FIGURES}/{stem}.png", "title": title} for stem, title in FIGURE_TITLES.items()
+                        if (out / FIGURES / f"{stem}.png").is_file()]
     return stats
 
 

@@ -244,6 +244,9 @@ def test_card_names_the_paper_the_makers_the_fields_and_only_configs_that_exist(
     assert "| `kind` | string | the pair kind" in card and "## An example row (`sft`" in card
     assert f'load_dataset("{out}", "sft"' in card and '"images"' not in card.split("## Load")[1].split("##")[0]
     assert "has no `images` config" in card
+    assert "![Records per stage" in card and "](figures/funnel.png)" in card  # the figures, beside the card
+    from PIL import Image
+    assert Image.open(out / "figures" / "funnel.png").format == "PNG"
     with pytest.raises(ValueError, match="with_images=False"):
         lpt.load("sft", str(out))
     assert lpt.load("sft", str(out), with_images=False).num_rows == read_report(out)["configs"]["sft"]
