@@ -39,6 +39,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from json.encoder import encode_basestring as _json_str  # json.dumps(str, ensure_ascii=False)
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -65,6 +66,15 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
                "X_O>X_X": "sample"}
 
 BATCH_ROWS = 8192  # rows per rendered record batch
+# Columns of a raw stage that repeat (an MCQ's prompt over its samples, an image's replies over its MCQs): read as
+# dictionaries, sorted as indices, turned back into strings one output batch at a time.
+_RAW_REPEATED = {
+    "mcq": ("image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"),
+    "simple_cot": ("mcq_id", "image_id", "question", "question_type", "option_style", "answer_format",
+                   "system_prompt", "user_text", "answer", "drop_reason", "model"),
+    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "prefill", "answer", "bad_word",
+                  "drop_reason", "model"),
+}
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
@@ -182,38 +192,69 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
 
     ``dictionary`` columns come back dictionary-encoded (one copy of each distinct prompt in memory).
     """
-    from builder.store import _unreadable
-
     full = STAGE_SCHEMAS[stage]
     dictionary = [c for c in dictionary if c in columns]
     want = pa.schema([pa.field(c, pa.dictionary(pa.int32(), _STR)) if c in dictionary else full.field(c)
                       for c in columns])
+    read = list(columns) + (["keep"] if kept and "keep" not in columns else [])
+    parts = []
+    for p in _files(run, stage):
+        for batch in _batches(stage, p, read, dictionary=dictionary):
+            if kept:
+                batch = batch.filter(batch.column("keep"))
+            parts.append(batch.select(list(columns)))
+    t = pa.Table.from_batches(parts) if parts else want.empty_table()
+    return t if t.schema == want else t.cast(want)
+
+
+def _files(run: Any, stage: str) -> list[Path]:
     try:
-        files = run.files(stage)
+        return run.files(stage)
     except FileNotFoundError:
-        files = []
-    tables = []
-    for p in files:
-        _check_file(stage, p)
-        try:
-            t = pq.read_table(p, columns=list(columns), filters=[("keep", "=", True)] if kept else None,
-                              read_dictionary=dictionary or None)
-        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-            raise _unreadable(p, e) from None
-        t = t.replace_schema_metadata(None)
-        tables.append(t if t.schema == want else t.cast(want))
-    return pa.concat_tables(tables) if tables else want.empty_table()
+        return []
 
 
-def _one_chunk(col: pa.ChunkedArray | pa.Array, large: bool = False) -> pa.Array:
-    """A column as one array (large_string for texts that may pass 2 GiB in all); dictionaries unified."""
+def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
+             batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
+    from builder.store import StoreError, _unreadable
+
+    full = STAGE_SCHEMAS[stage]
+    try:
+        f = pq.ParquetFile(p, read_dictionary=list(dictionary) or None)
+        names = f.schema_arrow.names
+    except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+        raise _unreadable(p, e) from None
+    if names != full.names:
+        raise StoreError(f"{p}: columns {names} do not match the {stage!r} schema {full.names}")
+    try:
+        for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+            yield batch.replace_schema_metadata(None)
+    except Exception as e:
+        raise _unreadable(p, e) from None
+
+
+def _one_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one array (dictionaries unified; texts past 2 GiB in all as large_string)."""
     if isinstance(col, pa.Array):
-        col = pa.chunked_array([col])
+        return col
+    if col.num_chunks == 1:
+        return col.chunk(0)
     if pa.types.is_dictionary(col.type):
-        col = col.unify_dictionaries() if col.num_chunks > 1 else col
-    elif large and pa.types.is_string(col.type):
-        col = col.cast(pa.large_string())
-    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        col = col.unify_dictionaries()
+    try:
+        return col.combine_chunks()
+    except pa.ArrowInvalid:  # offset overflow
+        return col.cast(pa.large_string()).combine_chunks()
+
+
+def _concat_texts(arrays: Sequence[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], _STR)
+    try:
+        return pa.concat_arrays([a.cast(_STR) for a in arrays])
+    except pa.ArrowInvalid:  # offset overflow
+        return pa.concat_arrays([a.cast(pa.large_string()) for a in arrays])
 
 
 def _codes(col: pa.Array) -> np.ndarray:
@@ -261,6 +302,7 @@ class _Traces:
     pred: np.ndarray
     answers: Callable[[str | None], pa.Array]  # the answer of every trace in the requested format
     thoughts: Callable[[np.ndarray], pa.Array]  # the thoughts of some traces
+    thought_bytes: np.ndarray  # UTF-8 length of each thought
     src: "_RunSource | None" = None
 
     def __len__(self) -> int:
@@ -278,15 +320,14 @@ class _RunSource:
     s: np.ndarray  # per trace: its sample's row in ``samples``
     expansion: np.ndarray  # per trace: is an expansion
     thought_at: np.ndarray  # per trace: index into ``all_thoughts``
-    all_thoughts: pa.Array  # the samples' thoughts, then the kept expansions' long thoughts (large_string)
+    all_thoughts: pa.Array  # the samples' thoughts, then the kept expansions' long thoughts
 
 
 def _run_traces(run: Any) -> _Traces:
     """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``."""
     read = _read(run, "simple_cot", _SAMPLE_COLUMNS, kept=True, dictionary=_REPEATED)
-    samples = {c: _one_chunk(read[c], large=(c == "thought")) for c in _SAMPLE_COLUMNS}
-    del read
-    n_s = len(samples["sample_id"])
+    samples = {c: _one_chunk(read[c]) for c in _SAMPLE_COLUMNS if c != "thought"}
+    n_s = read.num_rows
     if pc.count_distinct(samples["sample_id"]).as_py() != n_s:
         from builder.store import StoreError
 
@@ -297,7 +338,11 @@ def _run_traces(run: Any) -> _Traces:
     sample_row, has = _positions(exp["sample_id"], samples["sample_id"])
     e_s = sample_row[has]
     exp = exp.filter(pa.array(has)) if not has.all() else exp
-    long_thought = _one_chunk(exp["long_thought"], large=True)
+    # every thought in one array (one copy): the samples' thoughts, then the expansions' long thoughts
+    all_thoughts = _concat_texts(read["thought"].chunks + exp["long_thought"].chunks)
+    del read
+    samples["thought"] = all_thoughts.slice(0, n_s)
+    long_thought = all_thoughts.slice(n_s)
 
     s_correct = samples["correct"].to_numpy(zero_copy_only=False)
     e_correct = _one_chunk(exp["correct"]).to_numpy(zero_copy_only=False)
@@ -310,9 +355,9 @@ def _run_traces(run: Any) -> _Traces:
     n_e = len(e_s)
     cot = np.concatenate([s_type, e_type]).astype(np.int64)
     trace_id = pa.concat_arrays([samples["sample_id"], _one_chunk(exp["expansion_id"])])
-    # sort by (cot_type string, trace_id): type names sort O, O_O, O_X, X, X_O, X_X
-    type_name = pa.array(TRACE_TYPES).take(pa.array(cot))
-    order = pc.sort_indices(pa.table({"t": type_name, "id": trace_id}), [("t", "ascending"), ("id", "ascending")])
+    # sort by (cot_type, trace_id) as strings: type names sort O, O_O, O_X, X, X_O, X_X
+    type_rank = np.argsort(np.argsort(np.array(TRACE_TYPES)))[cot]
+    order = pc.sort_indices(pa.table({"t": type_rank, "id": trace_id}), [("t", "ascending"), ("id", "ascending")])
     order = order.to_numpy()
     s_of = np.concatenate([np.arange(n_s), e_s])[order]
     is_exp = (np.arange(n_s + n_e) >= n_s)[order]
@@ -320,7 +365,6 @@ def _run_traces(run: Any) -> _Traces:
     added = length - np.where(is_exp, s_len[s_of], 0)
     pred = np.concatenate([samples["pred_index"].to_numpy(zero_copy_only=False),
                            _one_chunk(exp["pred_index"]).to_numpy(zero_copy_only=False)])[order].astype(np.int64)
-    all_thoughts = pa.concat_arrays([samples["thought"], long_thought])
     src = _RunSource(samples=samples, s=s_of, expansion=is_exp, thought_at=order, all_thoughts=all_thoughts)
 
     mcq_s, mcq_names = _rank_codes(samples["mcq_id"])
@@ -336,7 +380,8 @@ def _run_traces(run: Any) -> _Traces:
 
     return _Traces(cot_type=cot[order], trace_id=trace_id.take(pa.array(order)), mcq=mcq_s[s_of], mcq_names=mcq_names,
                    sample=s_of.astype(np.int64), prompt=prompt_s[s_of], length=length, added=added, pred=pred,
-                   answers=answers, thoughts=thoughts, src=src)
+                   answers=answers, thoughts=thoughts, src=src,
+                   thought_bytes=pc.binary_length(all_thoughts).to_numpy().astype(np.int64)[order])
 
 
 def _list_traces(traces: Sequence[Trace]) -> _Traces:
@@ -354,6 +399,7 @@ def _list_traces(traces: Sequence[Trace]) -> _Traces:
         pred=np.array([t.pred_index for t in traces], np.int64),
         answers=lambda fmt: pa.array([t.answer(fmt) for t in traces], _STR),
         thoughts=lambda at: pa.array([traces[i].thought for i in at], _STR),
+        thought_bytes=np.array([len(t.thought.encode("utf-8")) for t in traces], np.int64),
     )
 
 
@@ -455,7 +501,7 @@ def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: n
         names = group_names.take(pa.array(g_sorted[starts])).to_pylist()
         for g, a, b in zip(names, starts.tolist(), ends.tolist()):
             chosen += _weighted_draw(order_l[a:b], weights[: b - a], min(per_group, b - a),
-                                     rng_for(seed, tag, "group", g))
+                                     _group_rng(seed, tag, g))
     rest = pa.array(by_key)
     if chosen:
         taken = pc.is_in(keys.take(rest), value_set=keys.take(pa.array(chosen)))
@@ -464,6 +510,14 @@ def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: n
     chosen += rest.take(pa.array(top, pa.int64())).to_pylist() if top else []
     rng_for(seed, tag, "shuffle").shuffle(chosen)
     return chosen
+
+
+def _group_rng(seed: int, tag: str, group: str) -> random.Random:
+    """``rng_for(seed, tag, "group", group)``, its JSON written directly (the same bytes, a few times faster)."""
+    if type(seed) is not int or type(tag) is not str or type(group) is not str:
+        return rng_for(seed, tag, "group", group)
+    blob = f'["rng",{seed},{_json_str(tag)},"group",{_json_str(group)}]'
+    return random.Random(int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16], 16) & ((1 << 63) - 1))
 
 
 def _weighted_draw(members: list[T], weights: list[float], k: int, rng: random.Random) -> list[T]:
@@ -560,15 +614,14 @@ def _target_classes(tr: _Traces, opts: AssembleOptions, among: np.ndarray) -> np
     """
     cls = np.arange(len(tr))
     answers = tr.answers(opts.answer_format).take(pa.array(among))
-    thoughts = tr.thoughts(among)
-    size = pc.add(pc.binary_length(thoughts), pc.binary_length(answers)).to_numpy(zero_copy_only=False)
+    size = tr.thought_bytes[among] + pc.binary_length(answers).to_numpy(zero_copy_only=False).astype(np.int64)
     key = tr.prompt[among] * (int(size.max(initial=0)) + 1) + size
     first = _first_position(key)
     shared = first != np.arange(len(among))
     if not shared.any():
         return cls
     candidates = np.flatnonzero(np.isin(key, key[shared]))
-    th = thoughts.take(pa.array(candidates)).to_pylist()
+    th = tr.thoughts(among[candidates]).to_pylist()
     an = answers.take(pa.array(candidates)).to_pylist()
     seen: dict[tuple[int, str], int] = {}
     for j, t, a in zip(candidates.tolist(), th, an):
@@ -607,8 +660,18 @@ def _interleave(items: list, sep: Any) -> list:
 def _messages(roles: Sequence[str], contents: Sequence[pa.Array]) -> pa.Array:
     """A ``list<struct<role, content>>`` column: row i is ``[{role: roles[j], content: contents[j][i]}]``."""
     n, k = len(contents[0]), len(roles)
-    flat = pa.concat_arrays([_one_chunk(c).cast(_STR) for c in contents])
-    content = flat.take(pa.array(np.arange(n * k).reshape(k, n).T.ravel()))
+    contents = [_one_chunk(c) for c in contents]
+    if k == 1:
+        content = contents[0].cast(_STR)
+    elif all(pa.types.is_dictionary(c.type) for c in contents):  # interleave indices, then one copy of texts
+        offsets = np.cumsum([0] + [len(c.dictionary) for c in contents[:-1]])
+        idx = np.stack([c.indices.to_numpy(zero_copy_only=False).astype(np.int64) + o
+                        for c, o in zip(contents, offsets)], axis=1).ravel()
+        content = pa.DictionaryArray.from_arrays(pa.array(idx), _concat_texts([c.dictionary for c in contents]))
+        content = content.cast(_STR)
+    else:
+        flat = _concat_texts(contents)
+        content = flat.take(pa.array(np.arange(n * k).reshape(k, n).T.ravel()))
     role = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(k, dtype=np.int32), n)),
                                           pa.array(list(roles), _STR)).cast(_STR)
     items = pa.StructArray.from_arrays([role, content], fields=list(MESSAGE))
@@ -978,116 +1041,97 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
     """Every record of one stage, as written, in :meth:`RunDir.read`'s order (sorted by the stage's keys).
 
     The sort is computed on the key columns alone. Rows already in that order stream from the files; a stage
-    of at most ``sort_memory_bytes`` (uncompressed) is sorted in memory; a bigger one is bucketed by output
-    position into Arrow IPC spill files in one pass over the files, then each bucket is put in order and
-    emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
+    of at most ``sort_memory_bytes`` (in Arrow, estimated from a sample) is sorted in memory; a bigger one is
+    bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
+    in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
     """
     from builder.store import SORT_KEYS
 
+    full = STAGE_SCHEMAS[stage]
     keys = SORT_KEYS[stage]
-    try:
-        files = run.files(stage)
-    except FileNotFoundError:
-        files = []
-    key_table = _read_files(stage, files, keys)
-    total = key_table.num_rows
+    files = _files(run, stage)
+    key_parts = [b for p in files for b in _batches(stage, p, keys)]
+    total = sum(b.num_rows for b in key_parts)
     if not total:
         return
-    order = pc.sort_indices(key_table, [(k, "ascending") for k in keys]).to_numpy()
-    del key_table
+    order = pc.sort_indices(pa.Table.from_batches(key_parts), [(k, "ascending") for k in keys]).to_numpy()
+    del key_parts
     if (order == np.arange(total)).all():  # already in order: stream
-        for batch in _file_batches(stage, files, batch_rows):
-            yield batch
+        rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
+        yield from _rebatch(rows, batch_rows)
         return
-    nbytes = sum(_uncompressed_bytes(p) for p in files)
+    repeated = _RAW_REPEATED.get(stage, ())
+    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
+    nbytes = _arrow_bytes(stage, files, total, repeated)
     if nbytes <= sort_memory_bytes:
-        yield from _slices(_read_files(stage, files).take(pa.array(order)), batch_rows)
+        table = pa.Table.from_batches(list(rows)).unify_dictionaries().combine_chunks()
+        for sl in _chunks(total, batch_rows):
+            yield pa.Table.from_batches([table.take(pa.array(order[sl])).to_batches()[0]]).cast(full).to_batches()[0]
         return
+    for batch in _spill_sort(stage, rows, order, total, sort_memory_bytes * total // nbytes // 3, batch_rows):
+        yield batch.cast(full)
+
+
+def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
+                batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Rows in ``order``: each row goes to the spill file of its output bucket; each bucket is then sorted."""
     rank = np.empty(total, np.int64)
     rank[order] = np.arange(total)
-    del order
-    bucket_rows = max(batch_rows, int(total * sort_memory_bytes / nbytes))
+    bucket_rows = max(batch_rows, int(bucket_rows))
     spill = Path(tempfile.mkdtemp(prefix=f"lpt-sort-{stage}-"))
     try:
         sinks: dict[int, Any] = {}
         start = 0
-        for batch in _file_batches(stage, files, max(batch_rows, 65536)):
+        for batch in rows:
             r = rank[start:start + batch.num_rows]
             start += batch.num_rows
             b = r // bucket_rows
-            for bi in np.unique(b).tolist():
-                sel = np.flatnonzero(b == bi)
-                piece = batch.take(pa.array(sel)).append_column("__rank", pa.array(r[sel] - bi * bucket_rows))
-                if bi not in sinks:
-                    sinks[bi] = pa.ipc.new_file(str(spill / f"{bi}.arrow"), piece.schema)
-                sinks[bi].write_batch(piece)
+            by_bucket = np.argsort(b, kind="stable")
+            bounds = np.flatnonzero(np.diff(b[by_bucket])) + 1
+            batch = batch.take(pa.array(by_bucket)).append_column("__rank", pa.array(r[by_bucket] % bucket_rows))
+            for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
+                bi = int(b[by_bucket[lo]])
+                if bi not in sinks:  # a stream: each batch may bring its own dictionaries
+                    sinks[bi] = pa.ipc.new_stream(str(spill / f"{bi}.arrow"), batch.schema)
+                sinks[bi].write_batch(batch.slice(lo, hi - lo))
         for w in sinks.values():
             w.close()
         for bi in sorted(sinks):
             path = spill / f"{bi}.arrow"
             with pa.memory_map(str(path)) as source:
-                t = pa.ipc.open_file(source).read_all()
+                t = pa.ipc.open_stream(source).read_all()
                 local = np.empty(t.num_rows, np.int64)
                 local[t["__rank"].to_numpy()] = np.arange(t.num_rows)
-                t = t.drop_columns(["__rank"]).take(pa.array(local))
-            yield from _slices(t, batch_rows)
-            del t
+                t = t.drop_columns(["__rank"]).unify_dictionaries().combine_chunks()
             os.unlink(path)
+            for sl in _chunks(t.num_rows, batch_rows):
+                yield t.take(pa.array(local[sl])).to_batches()[0]
+            del t
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _check_file(stage: str, p: Path) -> None:
-    from builder.store import StoreError, _unreadable
-
-    try:
-        names = pq.read_schema(p).names
-    except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-        raise _unreadable(p, e) from None
-    if names != STAGE_SCHEMAS[stage].names:
-        raise StoreError(f"{p}: columns {names} do not match the {stage!r} schema {STAGE_SCHEMAS[stage].names}")
+def _arrow_bytes(stage: str, files: Sequence[Path], total: int, dictionary: Sequence[str] = ()) -> int:
+    """The stage's size in memory, estimated from the first rows of its biggest file."""
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    sample = next(_batches(stage, biggest, batch_rows=2000, dictionary=dictionary), None)
+    return int(sample.nbytes / max(1, sample.num_rows) * total) if sample is not None else 0
 
 
-def _read_files(stage: str, files: Sequence[Path], columns: Sequence[str] | None = None) -> pa.Table:
-    """Files of a stage, cast to the stage schema (``columns``: only those)."""
-    from builder.store import _unreadable
-
-    full = STAGE_SCHEMAS[stage]
-    want = pa.schema([full.field(c) for c in columns]) if columns else full
-    tables = []
-    for p in files:
-        _check_file(stage, p)
-        try:
-            t = pq.read_table(p, columns=list(columns) if columns else None).replace_schema_metadata(None)
-        except Exception as e:
-            raise _unreadable(p, e) from None
-        tables.append(t if t.schema == want else t.cast(want))
-    return pa.concat_tables(tables) if tables else want.empty_table()
-
-
-def _file_batches(stage: str, files: Sequence[Path], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The rows of the files in file order, ``batch_rows`` at a time (a row group at a time in memory)."""
-    from builder.store import _unreadable
-
-    full = STAGE_SCHEMAS[stage]
-    for p in files:
-        _check_file(stage, p)
-        try:
-            for batch in pq.ParquetFile(p).iter_batches(batch_size=batch_rows):
-                batch = batch.replace_schema_metadata(None)
-                yield batch if batch.schema == full else batch.cast(full)
-        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-            raise _unreadable(p, e) from None
-
-
-def _uncompressed_bytes(path: Path) -> int:
-    md = pq.ParquetFile(path).metadata
-    return sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
-
-
-def _slices(table: pa.Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    for sl in _chunks(table.num_rows, batch_rows):
-        yield from table.slice(sl.start, sl.stop - sl.start).combine_chunks().to_batches()
+def _rebatch(batches: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of ``batch_rows`` (the last one shorter)."""
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for b in batches:
+        pending.append(b)
+        n += b.num_rows
+        while n >= batch_rows:
+            t = pa.Table.from_batches(pending)
+            yield t.slice(0, batch_rows).combine_chunks().to_batches()[0]
+            rest = t.slice(batch_rows)
+            pending, n = rest.to_batches(), rest.num_rows
+    if n:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def raw_table(run: Any, stage: str) -> pa.Table:

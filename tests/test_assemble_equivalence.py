@@ -275,3 +275,8 @@ def test_content_ids_match_the_row_code():
     want = [content_id("pair", a, b, None) for a, b in zip(tricky.to_pylist(), reversed(tricky.to_pylist()))]
     assert got == want
     assert assemble._content_ids("mcq", pa.array(["x"]), "think", "text") == [content_id("mcq", "x", "think", "text")]
+    from builder.records import rng_for
+
+    for g in tricky.to_pylist():
+        for seed in (0, -3, 12345678901234567890):
+            assert assemble._group_rng(seed, "sft-O", g).random() == rng_for(seed, "sft-O", "group", g).random()

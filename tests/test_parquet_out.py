@@ -40,7 +40,8 @@ def test_a_written_config_loads_as_the_datasets_rows(run, tmp_path):
     for name in CONFIGS:
         features = lpt.CONFIGS[name].features
         rows = lpt.CONFIGS[name].build(lpt.LPTConfig(name=name, run_dir=str(run.path)))
-        n = write_parquet(assemble.batches(run, name, batch_rows=100), tmp_path / name, features)
+        n = write_parquet(assemble.batches(run, name, batch_rows=100), tmp_path / name, features,
+                          cdc=name.startswith("raw"))
         assert n == len(rows) > 0
         # written by datasets itself, for comparison
         ref = datasets.Dataset.from_list(rows, features=features)
@@ -49,8 +50,11 @@ def test_a_written_config_loads_as_the_datasets_rows(run, tmp_path):
         theirs = pq.ParquetFile(tmp_path / f"{name}.ref.parquet")
         assert ours.schema_arrow.metadata[b"huggingface"] == theirs.schema_arrow.metadata[b"huggingface"]
         assert ours.schema_arrow.equals(theirs.schema_arrow, check_metadata=False)
-        assert ours.metadata.metadata.get(b"content_defined_chunking") == \
-            theirs.metadata.metadata.get(b"content_defined_chunking")
+        if name.startswith("raw"):  # cdc=True: content-defined chunking recorded as datasets records it
+            assert ours.metadata.metadata[b"content_defined_chunking"] == \
+                theirs.metadata.metadata[b"content_defined_chunking"]
+        else:
+            assert b"content_defined_chunking" not in ours.metadata.metadata
         loaded = _load(tmp_path / name, tmp_path / "cache")
         assert loaded.features == features, name
         assert loaded.to_list() == ref.to_list(), name
@@ -77,6 +81,14 @@ def test_shards_row_groups_replacement_and_same_bytes(run, tmp_path):
     write_parquet(table, out, features)  # fewer files: the old ones go, no temp file stays
     assert sorted(p.name for p in out.iterdir()) == ["train-00000-of-00001.parquet"]
     assert _load(out, tmp_path / "cache2").to_list() == table.to_pylist()
+
+    def failing():
+        yield from table.to_batches(max_chunksize=64)
+        raise RuntimeError("the assembly failed")
+
+    with pytest.raises(RuntimeError, match="assembly failed"):
+        write_parquet(failing(), out, features, row_group_bytes=120_000)
+    assert sorted(p.name for p in out.iterdir()) == ["train-00000-of-00001.parquet"]  # the last good write stays
 
 
 def test_an_exported_folder_loads_by_config_name(run, tmp_path):
