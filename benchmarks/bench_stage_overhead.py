@@ -164,7 +164,8 @@ def main() -> None:
             expand.first_bad_word = current
         if label != "stage 3 warm-up":
             results.append(row)
-    added = [r["continuation"] for r in run.read("expansion").select(["continuation"]).to_pylist()]
+    added = [r["cue"] + r["continuation"].split("</think>")[0]
+             for r in run.read("expansion").select(["cue", "continuation"]).to_pylist()]
     words = config.stage3.bad_words
     check = {}
     for label, fn in (("before", first_bad_word_v1), ("now", expand.first_bad_word)):

@@ -72,8 +72,8 @@ _RAW_REPEATED = {
     "mcq": ("image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"),
     "simple_cot": ("mcq_id", "image_id", "question", "question_type", "option_style", "answer_format",
                    "system_prompt", "user_text", "answer", "drop_reason", "model"),
-    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "prefill", "answer", "bad_word",
-                  "drop_reason", "model"),
+    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
+                  "model"),
 }
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
@@ -593,18 +593,32 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     order = np.lexsort((r, c, g, kind))
     kind, c, r = kind[order], c[order], r[order]
     if dedupe and len(c):
-        cls = _target_classes(tr, opts, np.unique(np.concatenate([c, r])))
-        pair = cls[c] * (len(pos) + 1) + cls[r]
-        _, first = np.unique(pair, return_index=True)
-        keep = np.sort(first)
+        used = np.zeros(len(tr), bool)
+        used[c] = used[r] = True
+        cls = _target_classes(tr, opts, np.flatnonzero(used))
+        keep = _is_first(_first_seen_codes(cls[c] * (len(pos) + 1) + cls[r]))  # each pair's first occurrence
         kind, c, r = kind[keep], c[keep], r[keep]
     return kind, c, r
 
 
 def _first_position(key: np.ndarray) -> np.ndarray:
     """Per row, the position of the first row with the same key (the order a dict of groups was filled in)."""
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return first[inverse]
+    codes = _first_seen_codes(key)
+    return np.flatnonzero(_is_first(codes))[codes]
+
+
+def _first_seen_codes(key: np.ndarray) -> np.ndarray:
+    """Dense codes numbered in order of first appearance (a hash table, not a sort)."""
+    return pc.dictionary_encode(pa.array(key)).indices.to_numpy().astype(np.int64) if len(key) else \
+        np.zeros(0, np.int64)
+
+
+def _is_first(codes: np.ndarray) -> np.ndarray:
+    """Whether each row is the first of its code (codes numbered in order of first appearance)."""
+    if not len(codes):
+        return np.zeros(0, bool)
+    seen = np.maximum.accumulate(codes)
+    return np.r_[True, codes[1:] > seen[:-1]]
 
 
 def _target_classes(tr: _Traces, opts: AssembleOptions, among: np.ndarray) -> np.ndarray:
@@ -1074,38 +1088,56 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
 
 def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
                 batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Rows in ``order``: each row goes to the spill file of its output bucket; each bucket is then sorted."""
+    """Rows in ``order``: each row goes to the spill file of its output bucket; each bucket is then sorted.
+
+    A dictionary column travels as indices into the concatenation of every batch's dictionary (kept in
+    memory: the repeated texts once per batch), so the spill files hold no dictionary."""
     rank = np.empty(total, np.int64)
     rank[order] = np.arange(total)
     bucket_rows = max(batch_rows, int(bucket_rows))
     spill = Path(tempfile.mkdtemp(prefix=f"lpt-sort-{stage}-"))
+    dictionaries: dict[str, list[pa.Array]] = {}
     try:
         sinks: dict[int, Any] = {}
         start = 0
         for batch in rows:
             r = rank[start:start + batch.num_rows]
             start += batch.num_rows
+            columns = []
+            for name, col in zip(batch.schema.names, batch.columns):
+                if pa.types.is_dictionary(col.type):
+                    seen = dictionaries.setdefault(name, [])
+                    offset = sum(len(d) for d in seen)
+                    seen.append(col.dictionary)
+                    col = pc.add(col.indices.cast(pa.int64()), offset)
+                columns.append(col)
             b = r // bucket_rows
             by_bucket = np.argsort(b, kind="stable")
             bounds = np.flatnonzero(np.diff(b[by_bucket])) + 1
-            batch = batch.take(pa.array(by_bucket)).append_column("__rank", pa.array(r[by_bucket] % bucket_rows))
+            batch = pa.RecordBatch.from_arrays(columns + [pa.array(r % bucket_rows)],
+                                               names=batch.schema.names + ["__rank"]).take(pa.array(by_bucket))
             for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
                 bi = int(b[by_bucket[lo]])
-                if bi not in sinks:  # a stream: each batch may bring its own dictionaries
-                    sinks[bi] = pa.ipc.new_stream(str(spill / f"{bi}.arrow"), batch.schema)
+                if bi not in sinks:
+                    sinks[bi] = pa.ipc.new_file(str(spill / f"{bi}.arrow"), batch.schema)
                 sinks[bi].write_batch(batch.slice(lo, hi - lo))
         for w in sinks.values():
             w.close()
+        texts = {name: _concat_texts(ds) for name, ds in dictionaries.items()}
+        del dictionaries
         for bi in sorted(sinks):
             path = spill / f"{bi}.arrow"
             with pa.memory_map(str(path)) as source:
-                t = pa.ipc.open_stream(source).read_all()
+                t = pa.ipc.open_file(source).read_all()
                 local = np.empty(t.num_rows, np.int64)
                 local[t["__rank"].to_numpy()] = np.arange(t.num_rows)
-                t = t.drop_columns(["__rank"]).unify_dictionaries().combine_chunks()
+                t = t.drop_columns(["__rank"]).combine_chunks()
             os.unlink(path)
             for sl in _chunks(t.num_rows, batch_rows):
-                yield t.take(pa.array(local[sl])).to_batches()[0]
+                part = t.take(pa.array(local[sl])).combine_chunks()
+                yield pa.RecordBatch.from_arrays(
+                    [texts[n].take(_one_chunk(part.column(n))) if n in texts else _one_chunk(part.column(n))
+                     for n in part.column_names], names=part.column_names)
             del t
     finally:
         shutil.rmtree(spill, ignore_errors=True)
