@@ -1,5 +1,6 @@
 """Export-side assembly at scale: the columnar path (builder.assemble + builder.parquet_out) against the authors'
-pandas path (benchmarks/authors_pandas.py), on synthetic runs of 30K / 300K / 1M stage-3 records.
+pandas path (benchmarks/authors_pandas.py) and, on request, the former ``lpt export``, on synthetic runs of
+30K / 300K / 1M stage-3 records.
 
 The runs are made from the bundled reference generations (../shared/reference/upstream-example-outputs,
 imported once with builder.importer.import_upstream): copy ``c`` of the 5 images / 40 MCQs / 400 samples /
@@ -11,11 +12,13 @@ sort). Runs are kept under --work and reused.
 Each measurement runs in its own subprocess under a small launcher that reports the child's wall time, CPU
 time (user + system) and peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``) and kills it past --max-rss-gb.
 
-    python benchmarks/bench_assembly.py --sizes 30000,300000 [--pandas-max 300000] [--work /tmp/lpt-bench]
+    python benchmarks/bench_assembly.py --sizes 30000,300000,1000000 [--pandas-max 300000] [--before-max 300000]
 
-The new path writes every run config (sft, dpo, mcq, mcq_direct, simple_cot, raw_mcq, raw_simple_cot,
-raw_expansion) to OUT/<config>/train-*.parquet; the pandas path builds the five sets the authors built (no raw
-configs) and writes them as JSON, so the ratio is conservative.
+Paths: ``columnar`` writes every run config (sft, dpo, mcq, mcq_direct, simple_cot, raw_mcq, raw_simple_cot,
+raw_expansion) to OUT/<config>/train-*.parquet; ``columnar-5`` only the five sets the authors built, for a
+like-for-like ratio with ``pandas`` (those five sets, the authors' way, written as JSON); ``before`` is
+``lpt export`` as it was (the frozen row code of tests/_assemble_v1.py through the datasets builder, and the
+card).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REF_RECORDS = 1200  # stage-3 records of the reference generations
 CONFIGS = ("sft", "dpo", "mcq", "mcq_direct", "simple_cot", "raw_mcq", "raw_simple_cot", "raw_expansion")  # lpt's order
+SETS = CONFIGS[:5]  # the sets the authors' path builds
 
 
 def _reference_dir() -> Path:
@@ -96,8 +100,8 @@ def build_run(work: Path, records: int, rows_per_file: int = 20_000) -> Path:
 # ---------------------------------------------------------------------------------------------- the jobs
 
 
-def job_new(run_dir: str, out_dir: str, cdc: bool = True) -> None:
-    """Every run config, columnar, straight to parquet; the trace sets share one read of the stage tables."""
+def job_new(run_dir: str, out_dir: str, cdc: bool = False, configs: tuple[str, ...] = CONFIGS) -> None:
+    """Run configs, columnar, straight to parquet; the trace sets share one read of the stage tables."""
     t0 = time.perf_counter()
     import longperceptualthoughts as lpt
     from builder import assemble
@@ -109,7 +113,7 @@ def job_new(run_dir: str, out_dir: str, cdc: bool = True) -> None:
     t = time.perf_counter()
     tr = assemble.trace_index(run)
     times["traces"] = time.perf_counter() - t
-    for name in CONFIGS:
+    for name in configs:
         t = time.perf_counter()
         batches = assemble.batches(run, name, traces=tr if name in ("sft", "dpo", "simple_cot") else None)
         rows[name] = write_parquet(batches, out / name, lpt.CONFIGS[name].features, cdc=cdc)
@@ -117,6 +121,21 @@ def job_new(run_dir: str, out_dir: str, cdc: bool = True) -> None:
         if name == "simple_cot":
             del tr, batches  # the last set built from the traces
     print(json.dumps({"rows": rows, "seconds": {k: round(v, 2) for k, v in times.items()}}))
+
+
+def job_before(run_dir: str, out_dir: str) -> None:
+    """``lpt export`` as it was: the former row code (tests/_assemble_v1.py, frozen) through the datasets
+    builder (per-row encoding, Arrow cache, Dataset.to_parquet), then the card."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import _assemble_v1 as v1
+
+    from builder import assemble
+    from builder.export import export, read_report
+
+    for name in ("build_sft", "build_dpo", "build_mcq", "build_simple_cot", "build_raw", "why_empty"):
+        setattr(assemble, name, getattr(v1, name))  # the configs call assemble.<name> at build time
+    export(run_dir, out_dir)
+    print(json.dumps({"rows": read_report(out_dir)["configs"]}))
 
 
 def job_pandas(run_dir: str, out_dir: str) -> None:
@@ -172,16 +191,22 @@ def main() -> None:
         if mode == "_measure":
             return job_measure(float(args[0]), args[args.index("--") + 1:])
         if mode == "_new":
-            return job_new(args[0], args[1], cdc=args[2:] != ["--no-cdc"])
+            return job_new(args[0], args[1], cdc="--cdc" in args, configs=tuple(args[args.index("--configs") + 1]
+                                                                              .split(",")) if "--configs" in args
+                           else CONFIGS)
+        if mode == "_before":
+            return job_before(args[0], args[1])
         if mode == "_pandas":
             return job_pandas(args[0], args[1])
         raise SystemExit(f"unknown mode {mode}")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="30000,300000", help="stage-3 records per run, comma-separated")
     ap.add_argument("--pandas-max", type=int, default=300_000, help="run the pandas path up to this size")
+    ap.add_argument("--before-max", type=int, default=0,
+                    help="also time the former lpt export (row code + datasets builder) up to this size")
     ap.add_argument("--work", default="/tmp/lpt-bench", help="where runs and outputs go (runs are reused)")
     ap.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a measured job past this RSS")
-    ap.add_argument("--no-cdc", action="store_true", help="write parquet without content-defined chunking")
+    ap.add_argument("--cdc", action="store_true", help="write parquet with content-defined chunking (as datasets)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     work = Path(args.work)
@@ -190,9 +215,13 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         run = build_run(work, size)
         records = json.loads((run / "manifest.json").read_text())["counts"]["expansion"]
-        paths = [("columnar", ["_new", str(run), str(work / f"out-new-{records}")] + (["--no-cdc"] * args.no_cdc))]
-        if size <= args.pandas_max:
+        new = ["_new", str(run), str(work / f"out-new-{records}")] + ["--cdc"] * args.cdc
+        paths = [("columnar", new)]
+        if size <= args.pandas_max:  # the same five sets as the authors' path, then the authors' path
+            paths.append(("columnar-5", new + ["--configs", ",".join(SETS)]))
             paths.append(("pandas", ["_pandas", str(run), str(work / f"out-pandas-{records}")]))
+        if size <= args.before_max:
+            paths.append(("before", ["_before", str(run), str(work / f"out-before-{records}")]))
         for label, job in paths:
             r = measure(job, args.max_rss_gb)
             r.update(path=label, records=records)
@@ -202,17 +231,24 @@ def main() -> None:
                   f"{r['peak_rss_gb']:5.2f} GB peak RSS ({status}) {json.dumps(r['job'].get('seconds', ''))}",
                   flush=True)
     print()
-    print(f"{'records':>9} | {'path':>9} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | pandas/columnar")
+    print(f"{'records':>9} | {'path':>10} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | slower path / this "
+          f"(wall, CPU)")
+    versus = {"columnar": "before", "columnar-5": "pandas"}
     for r in results:
-        other = next((o for o in results if o["records"] == r["records"] and o["path"] == "pandas"), None)
-        ok = other is not None and other["rc"] == 0
-        ratio = f"{other['wall'] / r['wall']:.1f}x" if ok and r["path"] == "columnar" and r["rc"] == 0 else ""
-        print(f"{r['records']:>9,} | {r['path']:>9} | {r['wall']:>7.1f} | {r['cpu']:>7.1f} | "
+        other = next((o for o in results if o["records"] == r["records"] and o["path"] == versus.get(r["path"])),
+                     None)
+        ratio = ""
+        if other is not None and other["rc"] == 0 and r["rc"] == 0:
+            ratio = f"{other['path']}: {other['wall'] / r['wall']:.1f}x, {other['cpu'] / r['cpu']:.1f}x"
+        elif other is not None:
+            ratio = f"{other['path']}: killed past {args.max_rss_gb:g} GB" if other["killed"] else ""
+        print(f"{r['records']:>9,} | {r['path']:>10} | {r['wall']:>7.1f} | {r['cpu']:>7.1f} | "
               f"{r['peak_rss_gb']:>7.2f} | {ratio}")
-    for label in ("columnar", "pandas"):
-        k = slope([(r["records"], r["wall"]) for r in results if r["path"] == label and r["rc"] == 0])
+    for label in ("columnar", "columnar-5", "pandas", "before"):
+        done = [r for r in results if r["path"] == label and r["rc"] == 0]
+        k, kc = slope([(r["records"], r["wall"]) for r in done]), slope([(r["records"], r["cpu"]) for r in done])
         if k is not None:
-            print(f"growth exponent ({label}, wall time vs records): {k:.2f}")
+            print(f"growth exponent ({label}, time vs records, log-log slope): wall {k:.2f}, CPU {kc:.2f}")
     (work / "results.json").write_text(json.dumps(results, indent=1))
 
 

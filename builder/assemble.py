@@ -202,7 +202,8 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
         for batch in _batches(stage, p, read, dictionary=dictionary):
             if kept:
                 batch = batch.filter(batch.column("keep"))
-            parts.append(batch.select(list(columns)))
+            batch = batch.select(list(columns))
+            parts.append(batch if batch.schema == want else batch.cast(want))
     t = pa.Table.from_batches(parts) if parts else want.empty_table()
     return t if t.schema == want else t.cast(want)
 
@@ -217,7 +218,7 @@ def _files(run: Any, stage: str) -> list[Path]:
 def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
              batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
-    from builder.store import StoreError, _unreadable
+    from builder.store import StoreError
 
     full = STAGE_SCHEMAS[stage]
     try:
@@ -232,6 +233,13 @@ def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dicti
             yield batch.replace_schema_metadata(None)
     except Exception as e:
         raise _unreadable(p, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> Exception:
+    from builder.store import StoreError
+
+    return StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun the stage "
+                      f"to redo its inputs")
 
 
 def _one_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:

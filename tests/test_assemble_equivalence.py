@@ -280,3 +280,23 @@ def test_content_ids_match_the_row_code():
     for g in tricky.to_pylist():
         for seed in (0, -3, 12345678901234567890):
             assert assemble._group_rng(seed, "sft-O", g).random() == rng_for(seed, "sft-O", "group", g).random()
+
+
+def test_a_broken_stage_file_is_named(runs, tmp_path):
+    """A truncated or foreign parquet file in a stage: a StoreError naming it, as RunDir.read gives."""
+    import shutil
+
+    from builder.store import StoreError
+
+    run = RunDir(tmp_path / "broken")
+    shutil.copytree(runs["synthetic"].path, run.path)
+    victim = run.files("expansion")[2]
+    victim.write_bytes(victim.read_bytes()[:200])
+    for build in (assemble.build_sft, assemble.build_dpo, lambda r: assemble.build_raw(r, "expansion")):
+        with pytest.raises(StoreError, match=victim.name):
+            build(run)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sample_id": ["x"]}), victim)
+    with pytest.raises(StoreError, match="do not match"):
+        assemble.build_sft(run)
