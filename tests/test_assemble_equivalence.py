@@ -269,6 +269,18 @@ def test_an_empty_run(tmp_path):
     assert assemble.build_raw(run, "expansion") == [] and assemble.load_traces(run) == []
 
 
+def test_a_run_with_stage_1_only(runs, tmp_path):
+    """No stage-2 sample at all: every MCQ row has a fresh seeded prompt, as the row code renders it."""
+    import shutil
+
+    run = RunDir(tmp_path / "stage1")
+    shutil.copytree(runs["synthetic"].path / "mcq", run.path / "mcq")
+    for name in SETS:
+        _same(_rows(assemble, run, name, OPTIONS[1]), _rows(v1, run, name, _old(OPTIONS[1])))
+        assert assemble.why_empty(run, name) == v1.why_empty(run, name)
+    assert len(assemble.build_mcq(run)) > 200
+
+
 def test_content_ids_match_the_row_code():
     tricky = pa.array(["abc", "é😀", 'q"uote', "back\\slash", "tab\there", "line\u2028sep", "\x01", ""])
     got = assemble._content_ids("pair", tricky, pa.array(list(reversed(tricky.to_pylist()))), None)
