@@ -17,18 +17,39 @@ Sets:
 
 Every ratio and pair kind is an :class:`AssembleOptions` field; every draw is seeded per item with
 :func:`builder.records.rng_for`.
+
+How (columnar, with pyarrow): each stage is read as Arrow, only the columns a set needs, kept rows only,
+unsorted (``pq.read_table(columns=, filters=)`` over ``RunDir.files``). A set is first *planned* on small
+integer columns (trace positions, group codes, lengths; joins and group-bys), then *rendered* in record
+batches: texts are only gathered (``take``) and concatenated for the rows a batch emits. What stays Python is
+the seeded draw per group (``random.Random`` per item, bit-identical to the row code it replaces) and the
+content ids of emitted rows. :func:`batches` yields a config's rows as record batches of its Arrow schema;
+``*_table`` functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the same rows as
+dicts (``table.to_pylist()``), as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import random
-from collections import defaultdict
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from functools import lru_cache
+from json.encoder import encode_basestring as _json_str  # json.dumps(str, ensure_ascii=False)
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from builder.answers import format_answer
-from builder.records import content_id, rng_for
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from builder.answers import ANSWER_FORMATS, LETTERS, format_answer
+from builder.records import STAGE_SCHEMAS, content_id, rng_for
 
 T = TypeVar("T")
 
@@ -43,6 +64,18 @@ DEFAULT_PAIR_KINDS = PAIR_KINDS[:5]
 # thought with its own expansions, or two expansions of the same simple thought.
 _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample", "X_O>X": "sample",
                "X_O>X_X": "sample"}
+
+BATCH_ROWS = 8192  # rows per rendered record batch
+# Columns of a raw stage that repeat (an MCQ's prompt over its samples, an image's replies over its MCQs): read as
+# dictionaries, sorted as indices, turned back into strings one output batch at a time.
+_RAW_REPEATED = {
+    "mcq": ("image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"),
+    "simple_cot": ("mcq_id", "image_id", "question", "question_type", "option_style", "answer_format",
+                   "system_prompt", "user_text", "answer", "drop_reason", "model"),
+    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
+                  "model"),
+}
+SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,37 @@ class AssembleOptions:
 
     def replace(self, **changes: Any) -> "AssembleOptions":
         return dataclasses.replace(self, **changes)
+
+
+# -------------------------------------------------------------------------------------------------- schemas
+
+_STR = pa.string()
+MESSAGE = pa.struct([("role", _STR), ("content", _STR)])
+MESSAGES = pa.list_(MESSAGE)
+SFT_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _STR), ("sample_id", _STR),
+                        ("expansion_id", _STR), ("cot_type", _STR), ("question_type", _STR),
+                        ("messages", MESSAGES), ("simple_thought", _STR)])
+DPO_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _STR), ("kind", _STR),
+                        ("question_type", _STR), ("prompt", MESSAGES), ("chosen", MESSAGES),
+                        ("rejected", MESSAGES), ("chosen_id", _STR), ("rejected_id", _STR),
+                        ("chosen_type", _STR), ("rejected_type", _STR)])
+MCQ_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _STR), ("question", _STR),
+                        ("question_type", _STR), ("options", pa.list_(_STR)), ("answer_index", pa.int32()),
+                        ("answer", _STR), ("messages", MESSAGES)])
+SCHEMAS: dict[str, pa.Schema] = {
+    "sft": SFT_SCHEMA, "dpo": DPO_SCHEMA, "mcq": MCQ_SCHEMA, "mcq_direct": MCQ_SCHEMA, "simple_cot": SFT_SCHEMA,
+    "raw_mcq": STAGE_SCHEMAS["mcq"], "raw_simple_cot": STAGE_SCHEMAS["simple_cot"],
+    "raw_expansion": STAGE_SCHEMAS["expansion"],
+}
+"""The Arrow schema of each run config (the ``datasets`` features' ``arrow_schema``, same column order)."""
+
+
+@lru_cache(maxsize=None)
+def schema(name: str) -> pa.Schema:
+    """The Arrow schema of run config ``name`` with the ``huggingface`` features metadata ``datasets`` writes."""
+    from datasets import Features
+
+    return Features.from_arrow_schema(SCHEMAS[name]).arrow_schema
 
 
 # --------------------------------------------------------------------------------------------------- traces
@@ -115,48 +179,279 @@ class Trace:
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.user_text}]
 
 
-def _rows(run: Any, stage: str) -> list[dict[str, Any]]:
+# ----------------------------------------------------------------------------------------------- reading
+
+_SAMPLE_COLUMNS = ("sample_id", "mcq_id", "image_id", "question_type", "options", "answer_index", "answer_format",
+                   "system_prompt", "user_text", "thought", "pred_index", "correct")
+_REPEATED = ("system_prompt", "user_text", "question_type", "answer_format", "image_id")  # read as dictionaries
+
+
+def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
+          dictionary: Sequence[str] = ()) -> pa.Table:
+    """The rows of ``stage`` (every file of it, unsorted), only ``columns``; ``kept``: only rows with ``keep``.
+
+    ``dictionary`` columns come back dictionary-encoded (one copy of each distinct prompt in memory).
+    """
+    full = STAGE_SCHEMAS[stage]
+    dictionary = [c for c in dictionary if c in columns]
+    want = pa.schema([pa.field(c, pa.dictionary(pa.int32(), _STR)) if c in dictionary else full.field(c)
+                      for c in columns])
+    read = list(columns) + (["keep"] if kept and "keep" not in columns else [])
+    parts = []
+    for p in _files(run, stage):
+        for batch in _batches(stage, p, read, dictionary=dictionary):
+            if kept:
+                batch = batch.filter(batch.column("keep"))
+            batch = batch.select(list(columns))
+            parts.append(batch if batch.schema == want else batch.cast(want))
+    t = pa.Table.from_batches(parts) if parts else want.empty_table()
+    return t if t.schema == want else t.cast(want)
+
+
+def _files(run: Any, stage: str) -> list[Path]:
     try:
-        table = run.read(stage)
+        return run.files(stage)
     except FileNotFoundError:
         return []
-    return table.to_pylist() if table is not None else []
 
 
-def load_traces(run: Any) -> list[Trace]:
-    """Every kept simple CoT and expansion of a run, typed O / X / O_O / O_X / X_O / X_X.
+def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
+             batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
+    from builder.store import StoreError
 
-    An expansion counts only when its simple thought is itself kept. Order is deterministic (by id).
+    full = STAGE_SCHEMAS[stage]
+    try:
+        f = pq.ParquetFile(p, read_dictionary=list(dictionary) or None)
+        names = f.schema_arrow.names
+    except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+        raise _unreadable(p, e) from None
+    if names != full.names:
+        raise StoreError(f"{p}: columns {names} do not match the {stage!r} schema {full.names}")
+    try:
+        for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+            yield batch.replace_schema_metadata(None)
+    except Exception as e:
+        raise _unreadable(p, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> Exception:
+    from builder.store import StoreError
+
+    return StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun the stage "
+                      f"to redo its inputs")
+
+
+def _one_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one array (dictionaries unified; texts past 2 GiB in all as large_string)."""
+    if isinstance(col, pa.Array):
+        return col
+    if col.num_chunks == 1:
+        return col.chunk(0)
+    if pa.types.is_dictionary(col.type):
+        col = col.unify_dictionaries()
+    try:
+        return col.combine_chunks()
+    except pa.ArrowInvalid:  # offset overflow
+        return col.cast(pa.large_string()).combine_chunks()
+
+
+def _concat_texts(arrays: Sequence[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], _STR)
+    try:
+        return pa.concat_arrays([a.cast(_STR) for a in arrays])
+    except pa.ArrowInvalid:  # offset overflow
+        return pa.concat_arrays([a.cast(pa.large_string()) for a in arrays])
+
+
+def _codes(col: pa.Array) -> np.ndarray:
+    """Dense integer codes of a column's values (equal values, equal codes)."""
+    col = _one_chunk(col)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    uniq = pc.dictionary_encode(col.dictionary).indices.to_numpy()  # a dictionary may repeat a value
+    return uniq[col.indices.to_numpy()].astype(np.int64)
+
+
+def _rank_codes(col: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """``(codes, names)``: codes ordered like the values (``names[code]`` is the value), names sorted."""
+    col = _one_chunk(col).cast(_STR)
+    names = pc.unique(col)
+    names = names.take(pc.sort_indices(names))
+    return pc.index_in(col, value_set=names).to_numpy(zero_copy_only=False).astype(np.int64), names
+
+
+def _positions(values: pa.Array, among: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(at, found)``: where each value is in ``among`` (0 where it is not) and whether it is."""
+    at = pc.index_in(_one_chunk(values), value_set=_one_chunk(among))
+    return (at.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+            at.is_valid().to_numpy(zero_copy_only=False))
+
+
+# ------------------------------------------------------------------------------------------ trace tables
+
+
+@dataclass
+class _Traces:
+    """Traces as columns, one row per trace in *list order* (a run's: by ``(cot_type, trace_id)``).
+
+    The planners read only the small columns; ``texts`` renders rows (the run's samples and thoughts).
     """
-    samples = {r["sample_id"]: r for r in _rows(run, "simple_cot") if r["keep"]}
-    out: list[Trace] = []
-    for s in samples.values():
-        out.append(_trace(s, "O" if s["correct"] else "X", s["sample_id"], "", s["thought"], s["pred_index"], ""))
-    for e in _rows(run, "expansion"):
-        s = samples.get(e["sample_id"])
-        if not e["keep"] or s is None:
-            continue
-        kind = ("O" if s["correct"] else "X") + "_" + ("O" if e["correct"] else "X")
-        out.append(_trace(s, kind, e["expansion_id"], e["expansion_id"], e["long_thought"], e["pred_index"],
-                          s["thought"]))
-    out.sort(key=lambda t: (t.cot_type, t.trace_id))
-    return out
+
+    cot_type: np.ndarray  # index into TRACE_TYPES
+    trace_id: pa.Array
+    mcq: np.ndarray  # rank code of mcq_id (code order = string order); mcq_names[code] is the id
+    mcq_names: pa.Array
+    sample: np.ndarray  # code of sample_id
+    prompt: np.ndarray  # code of (system_prompt, user_text)
+    length: np.ndarray  # len(thought) (code points)
+    added: np.ndarray  # len(thought) - len(simple_thought)
+    pred: np.ndarray
+    answers: Callable[[str | None], pa.Array]  # the answer of every trace in the requested format
+    thoughts: Callable[[np.ndarray], pa.Array]  # the thoughts of some traces
+    thought_bytes: np.ndarray  # UTF-8 length of each thought
+    src: "_RunSource | None" = None
+
+    def __len__(self) -> int:
+        return len(self.cot_type)
+
+    def of_type(self, *types: str) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.cot_type, [TRACE_TYPES.index(t) for t in types]))
 
 
-def _trace(s: dict, kind: str, trace_id: str, expansion_id: str, thought: str, pred: int, simple: str) -> Trace:
-    return Trace(
-        cot_type=kind, trace_id=trace_id, image_id=s["image_id"], mcq_id=s["mcq_id"], sample_id=s["sample_id"],
-        expansion_id=expansion_id, system_prompt=s["system_prompt"], user_text=s["user_text"],
-        options=tuple(s["options"]), answer_index=s["answer_index"], answer_format=s["answer_format"],
-        question_type=s["question_type"], thought=thought, pred_index=pred, simple_thought=simple,
+@dataclass
+class _RunSource:
+    """What a run's trace rows are rendered from: kept samples, every trace's sample row and thought."""
+
+    samples: dict[str, pa.Array]  # kept simple CoTs: _SAMPLE_COLUMNS
+    s: np.ndarray  # per trace: its sample's row in ``samples``
+    expansion: np.ndarray  # per trace: is an expansion
+    thought_at: np.ndarray  # per trace: index into ``all_thoughts``
+    all_thoughts: pa.Array  # the samples' thoughts, then the kept expansions' long thoughts
+
+
+def _run_traces(run: Any) -> _Traces:
+    """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``."""
+    read = _read(run, "simple_cot", _SAMPLE_COLUMNS, kept=True, dictionary=_REPEATED)
+    samples = {c: _one_chunk(read[c]) for c in _SAMPLE_COLUMNS if c != "thought"}
+    n_s = read.num_rows
+    if pc.count_distinct(samples["sample_id"]).as_py() != n_s:
+        from builder.store import StoreError
+
+        raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
+                         f"a stage-2 chunk was written twice (remove the copy)")
+    exp = _read(run, "expansion", ("expansion_id", "sample_id", "long_thought", "pred_index", "correct"), kept=True)
+    # the sample row each expansion grew from (expansions of a sample that is not kept drop out)
+    sample_row, has = _positions(exp["sample_id"], samples["sample_id"])
+    e_s = sample_row[has]
+    exp = exp.filter(pa.array(has)) if not has.all() else exp
+    # every thought in one array (one copy): the samples' thoughts, then the expansions' long thoughts
+    all_thoughts = _concat_texts(read["thought"].chunks + exp["long_thought"].chunks)
+    del read
+    samples["thought"] = all_thoughts.slice(0, n_s)
+    long_thought = all_thoughts.slice(n_s)
+
+    s_correct = samples["correct"].to_numpy(zero_copy_only=False)
+    e_correct = _one_chunk(exp["correct"]).to_numpy(zero_copy_only=False)
+    s_len = pc.utf8_length(samples["thought"]).to_numpy().astype(np.int64)
+    e_len = pc.utf8_length(long_thought).to_numpy().astype(np.int64)
+    t_code = {t: i for i, t in enumerate(TRACE_TYPES)}
+    s_type = np.where(s_correct, t_code["O"], t_code["X"])
+    e_type = np.select([s_correct[e_s] & e_correct, s_correct[e_s], e_correct],
+                       [t_code["O_O"], t_code["O_X"], t_code["X_O"]], t_code["X_X"])
+    n_e = len(e_s)
+    cot = np.concatenate([s_type, e_type]).astype(np.int64)
+    trace_id = pa.concat_arrays([samples["sample_id"], _one_chunk(exp["expansion_id"])])
+    # sort by (cot_type, trace_id) as strings: type names sort O, O_O, O_X, X, X_O, X_X
+    type_rank = np.argsort(np.argsort(np.array(TRACE_TYPES)))[cot]
+    order = pc.sort_indices(pa.table({"t": type_rank, "id": trace_id}), [("t", "ascending"), ("id", "ascending")])
+    order = order.to_numpy()
+    s_of = np.concatenate([np.arange(n_s), e_s])[order]
+    is_exp = (np.arange(n_s + n_e) >= n_s)[order]
+    length = np.concatenate([s_len, e_len])[order]
+    added = length - np.where(is_exp, s_len[s_of], 0)
+    pred = np.concatenate([samples["pred_index"].to_numpy(zero_copy_only=False),
+                           _one_chunk(exp["pred_index"]).to_numpy(zero_copy_only=False)])[order].astype(np.int64)
+    src = _RunSource(samples=samples, s=s_of, expansion=is_exp, thought_at=order, all_thoughts=all_thoughts)
+
+    mcq_s, mcq_names = _rank_codes(samples["mcq_id"])
+    n_user = max(1, len(samples["user_text"].dictionary))
+    prompt_s = _codes(samples["system_prompt"]) * n_user + _codes(samples["user_text"])
+
+    def answers(fmt: str | None) -> pa.Array:
+        s = pa.array(s_of)
+        return _format_answers(samples["options"].take(s), samples["answer_format"].take(s), pred, fmt)
+
+    def thoughts(at: np.ndarray) -> pa.Array:
+        return all_thoughts.take(pa.array(order[at]))
+
+    return _Traces(cot_type=cot[order], trace_id=trace_id.take(pa.array(order)), mcq=mcq_s[s_of], mcq_names=mcq_names,
+                   sample=s_of.astype(np.int64), prompt=prompt_s[s_of], length=length, added=added, pred=pred,
+                   answers=answers, thoughts=thoughts, src=src,
+                   thought_bytes=pc.binary_length(all_thoughts).to_numpy().astype(np.int64)[order])
+
+
+def _list_traces(traces: Sequence[Trace]) -> _Traces:
+    """Trace objects as columns, in the given order (for :func:`sft_traces` / :func:`dpo_pairs` on a list)."""
+    prompts: dict[tuple[str, str], int] = {}
+    samples: dict[str, int] = {}
+    mcq, mcq_names = _rank_codes(pa.array([t.mcq_id for t in traces], _STR))
+    return _Traces(
+        cot_type=np.array([TRACE_TYPES.index(t.cot_type) for t in traces], np.int64),
+        trace_id=pa.array([t.trace_id for t in traces], _STR), mcq=mcq, mcq_names=mcq_names,
+        sample=np.array([samples.setdefault(t.sample_id, len(samples)) for t in traces], np.int64),
+        prompt=np.array([prompts.setdefault(t.prompt_key, len(prompts)) for t in traces], np.int64),
+        length=np.array([len(t.thought) for t in traces], np.int64),
+        added=np.array([t.added_length for t in traces], np.int64),
+        pred=np.array([t.pred_index for t in traces], np.int64),
+        answers=lambda fmt: pa.array([t.answer(fmt) for t in traces], _STR),
+        thoughts=lambda at: pa.array([traces[i].thought for i in at], _STR),
+        thought_bytes=np.array([len(t.thought.encode("utf-8")) for t in traces], np.int64),
     )
 
 
-def by_type(traces: Iterable[Trace]) -> dict[str, list[Trace]]:
-    groups: dict[str, list[Trace]] = {k: [] for k in TRACE_TYPES}
-    for t in traces:
-        groups[t.cot_type].append(t)
-    return groups
+def _format_answers(options: pa.Array, formats: pa.Array, index: np.ndarray, override: str | None) -> pa.Array:
+    """:func:`builder.answers.format_answer` of every row (Python's negative indexing included)."""
+    n = len(index)
+    if n == 0:
+        return pa.array([], _STR)
+    if override is not None:
+        fmts = {override}
+        fmt_arr = None
+    else:
+        fmt_arr = formats.cast(_STR)
+        fmts = set(pc.unique(fmt_arr).to_pylist())
+    bad = sorted(f for f in fmts if f not in ANSWER_FORMATS)
+    if bad:
+        raise ValueError(f"answer format must be one of {ANSWER_FORMATS}, got {bad[0]!r}")
+    out: dict[str, pa.Array] = {}
+    if fmts & {"paren", "dot"}:
+        li = np.where(index < 0, index + len(LETTERS), index)
+        if ((li < 0) | (li >= len(LETTERS))).any():
+            raise IndexError("string index out of range")
+        letter = pa.array(list(LETTERS)).take(pa.array(li))
+        out["paren"] = pc.binary_join_element_wise("(", letter, ")", "")
+        out["dot"] = pc.binary_join_element_wise(letter, ".", "")
+    if "text" in fmts:
+        lens = pc.list_value_length(options).to_numpy(zero_copy_only=False).astype(np.int64)
+        starts = np.cumsum(lens) - lens
+        ti = np.where(index < 0, index + lens, index)
+        if override == "text" or fmt_arr is None:
+            need = np.ones(n, bool)
+        else:
+            need = pc.equal(fmt_arr, "text").to_numpy(zero_copy_only=False)
+        if (need & ((ti < 0) | (ti >= lens))).any():
+            raise IndexError("list index out of range")
+        flat = pc.list_flatten(options)
+        out["text"] = flat.take(pa.array(np.where(need, starts + np.clip(ti, 0, None), 0))) if len(flat) else \
+            pa.nulls(n, _STR)
+    if fmt_arr is None:
+        return out[override]
+    result = out[next(iter(fmts))]
+    for f in fmts:
+        result = pc.if_else(pc.equal(fmt_arr, f), out[f], result)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -178,24 +473,59 @@ def length_weighted_subsample(
     replacement ``n // groups`` per group (all of a smaller group); top up uniformly from the rest to
     exactly ``n``; shuffle. Seeded per group with ``rng_for(seed, tag, group)``.
     """
-    items = sorted(items, key=key)
-    n = min(n, len(items))
+    items = list(items)
+    if not items:
+        return []
+    codes, names = _rank_codes(pa.array([group(it) for it in items], _STR))
+    picked = _lw_pick(pa.array([key(it) for it in items], _STR), codes, names,
+                      np.array([length(it) for it in items], np.int64), n, seed=seed, tag=tag)
+    return [items[i] for i in picked]
+
+
+def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: np.ndarray, n: int, *,
+             seed: int, tag: str) -> list[int]:
+    """:func:`length_weighted_subsample` on columns: the positions drawn, in the order drawn and shuffled.
+
+    ``group`` holds rank codes (code order = group name order). The same random calls as the row code: per
+    group (sorted) ``_weighted_draw`` over its members sorted by ``(-length, key)``; the top-up ``sample`` over
+    the rest in key order; the shuffle (their outcomes depend only on the sizes, so positions stand in for items).
+    """
+    size = len(keys)
+    n = min(n, size)
     if n <= 0:
         return []
-    groups: dict[str, list[T]] = defaultdict(list)
-    for it in items:
-        groups[group(it)].append(it)
-    per_group = n // len(groups)
-    chosen: list[T] = []
-    for g in sorted(groups):
-        members = sorted(groups[g], key=lambda it: (-length(it), key(it)))
-        weights = [0.5**rank for rank in range(len(members))]
-        chosen += _weighted_draw(members, weights, min(per_group, len(members)), rng_for(seed, tag, "group", g))
-    taken = {key(it) for it in chosen}
-    rest = [it for it in items if key(it) not in taken]
-    chosen += rng_for(seed, tag, "top-up").sample(rest, n - len(chosen))
+    by_key = pc.sort_indices(keys).to_numpy()  # stable: equal keys keep their order
+    key_rank = np.empty(size, np.int64)
+    key_rank[by_key] = np.arange(size)
+    per_group = n // len(np.unique(group))
+    chosen: list[int] = []
+    if per_group:
+        order = np.lexsort((key_rank, -length, group))  # by group, longest first, then key
+        g_sorted = group[order]
+        bounds = np.flatnonzero(np.diff(g_sorted)) + 1
+        starts, ends = np.r_[0, bounds], np.r_[bounds, size]
+        weights = [0.5**rank for rank in range(int((ends - starts).max()))]
+        order_l = order.tolist()
+        names = group_names.take(pa.array(g_sorted[starts])).to_pylist()
+        for g, a, b in zip(names, starts.tolist(), ends.tolist()):
+            chosen += _weighted_draw(order_l[a:b], weights[: b - a], min(per_group, b - a),
+                                     _group_rng(seed, tag, g))
+    rest = pa.array(by_key)
+    if chosen:
+        taken = pc.is_in(keys.take(rest), value_set=keys.take(pa.array(chosen)))
+        rest = rest.filter(pc.invert(taken))
+    top = rng_for(seed, tag, "top-up").sample(range(len(rest)), n - len(chosen))
+    chosen += rest.take(pa.array(top, pa.int64())).to_pylist() if top else []
     rng_for(seed, tag, "shuffle").shuffle(chosen)
     return chosen
+
+
+def _group_rng(seed: int, tag: str, group: str) -> random.Random:
+    """``rng_for(seed, tag, "group", group)``, its JSON written directly (the same bytes, a few times faster)."""
+    if type(seed) is not int or type(tag) is not str or type(group) is not str:
+        return rng_for(seed, tag, "group", group)
+    blob = f'["rng",{seed},{_json_str(tag)},"group",{_json_str(group)}]'
+    return random.Random(int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16], 16) & ((1 << 63) - 1))
 
 
 def _weighted_draw(members: list[T], weights: list[float], k: int, rng: random.Random) -> list[T]:
@@ -207,102 +537,342 @@ def _weighted_draw(members: list[T], weights: list[float], k: int, rng: random.R
     return out
 
 
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _sft_plan(tr: _Traces, opts: AssembleOptions) -> list[int]:
+    """Trace positions of the SFT set: O ∪ O→O (length-weighted, ``sft_ratio``) plus as many X→O."""
+    pool, x_o = tr.of_type("O", "O_O"), tr.of_type("X_O")
+    n = int(len(pool) * opts.sft_ratio)
+    if opts.sft_balance:
+        n = min(n, len(x_o))
+    n_xo = n if opts.sft_balance else int(len(x_o) * opts.sft_ratio)
+    return _pick(tr, pool, n, tr.length, opts.seed, "sft-O") + _pick(tr, x_o, n_xo, tr.added, opts.seed, "sft-X_O")
+
+
+def _simple_cot_plan(tr: _Traces, opts: AssembleOptions) -> list[int]:
+    o = tr.of_type("O")
+    return _pick(tr, o, int(len(o) * opts.simple_cot_ratio), tr.length, opts.seed, "simple_cot")
+
+
+def _pick(tr: _Traces, among: np.ndarray, n: int, length: np.ndarray, seed: int, tag: str) -> list[int]:
+    if min(n, len(among)) <= 0:
+        return []
+    at = _lw_pick(tr.trace_id.take(pa.array(among)), tr.mcq[among], tr.mcq_names, length[among], n, seed=seed,
+                  tag=tag)
+    return among[at].tolist()
+
+
+def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray]:
+    """``(kind, chosen, rejected)`` trace positions of every pair, in the row code's order, each pair once.
+
+    Candidates are joins of chosen-type with rejected-type traces on the kind's scope (an MCQ shown one
+    prompt, or one sample); they are ordered as the row code enumerated them (kind, group by first appearance,
+    chosen, rejected), and a pair whose prompt and both rendered targets equal an earlier one's is dropped.
+    """
+    pos = np.arange(len(tr))
+    mcq_scope = tr.mcq * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt
+    first_of = {"mcq": _first_position(mcq_scope), "sample": _first_position(tr.sample)}
+    scope_key = {"mcq": mcq_scope, "sample": tr.sample}
+    kinds, cs, rs, gs = [], [], [], []
+    for k, kind in enumerate(opts.pair_kinds):
+        chosen_type, rejected_type = kind.split(">")
+        scope = _KIND_SCOPE[kind]
+        c = tr.of_type(chosen_type)
+        r = tr.of_type(rejected_type)
+        r = r[tr.pred[r] >= 0]
+        if not len(c) or not len(r):
+            continue
+        key = scope_key[scope]
+        joined = pa.table({"g": key[c], "c": c}).join(pa.table({"g": key[r], "r": r}), keys="g", join_type="inner",
+                                                       use_threads=False)
+        jc, jr = joined["c"].to_numpy(), joined["r"].to_numpy()
+        same = tr.prompt[jc] == tr.prompt[jr]  # always true by scope; the row code checked it
+        jc, jr = jc[same], jr[same]
+        kinds.append(np.full(len(jc), k))
+        cs.append(jc)
+        rs.append(jr)
+        gs.append(first_of[scope][jc])
+    if not kinds:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    kind, c, r, g = (np.concatenate(x).astype(np.int64) for x in (kinds, cs, rs, gs))
+    order = np.lexsort((r, c, g, kind))
+    kind, c, r = kind[order], c[order], r[order]
+    if dedupe and len(c):
+        used = np.zeros(len(tr), bool)
+        used[c] = used[r] = True
+        cls = _target_classes(tr, opts, np.flatnonzero(used))
+        keep = _is_first(_first_seen_codes(cls[c] * (len(pos) + 1) + cls[r]))  # each pair's first occurrence
+        kind, c, r = kind[keep], c[keep], r[keep]
+    return kind, c, r
+
+
+def _first_position(key: np.ndarray) -> np.ndarray:
+    """Per row, the position of the first row with the same key (the order a dict of groups was filled in)."""
+    codes = _first_seen_codes(key)
+    return np.flatnonzero(_is_first(codes))[codes]
+
+
+def _first_seen_codes(key: np.ndarray) -> np.ndarray:
+    """Dense codes numbered in order of first appearance (a hash table, not a sort)."""
+    return pc.dictionary_encode(pa.array(key)).indices.to_numpy().astype(np.int64) if len(key) else \
+        np.zeros(0, np.int64)
+
+
+def _is_first(codes: np.ndarray) -> np.ndarray:
+    """Whether each row is the first of its code (codes numbered in order of first appearance)."""
+    if not len(codes):
+        return np.zeros(0, bool)
+    seen = np.maximum.accumulate(codes)
+    return np.r_[True, codes[1:] > seen[:-1]]
+
+
+def _target_classes(tr: _Traces, opts: AssembleOptions, among: np.ndarray) -> np.ndarray:
+    """Per trace (of ``among``), the first position of a trace with the same prompt and the same rendered target.
+
+    Equal targets have equal byte lengths: only traces sharing (prompt, length) are compared as strings.
+    """
+    cls = np.arange(len(tr))
+    answers = tr.answers(opts.answer_format).take(pa.array(among))
+    size = tr.thought_bytes[among] + pc.binary_length(answers).to_numpy(zero_copy_only=False).astype(np.int64)
+    key = tr.prompt[among] * (int(size.max(initial=0)) + 1) + size
+    first = _first_position(key)
+    shared = first != np.arange(len(among))
+    if not shared.any():
+        return cls
+    candidates = np.flatnonzero(np.isin(key, key[shared]))
+    th = tr.thoughts(among[candidates]).to_pylist()
+    an = answers.take(pa.array(candidates)).to_pylist()
+    seen: dict[tuple[int, str], int] = {}
+    for j, t, a in zip(candidates.tolist(), th, an):
+        target = f"<think> {t} </think> <answer> {a} </answer>"
+        cls[among[j]] = seen.setdefault((int(tr.prompt[among[j]]), target), int(among[j]))
+    return cls
+
+
+# -------------------------------------------------------------------------------------------- rendering
+
+
+def _content_ids(*parts: str | None | pa.Array) -> list[str]:
+    """:func:`builder.records.content_id` of each row of ``parts`` (scalars broadcast), computed per column."""
+    n = next(len(p) for p in parts if isinstance(p, (pa.Array, pa.ChunkedArray)))
+    pieces = []
+    for p in parts:
+        if isinstance(p, (pa.Array, pa.ChunkedArray)):
+            p = p.cast(_STR)
+            if pc.any(pc.match_substring_regex(p, r'["\\\x00-\x1f]')).as_py():
+                pieces.append(pa.array([json.dumps(v, ensure_ascii=False) for v in p.to_pylist()], _STR))
+            else:
+                pieces.append(pc.binary_join_element_wise('"', p, '"', ""))
+        else:
+            pieces.append(json.dumps(p, ensure_ascii=False))
+    blobs = pc.binary_join_element_wise("[", *_interleave(pieces, ","), "]", "").to_pylist() if n else []
+    return [hashlib.sha256(b.encode("utf-8")).hexdigest() for b in blobs]
+
+
+def _interleave(items: list, sep: Any) -> list:
+    out = []
+    for i, it in enumerate(items):
+        out += [sep, it] if i else [it]
+    return out
+
+
+def _messages(roles: Sequence[str], contents: Sequence[pa.Array]) -> pa.Array:
+    """A ``list<struct<role, content>>`` column: row i is ``[{role: roles[j], content: contents[j][i]}]``."""
+    n, k = len(contents[0]), len(roles)
+    contents = [_one_chunk(c) for c in contents]
+    if k == 1:
+        content = contents[0].cast(_STR)
+    elif all(pa.types.is_dictionary(c.type) for c in contents):  # interleave indices, then one copy of texts
+        offsets = np.cumsum([0] + [len(c.dictionary) for c in contents[:-1]])
+        idx = np.stack([c.indices.to_numpy(zero_copy_only=False).astype(np.int64) + o
+                        for c, o in zip(contents, offsets)], axis=1).ravel()
+        content = pa.DictionaryArray.from_arrays(pa.array(idx), _concat_texts([c.dictionary for c in contents]))
+        content = content.cast(_STR)
+    else:
+        flat = _concat_texts(contents)
+        content = flat.take(pa.array(np.arange(n * k).reshape(k, n).T.ravel()))
+    role = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(k, dtype=np.int32), n)),
+                                          pa.array(list(roles), _STR)).cast(_STR)
+    items = pa.StructArray.from_arrays([role, content], fields=list(MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), items, type=MESSAGES)
+
+
+def _target(thought: pa.Array, answer: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise("<think> ", _one_chunk(thought).cast(_STR), " </think> <answer> ",
+                                       _one_chunk(answer).cast(_STR), " </answer>", "")
+
+
+def _chunks(size: int, batch_rows: int) -> Iterator[slice]:
+    for a in range(0, size, batch_rows):
+        yield slice(a, min(a + batch_rows, size))
+
+
+def _trace_batches(tr: _Traces, positions: Sequence[int], opts: AssembleOptions,
+                   batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """SFT-schema rows of the traces at ``positions`` (a run's traces), in that order."""
+    src = tr.src
+    positions = np.asarray(positions, np.int64)
+    for sl in _chunks(len(positions), batch_rows):
+        at = positions[sl]
+        s = pa.array(src.s[at])
+        smp = src.samples
+        tid = tr.trace_id.take(pa.array(at))
+        is_exp = pa.array(src.expansion[at])
+        thought = src.all_thoughts.take(pa.array(src.thought_at[at]))
+        answer = _format_answers(smp["options"].take(s), smp["answer_format"].take(s), tr.pred[at],
+                                 opts.answer_format)
+        yield pa.RecordBatch.from_arrays([
+            pa.array(_content_ids("trace", tid, opts.answer_format), _STR),
+            smp["image_id"].take(s).cast(_STR), smp["mcq_id"].take(s), smp["sample_id"].take(s),
+            pc.if_else(is_exp, tid, ""),
+            pa.array(TRACE_TYPES).take(pa.array(tr.cot_type[at])),
+            smp["question_type"].take(s).cast(_STR),
+            _messages(("system", "user", "assistant"),
+                      [smp["system_prompt"].take(s), smp["user_text"].take(s), _target(thought, answer)]),
+            pc.if_else(is_exp, smp["thought"].take(s).cast(_STR), ""),
+        ], schema=SFT_SCHEMA)
+
+
+def _pair_batches(tr: _Traces, plan: tuple[np.ndarray, np.ndarray, np.ndarray], opts: AssembleOptions,
+                  batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    src, smp = tr.src, tr.src.samples
+    kinds = pa.array(list(opts.pair_kinds), _STR)
+    types = pa.array(TRACE_TYPES)
+    kind, chosen, rejected = plan
+    for sl in _chunks(len(kind), batch_rows):
+        c, r = chosen[sl], rejected[sl]
+        s = pa.array(src.s[c])
+        rs = pa.array(src.s[r])
+        cid, rid = tr.trace_id.take(pa.array(c)), tr.trace_id.take(pa.array(r))
+        c_answer = _format_answers(smp["options"].take(s), smp["answer_format"].take(s), tr.pred[c],
+                                   opts.answer_format)
+        r_answer = _format_answers(smp["options"].take(rs), smp["answer_format"].take(rs), tr.pred[r],
+                                   opts.answer_format)
+        yield pa.RecordBatch.from_arrays([
+            pa.array(_content_ids("pair", cid, rid, opts.answer_format), _STR),
+            smp["image_id"].take(s).cast(_STR), smp["mcq_id"].take(s), kinds.take(pa.array(kind[sl])),
+            smp["question_type"].take(s).cast(_STR),
+            _messages(("system", "user"), [smp["system_prompt"].take(s), smp["user_text"].take(s)]),
+            _messages(("assistant",), [_target(src.all_thoughts.take(pa.array(src.thought_at[c])), c_answer)]),
+            _messages(("assistant",), [_target(src.all_thoughts.take(pa.array(src.thought_at[r])), r_answer)]),
+            cid, rid, types.take(pa.array(tr.cot_type[c])), types.take(pa.array(tr.cot_type[r])),
+        ], schema=DPO_SCHEMA)
+
+
 # -------------------------------------------------------------------------------------------------- the sets
 
 
-def _trace_row(t: Trace, opts: AssembleOptions) -> dict[str, Any]:
-    return {
-        "example_id": content_id("trace", t.trace_id, opts.answer_format),
-        "image_id": t.image_id,
-        "mcq_id": t.mcq_id,
-        "sample_id": t.sample_id,
-        "expansion_id": t.expansion_id,
-        "cot_type": t.cot_type,
-        "question_type": t.question_type,
-        "messages": t.prompt_messages() + [{"role": "assistant", "content": t.target(opts.answer_format)}],
-        "simple_thought": t.simple_thought,
-    }
+def sft_batches(run: Any, opts: AssembleOptions = AssembleOptions(), batch_rows: int = BATCH_ROWS,
+                *, traces: _Traces | None = None) -> Iterator[pa.RecordBatch]:
+    tr = traces or _run_traces(run)
+    yield from _trace_batches(tr, _sft_plan(tr, opts), opts, batch_rows)
 
 
-def sft_traces(traces: Iterable[Trace], opts: AssembleOptions = AssembleOptions()) -> list[Trace]:
-    """The SFT selection: O ∪ O→O (length-weighted, ``sft_ratio``) plus as many X→O (by added length)."""
-    g = by_type(traces)
-    pool = g["O"] + g["O_O"]
-    n = int(len(pool) * opts.sft_ratio)
-    if opts.sft_balance:
-        n = min(n, len(g["X_O"]))
-    common = dict(group=lambda t: t.mcq_id, key=lambda t: t.trace_id, seed=opts.seed)
-    correct = length_weighted_subsample(pool, n, length=lambda t: len(t.thought), tag="sft-O", **common)
-    n_xo = n if opts.sft_balance else int(len(g["X_O"]) * opts.sft_ratio)
-    corrected = length_weighted_subsample(g["X_O"], n_xo, length=lambda t: t.added_length, tag="sft-X_O", **common)
-    return correct + corrected
+def simple_cot_batches(run: Any, opts: AssembleOptions = AssembleOptions(), batch_rows: int = BATCH_ROWS,
+                       *, traces: _Traces | None = None) -> Iterator[pa.RecordBatch]:
+    tr = traces or _run_traces(run)
+    yield from _trace_batches(tr, _simple_cot_plan(tr, opts), opts, batch_rows)
+
+
+def dpo_batches(run: Any, opts: AssembleOptions = AssembleOptions(), batch_rows: int = BATCH_ROWS,
+                *, traces: _Traces | None = None) -> Iterator[pa.RecordBatch]:
+    tr = traces or _run_traces(run)
+    yield from _pair_batches(tr, _dpo_plan(tr, opts), opts, batch_rows)
+
+
+def _table(name: str, batches: Iterable[pa.RecordBatch]) -> pa.Table:
+    return pa.Table.from_batches(list(batches), schema=SCHEMAS[name]).replace_schema_metadata(
+        schema(name).metadata)
+
+
+def sft_table(run: Any, opts: AssembleOptions = AssembleOptions()) -> pa.Table:
+    """The SFT set as a table of the ``sft`` config's Arrow schema."""
+    return _table("sft", sft_batches(run, opts))
+
+
+def simple_cot_table(run: Any, opts: AssembleOptions = AssembleOptions()) -> pa.Table:
+    """Correct simple CoTs, length-weighted subsampled to ``simple_cot_ratio`` (the paper's baseline set)."""
+    return _table("simple_cot", simple_cot_batches(run, opts))
+
+
+def dpo_table(run: Any, opts: AssembleOptions = AssembleOptions()) -> pa.Table:
+    """Every preference pair (see :func:`dpo_pairs`) as a table of the ``dpo`` config's Arrow schema."""
+    return _table("dpo", dpo_batches(run, opts))
 
 
 def build_sft(run: Any, opts: AssembleOptions = AssembleOptions()) -> list[dict[str, Any]]:
-    return [_trace_row(t, opts) for t in sft_traces(load_traces(run), opts)]
+    return sft_table(run, opts).to_pylist()
 
 
 def build_simple_cot(run: Any, opts: AssembleOptions = AssembleOptions()) -> list[dict[str, Any]]:
     """Correct simple CoTs, length-weighted subsampled to ``simple_cot_ratio`` (the paper's baseline set)."""
-    o = by_type(load_traces(run))["O"]
-    picked = length_weighted_subsample(o, int(len(o) * opts.simple_cot_ratio), group=lambda t: t.mcq_id,
-                                       length=lambda t: len(t.thought), key=lambda t: t.trace_id,
-                                       seed=opts.seed, tag="simple_cot")
-    return [_trace_row(t, opts) for t in picked]
+    return simple_cot_table(run, opts).to_pylist()
+
+
+def build_dpo(run: Any, opts: AssembleOptions = AssembleOptions()) -> list[dict[str, Any]]:
+    return dpo_table(run, opts).to_pylist()
+
+
+def load_traces(run: Any) -> list[Trace]:
+    """Every kept simple CoT and expansion of a run, typed O / X / O_O / O_X / X_O / X_X.
+
+    An expansion counts only when its simple thought is itself kept. Order is deterministic (by id).
+    (Materialises every thought as a Python object: the sets themselves never call it.)
+    """
+    tr = _run_traces(run)
+    src = tr.src
+    smp = pa.table({c: src.samples[c] for c in _SAMPLE_COLUMNS if c != "thought"}).to_pylist()
+    thoughts = src.samples["thought"].to_pylist()
+    all_thoughts = src.all_thoughts.to_pylist()
+    ids = tr.trace_id.to_pylist()
+    out = []
+    for i, tid in enumerate(ids):
+        s = smp[src.s[i]]
+        exp = bool(src.expansion[i])
+        out.append(Trace(
+            cot_type=TRACE_TYPES[tr.cot_type[i]], trace_id=tid, image_id=s["image_id"], mcq_id=s["mcq_id"],
+            sample_id=s["sample_id"], expansion_id=tid if exp else "", system_prompt=s["system_prompt"],
+            user_text=s["user_text"], options=tuple(s["options"]), answer_index=s["answer_index"],
+            answer_format=s["answer_format"], question_type=s["question_type"],
+            thought=all_thoughts[src.thought_at[i]], pred_index=int(tr.pred[i]),
+            simple_thought=thoughts[src.s[i]] if exp else ""))
+    return out
+
+
+def by_type(traces: Iterable[Trace]) -> dict[str, list[Trace]]:
+    groups: dict[str, list[Trace]] = {k: [] for k in TRACE_TYPES}
+    for t in traces:
+        groups[t.cot_type].append(t)
+    return groups
+
+
+def sft_traces(traces: Iterable[Trace], opts: AssembleOptions = AssembleOptions()) -> list[Trace]:
+    """The SFT selection: O ∪ O→O (length-weighted, ``sft_ratio``) plus as many X→O (by added length)."""
+    traces = list(traces)
+    return [traces[i] for i in _sft_plan(_list_traces(traces), opts)] if traces else []
 
 
 def dpo_pairs(traces: Iterable[Trace], opts: AssembleOptions = AssembleOptions()) -> list[tuple[str, Trace, Trace]]:
     """``(kind, chosen, rejected)`` for every requested kind; each pair once, chosen and rejected shown the
     same prompt; the rejected side names a (wrong) option so both answers render alike."""
     traces = list(traces)
-    by_mcq_prompt: dict[tuple, dict[str, list[Trace]]] = defaultdict(lambda: defaultdict(list))
-    by_sample: dict[str, dict[str, list[Trace]]] = defaultdict(lambda: defaultdict(list))
-    for t in traces:
-        by_mcq_prompt[(t.mcq_id, t.prompt_key)][t.cot_type].append(t)
-        by_sample[t.sample_id][t.cot_type].append(t)
-    pairs: list[tuple[str, Trace, Trace]] = []
-    seen: set[str] = set()
-    for kind in opts.pair_kinds:
-        chosen_type, rejected_type = kind.split(">")
-        groups = by_mcq_prompt.values() if _KIND_SCOPE[kind] == "mcq" else by_sample.values()
-        for grp in groups:
-            for c in grp.get(chosen_type, []):
-                for r in grp.get(rejected_type, []):
-                    if r.pred_index < 0 or c.prompt_key != r.prompt_key:
-                        continue
-                    pid = content_id("pair", c.prompt_key, c.target(opts.answer_format), r.target(opts.answer_format))
-                    if pid not in seen:
-                        seen.add(pid)
-                        pairs.append((kind, c, r))
-    return pairs
-
-
-def build_dpo(run: Any, opts: AssembleOptions = AssembleOptions()) -> list[dict[str, Any]]:
-    rows = []
-    for kind, c, r in dpo_pairs(load_traces(run), opts):
-        rows.append({
-            "example_id": content_id("pair", c.trace_id, r.trace_id, opts.answer_format),
-            "image_id": c.image_id,
-            "mcq_id": c.mcq_id,
-            "kind": kind,
-            "question_type": c.question_type,
-            "prompt": c.prompt_messages(),
-            "chosen": [{"role": "assistant", "content": c.target(opts.answer_format)}],
-            "rejected": [{"role": "assistant", "content": r.target(opts.answer_format)}],
-            "chosen_id": c.trace_id,
-            "rejected_id": r.trace_id,
-            "chosen_type": c.cot_type,
-            "rejected_type": r.cot_type,
-        })
-    return rows
+    if not traces:
+        return []
+    kind, c, r = _dpo_plan(_list_traces(traces), opts)
+    return [(opts.pair_kinds[k], traces[i], traces[j]) for k, i, j in zip(kind.tolist(), c.tolist(), r.tolist())]
 
 
 # ------------------------------------------------------------------------------------------------------ MCQs
 
 MCQ_VARIANTS = ("think", "direct")
+_MCQ_COLUMNS = ("mcq_id", "image_id", "item_index", "question", "question_type", "options", "answer_index", "valid")
 
 
-def build_mcq(run: Any, opts: AssembleOptions = AssembleOptions(), variant: str = "think") -> list[dict[str, Any]]:
+def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: str = "think",
+                batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """One row per valid MCQ: the prompt the VLM saw (think variant) or its direct-answer twin, and the
     gold answer ``<answer> … </answer>`` in the requested format.
 
@@ -311,32 +881,74 @@ def build_mcq(run: Any, opts: AssembleOptions = AssembleOptions(), variant: str 
     """
     if variant not in MCQ_VARIANTS:
         raise ValueError(f"variant must be one of {MCQ_VARIANTS}, got {variant!r}")
-    first: dict[str, dict] = {}
-    for s in sorted(_rows(run, "simple_cot"), key=lambda r: (r["mcq_id"], r["sample_index"])):
-        first.setdefault(s["mcq_id"], s)
-    rows = []
-    for m in sorted(_rows(run, "mcq"), key=lambda r: r["mcq_id"]):
-        if not m["valid"]:
-            continue
-        p = _mcq_prompt(m, first.get(m["mcq_id"]), variant, opts.seed)
-        fmt = opts.answer_format or p.answer_format
-        answer = format_answer(p.options, p.answer_index, fmt)
-        rows.append({
-            "example_id": content_id("mcq", m["mcq_id"], variant, opts.answer_format),
-            "image_id": m["image_id"],
-            "mcq_id": m["mcq_id"],
-            "question": m["question"],
-            "question_type": m["question_type"],
-            "options": list(p.options),
-            "answer_index": p.answer_index,
-            "answer": answer,
-            "messages": [
-                {"role": "system", "content": p.system_prompt},
-                {"role": "user", "content": p.user_text},
-                {"role": "assistant", "content": f"<answer> {answer} </answer>"},
-            ],
-        })
-    return rows
+    m = _read(run, "mcq", _MCQ_COLUMNS)
+    m = m.filter(m["valid"])
+    m = m.take(pc.sort_indices(m, [("mcq_id", "ascending"), ("image_id", "ascending"),
+                                   ("item_index", "ascending")]))
+    if not m.num_rows:
+        return
+    mcqs = {c: _one_chunk(m[c]) for c in _MCQ_COLUMNS}
+    del m
+    # the first sample of each MCQ (by sample_index, then sample_id) and its prompt
+    keys = ("mcq_id", "sample_index", "sample_id")
+    s = _read(run, "simple_cot", keys + ("system_prompt", "user_text", "options", "answer_index", "answer_format"),
+              dictionary=("system_prompt", "user_text"))
+    order = pc.sort_indices(s.select(list(keys)), [(k, "ascending") for k in keys])
+    ids = _one_chunk(s["mcq_id"].take(order))
+    starts = np.r_[0, np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1] \
+        if len(ids) else np.zeros(0, np.int64)
+    first = s.take(order.take(pa.array(starts, pa.int64())))
+    first = {c: _one_chunk(first[c]) for c in first.column_names}
+    del s, order, ids
+    at, has = _positions(mcqs["mcq_id"], first["mcq_id"])
+    for sl in _chunks(len(at), batch_rows):
+        yield _mcq_batch({c: v[sl] for c, v in mcqs.items()}, first, at[sl], has[sl], variant, opts)
+
+
+def _mcq_batch(m: dict[str, pa.Array], first: dict[str, pa.Array], at: np.ndarray, has: np.ndarray, variant: str,
+               opts: AssembleOptions) -> pa.RecordBatch:
+    n = len(at)
+    if len(first["mcq_id"]):
+        idx = pa.array(at)
+        system, user = first["system_prompt"].take(idx).cast(_STR), first["user_text"].take(idx).cast(_STR)
+        options, gold, fmt = first["options"].take(idx), first["answer_index"].take(idx), first["answer_format"].take(idx)
+    else:  # no stage-2 sample at all
+        system, user, options = pa.nulls(n, _STR), pa.nulls(n, _STR), pa.nulls(n, pa.list_(_STR))
+        gold, fmt = pa.nulls(n, pa.int32()), pa.nulls(n, _STR)
+    if variant == "direct" and has.any():  # the direct twin of each distinct (think prompt, type, format)
+        twins: dict[tuple, str] = {}
+        keys = zip(system.to_pylist(), m["question_type"].to_pylist(), fmt.to_pylist())
+        system = pa.array([twins.setdefault(k, _direct_twin(*k)) if h else None for k, h in zip(keys, has)], _STR)
+    if not has.all():  # MCQs that never reached stage 2: a seeded fresh prompt each (as the row code)
+        missing = np.flatnonzero(~has)
+        rows = pa.table({c: v.take(pa.array(missing)) for c, v in m.items()}).to_pylist()
+        fresh = dict(zip(missing.tolist(), (_mcq_prompt(r, None, variant, opts.seed) for r in rows)))
+        mask = pa.array(~has)
+
+        def pick(col: pa.Array, attr: str, typ: pa.DataType) -> pa.Array:
+            return pc.if_else(mask, pa.array([getattr(fresh[i], attr) if i in fresh else None for i in range(n)],
+                                             typ), col)
+
+        system, user = pick(system, "system_prompt", _STR), pick(user, "user_text", _STR)
+        options, gold = pick(options, "options", pa.list_(_STR)), pick(gold, "answer_index", pa.int32())
+        fmt = pick(fmt, "answer_format", _STR)
+    answer = _format_answers(options, fmt, gold.to_numpy(zero_copy_only=False).astype(np.int64), opts.answer_format)
+    return pa.RecordBatch.from_arrays([
+        pa.array(_content_ids("mcq", m["mcq_id"], variant, opts.answer_format), _STR),
+        m["image_id"], m["mcq_id"], m["question"], m["question_type"], options, gold, answer,
+        _messages(("system", "user", "assistant"),
+                  [system, user, pc.binary_join_element_wise("<answer> ", answer, " </answer>", "")]),
+    ], schema=MCQ_SCHEMA)
+
+
+def mcq_table(run: Any, opts: AssembleOptions = AssembleOptions(), variant: str = "think") -> pa.Table:
+    """The ``mcq`` (``variant="think"``) or ``mcq_direct`` set as a table of that config's Arrow schema."""
+    return _table("mcq" if variant == "think" else "mcq_direct", mcq_batches(run, opts, variant))
+
+
+def build_mcq(run: Any, opts: AssembleOptions = AssembleOptions(), variant: str = "think") -> list[dict[str, Any]]:
+    """One row per valid MCQ (see :func:`mcq_batches`)."""
+    return mcq_table(run, opts, variant).to_pylist()
 
 
 @dataclass(frozen=True)
@@ -383,16 +995,19 @@ def _direct_twin(think_system: str, question_type: str, answer_format: str) -> s
     return _system_prompt("direct", question_type, answer_format)
 
 
-def _system_prompt(variant: str, question_type: str, answer_format: str) -> str:
+@lru_cache(maxsize=1)
+def _prompts() -> Any:
     from builder.prompts import Prompts  # the project's templates (pipeline helper)
 
-    return Prompts().system(variant=variant, question_type=question_type, answer_format=answer_format)
+    return Prompts()
+
+
+def _system_prompt(variant: str, question_type: str, answer_format: str) -> str:
+    return _prompts().system(variant=variant, question_type=question_type, answer_format=answer_format)
 
 
 def _user_text(question: str, options: Sequence[str], style: str) -> str:
-    from builder.prompts import Prompts
-
-    return Prompts().vlm_user_text(question=question, options=options, option_style=style)
+    return _prompts().vlm_user_text(question=question, options=options, option_style=style)
 
 
 # ------------------------------------------------------------------------------------------- empty sets
@@ -402,32 +1017,37 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
     """Why the set ``name`` (``sft``, ``dpo``, ``simple_cot``, ``mcq``, ``mcq_direct``) of ``run`` has no rows;
     "" when it has some. ``lpt export`` reports this for every config it leaves out."""
     if name in ("mcq", "mcq_direct"):
-        return "" if any(m["valid"] for m in _rows(run, "mcq")) else "stage 1 wrote no valid MCQ"
+        valid = _read(run, "mcq", ("valid",))["valid"]
+        return "" if pc.any(valid).as_py() else "stage 1 wrote no valid MCQ"
     if name not in ("sft", "dpo", "simple_cot"):
         raise ValueError(f"unknown set {name!r}")
-    traces = load_traces(run)
-    if not traces:
+    tr = _run_traces(run)
+    if not len(tr):
         return "the run has no kept simple CoT or expansion"
-    g = by_type(traces)
+    count = {t: int((tr.cot_type == i).sum()) for i, t in enumerate(TRACE_TYPES)}
     if name == "simple_cot":
-        o = len(g["O"])
+        o = count["O"]
         if not o:
             return "the run has no kept correct simple thought (O)"
         if not int(o * opts.simple_cot_ratio):
             return f"{o} correct simple thoughts (O) x simple_cot_ratio {opts.simple_cot_ratio:g} round down to 0"
         return ""
     if name == "dpo":
-        if dpo_pairs(traces, opts):
+        if len(_dpo_plan(tr, opts, dedupe=False)[0]):  # dropping repeats never empties a set
             return ""
-        have = ", ".join(f"{k} {len(v)}" for k, v in g.items() if v)
+        have = ", ".join(f"{k} {v}" for k, v in count.items() if v)
         return (f"no pair of the kinds {', '.join(opts.pair_kinds)} (kept traces: {have}); a pair needs a chosen "
                 f"and a rejected trace of the same prompt")
-    if sft_traces(traces, opts):
+    pool, x_o = count["O"] + count["O_O"], count["X_O"]
+    n = int(pool * opts.sft_ratio)
+    if opts.sft_balance:
+        n = min(n, x_o)
+    n_xo = n if opts.sft_balance else int(x_o * opts.sft_ratio)
+    if min(n, pool) > 0 or min(n_xo, x_o) > 0:
         return ""
-    pool, x_o = len(g["O"]) + len(g["O_O"]), len(g["X_O"])
     if opts.sft_balance and not x_o:
         return (f"no X→O trace (a wrong simple thought whose expansion reaches the right answer; the run keeps "
-                f"{len(g['X_X'])} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (SPEC), so its O ∪ O→O half "
+                f"{count['X_X']} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (SPEC), so its O ∪ O→O half "
                 f"({pool} traces) is cut to 0 as well; sft_balance=False (--no-sft-balance) keeps that half")
     if opts.sft_balance:
         return (f"O ∪ O→O ({pool} traces) x sft_ratio {opts.sft_ratio:g} rounds down to 0; SFT is 50/50 by "
@@ -438,13 +1058,170 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
 # ------------------------------------------------------------------------------------------------ raw stages
 
 
+def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
+                sort_memory_bytes: int = SORT_MEMORY_BYTES) -> Iterator[pa.RecordBatch]:
+    """Every record of one stage, as written, in :meth:`RunDir.read`'s order (sorted by the stage's keys).
+
+    The sort is computed on the key columns alone. Rows already in that order stream from the files; a stage
+    of at most ``sort_memory_bytes`` (in Arrow, estimated from a sample) is sorted in memory; a bigger one is
+    bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
+    in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
+    """
+    from builder.store import SORT_KEYS
+
+    full = STAGE_SCHEMAS[stage]
+    keys = SORT_KEYS[stage]
+    files = _files(run, stage)
+    key_parts = [b for p in files for b in _batches(stage, p, keys)]
+    total = sum(b.num_rows for b in key_parts)
+    if not total:
+        return
+    order = pc.sort_indices(pa.Table.from_batches(key_parts), [(k, "ascending") for k in keys]).to_numpy()
+    del key_parts
+    if (order == np.arange(total)).all():  # already in order: stream
+        rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
+        yield from _rebatch(rows, batch_rows)
+        return
+    repeated = _RAW_REPEATED.get(stage, ())
+    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
+    nbytes = _arrow_bytes(stage, files, total, repeated)
+    if nbytes <= sort_memory_bytes:
+        table = pa.Table.from_batches(list(rows)).unify_dictionaries().combine_chunks()
+        for sl in _chunks(total, batch_rows):
+            yield pa.Table.from_batches([table.take(pa.array(order[sl])).to_batches()[0]]).cast(full).to_batches()[0]
+        return
+    for batch in _spill_sort(stage, rows, order, total, sort_memory_bytes * total // nbytes // 3, batch_rows):
+        yield batch.cast(full)
+
+
+def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
+                batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Rows in ``order``: each row goes to the spill file of its output bucket; each bucket is then sorted.
+
+    A dictionary column travels as indices into the concatenation of every batch's dictionary (kept in
+    memory: the repeated texts once per batch), so the spill files hold no dictionary."""
+    rank = np.empty(total, np.int64)
+    rank[order] = np.arange(total)
+    bucket_rows = max(batch_rows, int(bucket_rows))
+    spill = Path(tempfile.mkdtemp(prefix=f"lpt-sort-{stage}-"))
+    dictionaries: dict[str, list[pa.Array]] = {}
+    try:
+        sinks: dict[int, Any] = {}
+        start = 0
+        for batch in rows:
+            r = rank[start:start + batch.num_rows]
+            start += batch.num_rows
+            columns = []
+            for name, col in zip(batch.schema.names, batch.columns):
+                if pa.types.is_dictionary(col.type):
+                    seen = dictionaries.setdefault(name, [])
+                    offset = sum(len(d) for d in seen)
+                    seen.append(col.dictionary)
+                    col = pc.add(col.indices.cast(pa.int64()), offset)
+                columns.append(col)
+            b = r // bucket_rows
+            by_bucket = np.argsort(b, kind="stable")
+            bounds = np.flatnonzero(np.diff(b[by_bucket])) + 1
+            batch = pa.RecordBatch.from_arrays(columns + [pa.array(r % bucket_rows)],
+                                               names=batch.schema.names + ["__rank"]).take(pa.array(by_bucket))
+            for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
+                bi = int(b[by_bucket[lo]])
+                if bi not in sinks:
+                    sinks[bi] = pa.ipc.new_file(str(spill / f"{bi}.arrow"), batch.schema)
+                sinks[bi].write_batch(batch.slice(lo, hi - lo))
+        for w in sinks.values():
+            w.close()
+        texts = {name: _concat_texts(ds) for name, ds in dictionaries.items()}
+        del dictionaries
+        for bi in sorted(sinks):
+            path = spill / f"{bi}.arrow"
+            with pa.memory_map(str(path)) as source:
+                t = pa.ipc.open_file(source).read_all()
+                local = np.empty(t.num_rows, np.int64)
+                local[t["__rank"].to_numpy()] = np.arange(t.num_rows)
+                t = t.drop_columns(["__rank"]).combine_chunks()
+            os.unlink(path)
+            for sl in _chunks(t.num_rows, batch_rows):
+                part = t.take(pa.array(local[sl])).combine_chunks()
+                yield pa.RecordBatch.from_arrays(
+                    [texts[n].take(_one_chunk(part.column(n))) if n in texts else _one_chunk(part.column(n))
+                     for n in part.column_names], names=part.column_names)
+            del t
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _arrow_bytes(stage: str, files: Sequence[Path], total: int, dictionary: Sequence[str] = ()) -> int:
+    """The stage's size in memory, estimated from the first rows of its biggest file."""
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    sample = next(_batches(stage, biggest, batch_rows=2000, dictionary=dictionary), None)
+    return int(sample.nbytes / max(1, sample.num_rows) * total) if sample is not None else 0
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of ``batch_rows`` (the last one shorter)."""
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for b in batches:
+        pending.append(b)
+        n += b.num_rows
+        while n >= batch_rows:
+            t = pa.Table.from_batches(pending)
+            yield t.slice(0, batch_rows).combine_chunks().to_batches()[0]
+            rest = t.slice(batch_rows)
+            pending, n = rest.to_batches(), rest.num_rows
+    if n:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def raw_table(run: Any, stage: str) -> pa.Table:
+    """Every record of one stage, as written, sorted like :meth:`RunDir.read` (a table of that config's schema)."""
+    return _table(f"raw_{stage}", raw_batches(run, stage)) if f"raw_{stage}" in SCHEMAS else \
+        pa.Table.from_batches(list(raw_batches(run, stage)), schema=STAGE_SCHEMAS[stage])
+
+
 def build_raw(run: Any, stage: str) -> list[dict[str, Any]]:
     """Every record of one stage, as written (every sample, its parse, its label, its provenance)."""
-    return _rows(run, stage)
+    return raw_table(run, stage).to_pylist()
+
+
+# -------------------------------------------------------------------------------------------- by config
+
+
+def batches(run: Any, name: str, opts: AssembleOptions = AssembleOptions(), batch_rows: int = BATCH_ROWS,
+            *, traces: _Traces | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of run config ``name`` (``sft``, ``dpo``, ``mcq``, ``mcq_direct``, ``simple_cot``, ``raw_mcq``,
+    ``raw_simple_cot``, ``raw_expansion``) as record batches of :data:`SCHEMAS` ``[name]``.
+
+    ``traces`` (from :func:`trace_index`) lets several trace sets share one read of the stage tables.
+    """
+    if name == "sft":
+        return sft_batches(run, opts, batch_rows, traces=traces)
+    if name == "dpo":
+        return dpo_batches(run, opts, batch_rows, traces=traces)
+    if name == "simple_cot":
+        return simple_cot_batches(run, opts, batch_rows, traces=traces)
+    if name in ("mcq", "mcq_direct"):
+        return mcq_batches(run, opts, "think" if name == "mcq" else "direct", batch_rows)
+    if name.startswith("raw_") and name in SCHEMAS:
+        return raw_batches(run, name[len("raw_"):], batch_rows)
+    raise ValueError(f"unknown run config {name!r}; choose from {sorted(SCHEMAS)}")
+
+
+def table(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) -> pa.Table:
+    """Run config ``name`` as one table of its Arrow schema (see :func:`batches`)."""
+    return _table(name, batches(run, name, opts))
+
+
+def trace_index(run: Any) -> _Traces:
+    """A run's kept traces read once (pass as ``traces=`` to :func:`batches` for sft, dpo and simple_cot)."""
+    return _run_traces(run)
 
 
 __all__ = [
-    "AssembleOptions", "DEFAULT_PAIR_KINDS", "MCQ_VARIANTS", "PAIR_KINDS", "TRACE_TYPES", "Trace",
-    "build_dpo", "build_mcq", "build_raw", "build_sft", "build_simple_cot", "by_type", "dpo_pairs",
-    "length_weighted_subsample", "load_traces", "sft_traces", "why_empty",
+    "AssembleOptions", "BATCH_ROWS", "DEFAULT_PAIR_KINDS", "DPO_SCHEMA", "MCQ_SCHEMA", "MCQ_VARIANTS", "PAIR_KINDS",
+    "SCHEMAS", "SFT_SCHEMA", "TRACE_TYPES", "Trace", "batches", "build_dpo", "build_mcq", "build_raw", "build_sft",
+    "build_simple_cot", "by_type", "dpo_batches", "dpo_pairs", "dpo_table", "length_weighted_subsample",
+    "load_traces", "mcq_batches", "mcq_table", "raw_batches", "raw_table", "schema", "sft_batches", "sft_table",
+    "sft_traces", "simple_cot_batches", "simple_cot_table", "table", "trace_index", "why_empty",
 ]

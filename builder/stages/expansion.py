@@ -15,6 +15,7 @@ no ``</think>`` (``no_end_of_thought``), no answer (``unparseable``), a bad word
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NamedTuple, Sequence
 
@@ -36,19 +37,61 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
     """The bad word that occurs first in ``text`` (case-insensitive), or "".
 
     By default a bad word must stand as a word ("text" is not found in "texture", "state" not in
-    "statement"; docs/method.md, defect 2); ``substring=True`` restores upstream's substring rule.
+    "statement"; docs/method.md, defect 2); ``substring=True`` restores upstream's substring rule. Of two words
+    found at the same position the smaller string wins. See :func:`_bad_words` for how it is searched.
     """
-    hits = []
-    for w in bad_words:
-        if substring:
-            pos = text.casefold().find(w.casefold())
-            if pos >= 0:
-                hits.append((pos, w))
-        else:
-            m = re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)
-            if m:
-                hits.append((m.start(), w))
-    return min(hits)[1] if hits else ""
+    if not bad_words:
+        return ""
+    words, folded, lowered, pattern = _bad_words(tuple(bad_words))
+    best: tuple[int, str] | None = None
+    if substring:  # the casefolded word in the casefolded text
+        hay = text.casefold()
+        for w, f in zip(words, folded):
+            pos = hay.find(f)
+            if pos >= 0 and (best is None or pos < best[0]):
+                best = (pos, w)
+        return best[1] if best else ""
+    if lowered is None or not (text.isascii() or not any(c in text for c in _FOLDS_TO_ASCII)):
+        m = pattern.search(text)
+        return words[m.lastindex - 1] if m else ""
+    hay, n = text.lower(), len(text)  # same positions: no character of the text lower-cases to two
+    for w, lw in zip(words, lowered):
+        pos = hay.find(lw)
+        while pos >= 0:  # (?<![\w']) before it and (?![\w']) after it, on the text itself
+            end = pos + len(lw)
+            if (pos == 0 or not (text[pos - 1].isalnum() or text[pos - 1] in "_'")) and \
+                    (end == n or not (text[end].isalnum() or text[end] in "_'")):
+                break
+            pos = hay.find(lw, pos + 1)
+        if pos >= 0 and (best is None or pos < best[0]):
+            best = (pos, w)
+    return best[1] if best else ""
+
+
+# The only characters beyond ASCII that re.IGNORECASE matches with an ASCII one (İ ı ſ and the Kelvin sign):
+# a text without them matches ASCII words case-insensitively exactly where its lower-case copy has them.
+_FOLDS_TO_ASCII = "\u0130\u0131\u017f\u212a"
+
+
+@functools.lru_cache(maxsize=64)
+def _bad_words(bad_words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...] | None,
+                                                     re.Pattern]:
+    r"""``(words, casefolded, lower-cased, pattern)`` for a bad-word tuple, words sorted (smallest first).
+
+    The word rule is ``(?<![\w'])word(?![\w'])``, case-insensitively. With ASCII words (``lower-cased`` is
+    None otherwise) and a text without :data:`_FOLDS_TO_ASCII`, that is one ``str.find`` per word in the
+    lower-cased text. Any other text is searched with ``pattern``, one precompiled case-insensitive
+    alternation of every word, each in its own group: the leftmost match is the earliest position any word
+    occurs at, and there the alternatives are tried in order, so the first that matches is the smallest word
+    (a case-insensitive class of the words' first letters skips the positions no word can start at).
+    Scanning the words in sorted order and keeping a hit only when it is strictly earlier is the same rule.
+    """
+    words = tuple(sorted(bad_words))
+    body = "|".join(f"({re.escape(w)})" for w in words)
+    first = "" if "" in words else "(?=[" + "".join(sorted({re.escape(w[0]) for w in words})) + "])"
+    pattern = re.compile(r"(?<![\w'])" + first + "(?:" + body + r")(?![\w'])", re.I)
+    lowered = tuple(w.lower() for w in words) if all(w.isascii() for w in words) else None
+    return words, tuple(w.casefold() for w in words), lowered, pattern
 
 
 def with_full_stop(thought: str) -> str:

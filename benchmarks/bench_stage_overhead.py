@@ -1,0 +1,187 @@
+"""Pipeline overhead per record of stages 1, 2 and 3: everything but the model, with an instant engine.
+
+``ReplayEngine`` answers every request at once with stored texts (the authors' real generations, lengthened to
+--chars characters), so the time measured is the stage's own: prompts, parsing, labelling, the bad-word check,
+ids, chunked writes. Stage 3 runs twice on the same stage-2 records: with the former ``first_bad_word`` (one
+regex search per bad word; kept here as ``first_bad_word_v1``) and with the current one (one precompiled
+alternation). The bad-word check alone is also timed on the stage-3 added texts.
+
+    python benchmarks/bench_stage_overhead.py [--images 100] [--chars 3000] [--work /tmp/lpt-stage-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from builder.config import PipelineConfig
+from builder.engines.base import Engine, Request, Sample
+from builder.records import SOURCE
+from builder.stages import expand, mcq, simple_cot
+from builder.store import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ReplayEngine(Engine):
+    """Replays stored texts, in order, one per sample: an engine that costs nothing."""
+
+    name = "replay"
+
+    def __init__(self, texts: list[str], model: str = "replay") -> None:
+        super().__init__(model)
+        self.texts, self.i = texts, 0
+
+    def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:
+        out = []
+        for r in requests:
+            samples = []
+            for _ in range(r.params.n):
+                samples.append(Sample(self.texts[self.i % len(self.texts)], "stop"))
+                self.i += 1
+            out.append(samples)
+        return out
+
+
+def first_bad_word_v1(text, bad_words, *, substring=False):
+    """The former first_bad_word: one case-insensitive regex search per bad word."""
+    hits = []
+    for w in bad_words:
+        if substring:
+            pos = text.casefold().find(w.casefold())
+            if pos >= 0:
+                hits.append((pos, w))
+        else:
+            m = re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)
+            if m:
+                hits.append((m.start(), w))
+    return min(hits)[1] if hits else ""
+
+
+def _reference() -> Path:
+    name = "shared/reference/upstream-example-outputs"
+    for p in (ROOT.parent / name, Path("/work") / name):
+        if p.is_dir():
+            return p
+    raise SystemExit(f"no {name} beside the checkout")
+
+
+def _lengthen(texts: list[str], chars: int) -> list[str]:
+    """Texts of about ``chars`` characters: each text followed by the next ones, cut at a word boundary."""
+    out = []
+    for i in range(len(texts)):
+        t, j = texts[i], i
+        while len(t) < chars:
+            j += 1
+            t += " " + texts[j % len(texts)]
+        out.append(t[:chars].rsplit(" ", 1)[0])
+    return out
+
+
+def replay_texts(chars: int) -> dict[str, list[str]]:
+    ref = _reference()
+    rows = list(csv.DictReader(open(ref / "docci_mcq.csv", encoding="utf-8")))
+    per_image = {r["image_id"]: r for r in rows}
+    stage2 = [json.loads(line) for line in open(next(ref.glob("stage2_*.jsonl")), encoding="utf-8")]
+    thoughts = [p.split("</think>")[0].replace("<think>", "").strip() for rec in stage2 for p in rec["predict"]
+                if "</think>" in p]
+    stage3 = [json.loads(line) for line in open(next(ref.glob("stage3_*.jsonl")), encoding="utf-8")]
+    continuations = [p.split("</think>")[0].split("Wait,", 1)[-1].strip() for rec in stage3 for p in rec["predict"]]
+    letters = "ABCD"
+    return {
+        "descriptions": [r["description"] for r in per_image.values()],
+        "mcq_raw": [r["_mcq_gen_raw_response"] for r in per_image.values()],
+        "mcq_formatted": [r["_parse_to_mcq_response"] for r in per_image.values()],
+        # stage 2 continues "<think>"; the answer letter cycles, so some are right and some wrong
+        "stage2": [f"{t}</think>\n<answer>({letters[i % 4]})</answer>" for i, t in enumerate(_lengthen(thoughts, chars))],
+        # bad words are blocked at generation time, so most continuations hold none (one in ten keeps its own)
+        "stage3": [f" {t if i % 10 == 0 else _scrub(t)}</think>\n\n<answer>({letters[i % 3]})</answer>"
+                   for i, t in enumerate(_lengthen(continuations, chars))],
+    }
+
+
+def _scrub(text: str) -> str:
+    from builder.config import BAD_WORDS
+
+    words = "|".join(re.escape(w) for w in sorted(BAD_WORDS, key=len, reverse=True))
+    return re.sub(r"(?<![\w'])(?:" + words + r")(?![\w'])", "scene", text, flags=re.I)
+
+
+def timed(label: str, fn, count) -> dict:
+    """Run ``fn``; wall and CPU time per record (``count()`` records after it)."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    n = max(count(), 1)
+    row = {"stage": label, "records": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+           "ms_per_record": round(1000 * wall / n, 3), "cpu_ms_per_record": round(1000 * cpu / n, 3)}
+    print(f"{label:<34} {n:>7} records {wall:7.2f} s wall {cpu:7.2f} s CPU {row['ms_per_record']:7.3f} ms/record",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--chars", type=int, default=3000, help="length of the simple thoughts and continuations")
+    ap.add_argument("--work", default="/tmp/lpt-stage-bench")
+    args = ap.parse_args()
+    texts = replay_texts(args.chars)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    images = sorted((ROOT / "builder" / "data" / "sample" / "images").glob("*.png"))
+    config = PipelineConfig.preset("paper")  # stage 2: n=3; stage 3: n=3, the four cues, the 23 bad words
+    run = RunDir(work / "run")
+    run.write_table("source", pa.Table.from_pylist([
+        {"image_id": f"img_{i:05d}", "source": "bench", "split": "train", "image_path": str(images[i % len(images)]),
+         "description": texts["descriptions"][i % len(texts["descriptions"])]} for i in range(args.images)],
+        schema=SOURCE))
+    counts = run.counts
+    results = [
+        timed("stage 1 (MCQs)", lambda: mcq.run(run, ReplayEngine(texts["mcq_raw"]), config, progress=False,
+                                                reformat_engine=ReplayEngine(texts["mcq_formatted"])),
+              lambda: counts()["mcq"]),
+        timed("stage 2 (simple CoTs)", lambda: simple_cot.run(run, ReplayEngine(texts["stage2"]), config,
+                                                              progress=False), lambda: counts()["simple_cot"]),
+    ]
+    # stage 3 three times on the same stage-2 records (the first run also pays the imports; not reported)
+    for label, fn in (("stage 3 warm-up", expand.first_bad_word),
+                      ("stage 3 (first_bad_word before)", first_bad_word_v1),
+                      ("stage 3 (first_bad_word now)", expand.first_bad_word)):
+        shutil.rmtree(run.path / "expansion", ignore_errors=True)
+        current, expand.first_bad_word = expand.first_bad_word, fn
+        try:
+            row = timed(label, lambda: expand.run(run, ReplayEngine(texts["stage3"]), config, progress=False),
+                        lambda: counts()["expansion"])
+        finally:
+            expand.first_bad_word = current
+        if label != "stage 3 warm-up":
+            results.append(row)
+    added = [r["cue"] + r["continuation"].split("</think>")[0]
+             for r in run.read("expansion").select(["cue", "continuation"]).to_pylist()]
+    words = config.stage3.bad_words
+    check = {}
+    for label, fn in (("before", first_bad_word_v1), ("now", expand.first_bad_word)):
+        t = time.perf_counter()
+        found = [fn(a, words) for a in added]
+        check[label] = (time.perf_counter() - t) / len(added) * 1e6, found
+    assert check["before"][1] == check["now"][1]
+    print()
+    print(f"{'stage':<34} | {'records':>7} | {'wall s':>6} | {'ms/record (wall)':>16} | {'ms/record (CPU)':>15}")
+    for r in results:
+        print(f"{r['stage']:<34} | {r['records']:>7} | {r['wall_s']:>6} | {r['ms_per_record']:>16} | "
+              f"{r['cpu_ms_per_record']:>15}")
+    print(f"\nfirst_bad_word on {len(added)} added texts of ~{args.chars} chars: {check['before'][0]:.0f} µs before, "
+          f"{check['now'][0]:.0f} µs now ({check['before'][0] / check['now'][0]:.0f}x), same answers; "
+          f"{sum(map(bool, check['now'][1]))} with a bad word")
+
+
+if __name__ == "__main__":
+    main()
