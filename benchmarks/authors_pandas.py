@@ -1,6 +1,6 @@
 """The authors' way of assembling the sets, re-implemented for timing: pandas DataFrames and groupby loops.
 
-Modelled on SPEC.md ("Building the datasets") and the authors' released outputs: whole stage outputs loaded
+Modelled on docs/method.md ("The sets") and the authors' released outputs: whole stage outputs loaded
 into DataFrames, traces joined with ``merge``, length-weighted sampling by a loop over ``groupby('mcq_id')``
 with ``numpy`` weighted choice per group, DPO pairs enumerated per MCQ group with ``itertools.product`` over
 the group's records and then ``drop_duplicates`` on the positive (for X→O pairs also on the negative), chat rows

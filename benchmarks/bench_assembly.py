@@ -2,7 +2,7 @@
 pandas path (benchmarks/authors_pandas.py) and, on request, the former ``lpt export``, on synthetic runs of
 30K / 300K / 1M stage-3 records.
 
-The runs are made from the bundled reference generations (../shared/reference/upstream-example-outputs,
+The runs are made from the bundled reference generations (the authors' example outputs shipped in builder/data/upstream_example,
 imported once with builder.importer.import_upstream): copy ``c`` of the 5 images / 40 MCQs / 400 samples /
 1,200 expansions gets new ids (sha256 of the old id and ``c``) and its questions and prompts a ``[c]`` tag, so
 every copy is a distinct MCQ, sample and pair. Each stage is written as chunk files of about 20K rows with
@@ -43,11 +43,9 @@ SETS = CONFIGS[:5]  # the sets the authors' path builds
 
 
 def _reference_dir() -> Path:
-    name = "shared/reference/upstream-example-outputs"
-    for p in (ROOT.parent / name, Path("/work") / name):
-        if p.is_dir():
-            return p
-    raise SystemExit(f"no {name} beside the checkout")
+    from builder.importer import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
+
+    return EXAMPLE_DIR
 
 
 # ----------------------------------------------------------------------------------------------- the runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from builder.config import BAD_WORDS
+from builder.method import BAD_WORDS
 from builder.demo import smollm2_model
 from builder.engines import Request, SamplingParams, load_engine
 

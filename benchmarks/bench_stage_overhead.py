@@ -24,7 +24,7 @@ import pyarrow as pa
 from builder.config import PipelineConfig
 from builder.engines.base import Engine, Request, Sample
 from builder.records import SOURCE
-from builder.stages import expand, mcq, simple_cot
+from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +66,9 @@ def first_bad_word_v1(text, bad_words, *, substring=False):
 
 
 def _reference() -> Path:
-    name = "shared/reference/upstream-example-outputs"
-    for p in (ROOT.parent / name, Path("/work") / name):
-        if p.is_dir():
-            return p
-    raise SystemExit(f"no {name} beside the checkout")
+    from builder.importer import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
+
+    return EXAMPLE_DIR
 
 
 def _lengthen(texts: list[str], chars: int) -> list[str]:
@@ -158,7 +156,7 @@ def main() -> None:
         shutil.rmtree(run.path / "expansion", ignore_errors=True)
         current, expand.first_bad_word = expand.first_bad_word, fn
         try:
-            row = timed(label, lambda: expand.run(run, ReplayEngine(texts["stage3"]), config, progress=False),
+            row = timed(label, lambda: expansion.run(run, ReplayEngine(texts["stage3"]), config, progress=False),
                         lambda: counts()["expansion"])
         finally:
             expand.first_bad_word = current

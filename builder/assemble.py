@@ -1,4 +1,4 @@
-"""Assemble training sets from a run directory's labelled stage records (SPEC "Building the datasets").
+"""Assemble training sets from a run directory's labelled stage records (docs/method.md, "The sets").
 
 Trace types (``cot_type``): ``O`` / ``X`` a correct / wrong simple thought (stage 2); ``O_O``, ``O_X``,
 ``X_O``, ``X_X`` an expansion (stage 3) of a correct (``O_``) or wrong (``X_``) simple thought that ends
@@ -11,7 +11,7 @@ Sets:
   size (50/50 by construction: when X→O is short, both halves shrink to its size; a run with no X→O trace
   has an empty SFT set, and :func:`why_empty` says so; ``sft_balance=False`` keeps the correct half).
 * ``dpo``: preference pairs tagged with their ``kind`` (see :data:`PAIR_KINDS`); both sides render the
-  answer the same way (upstream defect 5), so a rejected side must name an option (``pred_index >= 0``).
+  answer the same way (docs/method.md, defect 5), so a rejected side must name an option (``pred_index >= 0``).
 * ``simple_cot``: correct simple thoughts, length-weighted subsampled to ``simple_cot_ratio`` (1/3.75).
 * ``mcq`` / ``mcq_direct``: one row per valid MCQ with the think / direct-answer system prompt.
 
@@ -48,8 +48,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.answers import ANSWER_FORMATS, LETTERS, format_answer
-from builder.records import STAGE_SCHEMAS, content_id, rng_for
+from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
+from builder.prompts import Prompts
+from builder.records import TABLES, content_id, rng_for
+from builder.store import StoreError
+
+_SCHEMA_OF = {name: t.schema for name, t in TABLES.items()}
 
 T = TypeVar("T")
 
@@ -118,8 +122,8 @@ MCQ_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _ST
                         ("answer", _STR), ("messages", MESSAGES)])
 SCHEMAS: dict[str, pa.Schema] = {
     "sft": SFT_SCHEMA, "dpo": DPO_SCHEMA, "mcq": MCQ_SCHEMA, "mcq_direct": MCQ_SCHEMA, "simple_cot": SFT_SCHEMA,
-    "raw_mcq": STAGE_SCHEMAS["mcq"], "raw_simple_cot": STAGE_SCHEMAS["simple_cot"],
-    "raw_expansion": STAGE_SCHEMAS["expansion"],
+    "raw_mcq": _SCHEMA_OF["mcq"], "raw_simple_cot": _SCHEMA_OF["simple_cot"],
+    "raw_expansion": _SCHEMA_OF["expansion"],
 }
 """The Arrow schema of each run config (the ``datasets`` features' ``arrow_schema``, same column order)."""
 
@@ -192,7 +196,7 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
 
     ``dictionary`` columns come back dictionary-encoded (one copy of each distinct prompt in memory).
     """
-    full = STAGE_SCHEMAS[stage]
+    full = _SCHEMA_OF[stage]
     dictionary = [c for c in dictionary if c in columns]
     want = pa.schema([pa.field(c, pa.dictionary(pa.int32(), _STR)) if c in dictionary else full.field(c)
                       for c in columns])
@@ -218,9 +222,7 @@ def _files(run: Any, stage: str) -> list[Path]:
 def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
              batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
-    from builder.store import StoreError
-
-    full = STAGE_SCHEMAS[stage]
+    full = _SCHEMA_OF[stage]
     try:
         f = pq.ParquetFile(p, read_dictionary=list(dictionary) or None)
         names = f.schema_arrow.names
@@ -236,8 +238,6 @@ def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dicti
 
 
 def _unreadable(path: Path, e: Exception) -> Exception:
-    from builder.store import StoreError
-
     return StoreError(f"{path}: unreadable parquet file ({type(e).__name__}: {e}); delete it and rerun the stage "
                       f"to redo its inputs")
 
@@ -337,9 +337,7 @@ def _run_traces(run: Any) -> _Traces:
     samples = {c: _one_chunk(read[c]) for c in _SAMPLE_COLUMNS if c != "thought"}
     n_s = read.num_rows
     if pc.count_distinct(samples["sample_id"]).as_py() != n_s:
-        from builder.store import StoreError
-
-        raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
+            raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
                          f"a stage-2 chunk was written twice (remove the copy)")
     exp = _read(run, "expansion", ("expansion_id", "sample_id", "long_thought", "pred_index", "correct"), kept=True)
     # the sample row each expansion grew from (expansions of a sample that is not kept drop out)
@@ -467,7 +465,7 @@ def length_weighted_subsample(
     seed: int,
     tag: str,
 ) -> list[T]:
-    """Draw exactly ``min(n, len(items))`` items, favouring long ones within each group (SPEC).
+    """Draw exactly ``min(n, len(items))`` items, favouring long ones within each group (docs/method.md).
 
     Within each group rank by length, longest first (ties by ``key``), weight ``0.5**rank``; draw without
     replacement ``n // groups`` per group (all of a smaller group); top up uniformly from the rest to
@@ -967,8 +965,6 @@ def _mcq_prompt(m: dict, sample: dict | None, variant: str, seed: int) -> _Promp
             sample["system_prompt"], m["question_type"], sample["answer_format"])
         return _Prompt(system, sample["user_text"], tuple(sample["options"]), sample["answer_index"],
                        sample["answer_format"])
-    from builder.answers import ANSWER_FORMATS, OPTION_STYLES, shuffle_options
-
     rng = rng_for(seed, "mcq-prompt", m["mcq_id"])
     options, gold = shuffle_options(m["options"], m["answer_index"], rng)
     style, fmt = rng.choice(OPTION_STYLES), rng.choice(ANSWER_FORMATS)
@@ -997,8 +993,6 @@ def _direct_twin(think_system: str, question_type: str, answer_format: str) -> s
 
 @lru_cache(maxsize=1)
 def _prompts() -> Any:
-    from builder.prompts import Prompts  # the project's templates (pipeline helper)
-
     return Prompts()
 
 
@@ -1047,7 +1041,7 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
         return ""
     if opts.sft_balance and not x_o:
         return (f"no X→O trace (a wrong simple thought whose expansion reaches the right answer; the run keeps "
-                f"{count['X_X']} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (SPEC), so its O ∪ O→O half "
+                f"{count['X_X']} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (docs/method.md), so its O ∪ O→O half "
                 f"({pool} traces) is cut to 0 as well; sft_balance=False (--no-sft-balance) keeps that half")
     if opts.sft_balance:
         return (f"O ∪ O→O ({pool} traces) x sft_ratio {opts.sft_ratio:g} rounds down to 0; SFT is 50/50 by "
@@ -1067,10 +1061,8 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
     bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
     in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
     """
-    from builder.store import SORT_KEYS
-
-    full = STAGE_SCHEMAS[stage]
-    keys = SORT_KEYS[stage]
+    full = _SCHEMA_OF[stage]
+    keys = TABLES[stage].sort_keys
     files = _files(run, stage)
     key_parts = [b for p in files for b in _batches(stage, p, keys)]
     total = sum(b.num_rows for b in key_parts)
@@ -1177,7 +1169,7 @@ def _rebatch(batches: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.
 def raw_table(run: Any, stage: str) -> pa.Table:
     """Every record of one stage, as written, sorted like :meth:`RunDir.read` (a table of that config's schema)."""
     return _table(f"raw_{stage}", raw_batches(run, stage)) if f"raw_{stage}" in SCHEMAS else \
-        pa.Table.from_batches(list(raw_batches(run, stage)), schema=STAGE_SCHEMAS[stage])
+        pa.Table.from_batches(list(raw_batches(run, stage)), schema=_SCHEMA_OF[stage])
 
 
 def build_raw(run: Any, stage: str) -> list[dict[str, Any]]:

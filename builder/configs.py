@@ -271,33 +271,47 @@ def _build_lpt30k(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- the configs
 
 
+def _columnar(name: str) -> Callable[[LPTConfig], Iterator[dict[str, Any]]]:
+    def build(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
+        for batch in assemble.batches(cfg.run(), name, cfg.options):
+            yield from batch.to_pylist()
+
+    build.__doc__ = f"The rows of ``{name}`` from the columnar assembly (``lpt export`` writes its batches as they are)."
+    return build
+
+
+COLUMNAR = {name: _columnar(name) for name in ("sft", "dpo", "mcq", "mcq_direct", "simple_cot", "raw_mcq",
+                                                "raw_simple_cot", "raw_expansion")}
+"""The run configs that :mod:`builder.assemble` builds column-wise; ``lpt export`` streams them to parquet."""
+
+
 def _why(name: str) -> Callable[[LPTConfig], str]:
     return lambda c: assemble.why_empty(c.run(), name, c.options)
 
 for _spec in [
-    ConfigSpec("sft", SFT_FEATURES, lambda c: assemble.build_sft(c.run(), c.options),
+    ConfigSpec("sft", SFT_FEATURES, COLUMNAR["sft"],
                "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50.", why_empty=_why("sft")),
-    ConfigSpec("dpo", DPO_FEATURES, lambda c: assemble.build_dpo(c.run(), c.options),
+    ConfigSpec("dpo", DPO_FEATURES, COLUMNAR["dpo"],
                "Preference pairs (prompt/chosen/rejected), tagged with their kind.", why_empty=_why("dpo")),
-    ConfigSpec("mcq", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "think"),
+    ConfigSpec("mcq", MCQ_FEATURES, COLUMNAR["mcq"],
                "The valid MCQs with the think system prompt and the gold answer.", why_empty=_why("mcq")),
-    ConfigSpec("mcq_direct", MCQ_FEATURES, lambda c: assemble.build_mcq(c.run(), c.options, "direct"),
+    ConfigSpec("mcq_direct", MCQ_FEATURES, COLUMNAR["mcq_direct"],
                "The valid MCQs with the direct-answer system prompt and the gold answer.",
                why_empty=_why("mcq_direct")),
-    ConfigSpec("simple_cot", SFT_FEATURES, lambda c: assemble.build_simple_cot(c.run(), c.options),
+    ConfigSpec("simple_cot", SFT_FEATURES, COLUMNAR["simple_cot"],
                "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
     ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (area capped at 512×512 pixels, as the models saw it).",
                why_empty=_images_why_empty),
-    ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), lambda c: assemble.build_raw(c.run(), "mcq"),
+    ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), COLUMNAR["raw_mcq"],
                "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
                "one invalid row).",
                why_empty=lambda c: "stage 1 has no records"),
     ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
-               lambda c: assemble.build_raw(c.run(), "simple_cot"),
+               COLUMNAR["raw_simple_cot"],
                "Stage 2: every simple-CoT sample, its parse and its label.",
                why_empty=lambda c: "stage 2 has no records"),
     ConfigSpec("raw_expansion", Features.from_arrow_schema(EXPANSION),
-               lambda c: assemble.build_raw(c.run(), "expansion"),
+               COLUMNAR["raw_expansion"],
                "Stage 3: every expansion, its parse, its label and why it was dropped.",
                why_empty=lambda c: "stage 3 has no records"),
     ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
@@ -308,6 +322,6 @@ for _spec in [
 
 load_plugins()  # installed plugin packages: their configs are there wherever the package is used
 
-__all__ = ["CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+__all__ = ["COLUMNAR", "CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

@@ -39,7 +39,10 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
-from builder.configs import CONFIGS, FIELD_DOCS, LPTConfig, run_configs
+from builder import assemble
+from builder.assemble import AssembleOptions
+from builder.configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
+from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.stats import FIGURES as FIGURE_TITLES
@@ -171,11 +174,17 @@ def export(
                 if name not in names and (out / name).is_dir():
                     shutil.copytree(out / name, tmp / name, copy_function=os.link)
             written, empty = {}, {}
+            traces: list[Any] = []  # the run's kept traces, read once for the trace sets
             for name in names:
-                ds, why = _built_or_why(run_dir, name, **kwargs)
-                if ds is not None:
-                    _write_parquet(ds, tmp / name)
-                    written[name] = ds.num_rows
+                if name in COLUMNAR and CONFIGS[name].build is COLUMNAR[name]:
+                    rows, why = _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces)
+                else:
+                    ds, why = _built_or_why(run_dir, name, **kwargs)
+                    rows = ds.num_rows if ds is not None else 0
+                    if ds is not None:
+                        _write_parquet(ds, tmp / name)
+                if rows:
+                    written[name] = rows
                 else:
                     empty[name] = why
             _update_report(tmp, written, empty, old)
@@ -216,6 +225,24 @@ def _swap_in(tmp: Path, out: Path) -> None:
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     write_json(report_path, {**report, "files": files})
     replace_dir(tmp, out)
+
+
+def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces: list[Any]) -> tuple[int, str]:
+    """A run config straight from the columnar assembly to parquet (no Python rows, no datasets cache);
+    ``(rows, "")``, or ``(0, why it is empty)`` with nothing left in ``folder``."""
+    run = RunDir(run_dir)
+    opts = options if options is not None else AssembleOptions()
+    shared = None
+    if name in ("sft", "dpo", "simple_cot"):
+        if not traces:
+            traces.append(assemble.trace_index(run))
+        shared = traces[0]
+    rows = write_parquet(assemble.batches(run, name, opts, traces=shared), folder, CONFIGS[name].features)
+    if rows:
+        return rows, ""
+    shutil.rmtree(folder, ignore_errors=True)  # datasets cannot load a split of zero rows
+    return 0, (CONFIGS[name].why_empty(LPTConfig(name=name, run_dir=str(run_dir), options=opts))
+               if CONFIGS[name].why_empty else "") or "the run has no rows for it"
 
 
 def _write_parquet(ds: Any, folder: Path) -> None:

@@ -155,7 +155,7 @@ def length_weighted_subsample(
     seed: int,
     tag: str,
 ) -> list[T]:
-    """Draw exactly ``min(n, len(items))`` items, favouring long ones within each group (SPEC).
+    """Draw exactly ``min(n, len(items))`` items, favouring long ones within each group (docs/method.md).
 
     Within each group rank by length, longest first (ties by ``key``), weight ``0.5**rank``; draw without
     replacement ``n // groups`` per group (all of a smaller group); top up uniformly from the rest to
@@ -410,7 +410,7 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
     pool, x_o = len(g["O"]) + len(g["O_O"]), len(g["X_O"])
     if opts.sft_balance and not x_o:
         return (f"no X→O trace (a wrong simple thought whose expansion reaches the right answer; the run keeps "
-                f"{len(g['X_X'])} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (SPEC), so its O ∪ O→O half "
+                f"{len(g['X_X'])} X→X); SFT is 50/50 O ∪ O→O / X→O by construction (docs/method.md), so its O ∪ O→O half "
                 f"({pool} traces) is cut to 0 as well; sft_balance=False (--no-sft-balance) keeps that half")
     if opts.sft_balance:
         return (f"O ∪ O→O ({pool} traces) x sft_ratio {opts.sft_ratio:g} rounds down to 0; SFT is 50/50 by "

@@ -18,7 +18,7 @@ from builder.importer import import_upstream
 from builder.records import EXPANSION, MCQ, SIMPLE_COT, content_id
 from builder.store import RunDir
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 
 OPTIONS = [
     assemble.AssembleOptions(),

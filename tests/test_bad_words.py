@@ -8,7 +8,7 @@ import re
 import pytest
 
 from builder.importer import UPSTREAM_BAD_WORDS
-from builder.stages.expand import first_bad_word
+from builder.stages.expansion import first_bad_word
 
 
 def first_bad_word_v1(text, bad_words, *, substring=False):
@@ -88,7 +88,7 @@ def test_the_reference_expansions_keep_their_labels():
     """Every upstream continuation: the same bad word, word and substring mode, on the real generations."""
     import json
 
-    from _reference import UPSTREAM
+    from helpers import UPSTREAM
 
     texts = []
     with open(UPSTREAM / "stage3_r1-distill-qwen-32b_wait_expansions.jsonl", encoding="utf-8") as f:
@@ -104,7 +104,7 @@ def test_the_reference_expansions_keep_their_labels():
 def test_the_characters_that_fold_into_ascii():
     """The str.find path rests on two facts of re and str, checked over every code point: beyond ASCII only
     İ ı ſ and the Kelvin sign match an ASCII character case-insensitively, and only İ lower-cases to two."""
-    from builder.stages.expand import _FOLDS_TO_ASCII
+    from builder.stages.expansion import _FOLDS_TO_ASCII
 
     ascii_class = re.compile(r"[\x00-\x7f]", re.I)
     beyond = [chr(x) for x in range(128, 0x110000) if ascii_class.match(chr(x))]

@@ -15,7 +15,7 @@ from builder import assemble
 from builder.importer import import_upstream
 from builder.parquet_out import write_parquet
 
-from _reference import UPSTREAM  # noqa: E402
+from helpers import UPSTREAM  # noqa: E402
 
 CONFIGS = ["sft", "dpo", "mcq", "mcq_direct", "simple_cot", "raw_mcq", "raw_simple_cot", "raw_expansion"]
 
