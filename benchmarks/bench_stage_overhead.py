@@ -3,7 +3,7 @@
 ``ReplayEngine`` answers every request at once with stored texts (the authors' real generations, lengthened to
 --chars characters), so the time measured is the stage's own: prompts, parsing, labelling, the bad-word check,
 ids, chunked writes. Stage 3 runs twice on the same stage-2 records: with the former ``first_bad_word`` (one
-regex search per bad word; kept here as ``first_bad_word_v1``) and with the current one (one precompiled
+regex search per bad word; the oracle ``first_bad_word_v1`` of tests/test_bad_words.py) and with the current one (one precompiled
 alternation). The bad-word check alone is also timed on the stage-3 added texts.
 
     python benchmarks/bench_stage_overhead.py [--images 100] [--chars 3000] [--work /tmp/lpt-stage-bench]
@@ -16,6 +16,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_bad_words import first_bad_word_v1  # noqa: E402  (the former implementation, kept once, as the oracle)
 
 
 class ReplayEngine(Engine):
@@ -48,21 +51,6 @@ class ReplayEngine(Engine):
                 self.i += 1
             out.append(samples)
         return out
-
-
-def first_bad_word_v1(text, bad_words, *, substring=False):
-    """The former first_bad_word: one case-insensitive regex search per bad word."""
-    hits = []
-    for w in bad_words:
-        if substring:
-            pos = text.casefold().find(w.casefold())
-            if pos >= 0:
-                hits.append((pos, w))
-        else:
-            m = re.search(r"(?<![\w'])" + re.escape(w) + r"(?![\w'])", text, re.I)
-            if m:
-                hits.append((m.start(), w))
-    return min(hits)[1] if hits else ""
 
 
 def _reference() -> Path:
@@ -150,23 +138,23 @@ def main() -> None:
                                                               progress=False), lambda: counts()["simple_cot"]),
     ]
     # stage 3 three times on the same stage-2 records (the first run also pays the imports; not reported)
-    for label, fn in (("stage 3 warm-up", expand.first_bad_word),
+    for label, fn in (("stage 3 warm-up", expansion.first_bad_word),
                       ("stage 3 (first_bad_word before)", first_bad_word_v1),
-                      ("stage 3 (first_bad_word now)", expand.first_bad_word)):
+                      ("stage 3 (first_bad_word now)", expansion.first_bad_word)):
         shutil.rmtree(run.path / "expansion", ignore_errors=True)
-        current, expand.first_bad_word = expand.first_bad_word, fn
+        current, expansion.first_bad_word = expansion.first_bad_word, fn
         try:
             row = timed(label, lambda: expansion.run(run, ReplayEngine(texts["stage3"]), config, progress=False),
                         lambda: counts()["expansion"])
         finally:
-            expand.first_bad_word = current
+            expansion.first_bad_word = current
         if label != "stage 3 warm-up":
             results.append(row)
     added = [r["cue"] + r["continuation"].split("</think>")[0]
              for r in run.read("expansion").select(["cue", "continuation"]).to_pylist()]
     words = config.stage3.bad_words
     check = {}
-    for label, fn in (("before", first_bad_word_v1), ("now", expand.first_bad_word)):
+    for label, fn in (("before", first_bad_word_v1), ("now", expansion.first_bad_word)):
         t = time.perf_counter()
         found = [fn(a, words) for a in added]
         check[label] = (time.perf_counter() - t) / len(added) * 1e6, found

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from builder.importer import UPSTREAM_BAD_WORDS
+from builder.method import BAD_WORDS as UPSTREAM_BAD_WORDS
 from builder.stages.expansion import first_bad_word
 
 
