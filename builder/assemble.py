@@ -82,6 +82,12 @@ _RAW_REPEATED = {
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
+DPO_PAIR_RULES = ("authors", "all")
+"""``authors``: the pairs of each kind are enumerated, then each chosen response is kept once (and, for the X→O
+kinds, each rejected one too), as the authors' code did with ``drop_duplicates``; which pair survives is drawn
+by a generator seeded per kind. ``all``: every candidate pair (the project's first construction)."""
+
+
 @dataclass(frozen=True)
 class AssembleOptions:
     """Every knob of the assembly. ``answer_format=None`` keeps the format each prompt asked for."""
@@ -92,11 +98,14 @@ class AssembleOptions:
     simple_cot_ratio: float = 1 / 3.75
     pair_kinds: tuple[str, ...] = DEFAULT_PAIR_KINDS
     answer_format: str | None = None
+    dpo_pairs: str = "authors"  # "authors": each chosen response once (X→O kinds: each rejected once too); "all"
 
     def __post_init__(self) -> None:
         unknown = set(self.pair_kinds) - set(PAIR_KINDS)
         if unknown:
             raise ValueError(f"unknown pair kinds {sorted(unknown)}; choose from {PAIR_KINDS}")
+        if self.dpo_pairs not in DPO_PAIR_RULES:
+            raise ValueError(f"dpo_pairs must be one of {DPO_PAIR_RULES}, got {self.dpo_pairs!r}")
         for name in ("sft_ratio", "simple_cot_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -604,7 +613,34 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
         cls = _target_classes(tr, opts, np.flatnonzero(used))
         keep = _is_first(_first_seen_codes(cls[c] * (len(pos) + 1) + cls[r]))  # each pair's first occurrence
         kind, c, r = kind[keep], c[keep], r[keep]
+    if opts.dpo_pairs == "authors" and len(c):
+        keep = _authors_rule(kind, c, r, opts)
+        kind, c, r = kind[keep], c[keep], r[keep]
     return kind, c, r
+
+
+def _authors_rule(kind: np.ndarray, c: np.ndarray, r: np.ndarray, opts: AssembleOptions) -> np.ndarray:
+    """Which pairs survive the authors' rule (see :data:`DPO_PAIR_RULES`): in an order drawn per kind from
+    ``rng_for(seed, "dpo-pairs", kind)``, the first pair of each chosen trace (X→O kinds: then of each rejected
+    one); the survivors keep their places."""
+    keep = np.zeros(len(c), bool)
+    for k in np.unique(kind).tolist():
+        name = opts.pair_kinds[k]
+        at = np.flatnonzero(kind == k)
+        order = list(range(len(at)))
+        rng_for(opts.seed, "dpo-pairs", name).shuffle(order)
+        shuffled = at[np.asarray(order, np.int64)]
+        seen_c: set[int] = set()
+        survivors = []
+        for i in shuffled.tolist():
+            if int(c[i]) not in seen_c:
+                seen_c.add(int(c[i]))
+                survivors.append(i)
+        if name.startswith("X_O>"):
+            seen_r: set[int] = set()
+            survivors = [i for i in survivors if not (int(r[i]) in seen_r or seen_r.add(int(r[i])))]
+        keep[np.asarray(survivors, np.int64)] = True
+    return keep
 
 
 def _first_position(key: np.ndarray) -> np.ndarray:
@@ -1211,7 +1247,7 @@ def trace_index(run: Any) -> _Traces:
 
 
 __all__ = [
-    "AssembleOptions", "BATCH_ROWS", "DEFAULT_PAIR_KINDS", "DPO_SCHEMA", "MCQ_SCHEMA", "MCQ_VARIANTS", "PAIR_KINDS",
+    "AssembleOptions", "BATCH_ROWS", "DEFAULT_PAIR_KINDS", "DPO_PAIR_RULES", "DPO_SCHEMA", "MCQ_SCHEMA", "MCQ_VARIANTS", "PAIR_KINDS",
     "SCHEMAS", "SFT_SCHEMA", "TRACE_TYPES", "Trace", "batches", "build_dpo", "build_mcq", "build_raw", "build_sft",
     "build_simple_cot", "by_type", "dpo_batches", "dpo_pairs", "dpo_table", "length_weighted_subsample",
     "load_traces", "mcq_batches", "mcq_table", "raw_batches", "raw_table", "schema", "sft_batches", "sft_table",

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from builder.answers import MATCHER_VERSION
-from builder.assemble import DEFAULT_PAIR_KINDS, AssembleOptions
+from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
 from builder.config import load_config
 from builder.configs import load_plugins
 from builder.demo import run_demo
@@ -364,6 +364,9 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
               help="Do not cut the O ∪ O→O half of SFT to the size of the X→O half (SFT is 50/50 by default).")
 @click.option("--simple-cot-ratio", type=float, default=1 / 3.75, show_default=True)
 @click.option("--pair-kinds", default=None, help="Comma-separated DPO pair kinds (default: the paper's five).")
+@click.option("--dpo-pairs", type=click.Choice(DPO_PAIR_RULES), default="authors", show_default=True,
+              help="authors: each chosen response in one pair per kind (X→O kinds: each rejected too), as the "
+                   "authors built them; all: every candidate pair.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="Import MODULE first: it registers more configs (installed plugin packages are found by themselves).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds files this project did not write.")
@@ -371,11 +374,11 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
 @friendly_errors
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
                sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None,
-               plugins: tuple[str, ...], overwrite: bool, allow_incomplete: bool) -> None:
+               dpo_pairs: str, plugins: tuple[str, ...], overwrite: bool, allow_incomplete: bool) -> None:
     """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
     load_plugins(plugins)
     opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
-                           simple_cot_ratio=simple_cot_ratio,
+                           simple_cot_ratio=simple_cot_ratio, dpo_pairs=dpo_pairs,
                            pair_kinds=tuple(pair_kinds.split(",")) if pair_kinds else DEFAULT_PAIR_KINDS)
     out = export(run_dir, out_dir, fmt=fmt, embed_images=not no_embed_images, configs=configs or None, options=opts,
                  overwrite=overwrite, allow_incomplete=allow_incomplete)

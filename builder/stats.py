@@ -82,6 +82,13 @@ class Opened:
     def has(self, stage: str) -> bool:
         return self.read(stage).num_rows > 0
 
+    def files(self, stage: str) -> list[Path]:
+        """The parquet files of a stage's records (a run's chunks, or an export's raw config): what
+        :mod:`builder.assemble` reads column-wise."""
+        if self.kind == RUN:
+            return RunDir(self.path).files(stage)
+        return [Path(f) for f in _config_files(self.path, _RAW[stage])] if stage in _RAW else []
+
     def config(self, name: str) -> pa.Table | None:
         """An exported config's rows (``None`` for a run, or when the export has no such config)."""
         if self.kind != EXPORT or not _config_files(self.path, name):

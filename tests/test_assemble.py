@@ -51,8 +51,33 @@ def _expected_pairs(samples, exp_of):
 
 
 def test_dpo_counts_per_kind_match_the_labels(run, labels):
-    rows = assemble.build_dpo(run)
+    rows = assemble.build_dpo(run, AssembleOptions(dpo_pairs="all"))
     assert Counter(r["kind"] for r in rows) == _expected_pairs(*labels)
+
+
+def test_dpo_by_default_keeps_each_chosen_once_as_the_authors_did(run, labels):
+    """The authors' rule on their own example outputs: of every candidate pair of a kind, each chosen response
+    once (X→O kinds: each rejected response once too); which pair survives is seeded."""
+    every = assemble.build_dpo(run, AssembleOptions(dpo_pairs="all"))
+    rows = assemble.build_dpo(run)
+    by_kind = lambda rs: {k: [r for r in rs if r["kind"] == k] for k in {r["kind"] for r in rs}}
+    everything, kept = by_kind(every), by_kind(rows)
+    assert set(kept) == set(everything)
+    for kind, pairs in kept.items():
+        chosen = [r["chosen_id"] for r in pairs]
+        assert len(chosen) == len(set(chosen)), kind
+        assert {(r["chosen_id"], r["rejected_id"]) for r in pairs} <= \
+            {(r["chosen_id"], r["rejected_id"]) for r in everything[kind]}
+        if kind.startswith("X_O>"):
+            rejected = [r["rejected_id"] for r in pairs]
+            assert len(rejected) == len(set(rejected)) and 0 < len(pairs) <= len({r["rejected_id"] for r in everything[kind]})
+        else:  # each distinct chosen response of the candidates is in exactly one pair
+            assert len(pairs) == len({r["chosen_id"] for r in everything[kind]}), kind
+    assert len(rows) < len(every)
+    assert assemble.build_dpo(run) == rows  # seeded: the same pairs again
+    other = assemble.build_dpo(run, AssembleOptions(seed=1))
+    assert Counter(r["kind"] for r in other)["O>X"] == Counter(r["kind"] for r in rows)["O>X"]
+    assert {r["example_id"] for r in other} != {r["example_id"] for r in rows}  # another seed, other survivors
 
 
 def test_dpo_chosen_correct_rejected_wrong_no_duplicates(run):

@@ -20,12 +20,13 @@ from builder.store import RunDir
 
 from helpers import UPSTREAM  # noqa: E402
 
-OPTIONS = [
-    assemble.AssembleOptions(),
-    assemble.AssembleOptions(seed=7, answer_format="text"),
-    assemble.AssembleOptions(seed=3, answer_format="dot", sft_balance=False, sft_ratio=0.5),
-    assemble.AssembleOptions(pair_kinds=tuple(reversed(assemble.PAIR_KINDS)), answer_format="paren"),
-    assemble.AssembleOptions(seed=11, sft_ratio=1.0, simple_cot_ratio=1.0, pair_kinds=("O>O_O", "O>X_X")),
+OPTIONS = [  # the frozen row code built every candidate pair: compared under dpo_pairs="all"
+    assemble.AssembleOptions(dpo_pairs="all"),
+    assemble.AssembleOptions(seed=7, answer_format="text", dpo_pairs="all"),
+    assemble.AssembleOptions(seed=3, answer_format="dot", sft_balance=False, sft_ratio=0.5, dpo_pairs="all"),
+    assemble.AssembleOptions(pair_kinds=tuple(reversed(assemble.PAIR_KINDS)), answer_format="paren", dpo_pairs="all"),
+    assemble.AssembleOptions(seed=11, sft_ratio=1.0, simple_cot_ratio=1.0, pair_kinds=("O>O_O", "O>X_X"),
+                             dpo_pairs="all"),
 ]
 SETS = ("sft", "dpo", "simple_cot", "mcq", "mcq_direct")
 
@@ -37,7 +38,7 @@ def _old(opts: assemble.AssembleOptions) -> v1.AssembleOptions:
 def dataclasses_asdict(opts) -> dict:
     import dataclasses
 
-    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "dpo_pairs"}
 
 
 def _rows(mod, run, name, opts):
@@ -204,7 +205,7 @@ def test_raw_stages_and_trace_helpers_are_identical(runs, which):
             [(k, c.trace_id, r.trace_id) for k, c, r in v1.dpo_pairs(old_traces, _old(opts))]
     shuffled = traces[:]
     random.Random(1).shuffle(shuffled)  # a list in another order: groups and pairs follow that order
-    opts = assemble.AssembleOptions(pair_kinds=assemble.PAIR_KINDS)
+    opts = assemble.AssembleOptions(pair_kinds=assemble.PAIR_KINDS, dpo_pairs="all")
     old_shuffled = [v1.Trace(**t.__dict__) for t in shuffled]
     assert [(k, c.trace_id, r.trace_id) for k, c, r in assemble.dpo_pairs(shuffled, opts)] == \
         [(k, c.trace_id, r.trace_id) for k, c, r in v1.dpo_pairs(old_shuffled, _old(opts))]

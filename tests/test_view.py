@@ -54,7 +54,7 @@ def make_images(folder: Path) -> Path:
 def made(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("view")
     import_upstream(UPSTREAM, tmp / "run", images_dir=make_images(tmp / "images"))
-    export(tmp / "run", tmp / "hub")
+    export(tmp / "run", tmp / "hub", options=assemble.AssembleOptions(dpo_pairs="all"))  # every candidate pair
     return tmp
 
 
