@@ -129,9 +129,14 @@ def synthetic_run(path, seed: int = 0) -> RunDir:
     run = RunDir(path)
     for stage, rows, schema, input_col in (("mcq", mcqs, MCQ, "image_id"), ("simple_cot", samples, SIMPLE_COT, "mcq_id"),
                                            ("expansion", expansions, EXPANSION, "sample_id")):
-        rng.shuffle(rows)
-        for c in range(5):  # five chunk files, rows in no particular order
-            part = rows[c::5]
+        by_input: dict[str, list] = {}
+        for r in rows:
+            by_input.setdefault(r[input_col], []).append(r)
+        inputs = list(by_input)
+        rng.shuffle(inputs)
+        for c in range(5):  # five chunk files, each input's rows in one of them (as a stage writes), no order
+            part = [r for k in inputs[c::5] for r in by_input[k]]
+            rng.shuffle(part)
             run.write_chunk(stage, pa.Table.from_pylist(part, schema=schema), [r[input_col] for r in part] or ["-"])
     return run
 
@@ -248,7 +253,7 @@ def test_tables_have_the_config_schemas(runs):
             continue
         t = assemble.table(run, name)
         assert t.schema.equals(lpt.CONFIGS[name].features.arrow_schema, check_metadata=True), name
-        assert t.num_rows == len(lpt.CONFIGS[name].build(lpt.LPTConfig(name=name, run_dir=str(run.path))))
+        assert t.num_rows == len(list(lpt.CONFIGS[name].build(lpt.LPTConfig(name=name, run_dir=str(run.path)))))
     assert assemble.sft_table(run).equals(assemble.table(run, "sft"))
     assert assemble.mcq_table(run, variant="direct").equals(assemble.table(run, "mcq_direct"))
     assert assemble.raw_table(run, "expansion").to_pylist() == run.read("expansion").to_pylist()
