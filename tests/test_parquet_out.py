@@ -39,7 +39,7 @@ def test_a_written_config_loads_as_the_datasets_rows(run, tmp_path):
         if Path(datasets.config.HF_DATASETS_CACHE).exists() else []
     for name in CONFIGS:
         features = lpt.CONFIGS[name].features
-        rows = lpt.CONFIGS[name].build(lpt.LPTConfig(name=name, run_dir=str(run.path)))
+        rows = list(lpt.CONFIGS[name].build(lpt.LPTConfig(name=name, run_dir=str(run.path))))
         n = write_parquet(assemble.batches(run, name, batch_rows=100), tmp_path / name, features,
                           cdc=name.startswith("raw"))
         assert n == len(rows) > 0
@@ -65,9 +65,10 @@ def test_a_written_config_loads_as_the_datasets_rows(run, tmp_path):
 
 def test_shards_row_groups_replacement_and_same_bytes(run, tmp_path):
     features = lpt.CONFIGS["dpo"].features
-    table = assemble.table(run, "dpo")
+    every = assemble.AssembleOptions(dpo_pairs="all")  # every candidate pair: enough rows for several files
+    table = assemble.table(run, "dpo", every)
     out = tmp_path / "dpo"
-    n = write_parquet(assemble.batches(run, "dpo", batch_rows=64), out, features, shard_bytes=500_000,
+    n = write_parquet(assemble.batches(run, "dpo", every, batch_rows=64), out, features, shard_bytes=500_000,
                       row_group_bytes=120_000)
     files = sorted(p.name for p in out.glob("train-*.parquet"))
     assert n == table.num_rows and len(files) > 2
@@ -75,7 +76,7 @@ def test_shards_row_groups_replacement_and_same_bytes(run, tmp_path):
     assert all(pq.ParquetFile(out / f).metadata.num_row_groups > 1 for f in files[:-1])
     assert _load(out, tmp_path / "cache").to_list() == table.to_pylist()
     first = _digest(out)
-    write_parquet(assemble.batches(run, "dpo", batch_rows=64), out, features, shard_bytes=500_000,
+    write_parquet(assemble.batches(run, "dpo", every, batch_rows=64), out, features, shard_bytes=500_000,
                   row_group_bytes=120_000)
     assert _digest(out) == first  # a rerun writes the same bytes
     write_parquet(table, out, features)  # fewer files: the old ones go, no temp file stays
