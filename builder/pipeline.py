@@ -92,9 +92,6 @@ class EngineCache:
                 self.engines[key] = model_cfg.load_engine()
         return [self.engines[k] for k in keys]
 
-    def get(self, model_cfg: ModelConfig) -> Any:
-        return self.get_all([model_cfg])[0]
-
     def close(self) -> None:
         for engine in self.engines.values():
             _close(engine)

@@ -50,7 +50,7 @@ def _relabel_stage(run: RunDir, stage: str, rebuild: Callable[[list[dict], dict]
     total = {"rows": 0, "label changed": 0, "kept changed": 0, "any field changed": 0}
     settings = run.chunk_settings(stage)
     for path in run.files(stage):
-        before = run._read_file(stage, path).to_pylist()
+        before = run.read_file(stage, path).to_pylist()
         groups: dict[str, list[dict]] = {}
         for row in before:
             groups.setdefault(row[col], []).append(row)

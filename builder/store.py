@@ -194,7 +194,8 @@ class RunDir:
 
     # ----------------------------------------------------------------------------------------------- read
 
-    def _read_file(self, stage: str, path: Path) -> pa.Table:
+    def read_file(self, stage: str, path: Path) -> pa.Table:
+        """The rows of one file of ``stage``, checked against its schema (metadata dropped)."""
         try:
             t = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
@@ -213,7 +214,7 @@ class RunDir:
         col = TABLES[stage].input_column
         tables, seen = [], {}
         for p in files:
-            t = self._read_file(stage, p)
+            t = self.read_file(stage, p)
             if col:
                 ids = self._covered(stage, p, t)
                 again = [i for i in ids if i in seen]
@@ -244,7 +245,7 @@ class RunDir:
                 return json.loads(meta[INPUT_IDS_KEY])
             except ValueError as e:
                 raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
-        t = table if table is not None else self._read_file(stage, p)
+        t = table if table is not None else self.read_file(stage, p)
         return list(dict.fromkeys(t.column(TABLES[stage].input_column).to_pylist()))
 
     def done_inputs(self, stage: str) -> set[str]:
