@@ -28,6 +28,7 @@ the processor, and writes the chunks that are then complete.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -177,15 +178,23 @@ class ChunkWorker:
     """A Ray Data actor: holds one stage's engines and turns chunks into rows with the stage's ``make_rows``.
 
     A batch is one dataset row per chunk (``index``, ``chunk``: the pickled ``(input_id, item)`` pairs); the
-    result has ``index``, ``rows`` (the pickled rows) and ``model_ids`` (JSON: keyword -> engine model id)."""
+    result has ``index``, ``rows`` (the pickled rows), ``error`` (the pickled exception that building the engines
+    or the rows raised, else empty: the driver raises it as the local runner would) and ``model_ids`` (JSON:
+    keyword -> engine model id)."""
 
     def __init__(self, stage: str, config: PipelineConfig, context: Any) -> None:
         self.spec = get_stage(stage)
         self.config, self.context = config, context
-        self.prompts = Prompts(config.template_dir)
-        models = stage_models(self.spec, config)
         self.cache = EngineCache()  # one engine for equal settings (a re-formatter on the same model)
-        loaded = dict(zip(models, self.cache.get_all(list(models.values()))))
+        self.error = b""
+        self.model_ids = "{}"
+        try:
+            self.prompts = Prompts(config.template_dir)
+            models = stage_models(self.spec, config)
+            loaded = dict(zip(models, self.cache.get_all(list(models.values()))))
+        except Exception as e:  # a bad engine option, a missing model: the driver says so, once
+            self.error = _pickled_error(e)
+            return
         self.engine = loaded.pop("engine")
         self.extra = loaded
         self.model_ids = json.dumps({"engine": self.engine.model_id,
@@ -194,19 +203,45 @@ class ChunkWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        index, rows = [], []
+        index, rows, errors = [], [], []
         for i, payload in zip(batch["index"], batch["chunk"]):
-            chunk = pickle.loads(payload)
-            out = self.spec.make_rows(chunk, self.engine, self.config, self.prompts, self.context, **self.extra)
             index.append(int(i))
-            rows.append(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+            if self.error:
+                rows.append(b"")
+                errors.append(self.error)
+                continue
+            try:
+                out = self.spec.make_rows(pickle.loads(payload), self.engine, self.config, self.prompts,
+                                          self.context, **self.extra)
+            except Exception as e:  # the stage's own error (a missing image ...): not retried, as locally
+                rows.append(b"")
+                errors.append(_pickled_error(e))
+            else:
+                rows.append(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+                errors.append(b"")
         return {"index": np.array(index, dtype=np.int64), "rows": np.array(rows, dtype=object),
+                "error": np.array(errors, dtype=object),
                 "model_ids": np.array([self.model_ids] * len(index), dtype=object)}
 
     def __del__(self) -> None:
         cache = getattr(self, "cache", None)
         if cache is not None:
             cache.close()
+
+
+def _pickled_error(e: Exception) -> bytes:
+    """An exception raised on a worker, pickled for the driver to raise (its type and message kept; one that does
+    not pickle becomes a RuntimeError naming it), with the worker's traceback as a note."""
+    import traceback
+
+    where = f"raised on a Ray worker (pid {os.getpid()}):\n{''.join(traceback.format_exception(e))}"
+    try:
+        e.add_note(where)
+        out = pickle.dumps(e)
+        pickle.loads(out)
+        return out
+    except Exception:
+        return pickle.dumps(RuntimeError(f"{type(e).__name__}: {e} ({where})"))
 
 
 def actor_resources(model_cfg: ModelConfig, cluster: dict[str, float]) -> dict[str, float]:
@@ -312,17 +347,16 @@ class RayRunner:
                             **resources)
         model_ids: dict[str, str] = {}
         written = set()
-        try:
-            for row in ds.iter_rows():
-                i = int(row["index"])
-                if i in written:  # a retried chunk whose first result also came back
-                    continue
-                plan.write(chunks[i], pickle.loads(row["rows"]))
-                written.add(i)
-                model_ids = json.loads(row["model_ids"])
-                bar.update(len(chunks[i]))
-        except Exception as e:
-            raise _user_error(e) from e
+        for row in ds.iter_rows():
+            if row["error"]:
+                raise pickle.loads(row["error"])
+            i = int(row["index"])
+            if i in written:  # a retried chunk whose first result also came back
+                continue
+            plan.write(chunks[i], pickle.loads(row["rows"]))
+            written.add(i)
+            model_ids = json.loads(row["model_ids"])
+            bar.update(len(chunks[i]))
         if len(written) != len(chunks):
             raise RuntimeError(f"{spec.name}: Ray returned {len(written)} of {len(chunks)} chunks; rerun to finish")
         return model_ids
@@ -371,25 +405,9 @@ class RayRunner:
                          if isinstance(m.get("content"), list) for part in m["content"])
         processor = self.processor(model_cfg, has_images=has_images)
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        try:
-            for out in processor(ray.data.from_items(rows)).iter_rows():
-                by_key[out["key"]].append(dict(out))
-        except Exception as e:
-            raise _user_error(e) from e
+        for out in processor(ray.data.from_items(rows)).iter_rows():
+            by_key[out["key"]].append(dict(out))
         return {n.key: fan_in(n.requests, by_key.get(n.key, [])) for n in needs}
-
-
-def _user_error(e: BaseException) -> BaseException:
-    """The error a stage's own code raised inside a Ray worker (a missing image, a bad engine option), unwrapped
-    from Ray's wrappers so that ``lpt`` prints it as the local runner would; anything else as it is."""
-    seen = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if not type(cur).__module__.startswith("ray."):
-            return cur
-        cur = getattr(cur, "cause", None) or cur.__cause__
-    return e
 
 
 __all__ = ["INSTALL", "MAX_ROUNDS", "PROCESSOR_OPTIONS", "RAY_VLLM", "ChunkWorker", "NeedOutputs", "RayRunner",

@@ -265,6 +265,24 @@ def test_transformers_rows_and_files_equal_the_local_runner(tmp_path, ray_addres
     assert all(runs["local"].has(s) for s in TABLES)
 
 
+@needs_ray
+def test_an_error_on_a_worker_is_the_stage_s_own(tmp_path, ray_address):
+    """A stage's error on a worker (here: an image file gone) reaches the caller as the local runner raises it."""
+    cfg = small_config().apply_overrides(REPLAY + ["chunk_size=64"])  # one chunk: the same first error
+    run = RunDir(tmp_path / "run")
+    make_source(run, tmp_path, n=2)
+    generate(run, cfg, [get_stage(1)], progress=False, echo=lambda s: None)
+    for image in tmp_path.glob("img_*.png"):
+        image.unlink()
+    with pytest.raises(FileNotFoundError) as local:
+        generate(run, cfg, [get_stage(2)], progress=False, echo=lambda s: None)
+    with _runner() as runner, pytest.raises(FileNotFoundError) as remote:
+        generate(run, cfg, [get_stage(2)], progress=False, echo=lambda s: None, runner=runner)
+    assert str(remote.value) == str(local.value) and "does not exist" in str(remote.value)
+    assert "raised on a Ray worker" in remote.value.__notes__[0]
+    assert not run.has("simple_cot")
+
+
 def _cli(run: Path, address: str, settings: list[str]) -> list[str]:
     args = [sys.executable, "-m", "builder.cli", "generate", str(run), "-q", "--runner", "ray", "--address", address]
     for s in settings:
