@@ -174,6 +174,17 @@ def test_ray_vllm_needs_the_ray_runner(tmp_path):
         generate(run, cfg, progress=False, address="auto")
 
 
+def test_cli_runner_options(tmp_path):
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    res = CliRunner().invoke(main, ["generate", "--help"])
+    assert "--runner [local|ray]" in res.output and "--address ADDR" in res.output
+    res = CliRunner().invoke(main, ["stage2", str(tmp_path / "run"), "--address", "auto"])
+    assert res.exit_code == 2 and "--address is for --runner ray" in res.output
+
+
 # ------------------------------------------------------------------------------------ on a local Ray cluster
 
 
