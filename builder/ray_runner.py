@@ -351,7 +351,7 @@ class RayRunner:
             if row["error"]:
                 raise pickle.loads(row["error"])
             i = int(row["index"])
-            if i in written:  # a retried chunk whose first result also came back
+            if i in written:  # never twice, whatever a retry gives back
                 continue
             plan.write(chunks[i], pickle.loads(row["rows"]))
             written.add(i)

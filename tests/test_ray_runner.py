@@ -196,17 +196,23 @@ def ray_address():
     import ray
 
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), *([old] if old else [])])
-    try:
-        ray.init(num_cpus=2, object_store_memory=500 * 1024 * 1024, include_dashboard=False,
-                 logging_level="warning", log_to_driver=False)
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+
+    def restore() -> None:
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), *([old] if old else [])])
+    try:
+        ray.init(num_cpus=2, object_store_memory=500 * 1024 * 1024, include_dashboard=False,
+                 logging_level="warning", log_to_driver=False)
+    except Exception as e:
+        restore()
+        pytest.fail(f"a local Ray cluster did not start: {type(e).__name__}: {e}")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    restore()
 
 
 def _runner(**kw):
