@@ -208,6 +208,7 @@ def ray_address():
         ray.init(num_cpus=2, object_store_memory=500 * 1024 * 1024, include_dashboard=False,
                  logging_level="warning", log_to_driver=False)
     except Exception as e:
+        ray.shutdown()
         restore()
         pytest.fail(f"a local Ray cluster did not start: {type(e).__name__}: {e}")
     yield ray.get_runtime_context().gcs_address
