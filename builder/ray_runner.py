@@ -49,7 +49,7 @@ INSTALL = "pip install 'longperceptualthoughts[ray]'"
 # engine_options of a ray-vllm stage that configure the processor (the rest go to vLLM as engine_kwargs)
 PROCESSOR_OPTIONS = ("concurrency", "batch_size", "accelerator_type", "max_concurrent_batches", "max_pending_requests",
                      "placement_group_config", "runtime_env", "chat_template_stage", "tokenize_stage",
-                     "detokenize_stage", "prepare_multimodal_stage", "should_continue_on_error")
+                     "detokenize_stage", "prepare_multimodal_stage")
 MAX_ROUNDS = 8  # generate() calls one make_rows may make on a ray-vllm engine (stage 1 makes two)
 
 
@@ -128,7 +128,8 @@ def processor_kwargs(model_cfg: ModelConfig, *, has_images: bool) -> dict[str, A
 
 def vllm_processor(model_cfg: ModelConfig, *, has_images: bool) -> Callable[[Any], Any]:
     """``ray.data.llm``'s vLLM processor for a stage's model: dataset of :func:`fan_out` rows (plus ``key``) ->
-    dataset of ``key``, ``request``, ``sample``, ``generated_text``, ``num_generated_tokens``. Needs vLLM and GPUs."""
+    dataset of ``key``, ``request``, ``sample``, ``generated_text``, ``num_generated_tokens``. Needs GPUs and
+    ``pip install 'ray[llm]'`` (which brings vLLM) where the driver and the workers run."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     def keep(row: dict[str, Any]) -> dict[str, Any]:
