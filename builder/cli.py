@@ -4,7 +4,7 @@
 Commands::
 
     lpt generate RUN --source SPEC [--preset paper|authors] [--config FILE]... [--set k=v]... [--shard i/N]
-                     [--stages 1,2,3] [--engine KIND] [--limit N]
+                     [--stages 1,2,3] [--engine KIND] [--limit N] [--runner local|ray [--address ADDR]]
     lpt stage1|stage2|stage3 RUN ...      one stage (same options)
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
@@ -40,7 +40,7 @@ from builder.configs import load_plugins
 from builder.demo import run_demo
 from builder.export import FORMATS, export, push, read_report, render_card
 from builder.importer import EXAMPLE_DIR, import_upstream
-from builder.pipeline import NoSource, generate, prepare_source, status_rows
+from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_source, status_rows
 from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
 from builder.stats import compute, open_input, summary_tables, write_figures
@@ -48,7 +48,7 @@ from builder.stages import STAGES, StageSpec, get_stage
 from builder.store import RunDir, StoreError, parse_shard
 from builder.view import show_rows, write_html
 
-ENGINE_KINDS = ("transformers", "vllm", "openai")
+ENGINE_KINDS = ("transformers", "vllm", "openai", RAY_VLLM)
 
 # commands whose module needs an optional extra: name -> "module:attribute", imported on first use
 OPTIONAL_COMMANDS = {"eval": "eval_tasks.cli:eval_cmd"}
@@ -226,6 +226,14 @@ _common_run_options = [
     click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
                  help="With shards on several machines: wait up to SECONDS for the other shards to finish the "
                       "stage before (a stage only starts on its complete input)."),
+    click.option("--runner", type=click.Choice(RUNNERS), default="local", show_default=True,
+                 help="local: this process, chunk after chunk. ray: each stage as a Ray Data pipeline, its chunks "
+                      "spread over actors that hold the engines (pip install 'longperceptualthoughts[ray]'); "
+                      "the same files as local.  --set stageN.engine=ray-vllm runs a stage through "
+                      "ray.data.llm's vLLM processor."),
+    click.option("--address", default=None, metavar="ADDR",
+                 help="With --runner ray: the Ray cluster to join (e.g. auto, ray://host:10001; default: "
+                      "RAY_ADDRESS, else a local cluster started for the run)."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bars (summary tables are still printed)."),
 ]
 
@@ -239,7 +247,9 @@ def common_run_options(fn: Callable) -> Callable:
 def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, split: str | None,
               subset: int | None, limit: int | None, skip_bad: bool, preset: str, config_files: tuple[str, ...],
               overrides: tuple[str, ...], engine: str | None, shard: tuple[int, int], chunk_size: int | None,
-              wait: float, quiet: bool) -> None:
+              wait: float, quiet: bool, runner: str = "local", address: str | None = None) -> None:
+    if address is not None and runner != "ray":
+        raise click.UsageError("--address is for --runner ray")
     config = load_config(preset, files=config_files, overrides=overrides, engine=engine)
     run = RunDir(run_dir)
     console = _console()
@@ -250,7 +260,7 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
     console.print(f"[bold]run[/] {run.path}  source: {n} images  stages: {', '.join(s.section for s in stages)}  "
                   f"shard {shard[0]}/{shard[1]}")
     summaries = generate(run, config, stages, shard=shard, chunk_size=chunk_size, progress=not quiet, wait=wait,
-                         echo=console.print)
+                         echo=console.print, runner=runner, address=address)
     if quiet:
         for summary in summaries:
             console.print(summary.table())

@@ -6,6 +6,7 @@ parses flags or formats tables. Every stage is driven through its declaration in
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import re
@@ -141,15 +142,46 @@ def wait_for_input(run: RunDir, spec: StageSpec, wait: float, *, poll: float = 5
     require_input(run, spec)
 
 
+RUNNERS = ("local", "ray")
+"""``generate``'s runners: ``local`` (this process, chunk after chunk) and ``ray`` (:mod:`builder.ray_runner`)."""
+RAY_VLLM = "ray-vllm"
+"""The engine kind that runs a stage's model through ``ray.data.llm``'s vLLM processor (Ray runner only)."""
+
+
 def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = STAGES, *,
              shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress: bool = True,
-             wait: float = 0.0, echo: Callable[[str], None] = print) -> list[StageSummary]:
+             wait: float = 0.0, echo: Callable[[str], None] = print, runner: Any = "local",
+             address: str | None = None) -> list[StageSummary]:
     """Run ``stages`` in order into ``run`` (which must have its source); returns their summaries.
 
     A stage starts only when the stages before it are complete across all shards (waiting up to ``wait``
     seconds for other machines); a stage left without input by the stage before it is skipped with a note.
+    ``runner="ray"`` runs each stage as a Ray Data pipeline on the cluster at ``address``
+    (:class:`builder.ray_runner.RayRunner`); the files it writes are those of the local runner. ``runner`` may
+    also be a runner object called like :func:`run_stage` without ``engines`` (e.g. a ``RayRunner`` made with
+    its own options), which the caller closes.
     """
-    engines = EngineCache()
+    if isinstance(runner, str) and runner not in RUNNERS:
+        raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
+    if address is not None and runner != "ray":
+        raise PipelineError("an address is for the Ray runner only (--runner ray)")
+    on_ray = runner == "ray" or getattr(runner, "on_ray", False)
+    for spec in stages:
+        kinds = {m.engine for m in [getattr(config, spec.section), *spec.extra_engines(config).values()]}
+        if RAY_VLLM in kinds and not on_ray:
+            raise PipelineError(f"{spec.section}: the engine {RAY_VLLM} runs only on the Ray runner (--runner ray)")
+    close: Callable[[], None] = lambda: None
+    if runner == "ray":
+        from builder.ray_runner import RayRunner
+
+        run_one: Callable[..., StageSummary] = RayRunner(address)
+        close = run_one.close  # type: ignore[attr-defined]
+    elif runner == "local":
+        engines = EngineCache()
+        run_one = functools.partial(run_stage, engines=engines)
+        close = engines.close
+    else:
+        run_one = runner
     summaries = []
     try:
         for k, spec in enumerate(stages):
@@ -158,11 +190,11 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
             if k > 0 and usable_count(run, spec) == 0:
                 echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.no_input})")
                 continue
-            echo(f"[bold]{spec.section}[/] ({spec.name}): {section.model} via {section.engine}")
-            summaries.append(run_stage(spec, run, config, engines=engines, shard=shard, progress=progress,
-                                       chunk_size=chunk_size))
+            echo(f"[bold]{spec.section}[/] ({spec.name}): {section.model} via {section.engine}"
+                 + (" on Ray" if on_ray else ""))
+            summaries.append(run_one(spec, run, config, shard=shard, progress=progress, chunk_size=chunk_size))
     finally:
-        engines.close()
+        close()
     return summaries
 
 
@@ -211,5 +243,5 @@ def status_rows(run: RunDir) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["EngineCache", "NoSource", "PipelineError", "generate", "incomplete_stages", "prepare_source", "run_stage",
+__all__ = ["RAY_VLLM", "RUNNERS", "EngineCache", "NoSource", "PipelineError", "generate", "incomplete_stages", "prepare_source", "run_stage",
            "shard_progress", "status_rows", "usable_count", "wait_for_input"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the project and its CPU stack.
 #   bash scripts/setup.sh            # runtime only (enough for `lpt demo`)
-#   bash scripts/setup.sh dev,eval   # plus the test and evaluation extras
+#   bash scripts/setup.sh dev,eval,ray   # plus the test, evaluation and Ray extras (what CI runs)
 # CPU torch goes in first (a CUDA machine should install its own torch/vllm: `pip install -e ".[vllm]"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,11 +8,12 @@ a previous run already covered (``RunDir.done_inputs``), and writes each chunk a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 from rich.console import Console
@@ -39,6 +40,15 @@ class StageSpec:
     what: str  # one line for ``--help``
     no_input: str  # what the runner says when the stage before left it nothing
     extra_engines: Callable[[Any], dict[str, Any]] = lambda config: {}  # keyword -> ModelConfig, e.g. a re-formatter
+    # The pieces of ``run`` that another runner (builder.ray_runner) puts together in its own way; a stage that
+    # declares them runs under every runner, one that does not runs under the local runner only:
+    # prepare(run, config) -> (inputs, context): the sorted ``(input_id, item)`` pairs and what make_rows needs
+    # besides a chunk (picklable: it travels to remote workers);
+    prepare: Callable[..., tuple[list[tuple[str, Any]], Any]] | None = None
+    # make_rows(chunk, engine, config, prompts, context, **engines) -> the chunk's rows (pure given the engines);
+    make_rows: Callable[..., list[dict[str, Any]]] | None = None
+    # finish(run, config, rows, *, shard, progress, items_in, skipped, model_ids) -> the summary, reported.
+    finish: Callable[..., "StageSummary"] | None = None
 
     def __post_init__(self) -> None:
         _SPECS[self.name] = self  # so a stage finds the one before it (require_input)
@@ -93,24 +103,37 @@ class StageSummary:
         return {"stage": self.stage, "shard": list(self.shard), **self.counts, "dropped": dict(self.dropped)}
 
 
-def run_chunks(
-    run: RunDir,
-    stage: str,
-    inputs: Sequence[tuple[str, Any]],
-    make_rows: Callable[[list[tuple[str, Any]]], list[dict[str, Any]]],
-    *,
-    shard: tuple[int, int] | str = (0, 1),
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    progress: bool = True,
-    settings: dict[str, Any] | None = None,
-) -> tuple[int, int]:
-    """Process this shard's pending ``(input_id, item)`` pairs in chunks; return ``(items_in, skipped)``.
+@dataclass
+class ChunkPlan:
+    """This shard's share of a stage, as a runner works through it: the inputs that are this shard's
+    (``mine``), those not done yet (``pending``) and the chunks they form, in input order. Made (and valid)
+    only while the shard's lock is held (:func:`open_chunks`)."""
 
-    Inputs are taken in the given order (callers sort them), so an interrupted run and a clean run form
-    the same chunks. ``settings`` (the seed and the stage's config section) are stored with every chunk;
-    resuming a stage whose finished chunks were made with other settings is an error naming a file, since
-    the rows would mix two configurations.
-    """
+    run: RunDir
+    stage: str
+    shard: tuple[int, int]
+    settings: dict[str, Any] | None
+    mine: list[tuple[str, Any]]
+    pending: list[tuple[str, Any]]
+    chunk_size: int
+
+    @property
+    def chunks(self) -> list[list[tuple[str, Any]]]:
+        return [self.pending[s:s + self.chunk_size] for s in range(0, len(self.pending), self.chunk_size)]
+
+    def write(self, chunk: Sequence[tuple[str, Any]], rows: list[dict[str, Any]]):
+        """Write one chunk's rows atomically, with the ids of the inputs it covers and the settings."""
+        table = pa.Table.from_pylist(rows, schema=TABLES[self.stage].schema)
+        return self.run.write_chunk(self.stage, table, [k for k, _ in chunk], shard=self.shard,
+                                    settings=self.settings)
+
+
+@contextlib.contextmanager
+def open_chunks(run: RunDir, stage: str, inputs: Sequence[tuple[str, Any]], *,
+                shard: tuple[int, int] | str = (0, 1), chunk_size: int = DEFAULT_CHUNK_SIZE,
+                settings: dict[str, Any] | None = None) -> Iterator[ChunkPlan]:
+    """Hold the shard's lock and give its :class:`ChunkPlan`, after the checks every runner makes: one N for
+    all shards of the stage, no temp files of a killed writer, finished chunks made with the same settings."""
     i, n = parse_shard(shard)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -131,17 +154,37 @@ def run_chunks(
         mine = [(k, v) for k, v in inputs if shard_of(k, n) == i]
         done = run.done_inputs(stage)
         pending = [(k, v) for k, v in mine if k not in done]
-        bar = _progress(total=len(mine), initial=len(mine) - len(pending), desc=stage, enabled=progress)
+        yield ChunkPlan(run, stage, (i, n), settings, mine, pending, chunk_size)
+
+
+def run_chunks(
+    run: RunDir,
+    stage: str,
+    inputs: Sequence[tuple[str, Any]],
+    make_rows: Callable[[list[tuple[str, Any]]], list[dict[str, Any]]],
+    *,
+    shard: tuple[int, int] | str = (0, 1),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> tuple[int, int]:
+    """Process this shard's pending ``(input_id, item)`` pairs in chunks; return ``(items_in, skipped)``.
+
+    Inputs are taken in the given order (callers sort them), so an interrupted run and a clean run form
+    the same chunks. ``settings`` (the seed and the stage's config section) are stored with every chunk;
+    resuming a stage whose finished chunks were made with other settings is an error naming a file, since
+    the rows would mix two configurations.
+    """
+    with open_chunks(run, stage, inputs, shard=shard, chunk_size=chunk_size, settings=settings) as plan:
+        bar = _progress(total=len(plan.mine), initial=len(plan.mine) - len(plan.pending), desc=stage,
+                        enabled=progress)
         try:
-            for start in range(0, len(pending), chunk_size):
-                chunk = pending[start:start + chunk_size]
-                rows = make_rows(chunk)
-                table = pa.Table.from_pylist(rows, schema=TABLES[stage].schema)
-                run.write_chunk(stage, table, [k for k, _ in chunk], shard=(i, n), settings=settings)
+            for chunk in plan.chunks:
+                plan.write(chunk, make_rows(chunk))
                 bar.update(len(chunk))
         finally:
             bar.close()
-    return len(mine), len(mine) - len(pending)
+    return len(plan.mine), len(plan.mine) - len(plan.pending)
 
 
 def process(
@@ -163,6 +206,21 @@ def process(
                                    chunk_size=chunk_size or config.chunk_size, progress=progress,
                                    settings=stage_settings(config, spec.section))
     return items_in, skipped, shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard))
+
+
+def run_stage_locally(spec: StageSpec, run: RunDir, engine: Any, config: Any, *, shard: tuple[int, int] | str,
+                      progress: bool, chunk_size: int | None, prompts: Prompts | None = None,
+                      **engines: Any) -> StageSummary:
+    """A stage's ``run`` from its declared pieces: ``prepare``, then :func:`process` with ``make_rows`` on
+    ``engine`` (and the stage's extra ``engines``, e.g. ``reformat_engine``), then ``finish``."""
+    prompts = prompts or Prompts(config.template_dir)
+    inputs, context = spec.prepare(run, config)
+    items_in, skipped, rows = process(
+        run, spec, inputs, lambda chunk: spec.make_rows(chunk, engine, config, prompts, context, **engines), config,
+        shard=shard, chunk_size=chunk_size, progress=progress)
+    model_ids = {"engine": engine.model_id, **{k: e.model_id for k, e in engines.items() if e is not None}}
+    return spec.finish(run, config, rows, shard=shard, progress=progress, items_in=items_in, skipped=skipped,
+                       model_ids=model_ids)
 
 
 def stage_settings(config: Any, section: str) -> dict[str, Any]:
@@ -267,5 +325,5 @@ def load_image(path: str, where: str):
         raise ValueError(f"{where}: image file {path} cannot be read: {e}") from None
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "IncompleteInput", "StageSpec", "missing_inputs", "progress_of", "require_input", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
+__all__ = ["DEFAULT_CHUNK_SIZE", "ChunkPlan", "IncompleteInput", "StageSpec", "open_chunks", "run_stage_locally", "missing_inputs", "progress_of", "require_input", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
            "run_chunks", "shard_rows", "stage_settings", "summarise", "usable_inputs"]

@@ -26,7 +26,7 @@ from builder.prompts import Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import StageSpec, StageSummary, process, report, request_seed, summarise, usable_inputs
+from .common import StageSpec, StageSummary, report, request_seed, run_stage_locally, summarise, usable_inputs
 
 STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
@@ -187,6 +187,52 @@ def build_request(simple: dict[str, Any], description: str, cue: str, separator:
     return Request(messages, params=params, continue_final_message=True)
 
 
+def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """Stage 3's inputs, ``(sample_id, SIMPLE_COT row)`` for every kept simple CoT, and its context: image id ->
+    description."""
+    if not run.has("simple_cot"):
+        raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
+    simples = usable_inputs(run, SPEC)
+    descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
+    return [(s["sample_id"], s) for s in simples], descriptions
+
+
+def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
+              context: dict[str, str]) -> list[dict[str, Any]]:
+    """The EXPANSION rows of a chunk of simple CoTs (``context``: image id -> description, from :func:`prepare`)."""
+    cfg = config.stage3
+    descriptions = context
+    jobs, requests = [], []
+    for sample_id, s in chunk:
+        if s["image_id"] not in descriptions:
+            raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
+        for k, cue, sep in plan(sample_id, config):
+            req = build_request(s, descriptions[s["image_id"]], cue, sep, k, config, prompts)
+            jobs.append((s, k, cue, sep, req))
+            requests.append(req)
+    outputs = engine.generate(requests)
+    per_sample: dict[str, tuple[dict, list[Continuation]]] = {}
+    for (s, k, cue, sep, req), samples in zip(jobs, outputs):
+        per_sample.setdefault(s["sample_id"], (s, []))[1].append(Continuation(
+            k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
+            samples[0].text if samples else "", req.params.seed))
+    rows = []
+    for s, continuations in per_sample.values():
+        rows += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=engine.model_id,
+                               substring=cfg.substring_bad_word_filter)
+    return rows
+
+
+def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
+           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
+    """Stage 3's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
+    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
+                        extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
+                                                     for r in rows)})
+    return report(summary, run, progress, config=config.to_dict(), models={STAGE: model_ids["engine"]},
+                  seed=config.seed)
+
+
 def run(
     run: RunDir,
     engine: Engine,
@@ -198,46 +244,13 @@ def run(
     prompts: Prompts | None = None,
 ) -> StageSummary:
     """Write expansions for this shard's kept simple CoTs that are not done yet; return the summary."""
-    cfg = config.stage3
-    prompts = prompts or Prompts(config.template_dir)
-    if not run.has("simple_cot"):
-        raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
-    simples = usable_inputs(run, SPEC)
-    descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
-    inputs = [(s["sample_id"], s) for s in simples]
-
-    def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
-        jobs, requests = [], []
-        for sample_id, s in chunk:
-            if s["image_id"] not in descriptions:
-                raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
-            for k, cue, sep in plan(sample_id, config):
-                req = build_request(s, descriptions[s["image_id"]], cue, sep, k, config, prompts)
-                jobs.append((s, k, cue, sep, req))
-                requests.append(req)
-        outputs = engine.generate(requests)
-        per_sample: dict[str, tuple[dict, list[Continuation]]] = {}
-        for (s, k, cue, sep, req), samples in zip(jobs, outputs):
-            per_sample.setdefault(s["sample_id"], (s, []))[1].append(Continuation(
-                k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
-                samples[0].text if samples else "", req.params.seed))
-        rows = []
-        for s, continuations in per_sample.values():
-            rows += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=engine.model_id,
-                                   substring=cfg.substring_bad_word_filter)
-        return rows
-
-    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
-                                      progress=progress)
-    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
-                        extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
-                                                     for r in rows)})
-    return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
-                  seed=config.seed)
+    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
+                             prompts=prompts)
 
 
 SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
-                 what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT")
+                 what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
+                 prepare=prepare, make_rows=make_rows, finish=finish)
 
-__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_request", "expansion_rows", "first_bad_word", "label_expansion", "plan",
-           "run", "with_full_stop"]
+__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_request", "expansion_rows", "finish", "first_bad_word",
+           "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]

@@ -38,7 +38,7 @@ import pyarrow as pa
 from builder.records import MCQ, content_id, is_placeholder, tally
 from builder.store import RunDir, parse_shard
 
-from .common import StageSpec, StageSummary, process, report, request_seed, usable_inputs
+from .common import StageSpec, StageSummary, report, request_seed, run_stage_locally, usable_inputs
 
 NO_QUESTION = "no question in the reply"  # invalid_reason of an image's placeholder row
 
@@ -145,6 +145,52 @@ def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response
     return rows
 
 
+def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], None]:
+    """Stage 1's inputs: ``(image_id, source row)`` for every source image; no context."""
+    source = usable_inputs(run, SPEC)
+    if not source:
+        raise FileNotFoundError(f"{run.path / 'source'}: no source rows; write the source first")
+    return [(r["image_id"], r) for r in source], None
+
+
+def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
+              context: None = None, *, reformat_engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The MCQ rows of a chunk of source images: one generating call per image, then (``stage1.reformat``)
+    one re-formatting call on ``reformat_engine`` (default: ``engine``)."""
+    cfg = config.stage1
+    ref_engine = reformat_engine or engine
+    requests = [Request(prompts.mcq_generation(r["description"]),
+                        params=cfg.params(seed=request_seed(config.seed, SPEC.name, image_id), n=1))
+                for image_id, r in chunk]
+    raw = [out[0].text if out else "" for out in engine.generate(requests)]
+    formatted = [""] * len(chunk)
+    if cfg.reformat:
+        ref = [Request(prompts.mcq_reformat(text), params=SamplingParams(
+            n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
+            seed=request_seed(config.seed, SPEC.name + "/reformat", image_id)))
+            for (image_id, _), text in zip(chunk, raw)]
+        formatted = [out[0].text if out else "" for out in ref_engine.generate(ref)]
+    rows = []
+    for (image_id, _), r_text, f_text in zip(chunk, raw, formatted):
+        items = parse_mcq_response(f_text) or parse_mcq_response(r_text)  # fall back to the raw reply
+        rows += mcq_rows(image_id, items, model=engine.model_id, raw_response=r_text, formatted_response=f_text)
+    return rows
+
+
+def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
+           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
+    """Stage 1's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
+    t = tally(pa.Table.from_pylist(rows, schema=MCQ))
+    counts = {"items_in": items_in, "items_already_done": skipped, "images_without_questions": t["placeholders"],
+              "questions": t["questions"], "valid": t["valid"]}
+    dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"] and not is_placeholder(r))
+    summary = StageSummary(stage=SPEC.name, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
+    models = {"mcq": model_ids["engine"]}
+    if config.stage1.reformat:
+        models["mcq_reformat"] = model_ids.get("reformat_engine", model_ids["engine"])
+    return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
+
+
 def run(
     run: RunDir,
     engine: Engine,
@@ -160,44 +206,8 @@ def run(
 
     ``reformat_engine`` does the re-formatting call when ``config.stage1.reformat`` (default: ``engine``).
     """
-    cfg = config.stage1
-    prompts = prompts or Prompts(config.template_dir)
-    source = usable_inputs(run, SPEC)
-    if not source:
-        raise FileNotFoundError(f"{run.path / 'source'}: no source rows; write the source first")
-    inputs = [(r["image_id"], r) for r in source]
-    ref_engine = reformat_engine or engine
-
-    def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
-        requests = [Request(prompts.mcq_generation(r["description"]),
-                            params=cfg.params(seed=request_seed(config.seed, SPEC.name, image_id), n=1))
-                    for image_id, r in chunk]
-        raw = [out[0].text if out else "" for out in engine.generate(requests)]
-        formatted = [""] * len(chunk)
-        if cfg.reformat:
-            ref = [Request(prompts.mcq_reformat(text), params=SamplingParams(
-                n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
-                seed=request_seed(config.seed, SPEC.name + "/reformat", image_id)))
-                for (image_id, _), text in zip(chunk, raw)]
-            formatted = [out[0].text if out else "" for out in ref_engine.generate(ref)]
-        rows = []
-        for (image_id, _), r_text, f_text in zip(chunk, raw, formatted):
-            items = parse_mcq_response(f_text) or parse_mcq_response(r_text)  # fall back to the raw reply
-            rows += mcq_rows(image_id, items, model=engine.model_id, raw_response=r_text,
-                             formatted_response=f_text)
-        return rows
-
-    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
-                                      progress=progress)
-    t = tally(pa.Table.from_pylist(rows, schema=MCQ))
-    counts = {"items_in": items_in, "items_already_done": skipped, "images_without_questions": t["placeholders"],
-              "questions": t["questions"], "valid": t["valid"]}
-    dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"] and not is_placeholder(r))
-    summary = StageSummary(stage=SPEC.name, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
-    models = {"mcq": engine.model_id}
-    if cfg.reformat:
-        models["mcq_reformat"] = ref_engine.model_id
-    return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
+    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
+                             prompts=prompts, reformat_engine=reformat_engine)
 
 
 def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
@@ -207,6 +217,8 @@ def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
 
 
 SPEC = StageSpec(1, "mcq", input="source", usable=None, run=run, extra_engines=_reformat_engine,
-                 what="MCQs from the source's descriptions", no_input="the run has no source images")
+                 what="MCQs from the source's descriptions", no_input="the run has no source images",
+                 prepare=prepare, make_rows=make_rows, finish=finish)
 
-__all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "mcq_rows", "parse_mcq_response", "resolve_answer", "run"]
+__all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "finish", "make_rows", "mcq_rows", "parse_mcq_response", "prepare",
+           "resolve_answer", "run"]

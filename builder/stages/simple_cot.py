@@ -19,7 +19,8 @@ from builder.prompts import THINK_PREFILL, Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import StageSpec, StageSummary, load_image, process, report, request_seed, summarise, usable_inputs
+from .common import (StageSpec, StageSummary, load_image, report, request_seed, run_stage_locally, summarise,
+                     usable_inputs)
 
 STAGE = "simple_cot"  # its table, and the name its seeds are drawn under
 
@@ -77,6 +78,47 @@ def build_request(mcq: dict[str, Any], shown: dict[str, Any], image: Any, config
                    continue_final_message=True, max_pixels=cfg.max_pixels)
 
 
+def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """Stage 2's inputs, ``(mcq_id, MCQ row)`` for every valid MCQ, and its context: image id -> image path."""
+    if not run.has("mcq"):
+        raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
+    mcqs = usable_inputs(run, SPEC)
+    images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
+    return [(m["mcq_id"], m) for m in mcqs], images
+
+
+def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
+              context: dict[str, str]) -> list[dict[str, Any]]:
+    """The SIMPLE_COT rows of a chunk of MCQs (``context``: image id -> image path, from :func:`prepare`)."""
+    images = context
+    loaded: dict[str, Any] = {}
+    plans, requests = [], []
+    for mcq_id, m in chunk:
+        if m["image_id"] not in loaded:
+            if m["image_id"] not in images:
+                raise KeyError(f"mcq {mcq_id}: image_id {m['image_id']!r} is not in the run's source")
+            loaded[m["image_id"]] = load_image(images[m["image_id"]], f"mcq {mcq_id} (image {m['image_id']})")
+        shown = presentation(m, config.seed)
+        req = build_request(m, shown, loaded[m["image_id"]], config, prompts)
+        plans.append((m, shown, req))
+        requests.append(req)
+    outputs = engine.generate(requests)
+    rows = []
+    for (m, shown, req), samples in zip(plans, outputs):
+        rows += sample_rows(
+            m, shown, [THINK_PREFILL + s.text for s in samples], system_prompt=req.messages[0]["content"],
+            user_text=req.messages[1]["content"][1]["text"], model=engine.model_id, seed=req.params.seed)
+    return rows
+
+
+def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
+           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
+    """Stage 2's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
+    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
+    return report(summary, run, progress, config=config.to_dict(), models={STAGE: model_ids["engine"]},
+                  seed=config.seed)
+
+
 def run(
     run: RunDir,
     engine: Engine,
@@ -88,41 +130,12 @@ def run(
     prompts: Prompts | None = None,
 ) -> StageSummary:
     """Write simple CoTs for this shard's valid MCQs that are not done yet; return the summary."""
-    prompts = prompts or Prompts(config.template_dir)
-    if not run.has("mcq"):
-        raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
-    mcqs = usable_inputs(run, SPEC)
-    images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
-    inputs = [(m["mcq_id"], m) for m in mcqs]
-
-    def make_rows(chunk: list[tuple[str, dict]]) -> list[dict[str, Any]]:
-        loaded: dict[str, Any] = {}
-        plans, requests = [], []
-        for mcq_id, m in chunk:
-            if m["image_id"] not in loaded:
-                if m["image_id"] not in images:
-                    raise KeyError(f"mcq {mcq_id}: image_id {m['image_id']!r} is not in the run's source")
-                loaded[m["image_id"]] = load_image(images[m["image_id"]], f"mcq {mcq_id} (image {m['image_id']})")
-            shown = presentation(m, config.seed)
-            req = build_request(m, shown, loaded[m["image_id"]], config, prompts)
-            plans.append((m, shown, req))
-            requests.append(req)
-        outputs = engine.generate(requests)
-        rows = []
-        for (m, shown, req), samples in zip(plans, outputs):
-            rows += sample_rows(
-                m, shown, [THINK_PREFILL + s.text for s in samples], system_prompt=req.messages[0]["content"],
-                user_text=req.messages[1]["content"][1]["text"], model=engine.model_id, seed=req.params.seed)
-        return rows
-
-    items_in, skipped, rows = process(run, SPEC, inputs, make_rows, config, shard=shard, chunk_size=chunk_size,
-                                      progress=progress)
-    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
-    return report(summary, run, progress, config=config.to_dict(), models={STAGE: engine.model_id},
-                  seed=config.seed)
+    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
+                             prompts=prompts)
 
 
 SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
-                 no_input="stage 1 wrote no valid MCQ")
+                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish)
 
-__all__ = ["SPEC", "build_request", "label_response", "presentation", "run", "sample_rows"]
+__all__ = ["SPEC", "build_request", "finish", "label_response", "make_rows", "prepare", "presentation", "run",
+           "sample_rows"]
