@@ -448,11 +448,16 @@ def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str |
 @click.option("--page-size", type=click.IntRange(min=1), default=50, show_default=True, help="Items per page.")
 @click.option("--thumb-size", type=click.IntRange(min=32, max=2048), default=384, show_default=True,
               help="Long side of the embedded image thumbnails, in pixels.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first: its configs become filters (installed plugin packages are found by themselves).")
 @friendly_errors
-def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int) -> None:
+def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int,
+             plugins: tuple[str, ...]) -> None:
     """A static HTML report of a run directory or an exported folder: every MCQ, simple thought, expansion and
-    DPO pair, with labels, filters and search (one self-contained file; open it in a browser)."""
+    DPO pair, with labels, filters and search (one self-contained file; open it in a browser). A plugin's config
+    (an installed package's, or --plugin MODULE's; on an export, any config folder it holds) is a filter too."""
 
+    load_plugins(plugins)
     source = open_input(path)
     click.echo(f"reading the {source.label}")
     out = write_html(source, output, images=not no_images, page_size=page_size, thumb_side=thumb_size)

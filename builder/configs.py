@@ -319,9 +319,11 @@ for _spec in [
 ]:
     register(_spec)
 
+BUILTIN = frozenset(CONFIGS)
+"""The project's own configs; any other is a plugin's (:func:`load_plugins`, :func:`register`)."""
 
 load_plugins()  # installed plugin packages: their configs are there wherever the package is used
 
-__all__ = ["COLUMNAR", "CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+__all__ = ["BUILTIN", "COLUMNAR", "CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

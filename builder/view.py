@@ -10,8 +10,8 @@ What it shows: per MCQ the image, question, options and gold answer; every simpl
 label (correct / wrong) and whether it was kept or why it was dropped; every expansion (stage 3) with the cue
 and the text the reasoning model added highlighted, its label, drop reason and bad word; the DPO pairs side by
 side (an export's ``dpo`` config, or :func:`builder.assemble.dpo_pairs` with the default options on a run).
-Filters (stage, trace type, label, kept / drop reason, cue, question type, pair kind, SFT / DPO membership)
-and a text search; the state lives in the URL hash (``view.html#view=traces&stage=expansion&q=texture``), so a
+Filters (stage, trace type, label, kept / drop reason, cue, question type, pair kind, SFT / DPO membership,
+membership in a plugin's config: :func:`plugin_sets`) and a text search; the state lives in the URL hash (``view.html#view=traces&stage=expansion&q=texture``), so a
 filtered view is a link.
 """
 
@@ -27,6 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from builder.configs import BUILTIN, CONFIGS, LPTConfig
 from builder.records import tally
 from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, open_input
 
@@ -221,6 +224,17 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
                      + (f" ({' and '.join(have_sets)} rows are counted above; DPO pairs are shown as exported text)"
                         if have_sets else "") + "; `lpt export` writes them by default")
 
+    # configs of plugins: which traces each one holds
+    extra, extra_notes = plugin_sets(o)
+    notes.extend(extra_notes)
+    X: dict[str, list] = {k: [] for k in ("name", "desc", "rows", "s", "e")}
+    for x in extra:
+        X["name"].append(x["name"])
+        X["desc"].append(x["description"])
+        X["rows"].append(x["rows"])
+        X["s"].append(sorted(sample_index[t] for t in x["traces"] if t in sample_index))
+        X["e"].append(sorted(expansion_index[t] for t in x["traces"] if t in expansion_index))
+
     # images and descriptions
     thumbs: list[str | None] = [None] * len(image_ids)
     have = 0
@@ -259,8 +273,61 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         "tables": {"qt": qtypes.values, "cue": cues.values, "reason": reasons.values, "opts": optsets.values,
                    "kind": kinds.values, "sep": seps.values},
         "images": {"id": image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in image_ids]},
-        "mcq": M, "simple": S, "exp": E, "pairs": P,
+        "mcq": M, "simple": S, "exp": E, "pairs": P, "sets": X,
     }
+
+
+TRACE_ID_COLUMNS = ("sample_id", "expansion_id", "chosen_id", "rejected_id")
+"""The columns through which a config's rows name their traces (an SFT-like row: its expansion, else its simple
+thought; a DPO-like row: both sides)."""
+
+
+def plugin_sets(o: Opened) -> tuple[list[dict[str, Any]], list[str]]:
+    """The configs beyond the project's own (:data:`builder.configs.BUILTIN`): on a run, every registered plugin
+    config (installed entry points, ``--plugin MODULE``) built from it; on an export, every config folder it holds
+    that the project does not write itself. Each as ``{name, description, rows, traces}`` (``traces``: the ids its
+    rows name, :data:`TRACE_ID_COLUMNS`), and notes on the ones that could not be read."""
+    sets: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    def add(name: str, rows: Any, columns: list[str]) -> None:
+        ids: set[str] = set()
+        n = 0
+        for r in rows:
+            n += 1
+            if "chosen_id" in columns or "rejected_id" in columns:
+                ids.update(r.get(c) for c in ("chosen_id", "rejected_id"))
+            else:
+                ids.add(r.get("expansion_id") or r.get("sample_id"))
+        ids.discard(None)
+        ids.discard("")
+        spec = CONFIGS.get(name)
+        sets.append({"name": name, "description": spec.description if spec else "", "rows": n, "traces": ids})
+        if n and not ids:
+            notes.append(f"config {name}: its {n:,} rows name no trace ({', '.join(TRACE_ID_COLUMNS)}), so it is "
+                         f"only counted")
+
+    if o.kind == EXPORT:
+        for folder in sorted(p for p in o.path.iterdir() if p.is_dir() and p.name not in BUILTIN):
+            files = sorted(folder.glob("train-*.parquet"))
+            if not files:
+                continue
+            names = pq.read_schema(files[0]).names
+            columns = [c for c in TRACE_ID_COLUMNS if c in names]
+            table = pq.read_table(files, columns=columns) if columns else None
+            add(folder.name, table.to_pylist() if table is not None else
+                [{}] * sum(pq.ParquetFile(f).metadata.num_rows for f in files), columns)
+        return sets, notes
+    for name, spec in CONFIGS.items():
+        if name in BUILTIN or not spec.from_run:
+            continue
+        try:
+            rows = list(spec.build(LPTConfig(name=name, run_dir=str(o.path))))
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not stop the viewer; it is named
+            notes.append(f"config {name} (a plugin's) could not be built from this run: {type(e).__name__}: {e}")
+            continue
+        add(name, rows, sorted({c for r in rows[:1] for c in r if c in TRACE_ID_COLUMNS}))
+    return sets, notes
 
 
 def _after_thought(e: dict[str, Any]) -> str:
@@ -335,8 +402,6 @@ def write_html(path_or_run: Any, out_file: str | os.PathLike | None = None, **kw
 
 def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: int = 0) -> tuple[list[dict], int]:
     """``(rows start … start+rows of an exported config, its total rows)``, reading only the batches needed."""
-    import pyarrow.parquet as pq
-
     out = Path(out_dir)
     files = sorted((out / config).glob("train-*.parquet"))
     if not files:

@@ -298,3 +298,68 @@ def test_show_prints_rows_readably(made):
     assert "mcq · row 40 of 40" in r.output and "row 41" not in r.output
     r = runner.invoke(show_cmd, [str(made / "hub"), "nope"])
     assert r.exit_code == 1 and "no config 'nope'" in r.output and "raw_expansion" in r.output
+
+
+# ------------------------------------------------------------------------------------- a plugin's config
+
+PLUGIN = '''from builder import assemble
+from builder.configs import SFT_FEATURES, ConfigSpec, register
+
+register(ConfigSpec("sft_x_o", SFT_FEATURES,
+                    lambda cfg: (r for r in assemble.build_sft(cfg.run(), cfg.options) if r["cot_type"] == "X_O"),
+                    "SFT rows that start from a wrong simple thought (a plugin's config)"))
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A plugin module named with ``--plugin``; its config is unregistered afterwards."""
+    from builder.configs import CONFIGS, register
+
+    (tmp_path / "lpt_view_plugin_xo.py").write_text(PLUGIN, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "lpt_view_plugin_xo"
+    CONFIGS.pop("sft_x_o", None)
+    register(CONFIGS["sft"])  # rebuild the builder's configs without it
+    import sys
+
+    sys.modules.pop("lpt_view_plugin_xo", None)
+
+
+def _page_data(page: Path) -> dict:
+    text = re.search(r'<script id="lpt-data" type="application/json">(.*?)</script>', page.read_text("utf-8"), re.S)
+    return json.loads(text.group(1))
+
+
+def test_a_plugin_config_is_a_filter_of_the_view(made, plugin, tmp_path):
+    """`lpt view RUN --plugin MODULE` builds the plugin's config from the run and marks its traces; an export
+    that holds the config shows it even where the plugin is not loaded."""
+    page = tmp_path / "plugin.html"
+    res = CliRunner().invoke(view_cmd, [str(made / "run"), "-o", str(page), "--no-images", "--plugin", plugin])
+    assert res.exit_code == 0, res.output
+    data = _page_data(page)
+    assert data["sets"]["name"] == ["sft_x_o"]
+    # independently: the X→O expansions the default SFT set takes
+    want = {r["expansion_id"] for r in assemble.build_sft(RunDir(made / "run"), assemble.AssembleOptions())
+            if r["cot_type"] == "X_O"}
+    assert data["sets"]["rows"] == [len(want)] and len(want) > 0 and data["sets"]["s"] == [[]]
+    full_ids = [r["expansion_id"] for r in RunDir(made / "run").read("expansion").to_pylist()]
+    shown = {data["exp"]["id"][j] for j in data["sets"]["e"][0]}
+    assert shown == {i[:12] for i in want} and all(any(f.startswith(s) for f in full_ids) for s in shown)
+
+    # an export with the plugin's config, viewed in a process that has no plugin: the folder is enough
+    from builder.configs import CONFIGS
+
+    hub = tmp_path / "hub"
+    export(made / "run", hub, configs=["sft", "raw_mcq", "raw_simple_cot", "raw_expansion", "sft_x_o"])
+    CONFIGS.pop("sft_x_o")
+    got = collect(hub, images=False)
+    assert got["sets"]["name"] == ["sft_x_o"] and got["sets"]["rows"] == [len(want)]
+    assert {got["exp"]["id"][j] for j in got["sets"]["e"][0]} == shown
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (CI installs it): the page itself is not checked")
+    dom = _dom(tmp_path, page, "set=" + quote("x:sft_x_o", safe=""))
+    assert dom["matches"] == len(want) and {c["type"] for c in dom["cards"]} == {"X_O"}
+    assert dom["main"].count(">in sft_x_o</span>") == len(dom["cards"])
+    assert "sft_x_o" in re.search(r'<select id="f-set".*?</select>', dom["dom"], re.S).group(0)

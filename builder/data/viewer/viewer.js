@@ -48,6 +48,10 @@ for (let j = 0; j < nE; j++) {
   eOfM[m]++;
   if (E.f[j] & FL.keep) { eKeptOfM[m]++; if (E.f[j] & FL.correct) eOkOfM[m]++; }
 }
+// configs of plugins (D.sets): which simple thoughts / expansions each one holds
+const XS = D.sets, nX = XS.name.length;
+const member = (list, n) => { const u = new Uint8Array(n); for (const k of list) u[k] = 1; return u; };
+const inXS = XS.s.map(l => member(l, nS)), inXE = XS.e.map(l => member(l, nE));
 const pairOrder = Array.from({length: nP}, (_, p) => p).sort((a, b) => P.m[a] - P.m[b] || P.k[a] - P.k[b] || a - b);
 
 // ----------------------------------------------------------------------------------------------- helpers
@@ -134,7 +138,8 @@ function labelOk(f) {
   if (st.label === "unparsed") return !(f & FL.parsed);
   return true;
 }
-function setOk(f, nPairs) {
+function setOk(f, nPairs, isE, k) {
+  if (st.set.startsWith("x:")) { const x = XS.name.indexOf(st.set.slice(2)); return x >= 0 && (isE ? inXE : inXS)[x][k] === 1; }
   if (st.set === "sft") return !!(f & FL.sft);
   if (st.set === "dpo") return nPairs > 0;
   if (st.set === "none") return !(f & FL.sft) && !nPairs;
@@ -150,12 +155,12 @@ function traceStream() {
     if (!mcqOk(m)) continue;
     const mHit = h ? h.mq[m] : 1;
     if (wantS && (!st.type || typeOfS(i) === st.type) && labelOk(S.f[i]) && keptOk(S.f[i], S.r[i])
-        && setOk(S.f[i], pairsOfS[i]) && (!h || mHit || h.sq[i])) out.push(2 * i);
+        && setOk(S.f[i], pairsOfS[i], 0, i) && (!h || mHit || h.sq[i])) out.push(2 * i);
     if (!wantE) continue;
     for (let j = expStart[i]; j < expStart[i + 1]; j++) {
       if (st.cue && E.c[j] !== cueIdx) continue;
       if (st.type && typeOfE(j) !== st.type) continue;
-      if (!labelOk(E.f[j]) || !keptOk(E.f[j], E.r[j]) || !setOk(E.f[j], pairsOfE[j])) continue;
+      if (!labelOk(E.f[j]) || !keptOk(E.f[j], E.r[j]) || !setOk(E.f[j], pairsOfE[j], 1, j)) continue;
       if (h && !mHit && !h.eq[j]) continue;
       out.push(2 * j + 1);
     }
@@ -237,6 +242,12 @@ function labelChips(type, f, reason, bad, nPairs, stage, parentDropped) {
   if (nPairs) c.push(`<span class="chip dpo" title="${esc(META.dpo_from)}">in ${plural(nPairs, "DPO pair")}</span>`);
   return c.join("");
 }
+function setChips(isE, k) {  // the plugin configs a trace is in
+  let c = "";
+  for (let x = 0; x < nX; x++) if ((isE ? inXE : inXS)[x][k])
+    c += `<span class="chip xset" title="${esc(XS.desc[x] || "a plugin's config")}">in ${esc(XS.name[x])}</span>`;
+  return c;
+}
 function prefixOf(j) {
   if (E.pre[j] != null) return E.pre[j];
   const t = String(S.t[E.s[j]] || "").replace(/\s+$/, "");
@@ -264,14 +275,14 @@ function expansionText(j) {
 }
 function simpleCard(i, solo, own = "") {
   return `<article class="card s${solo ? " solo" : ""}" data-stage="simple" data-type="${typeOfS(i)}" data-correct="${S.f[i] & FL.correct ? 1 : 0}" data-kept="${S.f[i] & FL.keep ? 1 : 0}" data-id="${S.id[i]}">
-    <div class="row1"><span class="what">Stage 2 · simple thought #${S.n[i] + 1}</span>${labelChips(typeOfS(i), S.f[i], S.r[i], "", pairsOfS[i], "simple", false)}<span class="id" title="sample_id">${esc(S.id[i])}</span></div>
+    <div class="row1"><span class="what">Stage 2 · simple thought #${S.n[i] + 1}</span>${labelChips(typeOfS(i), S.f[i], S.r[i], "", pairsOfS[i], "simple", false)}${setChips(0, i)}<span class="id" title="sample_id">${esc(S.id[i])}</span></div>
     ${own}${answerLine(S.o[i], S.g[i], S.p[i], S.a[i], S.f[i])}
     <div class="text">${hl(S.t[i])}</div>${S.raw[i] != null ? `<div class="raw"><span>what the model wrote (no answer could be parsed):</span><div class="text">${hl(S.raw[i]) || "<i>(nothing)</i>"}</div></div>` : ""}</article>`;
 }
 function expansionCard(j, afterItsSimple, own = "") {
   const i = E.s[j], type = typeOfE(j), cue = T.cue[E.c[j]];
   return `<article class="card e${afterItsSimple ? "" : " solo"}" data-stage="expansion" data-type="${type}" data-correct="${E.f[j] & FL.correct ? 1 : 0}" data-kept="${E.f[j] & FL.keep ? 1 : 0}" data-cue="${esc(cue)}" data-id="${E.id[j]}">
-    <div class="row1"><span class="what">Stage 3 · expansion #${E.n[j] + 1} of simple thought #${S.n[i] + 1}</span><span class="chip cue" title="the cue the reasoning model continued from">cue “${esc(cue)}”</span>${labelChips(type, E.f[j], E.r[j], E.b[j], pairsOfE[j], "expansion", !(S.f[i] & FL.keep))}<span class="id" title="expansion_id">${esc(E.id[j])}</span></div>
+    <div class="row1"><span class="what">Stage 3 · expansion #${E.n[j] + 1} of simple thought #${S.n[i] + 1}</span><span class="chip cue" title="the cue the reasoning model continued from">cue “${esc(cue)}”</span>${labelChips(type, E.f[j], E.r[j], E.b[j], pairsOfE[j], "expansion", !(S.f[i] & FL.keep))}${setChips(1, j)}<span class="id" title="expansion_id">${esc(E.id[j])}</span></div>
     ${own}${answerLine(S.o[i], S.g[i], E.p[j], E.a[j], E.f[j])}
     ${expansionText(j)}</article>`;
 }
@@ -405,7 +416,8 @@ function buildBar() {
     sel("kept", "kept", [["", "any"], ["kept", "kept"], ["dropped", "dropped"], ...[...reasonCount].filter(([r]) => T.reason[r]).map(([r, n]) => ["r:" + T.reason[r], `dropped · ${T.reason[r].replace(/_/g, " ")} (${fmt(n)})`])]),
     sel("cue", "cue", [["", "any"], ...[...cueCount].map(([c, n]) => [T.cue[c], `${T.cue[c]} (${fmt(n)})`])], "the cue stage 3 continued from (only expansions have one)"),
     sel("qt", "question type", [["", "any"], ...[...qtCount].sort((a, b) => b[1] - a[1]).map(([q, n]) => [T.qt[q], `${T.qt[q] || "(none)"} (${fmt(n)})`])]),
-    sel("set", "in set", [["", "any"], ["sft", "in SFT"], ["dpo", "in a DPO pair"], ["none", "in neither"]], META.sft_from + "; " + META.dpo_from),
+    sel("set", "in set", [["", "any"], ["sft", "in SFT"], ["dpo", "in a DPO pair"], ["none", "in neither"],
+      ...XS.name.map((n, x) => ["x:" + n, `in ${n} (${plural(XS.rows[x], "row")})`])], META.sft_from + "; " + META.dpo_from),
     sel("kind", "pair kind", [["", "any"], ...[...kindCount].map(([k, n]) => [T.kind[k], `${kindLabel(T.kind[k])} (${fmt(n)})`])], "chosen ≻ rejected"),
     sel("valid", "stage 1", [["", "any"], ["valid", "valid"], ["invalid", "invalid"]]),
   ];
@@ -469,7 +481,7 @@ function header() {
       ${box("Stage 1 · questions", mq.questions ?? mq.rows ?? 0, "MCQs", `<b>${fmt(mq.valid ?? 0)}</b> valid${pct(mq.valid ?? 0, mq.questions ?? 0)}${mq.placeholders ? ` · ${fmt(mq.placeholders)} images without a question` : ""}`)}
       ${box("Stage 2 · simple thoughts", s2.rows ?? 0, "samples", `<b>${fmt(s2.parsed ?? 0)}</b> parsed · <b>${fmt(s2.correct ?? 0)}</b> correct${pct(s2.correct ?? 0, s2.rows ?? 0)} · <b>${fmt(s2.kept ?? 0)}</b> kept`)}
       ${box("Stage 3 · expansions", s3.rows ?? 0, "expansions", `<b>${fmt(s3.parsed ?? 0)}</b> parsed · <b>${fmt(s3.correct ?? 0)}</b> correct · <b>${fmt(s3.kept ?? 0)}</b> kept · <b>${fmt(s3.kept_correct ?? 0)}</b> kept correct`)}
-      ${box("Sets", META.sft_rows, "SFT rows", `<b>${fmt(META.dpo_rows)}</b> DPO pairs · <span title="SFT: ${esc(META.sft_from)}; DPO: ${esc(META.dpo_from)}">${esc(META.sets_from)}</span>`)}
+      ${box("Sets", META.sft_rows, "SFT rows", `<b>${fmt(META.dpo_rows)}</b> DPO pairs${XS.name.map((n, x) => ` · <b>${fmt(XS.rows[x])}</b> <span title="${esc(XS.desc[x] || "a plugin's config")}">${esc(n)}</span>`).join("")} · <span title="SFT: ${esc(META.sft_from)}; DPO: ${esc(META.dpo_from)}">${esc(META.sets_from)}</span>`)}
     </div>
     ${META.notes.length ? `<ul class="notes">${META.notes.map(n => `<li>${esc(n)}</li>`).join("")}</ul>` : ""}
   </div>`;
