@@ -19,13 +19,14 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.records import TABLES, tally
+from builder.records import LABELS, TABLES, tally
 from builder.store import RunDir
 
 RUN, EXPORT = "run", "export"
@@ -59,7 +60,7 @@ class Opened:
 
     kind: str  # RUN or EXPORT
     path: Path
-    _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+    _tables: dict[tuple[str, tuple[str, ...] | None], pa.Table] = field(default_factory=dict, repr=False)
     _assembled: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -68,19 +69,25 @@ class Opened:
 
     # -- the stage records -------------------------------------------------------------------------------
 
-    def read(self, stage: str) -> pa.Table:
-        if stage not in self._tables:
-            if self.kind == RUN:
-                self._tables[stage] = RunDir(self.path).read(stage)
+    def read(self, stage: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """A stage's records (only ``columns``, when given: the others are not read), in the run's order."""
+        key = (stage, None if columns is None else tuple(columns))
+        if key not in self._tables:
+            cols = None if columns is None else list(columns)
+            schema = TABLES[stage].schema if cols is None else pa.schema([TABLES[stage].schema.field(c) for c in cols])
+            if (stage, None) in self._tables:
+                self._tables[key] = self._tables[(stage, None)].select(schema.names)
+            elif self.kind == RUN:
+                self._tables[key] = RunDir(self.path).read(stage, cols)
             elif stage in _RAW and _config_files(self.path, _RAW[stage]):
-                t = pq.read_table(_config_files(self.path, _RAW[stage]))
-                self._tables[stage] = t.replace_schema_metadata(None).cast(TABLES[stage].schema)
+                t = pq.read_table(_config_files(self.path, _RAW[stage]), columns=cols)
+                self._tables[key] = t.replace_schema_metadata(None).cast(schema)
             else:
-                self._tables[stage] = TABLES[stage].schema.empty_table()
-        return self._tables[stage]
+                self._tables[key] = schema.empty_table()
+        return self._tables[key]
 
     def has(self, stage: str) -> bool:
-        return self.read(stage).num_rows > 0
+        return self.read(stage, TABLES[stage].sort_keys[:1]).num_rows > 0
 
     def files(self, stage: str) -> list[Path]:
         """The parquet files of a stage's records (a run's chunks, or an export's raw config): what
@@ -154,7 +161,7 @@ class Opened:
         or the export's ``images`` config (bytes, or paths that exist)."""
         out: dict[str, bytes | str] = {}
         if self.kind == RUN:
-            for r in self.read("source").select(["image_id", "image_path"]).to_pylist():
+            for r in self.read("source", ["image_id", "image_path"]).to_pylist():
                 if r["image_path"] and Path(r["image_path"]).is_file():
                     out[r["image_id"]] = r["image_path"]
             return out
@@ -171,10 +178,9 @@ class Opened:
     def descriptions(self) -> dict[str, str]:
         """``image_id -> description``: the run's source, or (export) the description quoted in stage 3's prompt."""
         if self.kind == RUN:
-            return {r["image_id"]: r["description"] for r in self.read("source").select(
-                ["image_id", "description"]).to_pylist()}
+            return {r["image_id"]: r["description"] for r in self.read("source", ["image_id", "description"]).to_pylist()}
         out: dict[str, str] = {}
-        e = self.read("expansion")
+        e = self.read("expansion", ["image_id", "user_text"])
         for image_id, text in zip(e.column("image_id").to_pylist(), e.column("user_text").to_pylist()):
             if image_id not in out:
                 m = _DESCRIPTION.search(text or "")
@@ -219,14 +225,32 @@ def words(text: str | None) -> int:
     return len((text or "").split())
 
 
+def word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """:func:`words` of each text, column-wise: Arrow's Unicode whitespace is Python's ``str.split()``'s (every
+    code point checked), and the empty pieces of a run of whitespace are not counted."""
+    pieces = pc.utf8_split_whitespace(pc.fill_null(texts, ""))
+    if isinstance(pieces, pa.ChunkedArray):
+        pieces = pieces.combine_chunks()
+    nonempty = pc.not_equal(pc.list_flatten(pieces), "").to_numpy(zero_copy_only=False)
+    return np.bincount(pc.list_parent_indices(pieces).to_numpy(), weights=nonempty,
+                       minlength=len(pieces)).astype(np.int64)
+
+
+def tally_columns(stage: str, *more: str) -> list[str]:
+    """The columns :func:`tally` counts in a stage's records, and ``more``."""
+    names = TABLES[stage].schema.names
+    return list(dict.fromkeys([*(c for c in ("item_index", *LABELS) if c in names), *more]))
+
+
 def _tally_by(table: pa.Table, column: str) -> dict[str, dict[str, int]]:
     """:func:`tally` of each group of rows sharing ``column``'s value (groups in order of size, largest first)."""
     if column not in table.column_names or not table.num_rows:
         return {}
+    table = table.select([c for c in table.column_names if c == column or c in ("item_index", *LABELS)])
     col = table.column(column)
     out = {}
-    for value in sorted(set(col.to_pylist()), key=lambda v: (v is None, str(v))):
-        out[value] = tally(table.filter(pc.equal(col, value)))
+    for value in sorted(set(pc.unique(col).to_pylist()), key=lambda v: (v is None, str(v))):
+        out[value] = tally(table.filter(pc.is_null(col) if value is None else pc.equal(col, value)))
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["rows"]))
 
 
@@ -246,26 +270,39 @@ def added_text(expansion: dict[str, Any]) -> str:
     return (added if end < 0 else added[:end]).rstrip()
 
 
+def _added_texts(e: pa.Table) -> pa.ChunkedArray:
+    """:func:`added_text` of each expansion, column-wise (the cue and the continuation up to ``</think>``)."""
+    added = pc.binary_join_element_wise(pc.fill_null(e.column("cue"), ""), pc.fill_null(e.column("continuation"), ""),
+                                        "")
+    return pc.replace_substring_regex(added, pattern=r"(?is)</think>.*", replacement="", max_replacements=1)
+
+
 def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
     """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
     (whole thought) and by cue (added words)."""
-    s = o.read("simple_cot")
-    e = o.read("expansion")
+    s = o.read("simple_cot", ["thought", "correct", "keep"])
+    e = o.read("expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])
     out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
                                             "by_cue": {}}
     simple_kept = s.filter(pc.field("keep")) if s.num_rows else s
-    for r in simple_kept.select(["thought", "correct"]).to_pylist():
-        n = words(r["thought"])
-        out["all"]["simple"].append(n)
-        out["by_type"].setdefault("O" if r["correct"] else "X", []).append(n)
+    n = word_counts(simple_kept.column("thought"))
+    correct = simple_kept.column("correct").to_numpy()
+    out["all"]["simple"] = n.tolist()
+    for t, mask in (("O", correct), ("X", ~correct)):
+        if mask.any():
+            out["by_type"][t] = n[mask].tolist()
     kept_e = e.filter(pc.field("keep")) if e.num_rows else e
-    for r in kept_e.select(["long_thought", "cue", "continuation", "correct", "simple_correct"]).to_pylist():
-        n, a = words(r["long_thought"]), words(added_text(r))
-        out["all"]["expanded"].append(n)
-        out["all"]["added"].append(a)
-        t = ("O" if r["simple_correct"] else "X") + "_" + ("O" if r["correct"] else "X")
-        out["by_type"].setdefault(t, []).append(n)
-        out["by_cue"].setdefault(r["cue"], []).append(a)
+    n = word_counts(kept_e.column("long_thought"))
+    added = word_counts(_added_texts(kept_e))
+    out["all"]["expanded"], out["all"]["added"] = n.tolist(), added.tolist()
+    simple_ok, ok = kept_e.column("simple_correct").to_numpy(), kept_e.column("correct").to_numpy()
+    for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
+                    ("X_X", ~simple_ok & ~ok)):
+        if mask.any():
+            out["by_type"][t] = n[mask].tolist()
+    cues = kept_e.column("cue").to_pylist()
+    for cue, a in zip(cues, added.tolist()):
+        out["by_cue"].setdefault(cue, []).append(a)
     out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if t in out["by_type"]}
     return out
 
@@ -273,7 +310,10 @@ def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
 def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(stats, raw lists for the plots)``."""
     o = open_input(path_or_run)
-    stages = {s: o.read(s) for s in ("mcq", "simple_cot", "expansion")}
+    stages = {"mcq": o.read("mcq", tally_columns("mcq", "invalid_reason")),
+              "simple_cot": o.read("simple_cot", tally_columns("simple_cot", "sample_id", "question_type", "drop_reason")),
+              "expansion": o.read("expansion", tally_columns("expansion", "sample_id", "simple_correct", "drop_reason",
+                                                        "bad_word"))}
     counts = {s: tally(t) for s, t in stages.items()}
     e = stages["expansion"]
     if e.num_rows:
@@ -304,11 +344,10 @@ def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
     accuracy: dict[str, dict[str, dict[str, Any]]] = {}
     s2 = stages["simple_cot"]
-    qt_of = dict(zip(s2.column("sample_id").to_pylist(), s2.column("question_type").to_pylist()))
     for s, t in (("simple_cot", s2), ("expansion", e)):
         if s == "expansion" and t.num_rows:  # stage 3 rows name their question type through their simple thought
-            t = t.append_column("question_type", pa.array([qt_of.get(i, "") for i in t.column("sample_id").to_pylist()],
-                                                          pa.string()))
+            at = pc.index_in(t.column("sample_id"), s2.column("sample_id"))
+            t = t.append_column("question_type", pc.fill_null(pc.take(s2.column("question_type"), at), ""))
         accuracy[s] = {}
         for qt, c in _tally_by(t, "question_type").items():
             kept = c.get("kept", 0)

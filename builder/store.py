@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -194,27 +194,35 @@ class RunDir:
 
     # ----------------------------------------------------------------------------------------------- read
 
-    def read_file(self, stage: str, path: Path) -> pa.Table:
-        """The rows of one file of ``stage``, checked against its schema (metadata dropped)."""
+    def read_file(self, stage: str, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of one file of ``stage`` (only ``columns``, when given), checked against its schema (metadata
+        dropped)."""
+        schema = TABLES[stage].schema
         try:
-            t = pq.read_table(path)
+            f = pq.ParquetFile(path)
+            names = f.schema_arrow.names
+            t = f.read(columns=list(columns) if columns is not None and names == schema.names else None)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
-        schema = TABLES[stage].schema
-        if t.schema.names != schema.names:
-            raise StoreError(f"{path}: columns {t.schema.names} do not match the {stage!r} schema {schema.names}")
+        if names != schema.names:
+            raise StoreError(f"{path}: columns {names} do not match the {stage!r} schema {schema.names}")
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
         return t.replace_schema_metadata(None).cast(schema)
 
-    def read(self, stage: str) -> pa.Table:
+    def read(self, stage: str, columns: Sequence[str] | None = None) -> pa.Table:
         """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none.
+        ``columns``: only these (the rest is not read from the files; same rows, same order).
 
         Each input's rows are taken from one file: should two files cover the same input (two writers of an old
         version, say), the later file's rows for it are left out, with a warning naming both files."""
         files = self.files(stage)  # (an unknown stage fails here)
         col = TABLES[stage].input_column
+        keys = TABLES[stage].sort_keys
+        wanted = None if columns is None else list(dict.fromkeys([*columns, *keys, *([col] if col else [])]))
         tables, seen = [], {}
         for p in files:
-            t = self.read_file(stage, p)
+            t = self.read_file(stage, p, wanted)
             if col:
                 ids = self._covered(stage, p, t)
                 again = [i for i in ids if i in seen]
@@ -225,9 +233,10 @@ class RunDir:
                 seen.update((i, p.name) for i in ids if i not in seen)
             tables.append(t)
         if not tables:
-            return TABLES[stage].schema.empty_table()
-        table = pa.concat_tables(tables)
-        return table.sort_by([(k, "ascending") for k in TABLES[stage].sort_keys])
+            empty = TABLES[stage].schema.empty_table()
+            return empty if columns is None else empty.select(list(columns))
+        table = pa.concat_tables(tables).sort_by([(k, "ascending") for k in keys])
+        return table if columns is None else table.select(list(columns))
 
     @staticmethod
     def _metadata(p: Path) -> dict[bytes, bytes]:

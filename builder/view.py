@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from builder.configs import BUILTIN, CONFIGS, LPTConfig
 from builder.records import tally
-from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, open_input
+from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, open_input, tally_columns
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
@@ -127,8 +127,8 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
             M[k].append(v)
         return mcq_index[mcq_id]
 
-    for m in o.read("mcq").select(["mcq_id", "image_id", "item_index", "question", "options", "answer_index",
-                                   "answer_text", "question_type", "valid", "invalid_reason"]).to_pylist():
+    for m in o.read("mcq", ["mcq_id", "image_id", "item_index", "question", "options", "answer_index",
+                              "answer_text", "question_type", "valid", "invalid_reason"]).to_pylist():
         add_mcq(m["mcq_id"], m["image_id"], m["question"], m["options"] or [], m["answer_index"], m["question_type"],
                 m["valid"], m["invalid_reason"], m["item_index"], m["answer_text"])
 
@@ -138,7 +138,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
     dpo_rows, dpo_from = o.dpo()
 
     # stage 2
-    s_table = o.read("simple_cot").select(["sample_id", "mcq_id", "image_id", "sample_index", "question",
+    s_table = o.read("simple_cot", ["sample_id", "mcq_id", "image_id", "sample_index", "question",
                                            "question_type", "options", "answer_index", "response", "thought", "answer",
                                            "pred_index", "parsed", "correct", "keep", "drop_reason"])
     samples = sorted(s_table.to_pylist(), key=lambda r: (mcq_index.get(r["mcq_id"], len(mcq_index)), r["mcq_id"],
@@ -159,7 +159,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
             S[k].append(v)
 
     # stage 3
-    e_table = o.read("expansion").select(["expansion_id", "sample_id", "expansion_index", "cue", "separator",
+    e_table = o.read("expansion", ["expansion_id", "sample_id", "expansion_index", "cue", "separator",
                                           "continuation", "long_thought", "answer", "pred_index", "parsed", "correct",
                                           "simple_correct", "bad_word", "keep", "drop_reason"])
     E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n", "after")}
@@ -254,7 +254,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         notes.append("images left out (--no-images)")
     desc_of = o.descriptions()
 
-    counts = {s: tally(o.read(s)) for s in ("mcq", "simple_cot", "expansion")}
+    counts = {s: tally(o.read(s, tally_columns(s))) for s in ("mcq", "simple_cot", "expansion")}
     models = {}
     if o.kind != EXPORT:
         man = o_manifest(o)

@@ -239,7 +239,12 @@ class IncompleteInput(StoreError):
 def progress_of(run: RunDir, spec: StageSpec) -> tuple[set[str], set[str]]:
     """``(done, expected)`` input ids of a stage: what it has covered, of the inputs it works on."""
     col = spec.table.input_column
-    expected = {r[col] for r in usable_inputs(run, spec)} if run.has(spec.input) else set()
+    expected: set[str] = set()
+    if run.has(spec.input):  # only the two columns needed: the input stage's texts are not read
+        t = run.read(spec.input, [col, *([spec.usable] if spec.usable else [])])
+        if spec.usable:
+            t = t.filter(t.column(spec.usable))
+        expected = set(t.column(col).to_pylist())
     return run.done_inputs(spec.name) & expected, expected
 
 
