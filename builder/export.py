@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import datasets
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Features
@@ -46,7 +48,7 @@ from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.stats import FIGURES as FIGURE_TITLES
-from builder.stats import write_figures
+from builder.stats import tally_columns, word_counts, write_figures
 from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
@@ -258,11 +260,19 @@ def _write_parquet(ds: Any, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------- card
 
 
-def _read(out: Path, config: str):
-    files = sorted(str(p) for p in (out / config).glob("train-*.parquet"))
-    if not files:
-        return None
-    return datasets.load_dataset("parquet", data_files=files, split="train")
+def _config_files(out: Path, config: str) -> list[Path]:
+    return sorted((out / config).glob("train-*.parquet"))
+
+
+def _read_columns(out: Path, config: str, columns: Sequence[str]) -> Any:
+    """Only ``columns`` of an exported config (a ``pyarrow.Table``): the card reads no more than it shows."""
+    return pq.read_table([str(f) for f in _config_files(out, config)], columns=list(columns))
+
+
+def _first_row(out: Path, config: str) -> dict[str, Any]:
+    files = _config_files(out, config)
+    batch = next(pq.ParquetFile(files[0]).iter_batches(batch_size=1))
+    return Features.from_arrow_schema(pq.read_schema(files[0])).decode_example(batch.to_pylist()[0])
 
 
 def _size_category(n: int) -> str:
@@ -272,48 +282,51 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _thought_of(messages: list[dict]) -> str:
-    return parse_thought(messages[-1]["content"])[0] or ""
+def _last_contents(messages: Any) -> Any:
+    """The last message's content of each row of a ``messages`` column (list of role/content structs)."""
+    messages = messages.combine_chunks() if hasattr(messages, "combine_chunks") else messages
+    last = pc.subtract(messages.offsets[1:], 1)
+    return pc.take(pc.struct_field(messages.values, "content"), last)
 
 
 def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The card's numbers, computed from the exported files: rows per config, SFT trace types and mean thought
-    length, DPO pair kinds, per-stage records / kept / accuracy."""
+    """The card's numbers, computed from the exported files (reading only the columns they need, with no
+    ``datasets`` cache): rows per config, SFT trace types and mean thought length, DPO pair kinds, per-stage
+    records / kept / accuracy."""
     out = Path(out_dir)
-    present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and any(p.glob("train-*.parquet"))]
+    present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and _config_files(out, p.name)]
     order = [c for c in CONFIGS if c in present] + [c for c in present if c not in CONFIGS]
-    data = {c: _read(out, c) for c in order}
+    schemas = {c: pq.read_schema(_config_files(out, c)[0]) for c in order}
     stats: dict[str, Any] = {"configs": [
-        {"name": c, "rows": data[c].num_rows,
+        {"name": c, "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in _config_files(out, c)),
          "description": CONFIGS[c].description if c in CONFIGS else ""} for c in order]}
     stats["empty_configs"] = [{"name": c, "reason": why} for c, why in read_report(out)["empty"].items()
                               if c not in present]
-    sft = data.get("sft")
     types, all_words = [], []
-    if sft is not None:
-        words_by: dict[str, list[int]] = {}
-        for t, msgs in zip(sft["cot_type"], sft["messages"]):
-            words_by.setdefault(t, []).append(_words(_thought_of(msgs)))
-        for t in sorted(words_by):
-            types.append({"cot_type": t, "rows": len(words_by[t]), "mean_words": sum(words_by[t]) / len(words_by[t])})
-            all_words += words_by[t]
+    if "sft" in present:
+        sft = _read_columns(out, "sft", ["cot_type", "messages"])
+        thoughts = pa.array([parse_thought(t)[0] or "" for t in _last_contents(sft.column("messages")).to_pylist()],
+                            pa.string())
+        counts, cot = word_counts(thoughts), np.asarray(sft.column("cot_type").to_pylist(), dtype=object)
+        for t in sorted(set(cot.tolist())):
+            n = counts[cot == t]
+            types.append({"cot_type": t, "rows": len(n), "mean_words": float(n.mean())})
+        all_words = counts
     stats["sft_types"] = types
-    stats["sft_mean_words"] = sum(all_words) / len(all_words) if all_words else 0.0
-    dpo = data.get("dpo")
-    stats["pair_kinds"] = [{"kind": k, "pairs": v} for k, v in sorted(Counter(dpo["kind"]).items())] if dpo else []
+    stats["sft_mean_words"] = float(np.mean(all_words)) if len(all_words) else 0.0
+    stats["pair_kinds"] = ([{"kind": k, "pairs": v} for k, v in sorted(
+        Counter(_read_columns(out, "dpo", ["kind"]).column("kind").to_pylist()).items())]
+        if "dpo" in present else [])
     stages = []
-    if data.get("raw_mcq") is not None:
-        t = tally(data["raw_mcq"].data.table)  # an image's no-question placeholder is not a question
+    if "raw_mcq" in present:
+        t = tally(_read_columns(out, "raw_mcq", tally_columns("mcq")))  # a placeholder is not a question
         stages.append({"stage": "1 MCQ (valid)", "records": t["questions"], "kept": t["valid"],
                        "accuracy": t["valid"] / t["questions"] if t["questions"] else None})
-    for name, label in (("raw_simple_cot", "2 simple CoT"), ("raw_expansion", "3 expansion")):
-        if data.get(name) is None:
+    for name, stage, label in (("raw_simple_cot", "simple_cot", "2 simple CoT"),
+                               ("raw_expansion", "expansion", "3 expansion")):
+        if name not in present:
             continue
-        table = data[name].data.table
+        table = _read_columns(out, name, tally_columns(stage, *(["simple_correct"] if stage == "expansion" else [])))
         groups = [(label, table)]
         if name == "raw_expansion":
             groups += [(f"{label} of O", table.filter(table.column("simple_correct"))),
@@ -326,9 +339,9 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     trace_rows = sum(c["rows"] for c in stats["configs"] if c["name"] in ("sft", "dpo"))
     stats["size_category"] = _size_category(trace_rows or max([c["rows"] for c in stats["configs"]] or [0]))
     stats["fields"] = {c: [{"name": k, "type": _type_name(v), "doc": FIELD_DOCS.get(k, "")}
-                           for k, v in data[c].features.items()] for c in order}
-    first = "sft" if "sft" in data else (order[0] if order else None)
-    stats["example"] = {"config": first, "json": _example(data[first][0]) if first else ""}
+                           for k, v in Features.from_arrow_schema(schemas[c]).items()] for c in order}
+    first = "sft" if "sft" in present else (order[0] if order else None)
+    stats["example"] = {"config": first, "json": _example(_first_row(out, first)) if first else ""}
     stats["provenance"] = provenance(out)
     stats["paper"] = PAPER
     stats["figures"] = [{"path": f"{FIGURES}/{stem}.png", "title": title} for stem, title in FIGURE_TITLES.items()

@@ -19,7 +19,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +85,20 @@ class Opened:
             else:
                 self._tables[key] = schema.empty_table()
         return self._tables[key]
+
+    def parts(self, stage: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """A stage's records in parts (a run's chunk files, an export's row groups), not in order: for a pass
+        that needs only one part of a big stage in memory at a time."""
+        if (stage, tuple(columns)) in self._tables or (stage, None) in self._tables:
+            yield self.read(stage, columns)
+        elif self.kind == RUN:
+            yield from RunDir(self.path).tables(stage, columns)
+        elif stage in _RAW:
+            schema = pa.schema([TABLES[stage].schema.field(c) for c in columns])
+            for f in _config_files(self.path, _RAW[stage]):
+                pf = pq.ParquetFile(f)
+                for i in range(pf.num_row_groups):
+                    yield pf.read_row_group(i, columns=list(columns)).replace_schema_metadata(None).cast(schema)
 
     def has(self, stage: str) -> bool:
         return self.read(stage, TABLES[stage].sort_keys[:1]).num_rows > 0
@@ -279,31 +293,30 @@ def _added_texts(e: pa.Table) -> pa.ChunkedArray:
 
 def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
     """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
-    (whole thought) and by cue (added words)."""
-    s = o.read("simple_cot", ["thought", "correct", "keep"])
-    e = o.read("expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])
+    (whole thought) and by cue (added words). The texts are read part by part (a big run's stage 3 is never
+    in memory whole)."""
     out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
                                             "by_cue": {}}
-    simple_kept = s.filter(pc.field("keep")) if s.num_rows else s
-    n = word_counts(simple_kept.column("thought"))
-    correct = simple_kept.column("correct").to_numpy()
-    out["all"]["simple"] = n.tolist()
-    for t, mask in (("O", correct), ("X", ~correct)):
-        if mask.any():
-            out["by_type"][t] = n[mask].tolist()
-    kept_e = e.filter(pc.field("keep")) if e.num_rows else e
-    n = word_counts(kept_e.column("long_thought"))
-    added = word_counts(_added_texts(kept_e))
-    out["all"]["expanded"], out["all"]["added"] = n.tolist(), added.tolist()
-    simple_ok, ok = kept_e.column("simple_correct").to_numpy(), kept_e.column("correct").to_numpy()
-    for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
-                    ("X_X", ~simple_ok & ~ok)):
-        if mask.any():
-            out["by_type"][t] = n[mask].tolist()
-    cues = kept_e.column("cue").to_pylist()
-    for cue, a in zip(cues, added.tolist()):
-        out["by_cue"].setdefault(cue, []).append(a)
-    out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if t in out["by_type"]}
+    for s in o.parts("simple_cot", ["thought", "correct", "keep"]):
+        kept = s.filter(s.column("keep"))
+        n = word_counts(kept.column("thought"))
+        correct = kept.column("correct").to_numpy()
+        out["all"]["simple"] += n.tolist()
+        for t, mask in (("O", correct), ("X", ~correct)):
+            out["by_type"].setdefault(t, []).extend(n[mask].tolist())
+    for e in o.parts("expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"]):
+        kept = e.filter(e.column("keep"))
+        n, added = word_counts(kept.column("long_thought")), word_counts(_added_texts(kept))
+        out["all"]["expanded"] += n.tolist()
+        out["all"]["added"] += added.tolist()
+        simple_ok, ok = kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy()
+        for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
+                        ("X_X", ~simple_ok & ~ok)):
+            out["by_type"].setdefault(t, []).extend(n[mask].tolist())
+        for cue, a in zip(kept.column("cue").to_pylist(), added.tolist()):
+            out["by_cue"].setdefault(cue, []).append(a)
+    out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if out["by_type"].get(t)}
+    out["by_cue"] = dict(sorted(out["by_cue"].items(), key=lambda kv: (-len(kv[1]), str(kv[0]))))  # most used first
     return out
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -216,11 +216,23 @@ class RunDir:
 
         Each input's rows are taken from one file: should two files cover the same input (two writers of an old
         version, say), the later file's rows for it are left out, with a warning naming both files."""
+        self.stage_dir(stage)  # an unknown stage fails here
+        keys = TABLES[stage].sort_keys
+        wanted = None if columns is None else list(dict.fromkeys([*columns, *keys]))
+        tables = list(self.tables(stage, wanted))
+        if not tables:
+            empty = TABLES[stage].schema.empty_table()
+            return empty if columns is None else empty.select(list(columns))
+        table = pa.concat_tables(tables).sort_by([(k, "ascending") for k in keys])
+        return table if columns is None else table.select(list(columns))
+
+    def tables(self, stage: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """The rows of a stage file by file, as :meth:`read` takes them (each input's rows once) but not sorted:
+        what a pass over a big stage reads, one file in memory at a time."""
         files = self.files(stage)  # (an unknown stage fails here)
         col = TABLES[stage].input_column
-        keys = TABLES[stage].sort_keys
-        wanted = None if columns is None else list(dict.fromkeys([*columns, *keys, *([col] if col else [])]))
-        tables, seen = [], {}
+        wanted = None if columns is None else list(dict.fromkeys([*columns, *([col] if col else [])]))
+        seen: dict[str, str] = {}
         for p in files:
             t = self.read_file(stage, p, wanted)
             if col:
@@ -231,12 +243,7 @@ class RunDir:
                                 p, len(again), seen[again[0]], again[0])
                     t = t.filter(pc.invert(pc.is_in(t.column(col), pa.array(again, pa.string()))))
                 seen.update((i, p.name) for i in ids if i not in seen)
-            tables.append(t)
-        if not tables:
-            empty = TABLES[stage].schema.empty_table()
-            return empty if columns is None else empty.select(list(columns))
-        table = pa.concat_tables(tables).sort_by([(k, "ascending") for k in keys])
-        return table if columns is None else table.select(list(columns))
+            yield t if columns is None else t.select(list(columns))
 
     @staticmethod
     def _metadata(p: Path) -> dict[bytes, bytes]:
