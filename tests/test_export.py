@@ -260,3 +260,21 @@ def test_push_fills_in_the_repo_id_and_fails_in_one_line_offline(tmp_path, monke
     res = CliRunner().invoke(main_cli, ["push", str(out), "me/lpt-test", "--token", "hf_x"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "me/lpt-test" in res.output
     assert 'load_dataset("me/lpt-test", "mcq"' in (out / "README.md").read_text()
+
+
+def test_export_leaves_nothing_in_the_datasets_cache(built, tmp_path):
+    """`lpt export` (configs, card, figures) writes under OUT only: no Arrow copy of a config in the user's
+    ``datasets`` cache (the card once loaded every config through ``load_dataset``, ~2 GB per 300K export)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "hf-home"
+    env = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_CACHE": str(home / "datasets"),
+           "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(built[2]), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out" / "sft").is_dir()
+    left = [str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()] if home.exists() else []
+    assert left == []
