@@ -203,10 +203,13 @@ def shard_progress(run: RunDir, spec: StageSpec) -> dict[str, Any]:
     done, expected = progress_of(run, spec)
     n = (sorted(run.shard_counts(spec.name)) or [1])[0]
     per = {f"{i}/{n}": [0, 0] for i in range(n)}
-    for k in expected:
-        cell = per[f"{shard_of(k, n)}/{n}"]
-        cell[1] += 1
-        cell[0] += k in done
+    if n == 1:  # one shard holds every input: nothing to hash
+        per["0/1"] = [len(done), len(expected)]
+    else:
+        for k in expected:
+            cell = per[f"{shard_of(k, n)}/{n}"]
+            cell[1] += 1
+            cell[0] += k in done
     return {"done": len(done), "expected": len(expected), "complete": len(done) == len(expected),
             "shards": {s: f"{d}/{e}" for s, (d, e) in per.items()}}
 
@@ -216,7 +219,10 @@ def incomplete_stages(run: RunDir) -> list[str]:
     out = []
     for spec in STAGES:
         if run.has(spec.name):
-            p = shard_progress(run, spec)
+            done, expected = progress_of(run, spec)
+            if len(done) == len(expected):
+                continue
+            p = shard_progress(run, spec)  # (by shard: hashes every input id, so only for a stage that lacks some)
             if not p["complete"]:
                 out.append(f"{spec.section} ({spec.name}) {p['done']}/{p['expected']} inputs "
                            f"(by shard: {', '.join(f'{k} {v}' for k, v in p['shards'].items())})")

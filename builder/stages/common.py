@@ -240,11 +240,8 @@ def progress_of(run: RunDir, spec: StageSpec) -> tuple[set[str], set[str]]:
     """``(done, expected)`` input ids of a stage: what it has covered, of the inputs it works on."""
     col = spec.table.input_column
     expected: set[str] = set()
-    if run.has(spec.input):  # only the two columns needed: the input stage's texts are not read
-        t = run.read(spec.input, [col, *([spec.usable] if spec.usable else [])])
-        if spec.usable:
-            t = t.filter(t.column(spec.usable))
-        expected = set(t.column(col).to_pylist())
+    for t in run.tables(spec.input, [col, *([spec.usable] if spec.usable else [])]):  # two columns, file by file
+        expected.update((t.filter(t.column(spec.usable)) if spec.usable else t).column(col).to_pylist())
     return run.done_inputs(spec.name) & expected, expected
 
 
