@@ -14,11 +14,14 @@ time (user + system) and peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``) and 
 
     python benchmarks/bench_assembly.py --sizes 30000,300000,1000000 [--pandas-max 300000] [--before-max 300000]
 
-Paths: ``columnar`` writes every run config (sft, dpo, mcq, mcq_direct, simple_cot, raw_mcq, raw_simple_cot,
-raw_expansion) to OUT/<config>/train-*.parquet; ``columnar-5`` only the five sets the authors built, for a
-like-for-like ratio with ``pandas`` (those five sets, the authors' way, written as JSON); ``before`` is
-``lpt export`` as it was (the frozen row code of tests/_assemble_v1.py through the datasets builder, and the
-card).
+Paths: ``lpt export`` is the command itself (run in the measured process through its click entry point):
+the completeness check, every run config (sft, dpo, mcq, mcq_direct, simple_cot, raw_mcq, raw_simple_cot,
+raw_expansion) to OUT/<config>/train-*.parquet, the figures and the card, with HF_HOME pointed at an empty
+folder (files left there are counted: there must be none). ``lpt export 5`` is ``lpt export --only`` the five
+sets the authors built, for a like-for-like ratio with ``pandas`` (those five sets, the authors' way, written as
+JSON: benchmarks/authors_pandas.py). ``--library`` adds ``columnar``: the eight configs through the library
+alone (no check, figures or card). ``before`` is ``lpt export`` as it was (the frozen row code of
+tests/_assemble_v1.py through the datasets builder, and the card).
 """
 
 from __future__ import annotations
@@ -121,6 +124,27 @@ def job_new(run_dir: str, out_dir: str, cdc: bool = False, configs: tuple[str, .
     print(json.dumps({"rows": rows, "seconds": {k: round(v, 2) for k, v in times.items()}}))
 
 
+def job_lpt(run_dir: str, out_dir: str, configs: tuple[str, ...] = ()) -> None:
+    """``lpt export RUN OUT [--only …]`` itself, in this process: the completeness check, every config to
+    parquet, the figures and the card, with ``HF_HOME`` pointed at an empty folder that must stay empty."""
+    home = Path(out_dir + ".hf-home")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    from builder.cli import main as lpt
+
+    args = ["export", run_dir, out_dir] + [a for c in configs for a in ("--only", c)]
+    try:
+        lpt.main(args, standalone_mode=False)
+    finally:
+        left = [str(p) for p in home.rglob("*") if p.is_file()]
+        shutil.rmtree(home, ignore_errors=True)
+    rows = json.loads((Path(out_dir) / "export_report.json").read_text())["configs"]
+    print(json.dumps({"rows": rows, "cache_files_left": len(left)}))
+
+
 def job_before(run_dir: str, out_dir: str) -> None:
     """``lpt export`` as it was: the former row code (tests/_assemble_v1.py, frozen) through the datasets
     builder (per-row encoding, Arrow cache, Dataset.to_parquet), then the card."""
@@ -192,6 +216,9 @@ def main() -> None:
             return job_new(args[0], args[1], cdc="--cdc" in args, configs=tuple(args[args.index("--configs") + 1]
                                                                               .split(",")) if "--configs" in args
                            else CONFIGS)
+        if mode == "_lpt":
+            return job_lpt(args[0], args[1], tuple(args[args.index("--configs") + 1].split(","))
+                           if "--configs" in args else ())
         if mode == "_before":
             return job_before(args[0], args[1])
         if mode == "_pandas":
@@ -205,6 +232,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/lpt-bench", help="where runs and outputs go (runs are reused)")
     ap.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a measured job past this RSS")
     ap.add_argument("--cdc", action="store_true", help="write parquet with content-defined chunking (as datasets)")
+    ap.add_argument("--library", action="store_true",
+                    help="also time the configs alone through the library (no card, figures or checks)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     work = Path(args.work)
@@ -213,10 +242,12 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         run = build_run(work, size)
         records = json.loads((run / "manifest.json").read_text())["counts"]["expansion"]
-        new = ["_new", str(run), str(work / f"out-new-{records}")] + ["--cdc"] * args.cdc
-        paths = [("columnar", new)]
+        lpt = ["_lpt", str(run), str(work / f"out-lpt-{records}")]
+        paths = [("lpt export", lpt)]
+        if args.library:
+            paths.append(("columnar", ["_new", str(run), str(work / f"out-new-{records}")] + ["--cdc"] * args.cdc))
         if size <= args.pandas_max:  # the same five sets as the authors' path, then the authors' path
-            paths.append(("columnar-5", new + ["--configs", ",".join(SETS)]))
+            paths.append(("lpt export 5", lpt + ["--configs", ",".join(SETS)]))
             paths.append(("pandas", ["_pandas", str(run), str(work / f"out-pandas-{records}")]))
         if size <= args.before_max:
             paths.append(("before", ["_before", str(run), str(work / f"out-before-{records}")]))
@@ -225,13 +256,14 @@ def main() -> None:
             r.update(path=label, records=records)
             results.append(r)
             status = "killed" if r["killed"] else f"rc {r['rc']}"
-            print(f"{records:>9,} {label:>9}: {r['wall']:7.1f} s wall, {r['cpu']:7.1f} s CPU, "
-                  f"{r['peak_rss_gb']:5.2f} GB peak RSS ({status}) {json.dumps(r['job'].get('seconds', ''))}",
-                  flush=True)
+            left = r["job"].get("cache_files_left")
+            print(f"{records:>9,} {label:>12}: {r['wall']:7.1f} s wall, {r['cpu']:7.1f} s CPU, "
+                  f"{r['peak_rss_gb']:5.2f} GB peak RSS ({status}) {json.dumps(r['job'].get('seconds', ''))}"
+                  + (f" cache files left outside OUT: {left}" if left is not None else ""), flush=True)
     print()
-    print(f"{'records':>9} | {'path':>10} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | slower path / this "
+    print(f"{'records':>9} | {'path':>12} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | slower path / this "
           f"(wall, CPU)")
-    versus = {"columnar": "before", "columnar-5": "pandas"}
+    versus = {"lpt export": "before", "lpt export 5": "pandas", "columnar": "before"}
     for r in results:
         other = next((o for o in results if o["records"] == r["records"] and o["path"] == versus.get(r["path"])),
                      None)
@@ -240,9 +272,9 @@ def main() -> None:
             ratio = f"{other['path']}: {other['wall'] / r['wall']:.1f}x, {other['cpu'] / r['cpu']:.1f}x"
         elif other is not None:
             ratio = f"{other['path']}: killed past {args.max_rss_gb:g} GB" if other["killed"] else ""
-        print(f"{r['records']:>9,} | {r['path']:>10} | {r['wall']:>7.1f} | {r['cpu']:>7.1f} | "
+        print(f"{r['records']:>9,} | {r['path']:>12} | {r['wall']:>7.1f} | {r['cpu']:>7.1f} | "
               f"{r['peak_rss_gb']:>7.2f} | {ratio}")
-    for label in ("columnar", "columnar-5", "pandas", "before"):
+    for label in ("lpt export", "lpt export 5", "columnar", "pandas", "before"):
         done = [r for r in results if r["path"] == label and r["rc"] == 0]
         k, kc = slope([(r["records"], r["wall"]) for r in done]), slope([(r["records"], r["cpu"]) for r in done])
         if k is not None:

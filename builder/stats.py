@@ -16,10 +16,11 @@ import json
 import os
 import re
 import statistics
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +117,12 @@ class Opened:
             return None
         return pq.read_table(_config_files(self.path, name)).replace_schema_metadata(None)
 
+    def config_columns(self, name: str, columns: Sequence[str]) -> pa.Table | None:
+        """Only ``columns`` of an exported config (``None`` for a run, or when the export has no such config)."""
+        if self.kind != EXPORT or not _config_files(self.path, name):
+            return None
+        return pq.read_table(_config_files(self.path, name), columns=list(columns)).replace_schema_metadata(None)
+
     def export_report(self) -> dict[str, Any]:
         if self.kind != EXPORT:
             return {}
@@ -148,13 +155,23 @@ class Opened:
                                                        "rejected_id", "chosen_type", "rejected_type"])
         return self._assembled["dpo"]
 
+    def set_counts(self, name: str, column: str) -> tuple[Counter, str]:
+        """``(rows of set `name` by `column`'s value, where they come from)``: an export's config is read one
+        column at a time; a run's set is assembled (:meth:`sft`, :meth:`dpo`)."""
+        if self.kind == EXPORT and self.config_columns(name, [column]) is not None:
+            t = self.config_columns(name, [column])
+            return Counter(dict(zip(*(v.to_pylist() for v in pc.value_counts(t.column(column)).flatten())))), \
+                f"the export's {name} config"
+        rows, where = self.sft() if name == "sft" else self.dpo()
+        return Counter(r[column] for r in rows), where
+
     def _set(self, name: str, columns: list[str]) -> tuple[list[dict[str, Any]], str]:
         from builder import assemble
 
-        if self.kind == EXPORT:
-            t = self.config(name)
-            if t is not None:
-                return t.select([c for c in columns if c in t.column_names]).to_pylist(), f"the export's {name} config"
+        if self.kind == EXPORT and _config_files(self.path, name):
+            names = pq.read_schema(_config_files(self.path, name)[0]).names
+            t = self.config_columns(name, [c for c in columns if c in names])
+            return t.to_pylist(), f"the export's {name} config"
             why = self.export_report().get("empty", {}).get(name)
             return [], (f"the export left {name} out: {why}" if why else f"the export has no {name} config")
         traces = self.traces()
@@ -203,6 +220,7 @@ class Opened:
         return out
 
 
+T = TypeVar("T")
 _DESCRIPTION = re.compile(r"Image description:\s*(.*?)\n\s*Question:", re.S)
 
 
@@ -330,29 +348,48 @@ def _added_texts(e: pa.Table) -> pa.ChunkedArray:
     return pc.replace_substring_regex(added, pattern=r"(?is)</think>.*", replacement="", max_replacements=1)
 
 
+def _on_two_cores(fn: Callable[[pa.Table], T], parts: Iterable[pa.Table]) -> Iterator[T]:
+    """``fn`` of each part, in order, two at a time on worker threads (numpy and Arrow release the GIL), while
+    the next part is read; at most three parts in memory."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stats") as pool:
+        pending: deque = deque()
+        for part in parts:
+            pending.append(pool.submit(fn, part))
+            if len(pending) > 2:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _simple_lengths(s: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    kept = s.filter(s.column("keep"))
+    return word_counts(kept.column("thought")), kept.column("correct").to_numpy()
+
+
+def _expansion_lengths(e: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    kept = e.filter(e.column("keep"))
+    return (word_counts(kept.column("long_thought")), word_counts(_added_texts(kept)),
+            kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy(), kept.column("cue").to_pylist())
+
+
 def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
     """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
     (whole thought) and by cue (added words). The texts are read part by part (a big run's stage 3 is never
     in memory whole)."""
     out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
                                             "by_cue": {}}
-    for s in o.parts("simple_cot", ["thought", "correct", "keep"]):
-        kept = s.filter(s.column("keep"))
-        n = word_counts(kept.column("thought"))
-        correct = kept.column("correct").to_numpy()
+    for n, correct in _on_two_cores(_simple_lengths, o.parts("simple_cot", ["thought", "correct", "keep"])):
         out["all"]["simple"] += n.tolist()
         for t, mask in (("O", correct), ("X", ~correct)):
             out["by_type"].setdefault(t, []).extend(n[mask].tolist())
-    for e in o.parts("expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"]):
-        kept = e.filter(e.column("keep"))
-        n, added = word_counts(kept.column("long_thought")), word_counts(_added_texts(kept))
+    for n, added, simple_ok, ok, cues in _on_two_cores(_expansion_lengths, o.parts(
+            "expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])):
         out["all"]["expanded"] += n.tolist()
         out["all"]["added"] += added.tolist()
-        simple_ok, ok = kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy()
         for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
                         ("X_X", ~simple_ok & ~ok)):
             out["by_type"].setdefault(t, []).extend(n[mask].tolist())
-        for cue, a in zip(kept.column("cue").to_pylist(), added.tolist()):
+        for cue, a in zip(cues, added.tolist()):
             out["by_cue"].setdefault(cue, []).append(a)
     out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if out["by_type"].get(t)}
     out["by_cue"] = dict(sorted(out["by_cue"].items(), key=lambda kv: (-len(kv[1]), str(kv[0]))))  # most used first
@@ -407,10 +444,8 @@ def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                                            "accuracy": c.get("kept_correct", 0) / kept if kept else None}
 
     lengths = _lengths(o)
-    sft_rows, sft_from = o.sft()
-    dpo_rows, dpo_from = o.dpo()
-    sft_types = Counter(r["cot_type"] for r in sft_rows)
-    dpo_kinds = Counter(r["kind"] for r in dpo_rows)
+    sft_types, sft_from = o.set_counts("sft", "cot_type")
+    dpo_kinds, dpo_from = o.set_counts("dpo", "kind")
     stats = {
         "input": {"kind": o.kind, "path": str(o.path), "label": o.label},
         "counts": counts,
@@ -426,9 +461,9 @@ def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             "by_type": {t: _summary(v) for t, v in lengths["by_type"].items()},
             "added_by_cue": {c: _summary(v) for c, v in lengths["by_cue"].items()},
         },
-        "sft": {"rows": len(sft_rows), "from": sft_from,
+        "sft": {"rows": sum(sft_types.values()), "from": sft_from,
                 "cot_type": {t: sft_types[t] for t in TYPE_ORDER if sft_types[t]}},
-        "dpo": {"rows": len(dpo_rows), "from": dpo_from, "kind": dict(sorted(dpo_kinds.items()))},
+        "dpo": {"rows": sum(dpo_kinds.values()), "from": dpo_from, "kind": dict(sorted(dpo_kinds.items()))},
     }
     return stats, lengths
 
