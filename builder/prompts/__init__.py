@@ -17,7 +17,9 @@ Templates, one per prompt of the method (docs/method.md), all in our own words:
 
 ``Prompts(template_dir)`` looks in ``template_dir`` first, so a user's file with the same name (e.g.
 ``system.j2``) replaces ours; everything else falls back to the built-in files. Templates run in Jinja's
-sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty string).
+sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty string). A ``Prompts`` reads
+each template once, on first use, and does not look for edits on every render: a template edited since needs
+a new ``Prompts`` (every stage run makes its own).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
+            auto_reload=False,  # no stat of the template file on every render
         )
         self.env.globals["fail"] = _fail
 
