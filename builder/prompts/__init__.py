@@ -179,13 +179,20 @@ class Prompts:
                            cue: str, separator: str = " ", question_type: str = "", answer_format: str = "paren",
                            option_style: str = "paren") -> Messages:
         """Stage 3 chat: the user turn and the pre-filled assistant turn the model continues."""
-        return [
-            {"role": "user", "content": self.reasoning_user_text(
-                description, question, options, question_type=question_type, answer_format=answer_format,
-                option_style=option_style)},
-            {"role": "assistant", "content": self.reasoning_prefill(
-                question, options, thought, cue=cue, separator=separator, option_style=option_style)},
-        ]
+        return self.reasoning_chats(description, question, options, thought, [(cue, separator)],
+                                    question_type=question_type, answer_format=answer_format,
+                                    option_style=option_style)[0]
+
+    def reasoning_chats(self, description: str, question: str, options: Sequence[str], thought: str,
+                        cues: Sequence[tuple[str, str]], *, question_type: str = "", answer_format: str = "paren",
+                        option_style: str = "paren") -> list[Messages]:
+        """:meth:`reasoning_messages` for each ``(cue, separator)`` of ``cues``, all on one simple thought: the
+        user turn and the opening are rendered once."""
+        user = self.reasoning_user_text(description, question, options, question_type=question_type,
+                                        answer_format=answer_format, option_style=option_style)
+        opening = self.reasoning_opening(question, options, thought, option_style=option_style)
+        return [[{"role": "user", "content": user}, {"role": "assistant", "content": join_cue(opening, cue, sep)}]
+                for cue, sep in cues]
 
     # --------------------------------------------------------------------------------------- benchmark
 

@@ -174,17 +174,19 @@ def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
     return out
 
 
-def build_request(simple: dict[str, Any], description: str, cue: str, separator: str, k: int,
-                  config: PipelineConfig, prompts: Prompts) -> Request:
-    """The request of expansion ``k`` of a simple CoT: user turn + pre-filled assistant turn to continue."""
+def build_requests(simple: dict[str, Any], description: str, planned: Sequence[tuple[int, str, str]],
+                   config: PipelineConfig, prompts: Prompts) -> list[Request]:
+    """The requests of a simple CoT's planned expansions (``(k, cue, separator)`` from :func:`plan`): each a user
+    turn + a pre-filled assistant turn to continue (the user turn and the opening rendered once for all)."""
     cfg = config.stage3
-    messages = prompts.reasoning_messages(
-        description, simple["question"], simple["options"], simple["thought"], cue=cue, separator=separator,
+    chats = prompts.reasoning_chats(
+        description, simple["question"], simple["options"], simple["thought"], [(cue, sep) for _, cue, sep in planned],
         question_type=simple["question_type"], answer_format=simple["answer_format"],
         option_style=simple["option_style"])
-    params = cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
-                        bad_words=tuple(cfg.bad_words) if cfg.generation_bad_words else ())
-    return Request(messages, params=params, continue_final_message=True)
+    bad_words = tuple(cfg.bad_words) if cfg.generation_bad_words else ()
+    return [Request(messages, params=cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
+                                                bad_words=bad_words), continue_final_message=True)
+            for (k, _, _), messages in zip(planned, chats)]
 
 
 def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
@@ -206,8 +208,9 @@ def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineCon
     for sample_id, s in chunk:
         if s["image_id"] not in descriptions:
             raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
-        for k, cue, sep in plan(sample_id, config):
-            req = build_request(s, descriptions[s["image_id"]], cue, sep, k, config, prompts)
+        planned = plan(sample_id, config)
+        for (k, cue, sep), req in zip(planned, build_requests(s, descriptions[s["image_id"]], planned, config,
+                                                               prompts)):
             jobs.append((s, k, cue, sep, req))
             requests.append(req)
     outputs = engine.generate(requests)
@@ -252,5 +255,5 @@ SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
                  what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
                  prepare=prepare, make_rows=make_rows, finish=finish)
 
-__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_request", "expansion_rows", "finish", "first_bad_word",
+__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish", "first_bad_word",
            "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]
