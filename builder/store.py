@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -194,27 +194,40 @@ class RunDir:
 
     # ----------------------------------------------------------------------------------------------- read
 
-    def read_file(self, stage: str, path: Path) -> pa.Table:
-        """The rows of one file of ``stage``, checked against its schema (metadata dropped)."""
+    def read_file(self, stage: str, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of one file of ``stage``, checked against its schema (metadata dropped); with ``columns``
+        (in schema order), only those."""
+        schema = TABLES[stage].schema
         try:
-            t = pq.read_table(path)
+            if columns is None:
+                t = pq.read_table(path)
+                names = t.schema.names
+            else:  # the file's columns are checked before some are read
+                with pq.ParquetFile(path) as f:
+                    names = f.schema_arrow.names
+                    t = f.read(columns=columns) if names == schema.names else None
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
-        schema = TABLES[stage].schema
-        if t.schema.names != schema.names:
-            raise StoreError(f"{path}: columns {t.schema.names} do not match the {stage!r} schema {schema.names}")
+        if names != schema.names:
+            raise StoreError(f"{path}: columns {names} do not match the {stage!r} schema {schema.names}")
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
         return t.replace_schema_metadata(None).cast(schema)
 
-    def read(self, stage: str) -> pa.Table:
-        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none.
+    def read(self, stage: str, columns: Iterable[str] | None = None) -> pa.Table:
+        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none. With
+        ``columns``, only those (and the key and input columns), in schema order: the other columns are not
+        read at all.
 
         Each input's rows are taken from one file: should two files cover the same input (two writers of an old
         version, say), the later file's rows for it are left out, with a warning naming both files."""
         files = self.files(stage)  # (an unknown stage fails here)
         col = TABLES[stage].input_column
+        if columns is not None:
+            columns = _with_keys(stage, columns)
         tables, seen = [], {}
         for p in files:
-            t = self.read_file(stage, p)
+            t = self.read_file(stage, p, columns)
             if col:
                 ids = self._covered(stage, p, t)
                 again = [i for i in ids if i in seen]
@@ -225,7 +238,8 @@ class RunDir:
                 seen.update((i, p.name) for i in ids if i not in seen)
             tables.append(t)
         if not tables:
-            return TABLES[stage].schema.empty_table()
+            empty = TABLES[stage].schema.empty_table()
+            return empty if columns is None else empty.select(columns)
         table = pa.concat_tables(tables)
         return table.sort_by([(k, "ascending") for k in TABLES[stage].sort_keys])
 
@@ -341,6 +355,17 @@ class RunDir:
         write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",
                    tag="manifest")
         return m
+
+
+def _with_keys(stage: str, columns: Iterable[str]) -> list[str]:
+    """``columns`` of ``stage`` and its key and input columns, in schema order (an unknown one is an error)."""
+    spec = TABLES[stage]
+    wanted = set(columns)
+    unknown = sorted(wanted - set(spec.schema.names))
+    if unknown:
+        raise ValueError(f"{stage} has no column {unknown[0]!r}; its columns are {spec.schema.names}")
+    wanted |= {*spec.sort_keys, spec.input_column}
+    return [c for c in spec.schema.names if c in wanted]
 
 
 def _unreadable(path: Path, e: Exception) -> StoreError:

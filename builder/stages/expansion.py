@@ -253,7 +253,8 @@ def run(
 
 SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
                  what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
-                 prepare=prepare, make_rows=make_rows, finish=finish)
+                 prepare=prepare, make_rows=make_rows, finish=finish,
+                 summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"))
 
 __all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish", "first_bad_word",
            "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]

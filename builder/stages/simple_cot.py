@@ -135,7 +135,8 @@ def run(
 
 
 SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
-                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish)
+                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish,
+                 summary_columns=("parsed", "correct", "keep", "drop_reason"))
 
 __all__ = ["SPEC", "build_request", "finish", "label_response", "make_rows", "prepare", "presentation", "run",
            "sample_rows"]
