@@ -70,9 +70,12 @@ class StageSpec:
         return TABLES[self.name]
 
 
-def usable_inputs(run: RunDir, spec: StageSpec) -> list[dict[str, Any]]:
-    """The input rows the stage works on (e.g. the valid MCQs for stage 2), in the input table's order."""
-    rows = run.read(spec.input).to_pylist()
+def usable_inputs(run: RunDir, spec: StageSpec, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The input rows the stage works on (e.g. the valid MCQs for stage 2), in the input table's order; with
+    ``columns``, only those (and the key columns: ``RunDir.read``)."""
+    if columns is not None and spec.usable:
+        columns = [*columns, spec.usable]
+    rows = run.read(spec.input, columns).to_pylist()
     return [r for r in rows if r[spec.usable]] if spec.usable else rows
 
 
@@ -243,7 +246,7 @@ class IncompleteInput(StoreError):
 def progress_of(run: RunDir, spec: StageSpec) -> tuple[set[str], set[str]]:
     """``(done, expected)`` input ids of a stage: what it has covered, of the inputs it works on."""
     col = spec.table.input_column
-    expected = {r[col] for r in usable_inputs(run, spec)} if run.has(spec.input) else set()
+    expected = {r[col] for r in usable_inputs(run, spec, [col])} if run.has(spec.input) else set()
     return run.done_inputs(spec.name) & expected, expected
 
 
