@@ -203,8 +203,9 @@ _NOT_A_LETTER_FORM = -2
 def _clean(s: str) -> str:
     """An answer or option text without its dressing, whitespace collapsed (case kept)."""
     s = _SPECIAL_TOKEN.sub("", normalize_text(s))
-    for _ in range(3):  # \boxed{\text{(B)}}: innermost first
-        s = _LATEX_WRAP.sub(r"\1", s)
+    if "\\" in s:  # every wrap starts with one (and each sub costs microseconds, even on "B")
+        for _ in range(3):  # \boxed{\text{(B)}}: innermost first
+            s = _LATEX_WRAP.sub(r"\1", s)
     s = s.replace("**", "").replace("__", "").replace("`", "").replace("$", "")
     s = _WS.sub(" ", s).strip().strip("*_\"' ")
     return s.rstrip(".!;, ").strip("*_\"' ")
