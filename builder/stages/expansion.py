@@ -30,6 +30,9 @@ from .common import StageSpec, StageSummary, report, request_seed, run_stage_loc
 
 STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
+# the columns of a simple CoT that stage 3 reads (with its keys: not its response or prompts)
+INPUT_COLUMNS = ("image_id", "question", "options", "answer_index", "question_type", "option_style",
+                 "answer_format", "thought", "correct")
 _END = re.compile(r"</think>", re.I)
 
 
@@ -210,7 +213,7 @@ def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]]
     description."""
     if not run.has("simple_cot"):
         raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
-    simples = usable_inputs(run, SPEC)
+    simples = usable_inputs(run, SPEC, INPUT_COLUMNS)
     descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
     return [(s["sample_id"], s) for s in simples], descriptions
 
