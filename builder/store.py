@@ -195,8 +195,8 @@ class RunDir:
     # ----------------------------------------------------------------------------------------------- read
 
     def read_file(self, stage: str, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-        """The rows of one file of ``stage``, checked against its schema (metadata dropped); with ``columns``
-        (in schema order), only those."""
+        """The rows of one file of ``stage``, checked against its schema (metadata dropped); with ``columns``,
+        only those."""
         schema = TABLES[stage].schema
         try:
             if columns is None:
