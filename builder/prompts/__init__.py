@@ -80,6 +80,7 @@ class Prompts:
             autoescape=False,
             keep_trailing_newline=False,
             auto_reload=False,  # no stat of the template file on every render
+            cache_size=-1,  # a plain dict of the loaded templates (a dozen), no LRU bookkeeping on every render
         )
         self.env.globals["fail"] = _fail
 
