@@ -3,8 +3,8 @@
 ``ReplayEngine`` answers every request at once with stored texts (the authors' real generations, lengthened to
 --chars characters), so the time measured is the stage's own: prompts, parsing, labelling, the bad-word check,
 ids, chunked writes. Stage 3 runs twice on the same stage-2 records: with the former ``first_bad_word`` (one
-regex search per bad word; the oracle ``first_bad_word_v1`` of tests/test_bad_words.py) and with the current one (one precompiled
-alternation). The bad-word check alone is also timed on the stage-3 added texts.
+regex search per bad word; the oracle ``first_bad_word_v1`` of tests/test_bad_words.py) and with the current one (one
+``str.find`` per stem in the lower-cased text). The bad-word check alone is also timed on the stage-3 added texts.
 
     python benchmarks/bench_stage_overhead.py [--images 100] [--chars 3000] [--work /tmp/lpt-stage-bench]
 """

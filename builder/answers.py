@@ -23,6 +23,7 @@ Bump :data:`MATCHER_VERSION` whenever the rule changes; runs record it.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -202,8 +203,9 @@ _NOT_A_LETTER_FORM = -2
 def _clean(s: str) -> str:
     """An answer or option text without its dressing, whitespace collapsed (case kept)."""
     s = _SPECIAL_TOKEN.sub("", normalize_text(s))
-    for _ in range(3):  # \boxed{\text{(B)}}: innermost first
-        s = _LATEX_WRAP.sub(r"\1", s)
+    if "\\" in s:  # every wrap starts with one (and each sub costs microseconds, even on "B")
+        for _ in range(3):  # \boxed{\text{(B)}}: innermost first
+            s = _LATEX_WRAP.sub(r"\1", s)
     s = s.replace("**", "").replace("__", "").replace("`", "").replace("$", "")
     s = _WS.sub(" ", s).strip().strip("*_\"' ")
     return s.rstrip(".!;, ").strip("*_\"' ")
@@ -227,11 +229,17 @@ def _letter_reading(a: str, normed: Sequence[str]) -> int:
     return i
 
 
+@functools.lru_cache(maxsize=1024)
+def _normed_options(options: tuple[str, ...]) -> tuple[str, ...]:
+    """The options as an answer is compared with them (cached: every sample of an item has the same options)."""
+    return tuple(_clean(o).casefold() for o in options)
+
+
 def match_option(answer: str | None, options: Sequence[str]) -> int:
     """Index of the one option ``answer`` names, or -1 when it names none, several, or contradicts itself."""
     if not isinstance(answer, str) or not options:
         return -1
-    normed = [_clean(str(o)).casefold() for o in options]
+    normed = _normed_options(tuple(map(str, options)))
     a = _clean(answer)
     for _ in range(3):  # "Answer: The correct option is (B)" peels twice
         if not a:

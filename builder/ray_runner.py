@@ -328,7 +328,7 @@ class RayRunner:
                     model_ids = self._actors(spec, plan, config, context, models, bar) or model_ids
             finally:
                 bar.close()
-        rows = shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard))
+        rows = shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard), spec.summary_columns)
         return spec.finish(run, config, rows, shard=shard, progress=progress, items_in=len(plan.mine),
                            skipped=len(plan.mine) - len(plan.pending), model_ids=model_ids)
 

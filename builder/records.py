@@ -17,9 +17,12 @@ import pyarrow as pa
 # ----------------------------------------------------------------------------------------------- ids / seeds
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)  # as json.dumps
+
+
 def content_id(*parts: object) -> str:
     """A stable sha256 hex id of the JSON form of ``parts`` (order matters)."""
-    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    blob = _JSON.encode(parts)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

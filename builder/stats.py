@@ -79,7 +79,8 @@ class Opened:
             if (stage, None) in self._tables:
                 self._tables[key] = self._tables[(stage, None)].select(schema.names)
             elif self.kind == RUN:
-                self._tables[key] = RunDir(self.path).read(stage, cols)
+                t = RunDir(self.path).read(stage, cols)
+                self._tables[key] = t if cols is None else t.select(cols)
             elif stage in _RAW and _config_files(self.path, _RAW[stage]):
                 t = pq.read_table(_config_files(self.path, _RAW[stage]), columns=cols)
                 self._tables[key] = t.replace_schema_metadata(None).cast(schema)

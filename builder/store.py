@@ -195,13 +195,17 @@ class RunDir:
     # ----------------------------------------------------------------------------------------------- read
 
     def read_file(self, stage: str, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-        """The rows of one file of ``stage`` (only ``columns``, when given), checked against its schema (metadata
-        dropped)."""
+        """The rows of one file of ``stage``, checked against its schema (metadata dropped); with ``columns``,
+        only those."""
         schema = TABLES[stage].schema
         try:
-            f = pq.ParquetFile(path)
-            names = f.schema_arrow.names
-            t = f.read(columns=list(columns) if columns is not None and names == schema.names else None)
+            if columns is None:
+                t = pq.read_table(path)
+                names = t.schema.names
+            else:  # the file's columns are checked before some are read
+                with pq.ParquetFile(path) as f:
+                    names = f.schema_arrow.names
+                    t = f.read(columns=columns) if names == schema.names else None
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
         if names != schema.names:
@@ -210,28 +214,27 @@ class RunDir:
             schema = pa.schema([schema.field(c) for c in columns])
         return t.replace_schema_metadata(None).cast(schema)
 
-    def read(self, stage: str, columns: Sequence[str] | None = None) -> pa.Table:
-        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none.
-        ``columns``: only these (the rest is not read from the files; same rows, same order).
+    def read(self, stage: str, columns: Iterable[str] | None = None) -> pa.Table:
+        """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none. With
+        ``columns``, only those (and the key and input columns), in schema order: the other columns are not
+        read at all.
 
         Each input's rows are taken from one file: should two files cover the same input (two writers of an old
         version, say), the later file's rows for it are left out, with a warning naming both files."""
         self.stage_dir(stage)  # an unknown stage fails here
-        keys = TABLES[stage].sort_keys
-        wanted = None if columns is None else list(dict.fromkeys([*columns, *keys]))
+        wanted = None if columns is None else _with_keys(stage, columns)
         tables = list(self.tables(stage, wanted))
         if not tables:
             empty = TABLES[stage].schema.empty_table()
-            return empty if columns is None else empty.select(list(columns))
-        table = pa.concat_tables(tables).sort_by([(k, "ascending") for k in keys])
-        return table if columns is None else table.select(list(columns))
+            return empty if wanted is None else empty.select(wanted)
+        return pa.concat_tables(tables).sort_by([(k, "ascending") for k in TABLES[stage].sort_keys])
 
     def tables(self, stage: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         """The rows of a stage file by file, as :meth:`read` takes them (each input's rows once) but not sorted:
         what a pass over a big stage reads, one file in memory at a time."""
         files = self.files(stage)  # (an unknown stage fails here)
         col = TABLES[stage].input_column
-        wanted = None if columns is None else list(dict.fromkeys([*columns, *([col] if col else [])]))
+        wanted = None if columns is None else _with_keys(stage, columns)
         seen: dict[str, str] = {}
         for p in files:
             t = self.read_file(stage, p, wanted)
@@ -357,6 +360,17 @@ class RunDir:
         write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",
                    tag="manifest")
         return m
+
+
+def _with_keys(stage: str, columns: Iterable[str]) -> list[str]:
+    """``columns`` of ``stage`` and its key and input columns, in schema order (an unknown one is an error)."""
+    spec = TABLES[stage]
+    wanted = set(columns)
+    unknown = sorted(wanted - set(spec.schema.names))
+    if unknown:
+        raise ValueError(f"{stage} has no column {unknown[0]!r}; its columns are {spec.schema.names}")
+    wanted |= {*spec.sort_keys, spec.input_column}
+    return [c for c in spec.schema.names if c in wanted]
 
 
 def _unreadable(path: Path, e: Exception) -> StoreError:

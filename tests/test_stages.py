@@ -316,6 +316,20 @@ def test_summary_table_renders(pipeline):
     assert "samples out" in out and "filtered: bad_word" in out and "items in" in out
 
 
+def test_finish_needs_only_its_summary_columns(pipeline):
+    """A stage's summary from the columns it declares (all its runners read back) is the one from whole rows."""
+    from builder.stages import STAGES
+    from builder.stages.common import shard_rows
+
+    run, _, _, cfg, _ = pipeline
+    for spec in STAGES:
+        ids = run.done_inputs(spec.name)
+        kw = dict(shard=(0, 1), progress=False, items_in=len(ids), skipped=0, model_ids={"engine": "replay"})
+        some = shard_rows(run, spec.name, ids, spec.summary_columns)
+        assert len(some[0]) < len(spec.table.schema)
+        assert spec.finish(run, cfg, some, **kw) == spec.finish(run, cfg, shard_rows(run, spec.name, ids), **kw)
+
+
 # -------------------------------------------------------------------------------------------------- config
 
 

@@ -87,6 +87,21 @@ def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path):
         run.read("mcq")
 
 
+def test_reading_some_columns(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.read("mcq", ["valid"]).column_names == ["mcq_id", "image_id", "item_index", "valid"]  # empty
+    run.write_chunk("mcq", table(mcq_rows("b", 2)), ["b"])
+    run.write_chunk("mcq", table(mcq_rows("a", 1)), ["a"])
+    t = run.read("mcq", ["valid", "question"])  # and the key and input columns, in schema order
+    assert t.column_names == ["mcq_id", "image_id", "item_index", "question", "valid"]
+    assert t.equals(run.read("mcq").select(t.column_names))
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        run.read("mcq", ["nope"])
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "r" / "mcq" / "shard-0-of-1.chunk-x.parquet")
+    with pytest.raises(StoreError, match=r"shard-0-of-1\.chunk-x\.parquet: columns \['x'\]"):
+        run.read("mcq", ["valid"])
+
+
 def test_wrong_schema_and_empty_chunks_are_refused(tmp_path):
     run = RunDir(tmp_path / "r")
     with pytest.raises(StoreError, match="do not match the stage schema"):

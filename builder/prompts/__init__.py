@@ -17,7 +17,9 @@ Templates, one per prompt of the method (docs/method.md), all in our own words:
 
 ``Prompts(template_dir)`` looks in ``template_dir`` first, so a user's file with the same name (e.g.
 ``system.j2``) replaces ours; everything else falls back to the built-in files. Templates run in Jinja's
-sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty string).
+sandbox with ``StrictUndefined`` (a missing variable is an error, not an empty string). A ``Prompts`` reads
+each template once, on first use, and does not look for edits on every render: a template edited since needs
+a new ``Prompts`` (every stage run makes its own).
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
+            auto_reload=False,  # no stat of the template file on every render
+            cache_size=-1,  # a plain dict of the loaded templates (a dozen), no LRU bookkeeping on every render
         )
         self.env.globals["fail"] = _fail
 
@@ -176,13 +180,20 @@ class Prompts:
                            cue: str, separator: str = " ", question_type: str = "", answer_format: str = "paren",
                            option_style: str = "paren") -> Messages:
         """Stage 3 chat: the user turn and the pre-filled assistant turn the model continues."""
-        return [
-            {"role": "user", "content": self.reasoning_user_text(
-                description, question, options, question_type=question_type, answer_format=answer_format,
-                option_style=option_style)},
-            {"role": "assistant", "content": self.reasoning_prefill(
-                question, options, thought, cue=cue, separator=separator, option_style=option_style)},
-        ]
+        return self.reasoning_chats(description, question, options, thought, [(cue, separator)],
+                                    question_type=question_type, answer_format=answer_format,
+                                    option_style=option_style)[0]
+
+    def reasoning_chats(self, description: str, question: str, options: Sequence[str], thought: str,
+                        cues: Sequence[tuple[str, str]], *, question_type: str = "", answer_format: str = "paren",
+                        option_style: str = "paren") -> list[Messages]:
+        """:meth:`reasoning_messages` for each ``(cue, separator)`` of ``cues``, all on one simple thought: the
+        user turn and the opening are rendered once."""
+        user = self.reasoning_user_text(description, question, options, question_type=question_type,
+                                        answer_format=answer_format, option_style=option_style)
+        opening = self.reasoning_opening(question, options, thought, option_style=option_style)
+        return [[{"role": "user", "content": user}, {"role": "assistant", "content": join_cue(opening, cue, sep)}]
+                for cue, sep in cues]
 
     # --------------------------------------------------------------------------------------- benchmark
 

@@ -47,8 +47,11 @@ class StageSpec:
     prepare: Callable[..., tuple[list[tuple[str, Any]], Any]] | None = None
     # make_rows(chunk, engine, config, prompts, context, **engines) -> the chunk's rows (pure given the engines);
     make_rows: Callable[..., list[dict[str, Any]]] | None = None
-    # finish(run, config, rows, *, shard, progress, items_in, skipped, model_ids) -> the summary, reported.
+    # finish(run, config, rows, *, shard, progress, items_in, skipped, model_ids) -> the summary, reported;
     finish: Callable[..., "StageSummary"] | None = None
+    # the columns of its output that ``finish`` reads: the rows it gets hold only those (and the key columns), so
+    # the texts are not read back (None: every column).
+    summary_columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _SPECS[self.name] = self  # so a stage finds the one before it (require_input)
@@ -67,9 +70,12 @@ class StageSpec:
         return TABLES[self.name]
 
 
-def usable_inputs(run: RunDir, spec: StageSpec) -> list[dict[str, Any]]:
-    """The input rows the stage works on (e.g. the valid MCQs for stage 2), in the input table's order."""
-    rows = run.read(spec.input).to_pylist()
+def usable_inputs(run: RunDir, spec: StageSpec, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The input rows the stage works on (e.g. the valid MCQs for stage 2), in the input table's order; with
+    ``columns``, only those (and the key columns: ``RunDir.read``)."""
+    if columns is not None and spec.usable:
+        columns = [*columns, spec.usable]
+    rows = run.read(spec.input, columns).to_pylist()
     return [r for r in rows if r[spec.usable]] if spec.usable else rows
 
 
@@ -205,7 +211,8 @@ def process(
     items_in, skipped = run_chunks(run, spec.name, inputs, make_rows, shard=shard,
                                    chunk_size=chunk_size or config.chunk_size, progress=progress,
                                    settings=stage_settings(config, spec.section))
-    return items_in, skipped, shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard))
+    return items_in, skipped, shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard),
+                                         spec.summary_columns)
 
 
 def run_stage_locally(spec: StageSpec, run: RunDir, engine: Any, config: Any, *, shard: tuple[int, int] | str,
@@ -285,11 +292,13 @@ def in_shard(ids: Iterable[str], shard: tuple[int, int] | str) -> list[str]:
     return [k for k in ids if shard_of(k, n) == i]
 
 
-def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """The stage's rows whose input is among ``input_ids`` (this shard's share of the stage)."""
+def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str],
+               columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The stage's rows whose input is among ``input_ids`` (this shard's share of the stage); with ``columns``,
+    only those (and the key columns: ``RunDir.read``)."""
     ids = set(input_ids)
     col = TABLES[stage].input_column
-    return [r for r in run.read(stage).to_pylist() if r[col] in ids]
+    return [r for r in run.read(stage, columns).to_pylist() if r[col] in ids]
 
 
 def summarise(stage: str, shard: tuple[int, int] | str, rows: list[dict[str, Any]], *, items_in: int,

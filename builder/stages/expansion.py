@@ -30,6 +30,9 @@ from .common import StageSpec, StageSummary, report, request_seed, run_stage_loc
 
 STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
+# the columns of a simple CoT that stage 3 reads (with its keys: not its response or prompts)
+INPUT_COLUMNS = ("image_id", "question", "options", "answer_index", "question_type", "option_style",
+                 "answer_format", "thought", "correct")
 _END = re.compile(r"</think>", re.I)
 
 
@@ -42,7 +45,7 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
     """
     if not bad_words:
         return ""
-    words, folded, lowered, pattern = _bad_words(tuple(bad_words))
+    words, folded, stems, pattern = _bad_words(tuple(bad_words))
     best: tuple[int, str] | None = None
     if substring:  # the casefolded word in the casefolded text
         hay = text.casefold()
@@ -51,21 +54,26 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
             if pos >= 0 and (best is None or pos < best[0]):
                 best = (pos, w)
         return best[1] if best else ""
-    if lowered is None or not (text.isascii() or not any(c in text for c in _FOLDS_TO_ASCII)):
+    if stems is None or not (text.isascii() or not any(c in text for c in _FOLDS_TO_ASCII)):
         m = pattern.search(text)
         return words[m.lastindex - 1] if m else ""
-    hay, n = text.lower(), len(text)  # same positions: no character of the text lower-cases to two
-    for w, lw in zip(words, lowered):
-        pos = hay.find(lw)
-        while pos >= 0:  # (?<![\w']) before it and (?![\w']) after it, on the text itself
-            end = pos + len(lw)
-            if (pos == 0 or not (text[pos - 1].isalnum() or text[pos - 1] in "_'")) and \
-                    (end == n or not (text[end].isalnum() or text[end] in "_'")):
+    hay = text.lower()  # same positions: no character of the text lower-cases to two
+    for stem, group in stems:
+        pos = hay.find(stem)
+        while pos >= 0:  # the smallest word of the group there that stands alone, if any
+            hit = next((w for w, lw in group if hay.startswith(lw, pos) and _alone(text, pos, pos + len(lw))), "")
+            if hit:
+                if best is None or (pos, hit) < best:  # the earliest; at one position, the smallest word
+                    best = (pos, hit)
                 break
-            pos = hay.find(lw, pos + 1)
-        if pos >= 0 and (best is None or pos < best[0]):
-            best = (pos, w)
+            pos = hay.find(stem, pos + 1)
     return best[1] if best else ""
+
+
+def _alone(text: str, start: int, end: int) -> bool:
+    r"""``(?<![\w'])`` at ``start`` and ``(?![\w'])`` at ``end``: no word character or ' on either side."""
+    return (start == 0 or not (text[start - 1].isalnum() or text[start - 1] in "_'")) and \
+        (end == len(text) or not (text[end].isalnum() or text[end] in "_'"))
 
 
 # The only characters beyond ASCII that re.IGNORECASE matches with an ASCII one (İ ı ſ and the Kelvin sign):
@@ -74,24 +82,35 @@ _FOLDS_TO_ASCII = "\u0130\u0131\u017f\u212a"
 
 
 @functools.lru_cache(maxsize=64)
-def _bad_words(bad_words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...] | None,
+def _bad_words(bad_words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...],
+                                                     tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None,
                                                      re.Pattern]:
-    r"""``(words, casefolded, lower-cased, pattern)`` for a bad-word tuple, words sorted (smallest first).
+    r"""``(words, casefolded, stems, pattern)`` for a bad-word tuple, words sorted (smallest first).
 
-    The word rule is ``(?<![\w'])word(?![\w'])``, case-insensitively. With ASCII words (``lower-cased`` is
-    None otherwise) and a text without :data:`_FOLDS_TO_ASCII`, that is one ``str.find`` per word in the
-    lower-cased text. Any other text is searched with ``pattern``, one precompiled case-insensitive
+    The word rule is ``(?<![\w'])word(?![\w'])``, case-insensitively. With ASCII words (``stems`` is None
+    otherwise) and a text without :data:`_FOLDS_TO_ASCII`, a word occurs where its lower-cased form is in the
+    lower-cased text. ``stems`` groups the words under their stem, the shortest lower-cased word that theirs
+    starts with ("state" for "state", "states" and "stated"): one ``str.find`` per stem (15 for the 23 words of
+    the method), and where the stem is, each word of its group (in sorted order) is tried there.
+    Any other text is searched with ``pattern``, one precompiled case-insensitive
     alternation of every word, each in its own group: the leftmost match is the earliest position any word
     occurs at, and there the alternatives are tried in order, so the first that matches is the smallest word
     (a case-insensitive class of the words' first letters skips the positions no word can start at).
-    Scanning the words in sorted order and keeping a hit only when it is strictly earlier is the same rule.
+    Both give the smallest ``(position, word)`` of the words that occur, the rule of one search per word.
     """
     words = tuple(sorted(bad_words))
     body = "|".join(f"({re.escape(w)})" for w in words)
     first = "" if "" in words else "(?=[" + "".join(sorted({re.escape(w[0]) for w in words})) + "])"
     pattern = re.compile(r"(?<![\w'])" + first + "(?:" + body + r")(?![\w'])", re.I)
-    lowered = tuple(w.lower() for w in words) if all(w.isascii() for w in words) else None
-    return words, tuple(w.casefold() for w in words), lowered, pattern
+    stems = None
+    if all(w.isascii() for w in words):
+        shortest_first = sorted({w.lower() for w in words}, key=len)
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for w in words:
+            lw = w.lower()
+            groups.setdefault(next(s for s in shortest_first if lw.startswith(s)), []).append((w, lw))
+        stems = tuple((stem, tuple(group)) for stem, group in groups.items())
+    return words, tuple(w.casefold() for w in words), stems, pattern
 
 
 def with_full_stop(thought: str) -> str:
@@ -174,17 +193,19 @@ def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
     return out
 
 
-def build_request(simple: dict[str, Any], description: str, cue: str, separator: str, k: int,
-                  config: PipelineConfig, prompts: Prompts) -> Request:
-    """The request of expansion ``k`` of a simple CoT: user turn + pre-filled assistant turn to continue."""
+def build_requests(simple: dict[str, Any], description: str, planned: Sequence[tuple[int, str, str]],
+                   config: PipelineConfig, prompts: Prompts) -> list[Request]:
+    """The requests of a simple CoT's planned expansions (``(k, cue, separator)`` from :func:`plan`): each a user
+    turn + a pre-filled assistant turn to continue (the user turn and the opening rendered once for all)."""
     cfg = config.stage3
-    messages = prompts.reasoning_messages(
-        description, simple["question"], simple["options"], simple["thought"], cue=cue, separator=separator,
+    chats = prompts.reasoning_chats(
+        description, simple["question"], simple["options"], simple["thought"], [(cue, sep) for _, cue, sep in planned],
         question_type=simple["question_type"], answer_format=simple["answer_format"],
         option_style=simple["option_style"])
-    params = cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
-                        bad_words=tuple(cfg.bad_words) if cfg.generation_bad_words else ())
-    return Request(messages, params=params, continue_final_message=True)
+    bad_words = tuple(cfg.bad_words) if cfg.generation_bad_words else ()
+    return [Request(messages, params=cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
+                                                bad_words=bad_words), continue_final_message=True)
+            for (k, _, _), messages in zip(planned, chats)]
 
 
 def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
@@ -192,7 +213,7 @@ def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]]
     description."""
     if not run.has("simple_cot"):
         raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
-    simples = usable_inputs(run, SPEC)
+    simples = usable_inputs(run, SPEC, INPUT_COLUMNS)
     descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
     return [(s["sample_id"], s) for s in simples], descriptions
 
@@ -206,8 +227,9 @@ def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineCon
     for sample_id, s in chunk:
         if s["image_id"] not in descriptions:
             raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
-        for k, cue, sep in plan(sample_id, config):
-            req = build_request(s, descriptions[s["image_id"]], cue, sep, k, config, prompts)
+        planned = plan(sample_id, config)
+        for (k, cue, sep), req in zip(planned, build_requests(s, descriptions[s["image_id"]], planned, config,
+                                                               prompts)):
             jobs.append((s, k, cue, sep, req))
             requests.append(req)
     outputs = engine.generate(requests)
@@ -250,7 +272,8 @@ def run(
 
 SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
                  what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
-                 prepare=prepare, make_rows=make_rows, finish=finish)
+                 prepare=prepare, make_rows=make_rows, finish=finish,
+                 summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"))
 
-__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_request", "expansion_rows", "finish", "first_bad_word",
+__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish", "first_bad_word",
            "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]

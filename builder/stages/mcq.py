@@ -218,7 +218,8 @@ def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
 
 SPEC = StageSpec(1, "mcq", input="source", usable=None, run=run, extra_engines=_reformat_engine,
                  what="MCQs from the source's descriptions", no_input="the run has no source images",
-                 prepare=prepare, make_rows=make_rows, finish=finish)
+                 prepare=prepare, make_rows=make_rows, finish=finish,
+                 summary_columns=("item_index", "valid", "invalid_reason"))
 
 __all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "finish", "make_rows", "mcq_rows", "parse_mcq_response", "prepare",
            "resolve_answer", "run"]

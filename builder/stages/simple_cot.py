@@ -23,6 +23,8 @@ from .common import (StageSpec, StageSummary, load_image, report, request_seed, 
                      usable_inputs)
 
 STAGE = "simple_cot"  # its table, and the name its seeds are drawn under
+# the columns of an MCQ that stage 2 reads (with its keys: not the stage-1 replies)
+INPUT_COLUMNS = ("question", "options", "answer_index", "question_type")
 
 
 def presentation(mcq: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -82,7 +84,7 @@ def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]]
     """Stage 2's inputs, ``(mcq_id, MCQ row)`` for every valid MCQ, and its context: image id -> image path."""
     if not run.has("mcq"):
         raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
-    mcqs = usable_inputs(run, SPEC)
+    mcqs = usable_inputs(run, SPEC, INPUT_COLUMNS)
     images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
     return [(m["mcq_id"], m) for m in mcqs], images
 
@@ -135,7 +137,8 @@ def run(
 
 
 SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
-                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish)
+                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish,
+                 summary_columns=("parsed", "correct", "keep", "drop_reason"))
 
 __all__ = ["SPEC", "build_request", "finish", "label_response", "make_rows", "prepare", "presentation", "run",
            "sample_rows"]
