@@ -7,8 +7,6 @@ parses flags or formats tables. Every stage is driven through its declaration in
 from __future__ import annotations
 
 import functools
-import gc
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.config import ModelConfig, PipelineConfig
+from builder.config import PipelineConfig
+from builder.engines import RAY_VLLM
+from builder.engines.pool import EngineCache
 from builder.records import SOURCE, TABLES, shard_of, tally
 from builder.sources import Skips, load_source
 from builder.stages import STAGES, StageSpec, StageSummary
@@ -72,48 +72,6 @@ def prepare_source(run: RunDir, spec: str | None, *, split: str | None = None, s
     return len(rows)
 
 
-class EngineCache:
-    """The engines a stage needs, kept while the next stage needs the same ones (same engine kind, model and
-    options) and closed otherwise before new ones load (two big models rarely fit on one GPU)."""
-
-    def __init__(self) -> None:
-        self.engines: dict[str, Any] = {}
-
-    @staticmethod
-    def _key(model_cfg: ModelConfig) -> str:
-        return json.dumps([model_cfg.engine, model_cfg.model, model_cfg.engine_options], sort_keys=True, default=str)
-
-    def get_all(self, models: Sequence[ModelConfig]) -> list[Any]:
-        """One engine per model config, in order; engines no longer asked for are closed first."""
-        keys = [self._key(m) for m in models]
-        for key in [k for k in self.engines if k not in keys]:
-            _close(self.engines.pop(key))
-        for key, model_cfg in zip(keys, models):
-            if key not in self.engines:
-                self.engines[key] = model_cfg.load_engine()
-        return [self.engines[k] for k in keys]
-
-    def close(self) -> None:
-        for engine in self.engines.values():
-            _close(engine)
-        self.engines.clear()
-
-
-def _close(engine: Any) -> None:
-    close = getattr(engine, "close", None)
-    if callable(close):
-        close()
-    del engine
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
 def usable_count(run: RunDir, spec: StageSpec) -> int:
     """How many inputs ``spec`` would find (valid MCQs for stage 2, kept simple CoTs for stage 3, ...)."""
     return len(usable_inputs(run, spec)) if run.has(spec.input) else 0
@@ -144,7 +102,6 @@ def wait_for_input(run: RunDir, spec: StageSpec, wait: float, *, poll: float = 5
 
 RUNNERS = ("local", "ray")
 """``generate``'s runners: ``local`` (this process, chunk after chunk) and ``ray`` (:mod:`builder.ray_runner`)."""
-RAY_VLLM = "ray-vllm"
 """The engine kind that runs a stage's model through ``ray.data.llm``'s vLLM processor (Ray runner only)."""
 
 

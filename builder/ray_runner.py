@@ -38,7 +38,8 @@ from builder.config import ModelConfig, PipelineConfig
 from builder.engines.base import Engine, Request, Sample
 from builder.engines.transformers_engine import _row_seed
 from builder.engines.vllm_engine import sampling_kwargs, vllm_messages
-from builder.pipeline import RAY_VLLM, EngineCache
+from builder.engines import RAY_VLLM
+from builder.engines.pool import EngineCache
 from builder.prompts import Prompts
 from builder.stages import StageSpec, StageSummary, get_stage
 from builder.stages.common import _progress, in_shard, open_chunks, require_input, shard_rows, stage_settings

@@ -14,6 +14,10 @@ ENGINES = {
 }
 
 
+RAY_VLLM = "ray-vllm"
+"""The engine kind only the Ray runner serves: ``ray.data.llm``'s vLLM processor (:mod:`builder.ray_runner`)."""
+
+
 def engine_class(kind: str) -> type[Engine]:
     """The engine class named ``transformers``, ``vllm``, ``openai`` or ``module:Class``; anything that is not a
     subclass of :class:`Engine` is refused before it is called."""
@@ -38,4 +42,4 @@ def load_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine_class(kind)(model, **options)
 
 
-__all__ = ["ENGINES", "Engine", "engine_class", "Request", "Sample", "SamplingParams", "cap_pixels", "iter_images", "load_engine"]
+__all__ = ["ENGINES", "RAY_VLLM", "Engine", "engine_class", "Request", "Sample", "SamplingParams", "cap_pixels", "iter_images", "load_engine"]
