@@ -49,7 +49,7 @@ from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.stats import FIGURES as FIGURE_TITLES
-from builder.stats import tally_columns, word_counts, write_figures
+from builder.stats import config_files, read_config, tally_columns, word_counts, write_figures
 from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
@@ -282,17 +282,8 @@ def _write_parquet(ds: Any, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------- card
 
 
-def _config_files(out: Path, config: str) -> list[Path]:
-    return sorted((out / config).glob("train-*.parquet"))
-
-
-def _read_columns(out: Path, config: str, columns: Sequence[str]) -> Any:
-    """Only ``columns`` of an exported config (a ``pyarrow.Table``): the card reads no more than it shows."""
-    return pq.read_table([str(f) for f in _config_files(out, config)], columns=list(columns))
-
-
 def _first_row(out: Path, config: str) -> dict[str, Any]:
-    files = _config_files(out, config)
+    files = config_files(out, config)
     batch = next(pq.ParquetFile(files[0]).iter_batches(batch_size=1))
     return Features.from_arrow_schema(pq.read_schema(files[0])).decode_example(batch.to_pylist()[0])
 
@@ -316,17 +307,17 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     ``datasets`` cache): rows per config, SFT trace types and mean thought length, DPO pair kinds, per-stage
     records / kept / accuracy."""
     out = Path(out_dir)
-    present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and _config_files(out, p.name)]
+    present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and config_files(out, p.name)]
     order = [c for c in CONFIGS if c in present] + [c for c in present if c not in CONFIGS]
-    schemas = {c: pq.read_schema(_config_files(out, c)[0]) for c in order}
+    schemas = {c: pq.read_schema(config_files(out, c)[0]) for c in order}
     stats: dict[str, Any] = {"configs": [
-        {"name": c, "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in _config_files(out, c)),
+        {"name": c, "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in config_files(out, c)),
          "description": CONFIGS[c].description if c in CONFIGS else ""} for c in order]}
     stats["empty_configs"] = [{"name": c, "reason": why} for c, why in read_report(out)["empty"].items()
                               if c not in present]
     types, all_words = [], []
     if "sft" in present:
-        sft = _read_columns(out, "sft", ["cot_type", "messages"])
+        sft = read_config(out, "sft", ["cot_type", "messages"])
         thoughts = pa.array([parse_thought(t)[0] or "" for t in _last_contents(sft.column("messages")).to_pylist()],
                             pa.string())
         counts, cot = word_counts(thoughts), np.asarray(sft.column("cot_type").to_pylist(), dtype=object)
@@ -337,18 +328,18 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     stats["sft_types"] = types
     stats["sft_mean_words"] = float(np.mean(all_words)) if len(all_words) else 0.0
     stats["pair_kinds"] = ([{"kind": k, "pairs": v} for k, v in sorted(
-        Counter(_read_columns(out, "dpo", ["kind"]).column("kind").to_pylist()).items())]
+        Counter(read_config(out, "dpo", ["kind"]).column("kind").to_pylist()).items())]
         if "dpo" in present else [])
     stages = []
     if "raw_mcq" in present:
-        t = tally(_read_columns(out, "raw_mcq", tally_columns("mcq")))  # a placeholder is not a question
+        t = tally(read_config(out, "raw_mcq", tally_columns("mcq")))  # a placeholder is not a question
         stages.append({"stage": "1 MCQ (valid)", "records": t["questions"], "kept": t["valid"],
                        "accuracy": t["valid"] / t["questions"] if t["questions"] else None})
     for name, stage, label in (("raw_simple_cot", "simple_cot", "2 simple CoT"),
                                ("raw_expansion", "expansion", "3 expansion")):
         if name not in present:
             continue
-        table = _read_columns(out, name, tally_columns(stage, *(["simple_correct"] if stage == "expansion" else [])))
+        table = read_config(out, name, tally_columns(stage, *(["simple_correct"] if stage == "expansion" else [])))
         groups = [(label, table)]
         if name == "raw_expansion":
             groups += [(f"{label} of O", table.filter(table.column("simple_correct"))),

@@ -81,11 +81,9 @@ class Opened:
             elif self.kind == RUN:
                 t = RunDir(self.path).read(stage, cols)
                 self._tables[key] = t if cols is None else t.select(cols)
-            elif stage in _RAW and _config_files(self.path, _RAW[stage]):
-                t = pq.read_table(_config_files(self.path, _RAW[stage]), columns=cols)
-                self._tables[key] = t.replace_schema_metadata(None).cast(schema)
             else:
-                self._tables[key] = schema.empty_table()
+                t = read_config(self.path, _RAW[stage], cols) if stage in _RAW else None
+                self._tables[key] = schema.empty_table() if t is None else t.cast(schema)
         return self._tables[key]
 
     def parts(self, stage: str, columns: Sequence[str]) -> Iterator[pa.Table]:
@@ -97,7 +95,7 @@ class Opened:
             yield from RunDir(self.path).tables(stage, columns)
         elif stage in _RAW:
             schema = pa.schema([TABLES[stage].schema.field(c) for c in columns])
-            for f in _config_files(self.path, _RAW[stage]):
+            for f in config_files(self.path, _RAW[stage]):
                 pf = pq.ParquetFile(f)
                 for i in range(pf.num_row_groups):
                     yield pf.read_row_group(i, columns=list(columns)).replace_schema_metadata(None).cast(schema)
@@ -110,19 +108,16 @@ class Opened:
         :mod:`builder.assemble` reads column-wise."""
         if self.kind == RUN:
             return RunDir(self.path).files(stage)
-        return [Path(f) for f in _config_files(self.path, _RAW[stage])] if stage in _RAW else []
+        return [Path(f) for f in config_files(self.path, _RAW[stage])] if stage in _RAW else []
 
-    def config(self, name: str) -> pa.Table | None:
-        """An exported config's rows (``None`` for a run, or when the export has no such config)."""
-        if self.kind != EXPORT or not _config_files(self.path, name):
-            return None
-        return pq.read_table(_config_files(self.path, name)).replace_schema_metadata(None)
+    def config(self, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+        """An exported config's rows, only ``columns`` when given (``None`` for a run, or when the export has no
+        such config)."""
+        return read_config(self.path, name, columns) if self.kind == EXPORT else None
 
-    def config_columns(self, name: str, columns: Sequence[str]) -> pa.Table | None:
-        """Only ``columns`` of an exported config (``None`` for a run, or when the export has no such config)."""
-        if self.kind != EXPORT or not _config_files(self.path, name):
-            return None
-        return pq.read_table(_config_files(self.path, name), columns=list(columns)).replace_schema_metadata(None)
+    def has_config(self, name: str) -> bool:
+        """Whether this is an export that holds config ``name`` (nothing is read)."""
+        return self.kind == EXPORT and bool(config_files(self.path, name))
 
     def export_report(self) -> dict[str, Any]:
         if self.kind != EXPORT:
@@ -159,8 +154,8 @@ class Opened:
     def set_counts(self, name: str, column: str) -> tuple[Counter, str]:
         """``(rows of set `name` by `column`'s value, where they come from)``: an export's config is read one
         column at a time; a run's set is assembled (:meth:`sft`, :meth:`dpo`)."""
-        if self.kind == EXPORT and self.config_columns(name, [column]) is not None:
-            t = self.config_columns(name, [column])
+        t = self.config(name, [column])
+        if t is not None:
             return Counter(dict(zip(*(v.to_pylist() for v in pc.value_counts(t.column(column)).flatten())))), \
                 f"the export's {name} config"
         rows, where = self.sft() if name == "sft" else self.dpo()
@@ -169,10 +164,11 @@ class Opened:
     def _set(self, name: str, columns: list[str]) -> tuple[list[dict[str, Any]], str]:
         from builder import assemble
 
-        if self.kind == EXPORT and _config_files(self.path, name):
-            names = pq.read_schema(_config_files(self.path, name)[0]).names
-            t = self.config_columns(name, [c for c in columns if c in names])
-            return t.to_pylist(), f"the export's {name} config"
+        if self.kind == EXPORT:
+            if self.has_config(name):
+                names = pq.read_schema(config_files(self.path, name)[0]).names
+                return self.config(name, [c for c in columns if c in names]).to_pylist(), \
+                    f"the export's {name} config"
             why = self.export_report().get("empty", {}).get(name)
             return [], (f"the export left {name} out: {why}" if why else f"the export has no {name} config")
         traces = self.traces()
@@ -197,7 +193,7 @@ class Opened:
                 if r["image_path"] and Path(r["image_path"]).is_file():
                     out[r["image_id"]] = r["image_path"]
             return out
-        files = _config_files(self.path, "images")
+        files = config_files(self.path, "images")
         if files:
             for r in pq.read_table(files).to_pylist():
                 img = r["image"] or {}
@@ -225,8 +221,17 @@ T = TypeVar("T")
 _DESCRIPTION = re.compile(r"Image description:\s*(.*?)\n\s*Question:", re.S)
 
 
-def _config_files(out: Path, name: str) -> list[str]:
-    return sorted(str(p) for p in (out / name).glob("train-*.parquet"))
+def config_files(out: Path, name: str) -> list[str]:
+    """The parquet files of config ``name`` in an exported folder (``OUT/<name>/train-*.parquet``), in order."""
+    return sorted(str(p) for p in (Path(out) / name).glob("train-*.parquet"))
+
+
+def read_config(out: Path, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """An exported config's rows (only ``columns``, when given; metadata dropped), or ``None`` if it is absent."""
+    files = config_files(out, name)
+    if not files:
+        return None
+    return pq.read_table(files, columns=None if columns is None else list(columns)).replace_schema_metadata(None)
 
 
 def detect(path: str | os.PathLike) -> str:
@@ -234,7 +239,7 @@ def detect(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_dir():
         raise NotAnInput(f"{p} is not a folder (expected a run directory or an exported dataset folder)")
-    if (p / "export_report.json").is_file() or any(_config_files(p, n) for n in (*_RAW.values(), "sft", "dpo")):
+    if (p / "export_report.json").is_file() or any(config_files(p, n) for n in (*_RAW.values(), "sft", "dpo")):
         return EXPORT
     if (p / "manifest.json").is_file() or any(RunDir(p).has(s) for s in TABLES):
         return RUN

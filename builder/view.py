@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from builder.configs import BUILTIN, CONFIGS, LPTConfig
 from builder.records import tally
-from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, open_input, tally_columns
+from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, config_files, open_input, tally_columns
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
@@ -199,9 +199,9 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
     texts: dict[int, dict[str, Any]] = {}  # rows whose texts are needed: a side or a question not in the records
     need = [n for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)) if c < 0 or r < 0 or d["mcq_id"] not in mcq_index]
     if need:
-        table = o.config("dpo")
+        table = o.config("dpo", ["prompt", "chosen", "rejected"])
         if table is not None:
-            texts = dict(zip(need, table.select(["prompt", "chosen", "rejected"]).take(need).to_pylist()))
+            texts = dict(zip(need, table.take(need).to_pylist()))
     unmatched = 0
     for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)):
         t = texts.get(n, {})
@@ -219,7 +219,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
         notes.append(f"{unmatched:,} DPO pair sides are not among the stage records here; they are shown as the "
                      f"exported text")
     if o.kind == EXPORT and not S["id"]:
-        have_sets = [n for n in ("sft", "dpo") if o.config(n) is not None]
+        have_sets = [n for n in ("sft", "dpo") if o.has_config(n)]
         notes.append("this export has no raw_simple_cot / raw_expansion configs, so no trace is shown"
                      + (f" ({' and '.join(have_sets)} rows are counted above; DPO pairs are shown as exported text)"
                         if have_sets else "") + "; `lpt export` writes them by default")
@@ -247,7 +247,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
                 have += uri is not None
         if not have and image_ids:
             notes.append("none of the images is on this machine" + (
-                " (the export has no images config)" if o.kind == EXPORT and o.config("images") is None else ""))
+                " (the export has no images config)" if o.kind == EXPORT and not o.has_config("images") else ""))
         elif have < len(image_ids):
             notes.append(f"{len(image_ids) - have} of {len(image_ids)} images are not on this machine")
     else:
@@ -308,15 +308,10 @@ def plugin_sets(o: Opened) -> tuple[list[dict[str, Any]], list[str]]:
                          f"only counted")
 
     if o.kind == EXPORT:
-        for folder in sorted(p for p in o.path.iterdir() if p.is_dir() and p.name not in BUILTIN):
-            files = sorted(folder.glob("train-*.parquet"))
-            if not files:
-                continue
-            names = pq.read_schema(files[0]).names
-            columns = [c for c in TRACE_ID_COLUMNS if c in names]
-            table = pq.read_table(files, columns=columns) if columns else None
-            add(folder.name, table.to_pylist() if table is not None else
-                [{}] * sum(pq.ParquetFile(f).metadata.num_rows for f in files), columns)
+        for name in sorted(p.name for p in o.path.iterdir() if p.is_dir() and p.name not in BUILTIN):
+            if o.has_config(name):
+                columns = [c for c in TRACE_ID_COLUMNS if c in pq.read_schema(config_files(o.path, name)[0]).names]
+                add(name, o.config(name, columns).to_pylist(), columns)  # no column: one empty row each
         return sets, notes
     for name, spec in CONFIGS.items():
         if name in BUILTIN or not spec.from_run:

@@ -84,6 +84,16 @@ def test_numbers_of_an_export_match_the_run_and_read_its_sets(made):
     assert out_stats["dpo"]["from"] == "the export's dpo config" and out_stats["sft"]["rows"] == 112
 
 
+def test_an_export_without_its_sets_says_so_and_assembles_nothing(made, tmp_path):
+    """An export of the raw configs alone: its sets are counted as absent (the export's own words), never
+    assembled from its raw configs as if it were a run."""
+    export(made / "run", tmp_path / "raw", configs=["raw_mcq", "raw_simple_cot", "raw_expansion"])
+    got = compute(tmp_path / "raw")
+    assert got["sft"] == {"rows": 0, "from": "the export has no sft config", "cot_type": {}}
+    assert got["dpo"]["rows"] == 0 and got["dpo"]["from"] == "the export has no dpo config"
+    assert got["counts"] == compute(made / "run")["counts"]
+
+
 def test_what_each_filter_removed_in_a_pipeline_run(replay_run):
     s = compute(replay_run)
     mcq = [r for r in replay_run.read("mcq").to_pylist() if r["item_index"] >= 0]
