@@ -49,6 +49,9 @@ from builder.store import RunDir, StoreError, parse_shard
 from builder.view import show_rows, write_html
 
 ENGINE_KINDS = ("transformers", "vllm", "openai", RAY_VLLM)
+PLUGIN_OPTION = click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+                             help="Import MODULE first: it registers more configs (installed plugin packages are "
+                                  "found by themselves).")
 
 # commands whose module needs an optional extra: name -> "module:attribute", imported on first use
 OPTIONAL_COMMANDS = {"eval": "eval_tasks.cli:eval_cmd"}
@@ -377,8 +380,7 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
 @click.option("--dpo-pairs", type=click.Choice(DPO_PAIR_RULES), default="authors", show_default=True,
               help="authors: each chosen response in one pair per kind (X→O kinds: each rejected too), as the "
                    "authors built them; all: every candidate pair.")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Import MODULE first: it registers more configs (installed plugin packages are found by themselves).")
+@PLUGIN_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds files this project did not write.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a run whose stages miss some shards' work.")
 @friendly_errors
@@ -448,8 +450,7 @@ def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str |
 @click.option("--page-size", type=click.IntRange(min=1), default=50, show_default=True, help="Items per page.")
 @click.option("--thumb-size", type=click.IntRange(min=32, max=2048), default=384, show_default=True,
               help="Long side of the embedded image thumbnails, in pixels.")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Import MODULE first: its configs become filters (installed plugin packages are found by themselves).")
+@PLUGIN_OPTION
 @friendly_errors
 def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int,
              plugins: tuple[str, ...]) -> None:
