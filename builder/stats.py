@@ -259,10 +259,6 @@ def open_input(path_or_run: Any) -> Opened:
 # --------------------------------------------------------------------------------------------- computing
 
 
-def words(text: str | None) -> int:
-    return len((text or "").split())
-
-
 _WIDE_SPACES = [c.encode() for c in map(chr, range(0x80, 0x3001)) if c.isspace()]  # U+0085 … U+3000, 2-3 bytes
 _WIDE_LEAD = np.zeros(256, bool)
 _WIDE_LEAD[[seq[0] for seq in _WIDE_SPACES]] = True
@@ -272,7 +268,7 @@ _BLOCK_BYTES = 1 << 20  # texts are counted a few MB at a time: the temporaries 
 
 
 def word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """:func:`words` of each text (``len(text.split())``; a null counts 0), computed on the UTF-8 bytes with
+    """The words of each text, ``len(text.split())`` (a null counts 0), computed on the UTF-8 bytes with
     numpy: a word starts at a byte that is not whitespace after one that is (or at the text's start), and
     whitespace is what ``str.split()`` splits on, the multi-byte characters (U+0085, U+00A0, U+2000…) included."""
     arr = pc.fill_null(texts, "")
@@ -339,19 +335,14 @@ def _summary(values: list[int]) -> dict[str, float]:
             "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
 
 
-def added_text(expansion: dict[str, Any]) -> str:
-    """What the reasoning model added to the simple thought: the cue and the continuation up to ``</think>``
-    (the end of ``long_thought``)."""
-    added = (expansion.get("cue") or "") + (expansion.get("continuation") or "")
-    end = added.lower().find("</think>")
-    return (added if end < 0 else added[:end]).rstrip()
-
-
-def _added_texts(e: pa.Table) -> pa.ChunkedArray:
-    """:func:`added_text` of each expansion, column-wise (the cue and the continuation up to ``</think>``)."""
+def added_texts(e: pa.Table) -> pa.ChunkedArray:
+    """What the reasoning model added to each simple thought (columns ``cue`` and ``continuation`` of stage 3's
+    records): the cue and the continuation up to ``</think>``, any case (the end of ``long_thought``), without
+    trailing whitespace (Arrow's Unicode whitespace is ``str.rstrip``'s, every code point checked)."""
     added = pc.binary_join_element_wise(pc.fill_null(e.column("cue"), ""), pc.fill_null(e.column("continuation"), ""),
                                         "")
-    return pc.replace_substring_regex(added, pattern=r"(?is)</think>.*", replacement="", max_replacements=1)
+    cut = pc.replace_substring_regex(added, pattern=r"(?is)</think>.*", replacement="", max_replacements=1)
+    return pc.utf8_rtrim_whitespace(cut)
 
 
 def _on_two_cores(fn: Callable[[pa.Table], T], parts: Iterable[pa.Table]) -> Iterator[T]:
@@ -374,7 +365,7 @@ def _simple_lengths(s: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def _expansion_lengths(e: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
     kept = e.filter(e.column("keep"))
-    return (word_counts(kept.column("long_thought")), word_counts(_added_texts(kept)),
+    return (word_counts(kept.column("long_thought")), word_counts(added_texts(kept)),
             kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy(), kept.column("cue").to_pylist())
 
 
@@ -743,5 +734,5 @@ def _n(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-__all__ = ["EXPORT", "FIGURES", "NotAnInput", "Opened", "RUN", "added_text", "compute", "describe", "detect",
+__all__ = ["EXPORT", "FIGURES", "NotAnInput", "Opened", "RUN", "added_texts", "compute", "describe", "detect",
            "kind_label", "make_figures", "open_input", "summary_tables", "type_label", "write_figures"]

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from builder.configs import BUILTIN, CONFIGS, LPTConfig
 from builder.records import tally
-from builder.stats import EXPORT, KIND_LABELS, Opened, added_text, config_files, open_input, tally_columns
+from builder.stats import EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, tally_columns
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
@@ -84,11 +84,11 @@ def _prefix(thought: str, separator: str) -> str:
 
 
 def _split_long_thought(e: dict[str, Any], thought: str) -> tuple[str | None, str]:
-    """``(prefix override or None, added text)`` of an expansion: ``long_thought`` = prefix + added, where
-    added starts at the cue. The override is ``None`` when the prefix is the simple thought joined the usual
+    """``(prefix override or None, added text)`` of an expansion (a record with its ``added`` text:
+    :func:`builder.stats.added_texts`): ``long_thought`` = prefix + added, where added starts at the cue. The override is ``None`` when the prefix is the simple thought joined the usual
     way (the page rebuilds it), so the simple thought is not stored twice."""
     long = e["long_thought"] or ""
-    added = added_text(e)
+    added = e["added"]  # stats.added_texts
     if added and long.endswith(added):
         cut = len(long) - len(added)
     else:  # not the stage's own join (e.g. an edited record): cut at the last cue, else show all as added
@@ -164,7 +164,7 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
                                           "simple_correct", "bad_word", "keep", "drop_reason"])
     E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n", "after")}
     orphans = 0
-    expansions = e_table.to_pylist()
+    expansions = e_table.append_column("added", added_texts(e_table)).to_pylist()
     expansions.sort(key=lambda r: (sample_index.get(r["sample_id"], -1), r["expansion_index"], r["expansion_id"]))
     expansion_index: dict[str, int] = {}
     for e in expansions:
