@@ -155,9 +155,10 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     return summaries
 
 
-def shard_progress(run: RunDir, spec: StageSpec) -> dict[str, Any]:
-    """A stage's completeness: inputs done of expected, overall and per shard (``"i/N": "done/expected"``)."""
-    done, expected = progress_of(run, spec)
+def shard_progress(run: RunDir, spec: StageSpec, counted: tuple[set[str], set[str]] | None = None) -> dict[str, Any]:
+    """A stage's completeness: inputs done of expected, overall and per shard (``"i/N": "done/expected"``);
+    ``counted``: its :func:`progress_of`, when already read."""
+    done, expected = counted or progress_of(run, spec)
     n = (sorted(run.shard_counts(spec.name)) or [1])[0]
     per = {f"{i}/{n}": [0, 0] for i in range(n)}
     if n == 1:  # one shard holds every input: nothing to hash
@@ -176,11 +177,9 @@ def incomplete_stages(run: RunDir) -> list[str]:
     out = []
     for spec in STAGES:
         if run.has(spec.name):
-            done, expected = progress_of(run, spec)
-            if len(done) == len(expected):
-                continue
-            p = shard_progress(run, spec)  # (by shard: hashes every input id, so only for a stage that lacks some)
-            if not p["complete"]:
+            counted = progress_of(run, spec)
+            if len(counted[0]) < len(counted[1]):  # by shard (hashing every input id) only for a stage that lacks some
+                p = shard_progress(run, spec, counted)
                 out.append(f"{spec.section} ({spec.name}) {p['done']}/{p['expected']} inputs "
                            f"(by shard: {', '.join(f'{k} {v}' for k, v in p['shards'].items())})")
     return out
