@@ -111,3 +111,40 @@ def test_the_characters_that_fold_into_ascii():
     assert "".join(beyond) == _FOLDS_TO_ASCII
     assert [chr(x) for x in range(0x110000) if len(chr(x).lower()) != 1] == ["\u0130"]
     assert all(chr(x).lower().isascii() is False or chr(x) in _FOLDS_TO_ASCII for x in range(128, 0x110000))
+
+
+@pytest.mark.parametrize("alphabet", ["ascii", "unicode", "unicode-no-folds"])
+def test_the_batch_search_gives_the_same_answers(alphabet):
+    """first_bad_words (an RE2 screen over the batch, then the word-by-word search) against the oracle, on
+    batches large enough to be screened, with words that begin or end with a non-word character."""
+    from builder.stages.expansion import BATCH_MIN, first_bad_words
+
+    rng = random.Random(20261128 + len(alphabet))
+    chars = {"ascii": [c for c in CHARS if c.isascii()], "unicode": CHARS + ["\u0131", "٣", "é"],
+             "unicode-no-folds": [c for c in CHARS if c not in "\u0130\u0131\u017f\u212a"]}[alphabet]
+    vocab = list(UPSTREAM_BAD_WORDS) + [w for w in EXTRA if alphabet == "unicode" or w.isascii()] + ["_x", "9", "x_"]
+    found = 0
+    for _ in range(120):
+        words = rng.sample(vocab, rng.randint(1, 12))
+        texts = [_text(rng, vocab, chars) for _ in range(rng.randint(BATCH_MIN, 3 * BATCH_MIN))]
+        want = [first_bad_word_v1(t, words) for t in texts]
+        assert first_bad_words(texts, words) == want, words
+        assert first_bad_words(texts, words, substring=True) == [first_bad_word_v1(t, words, substring=True)
+                                                                 for t in texts]
+        found += sum(map(bool, want))
+    assert 0.1 < found / (120 * 2 * BATCH_MIN) < 0.9
+
+
+def test_the_batch_screen_rules_texts_out():
+    """The screen is what makes the batch fast: texts that hold a bad word only inside other words, or not at
+    all, are ruled out by it (so never searched word by word); texts that may hold one are kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from builder.stages.expansion import _screen
+
+    texts = ["a fine texture", "the statement holds", "an essay", "fundamental", "Text here", "as STATED.",
+             "the user's view", "x the image described", "user'sx", "nothing"]
+    kept = pc.match_substring_regex(pa.array(texts), _screen(tuple(UPSTREAM_BAD_WORDS)), ignore_case=True)
+    assert [t for t, k in zip(texts, kept.to_pylist()) if k] == ["Text here", "as STATED.", "the user's view",
+                                                                "x the image described"]

@@ -54,7 +54,7 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
             if pos >= 0 and (best is None or pos < best[0]):
                 best = (pos, w)
         return best[1] if best else ""
-    if stems is None or not (text.isascii() or not any(c in text for c in _FOLDS_TO_ASCII)):
+    if stems is None or _folds_to_ascii(text):
         m = pattern.search(text)
         return words[m.lastindex - 1] if m else ""
     hay = text.lower()  # same positions: no character of the text lower-cases to two
@@ -79,6 +79,11 @@ def _alone(text: str, start: int, end: int) -> bool:
 # The only characters beyond ASCII that re.IGNORECASE matches with an ASCII one (İ ı ſ and the Kelvin sign):
 # a text without them matches ASCII words case-insensitively exactly where its lower-case copy has them.
 _FOLDS_TO_ASCII = "\u0130\u0131\u017f\u212a"
+
+
+def _folds_to_ascii(text: str) -> bool:
+    """Whether ``text`` holds one of :data:`_FOLDS_TO_ASCII`."""
+    return not text.isascii() and any(c in text for c in _FOLDS_TO_ASCII)
 
 
 @functools.lru_cache(maxsize=64)
@@ -113,22 +118,67 @@ def _bad_words(bad_words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, 
     return words, tuple(w.casefold() for w in words), stems, pattern
 
 
+# Below this many texts, the batch search is not worth its set-up (RE2 compiles its pattern on every call).
+BATCH_MIN = 16
+
+
+def first_bad_words(texts: Sequence[str], bad_words: Sequence[str], *, substring: bool = False) -> list[str]:
+    """:func:`first_bad_word` of each text, the same answers, faster on a batch.
+
+    With the word rule and ASCII words, one pass of RE2 (``pyarrow.compute.match_substring_regex``, in C++) over the
+    whole batch first rules out the texts that no bad word can stand in: every word, case-insensitively, with
+    ``\\b`` on each side that is a word character (see :func:`_screen`). It finds a superset of the texts that
+    :func:`first_bad_word` finds a word in (an ASCII ``\\b`` holds wherever ``(?<![\\w'])`` does, as a word that
+    starts with a letter matches only letters there), and only those are searched word by word. A text with
+    one of :data:`_FOLDS_TO_ASCII` (the letters beyond ASCII that ``re`` matches with ASCII ones) is always searched.
+    On 3,000-character thoughts this is about 5x faster than one :func:`first_bad_word` per text.
+    """
+    if not bad_words or substring or len(texts) < BATCH_MIN or _bad_words(tuple(bad_words))[2] is None:
+        return [first_bad_word(t, bad_words, substring=substring) for t in texts]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        hits = pc.match_substring_regex(pa.array(texts, pa.string()), _screen(tuple(bad_words)), ignore_case=True)
+    except (pa.ArrowException, UnicodeError):  # e.g. a lone surrogate: no batch, every text searched
+        return [first_bad_word(t, bad_words, substring=substring) for t in texts]
+    return [first_bad_word(t, bad_words) if hit or _folds_to_ascii(t) else "" for t, hit in zip(texts, hits.to_pylist())]
+
+
+@functools.lru_cache(maxsize=64)
+def _screen(bad_words: tuple[str, ...]) -> str:
+    """The RE2 pattern of :func:`first_bad_words`: the ASCII words as an alternation, each character written as
+    ``\\x{..}`` unless a letter or digit, and ``\\b`` on each side whose end character is a word character."""
+    def word(w: str) -> str:
+        body = "".join(c if c.isalnum() else f"\\x{{{ord(c):x}}}" for c in w)
+        left, right = ("\\b" if w and (w[i].isalnum() or w[i] == "_") else "" for i in (0, -1))
+        return left + body + right
+
+    return "(?:" + "|".join(word(w) for w in sorted(set(bad_words))) + ")"
+
+
 def with_full_stop(thought: str) -> str:
     thought = thought.rstrip()
     return thought if thought.endswith(".") else thought + "."
 
 
+def added_thought(added: str) -> tuple[str, re.Match | None]:
+    """What an expansion adds to the thought (cue + continuation) up to ``</think>``, and that end (None: none)."""
+    end = _END.search(added)
+    return (added[: end.start()] if end else added), end
+
+
 def label_expansion(simple: dict[str, Any], *, cue: str, separator: str, continuation: str,
-                    bad_words: Sequence[str], substring: bool = False) -> dict[str, Any]:
+                    bad_words: Sequence[str], substring: bool = False, bad_word: str | None = None) -> dict[str, Any]:
     """Long thought, answer, label, bad word and drop reason of one continuation of ``simple`` (a SIMPLE_COT
     row: ``thought``, ``options``, ``answer_index``). ``drop_reason`` is "" for a keeper (duplicates are
-    decided by the caller)."""
+    decided by the caller). ``bad_word``: the added text's, when the caller has searched a batch of them
+    (:func:`first_bad_words`); None: searched here."""
     added = cue + continuation
-    end = _END.search(added)
-    added_thought = added[: end.start()] if end else added
-    out = {"long_thought": (with_full_stop(simple["thought"]) + separator + added_thought).strip(),
+    thought, end = added_thought(added)
+    out = {"long_thought": (with_full_stop(simple["thought"]) + separator + thought).strip(),
            "answer": "", "pred_index": -1, "parsed": False, "correct": False,
-           "bad_word": first_bad_word(added_thought, bad_words, substring=substring)}
+           "bad_word": first_bad_word(thought, bad_words, substring=substring) if bad_word is None else bad_word}
     if end is None:
         return {**out, "drop_reason": "no_end_of_thought"}
     answer = extract_answer(added[end.end():])
@@ -152,13 +202,14 @@ class Continuation(NamedTuple):
 
 
 def expansion_rows(simple: dict[str, Any], continuations: Sequence[Continuation], *, bad_words: Sequence[str],
-                   model: str, substring: bool = False) -> list[dict[str, Any]]:
+                   model: str, substring: bool = False, found: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """EXPANSION rows for the continuations of one simple CoT (a SIMPLE_COT row): labelled by
-    :func:`label_expansion`; a later keeper with the same long thought is dropped as a ``duplicate``."""
+    :func:`label_expansion`; a later keeper with the same long thought is dropped as a ``duplicate``.
+    ``found``: the bad word of each continuation's added text, when the caller searched them in a batch."""
     rows, seen = [], set()
-    for c in continuations:
+    for i, c in enumerate(continuations):
         lab = label_expansion(simple, cue=c.cue, separator=c.separator, continuation=c.text, bad_words=bad_words,
-                              substring=substring)
+                              substring=substring, bad_word=None if found is None else found[i])
         drop = lab.pop("drop_reason")
         if not drop and lab["long_thought"] in seen:
             drop = "duplicate"
@@ -238,10 +289,13 @@ def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineCon
         per_sample.setdefault(s["sample_id"], (s, []))[1].append(Continuation(
             k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
             samples[0].text if samples else "", req.params.seed))
+    groups = list(per_sample.values())
+    found = iter(first_bad_words([added_thought(c.cue + c.text)[0] for _, cs in groups for c in cs], cfg.bad_words,
+                                 substring=cfg.substring_bad_word_filter))  # the whole chunk in one batch
     rows = []
-    for s, continuations in per_sample.values():
+    for s, continuations in groups:
         rows += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=engine.model_id,
-                               substring=cfg.substring_bad_word_filter)
+                               substring=cfg.substring_bad_word_filter, found=[next(found) for _ in continuations])
     return rows
 
 
@@ -275,5 +329,6 @@ SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
                  prepare=prepare, make_rows=make_rows, finish=finish,
                  summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"))
 
-__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish", "first_bad_word",
+__all__ = ["SPEC", "SEPARATORS", "Continuation", "added_thought", "build_requests", "expansion_rows", "finish",
+           "first_bad_word", "first_bad_words",
            "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]
