@@ -93,6 +93,7 @@ class Prompts:
             cache_size=-1,  # a plain dict of the loaded templates (a dozen), no LRU bookkeeping on every render
         )
         self.env.globals["fail"] = _fail
+        self._users: dict[tuple, str] = {}  # recent stage-3 user turns (see reasoning_user_text)
 
     # ------------------------------------------------------------------------------------------- generic
 
@@ -164,11 +165,21 @@ class Prompts:
     def reasoning_user_text(self, description: str, question: str, options: Sequence[str], *,
                             question_type: str = "", answer_format: str = "paren",
                             option_style: str = "paren") -> str:
-        """The reasoning model's single user turn (no system turn, as R1 recommends)."""
-        _check(answer_format, ANSWER_FORMATS, "answer_format")
-        return self.render("reasoning_user", description=description.strip(), question=question.strip(),
-                           options_text=_options(options, option_style), question_type=question_type or "",
-                           answer_format=answer_format)
+        """The reasoning model's single user turn (no system turn, as R1 recommends).
+
+        The simple CoTs of one question come one after another (stage 3 takes them in ``mcq_id`` order) and share
+        this turn, so the last few hundred are kept rather than rendered again."""
+        key = (description, question, tuple(options), question_type, answer_format, option_style)
+        text = self._users.get(key)
+        if text is None:
+            _check(answer_format, ANSWER_FORMATS, "answer_format")
+            text = self.render("reasoning_user", description=description.strip(), question=question.strip(),
+                               options_text=_options(options, option_style), question_type=question_type or "",
+                               answer_format=answer_format)
+            if len(self._users) >= 256:
+                self._users.clear()
+            self._users[key] = text
+        return text
 
     def reasoning_opening(self, question: str, options: Sequence[str], thought: str, *,
                           option_style: str = "paren") -> str:
