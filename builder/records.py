@@ -28,7 +28,11 @@ def content_id(*parts: object) -> str:
     """A stable sha256 hex id of the JSON form of ``parts`` (order matters): the UTF-8 of
     ``json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)``, built part by
     part (:func:`_json_part`), which is faster than the encoder for the strings and integers ids are made of."""
-    return hashlib.sha256(b"[" + b",".join(map(_json_part, parts)) + b"]").hexdigest()
+    return _digest(parts).hexdigest()
+
+
+def _digest(parts: tuple) -> "hashlib._Hash":
+    return hashlib.sha256(b"[" + b",".join(map(_json_part, parts)) + b"]")
 
 
 def _json_part(part: object) -> bytes:
@@ -61,7 +65,7 @@ def _json_text(text: str) -> bytes:
 
 def stable_int(*parts: object, bits: int = 63) -> int:
     """A stable non-negative integer from ``parts`` (for seeds and shard assignment)."""
-    return int(content_id(*parts)[:16], 16) & ((1 << bits) - 1)
+    return int.from_bytes(_digest(parts).digest()[:8], "big") & ((1 << bits) - 1)  # the id's first 16 hex digits
 
 
 def rng_for(seed: int, *parts: object) -> random.Random:
@@ -70,8 +74,8 @@ def rng_for(seed: int, *parts: object) -> random.Random:
 
 
 def shard_of(item_id: str, num_shards: int) -> int:
-    """Which of ``num_shards`` shards an item belongs to (stable hash of its id)."""
-    return stable_int("shard", item_id) % num_shards
+    """Which of ``num_shards`` shards an item belongs to (stable hash of its id; with one shard, no hash)."""
+    return 0 if num_shards == 1 else stable_int("shard", item_id) % num_shards
 
 
 # --------------------------------------------------------------------------------------------------- schemas
