@@ -197,22 +197,22 @@ class RunDir:
     def read_file(self, stage: str, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         """The rows of one file of ``stage``, checked against its schema (metadata dropped); with ``columns``,
         only those."""
+        return self._read_file(stage, path, columns)[0]
+
+    def _read_file(self, stage: str, path: Path, columns: Sequence[str] | None) -> tuple[pa.Table, dict[bytes, bytes]]:
+        """:meth:`read_file`, and the file's schema metadata from the same opening (its footer is read once)."""
         schema = TABLES[stage].schema
         try:
-            if columns is None:
-                t = pq.read_table(path)
-                names = t.schema.names
-            else:  # the file's columns are checked before some are read
-                with pq.ParquetFile(path) as f:
-                    names = f.schema_arrow.names
-                    t = f.read(columns=columns) if names == schema.names else None
+            with pq.ParquetFile(path) as f:  # the file's columns are checked before any is read
+                file_schema = f.schema_arrow
+                t = f.read(columns=columns) if file_schema.names == schema.names else None
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
-        if names != schema.names:
-            raise StoreError(f"{path}: columns {names} do not match the {stage!r} schema {schema.names}")
+        if t is None:
+            raise StoreError(f"{path}: columns {file_schema.names} do not match the {stage!r} schema {schema.names}")
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        return t.replace_schema_metadata(None).cast(schema)
+        return t.replace_schema_metadata(None).cast(schema), file_schema.metadata or {}
 
     def read(self, stage: str, columns: Iterable[str] | None = None) -> pa.Table:
         """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none. With
@@ -237,9 +237,9 @@ class RunDir:
         wanted = None if columns is None else _with_keys(stage, columns)
         seen: dict[str, str] = {}
         for p in files:
-            t = self.read_file(stage, p, wanted)
+            t, meta = self._read_file(stage, p, wanted)
             if col:
-                ids = self._covered(stage, p, t)
+                ids = self._covered(stage, p, t, meta)
                 again = [i for i in ids if i in seen]
                 if again:
                     log.warning("%s: %d input(s) also covered by %s (e.g. %s); their rows are read once",
@@ -256,9 +256,10 @@ class RunDir:
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(p, e) from None
 
-    def _covered(self, stage: str, p: Path, table: pa.Table | None = None) -> list[str]:
+    def _covered(self, stage: str, p: Path, table: pa.Table | None = None,
+                 meta: dict[bytes, bytes] | None = None) -> list[str]:
         """The input ids a file covers: its metadata, else (an older whole-table write) its rows' inputs."""
-        meta = self._metadata(p)
+        meta = self._metadata(p) if meta is None else meta
         if INPUT_IDS_KEY in meta:
             try:
                 return json.loads(meta[INPUT_IDS_KEY])
