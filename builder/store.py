@@ -118,7 +118,7 @@ class RunDir:
         schema = TABLES[stage].schema
         if table.schema.names != schema.names:
             raise StoreError(f"{stage}: columns {table.schema.names} do not match the stage schema {schema.names}")
-        return table.cast(schema)
+        return table if table.schema.equals(schema, check_metadata=True) else table.cast(schema)
 
     def write_chunk(self, stage: str, table: pa.Table, input_ids: Iterable[str],
                     shard: str | tuple[int, int] = "0-of-1", settings: Mapping[str, Any] | None = None) -> Path:
@@ -212,7 +212,8 @@ class RunDir:
             raise StoreError(f"{path}: columns {file_schema.names} do not match the {stage!r} schema {schema.names}")
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        return t.replace_schema_metadata(None).cast(schema), file_schema.metadata or {}
+        t = t.replace_schema_metadata(None)
+        return (t if t.schema.equals(schema) else t.cast(schema)), file_schema.metadata or {}  # a cast costs
 
     def read(self, stage: str, columns: Iterable[str] | None = None) -> pa.Table:
         """All rows of a stage (every shard and chunk), sorted by the stage's key columns; empty if none. With
