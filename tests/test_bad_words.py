@@ -148,3 +148,24 @@ def test_the_batch_screen_rules_texts_out():
     kept = pc.match_substring_regex(pa.array(texts), _screen(tuple(UPSTREAM_BAD_WORDS)), ignore_case=True)
     assert [t for t, k in zip(texts, kept.to_pylist()) if k] == ["Text here", "as STATED.", "the user's view",
                                                                 "x the image described"]
+
+
+def test_the_screen_of_a_whole_continuation_covers_its_thought():
+    """Stage 3 screens cue + continuation, answer and all, and searches the thought (up to </think>) only where
+    the screen keeps the text: every thought with a bad word must be kept, whatever follows it."""
+    from builder.stages.expansion import BATCH_MIN, may_hold_bad_words
+
+    rng = random.Random(11)
+    chars = [c for c in CHARS if c not in "\u0130\u0131\u017f\u212a"]
+    vocab = list(UPSTREAM_BAD_WORDS) + [w for w in EXTRA if w.isascii()]
+    kept = 0
+    for _ in range(60):
+        words = rng.sample(vocab, rng.randint(1, 12))
+        fulls = [_text(rng, vocab, chars) + rng.choice(["</think>", "</THINK>", "</think>\n<answer>(B) ", ""])
+                 + _text(rng, vocab, chars) for _ in range(2 * BATCH_MIN)]
+        thoughts = [re.split("</think>", full, maxsplit=1, flags=re.I)[0] for full in fulls]  # as label_expansion
+        for thought, may in zip(thoughts, may_hold_bad_words(fulls, words)):
+            if first_bad_word_v1(thought, words):
+                assert may, (thought, words)
+                kept += 1
+    assert kept > 300
