@@ -435,3 +435,18 @@ def test_resuming_with_other_settings_is_refused(pipeline):
     # engine choice and chunk size are not part of the settings: resuming with them changed is fine
     simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.engine=transformers", "chunk_size=9"]),
                    progress=False)
+
+
+def test_a_stage_without_its_input_says_which_stage_to_run_and_reads_only_the_source_column_it_needs(tmp_path):
+    run = RunDir(tmp_path / "run")
+    rows = make_source(run, tmp_path, n=3)
+    config = small_config()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")):
+        simple_cot.prepare(run, config)
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")):
+        expansion.prepare(run, config)
+    from builder.stages.common import source_values
+
+    assert source_values(run, "description") == {r["image_id"]: r["description"] for r in rows}
+    assert source_values(run, "image_path") == {r["image_id"]: r["image_path"] for r in rows}

@@ -81,6 +81,22 @@ def usable_inputs(run: RunDir, spec: StageSpec, columns: Sequence[str] | None = 
     return [r for r in rows if r[spec.usable]] if spec.usable else rows
 
 
+def keyed_inputs(run: RunDir, spec: StageSpec, columns: Sequence[str], *, missing: str) -> list[tuple[str, dict]]:
+    """``(input id, row)`` for each input row the stage works on (:func:`usable_inputs`), keyed by the column its
+    output names its input by; ``missing`` says what to do when the input table has no file at all."""
+    if not run.has(spec.input):
+        raise FileNotFoundError(f"{run.path / spec.input}: {missing}")
+    key = spec.table.input_column
+    return [(r[key], r) for r in usable_inputs(run, spec, columns)]
+
+
+def source_values(run: RunDir, column: str) -> dict[str, Any]:
+    """Image id -> one column of the run's source (a stage's context: the description, the image path); only
+    that column is read."""
+    t = run.read("source", [column])  # with its key column, image_id
+    return dict(zip(t.column("image_id").to_pylist(), t.column(column).to_pylist()))
+
+
 def request_seed(seed: int, stage: str, *parts: object) -> int:
     """The engine seed of one request: stable, derived from the global seed and the item (31 bits)."""
     return stable_int("request", seed, stage, *parts, bits=31)
@@ -317,7 +333,7 @@ def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str],
     sorted); with ``columns``, only those and the input column."""
     col = TABLES[stage].input_column
     wanted = None if columns is None else list(dict.fromkeys([*columns, col]))
-    ids = pa.array(sorted(set(input_ids)), pa.string())
+    ids = pa.array(list(set(input_ids)), pa.string())
     rows: list[dict[str, Any]] = []
     for t in run.tables(stage, wanted):
         rows += t.filter(pc.is_in(t.column(col), value_set=ids)).to_pylist()
@@ -360,4 +376,4 @@ def load_image(path: str, where: str):
 
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ChunkPlan", "IncompleteInput", "StageSpec", "open_chunks", "run_stage_locally", "missing_inputs", "progress_of", "require_input", "StageSummary", "in_shard", "load_image", "process", "report", "request_seed",
-           "run_chunks", "shard_rows", "stage_settings", "summarise", "usable_inputs"]
+           "run_chunks", "keyed_inputs", "shard_rows", "source_values", "stage_settings", "summarise", "usable_inputs"]

@@ -19,6 +19,9 @@ import functools
 import re
 from typing import Any, NamedTuple, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from builder.answers import extract_answer, match_option
 from builder.config import PipelineConfig
 from builder.engines.base import Engine, Request
@@ -26,7 +29,8 @@ from builder.prompts import Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import StageSpec, StageSummary, report, request_seed, run_stage_locally, summarise, usable_inputs
+from .common import (StageSpec, StageSummary, keyed_inputs, report, request_seed, run_stage_locally, source_values,
+                     summarise)
 
 STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
@@ -145,9 +149,6 @@ def may_hold_bad_words(texts: Sequence[str], bad_words: Sequence[str], *, substr
         return [False] * len(texts)
     if substring or len(texts) < BATCH_MIN or _bad_words(tuple(bad_words))[2] is None:
         return [True] * len(texts)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     try:
         hits = pc.match_substring_regex(pa.array(texts, pa.string()), _screen(tuple(bad_words)), ignore_case=True)
     except (pa.ArrowException, UnicodeError):  # e.g. a lone surrogate: no screen, every text searched
@@ -157,7 +158,7 @@ def may_hold_bad_words(texts: Sequence[str], bad_words: Sequence[str], *, substr
 
 @functools.lru_cache(maxsize=64)
 def _screen(bad_words: tuple[str, ...]) -> str:
-    """The RE2 pattern of :func:`first_bad_words`: the ASCII words as an alternation, each character written as
+    """The RE2 pattern of :func:`may_hold_bad_words`: the ASCII words as an alternation, each character written as
     ``\\x{..}`` unless a letter or digit, and ``\\b`` on each side whose end character is a word character."""
     def word(w: str) -> str:
         body = "".join(c if c.isalnum() else f"\\x{{{ord(c):x}}}" for c in w)
@@ -176,8 +177,8 @@ def label_expansion(simple: dict[str, Any], *, cue: str, separator: str, continu
                     bad_words: Sequence[str], substring: bool = False, bad_word: str | None = None) -> dict[str, Any]:
     """Long thought, answer, label, bad word and drop reason of one continuation of ``simple`` (a SIMPLE_COT
     row: ``thought``, ``options``, ``answer_index``). ``drop_reason`` is "" for a keeper (duplicates are
-    decided by the caller). ``bad_word``: the added text's, when the caller has searched a batch of them
-    (:func:`first_bad_words`); None: searched here."""
+    decided by the caller). ``bad_word``: the added text's, when the caller knows it (a batch screened by
+    :func:`may_hold_bad_words` rules most texts out); None: searched here."""
     added = cue + continuation
     end = _END.search(added)
     thought = added[: end.start()] if end else added
@@ -268,11 +269,8 @@ def build_requests(simple: dict[str, Any], description: str, planned: Sequence[t
 def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
     """Stage 3's inputs, ``(sample_id, SIMPLE_COT row)`` for every kept simple CoT, and its context: image id ->
     description."""
-    if not run.has("simple_cot"):
-        raise FileNotFoundError(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")
-    simples = usable_inputs(run, SPEC, INPUT_COLUMNS)
-    descriptions = {r["image_id"]: r["description"] for r in run.read("source").to_pylist()}
-    return [(s["sample_id"], s) for s in simples], descriptions
+    return (keyed_inputs(run, SPEC, INPUT_COLUMNS, missing="no stage-2 simple CoTs; run stage 2 first"),
+            source_values(run, "description"))
 
 
 def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,

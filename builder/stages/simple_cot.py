@@ -19,8 +19,8 @@ from builder.prompts import THINK_PREFILL, Prompts
 from builder.records import content_id, rng_for
 from builder.store import RunDir
 
-from .common import (StageSpec, StageSummary, load_image, report, request_seed, run_stage_locally, summarise,
-                     usable_inputs)
+from .common import (StageSpec, StageSummary, keyed_inputs, load_image, report, request_seed, run_stage_locally,
+                     source_values, summarise)
 
 STAGE = "simple_cot"  # its table, and the name its seeds are drawn under
 # the columns of an MCQ that stage 2 reads (with its keys: not the stage-1 replies)
@@ -82,11 +82,8 @@ def build_request(mcq: dict[str, Any], shown: dict[str, Any], image: Any, config
 
 def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
     """Stage 2's inputs, ``(mcq_id, MCQ row)`` for every valid MCQ, and its context: image id -> image path."""
-    if not run.has("mcq"):
-        raise FileNotFoundError(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")
-    mcqs = usable_inputs(run, SPEC, INPUT_COLUMNS)
-    images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
-    return [(m["mcq_id"], m) for m in mcqs], images
+    return (keyed_inputs(run, SPEC, INPUT_COLUMNS, missing="no stage-1 MCQs; run stage 1 first"),
+            source_values(run, "image_path"))
 
 
 def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
