@@ -10,7 +10,7 @@
 or export a Hub-layout folder (``lpt export RUN OUT``) and use plain ``datasets.load_dataset(OUT, "sft")``,
 or :func:`load` which also attaches the images (stored once, in the ``images`` config).
 
-The configs and how each is built live in :mod:`builder.configs`; add one in a few lines::
+The configs and how each is built live in :mod:`builder.dataset_configs`; add one in a few lines::
 
     from longperceptualthoughts import ConfigSpec, SFT_FEATURES, register, assemble
     register(ConfigSpec("sft_x_o", SFT_FEATURES,
@@ -29,7 +29,7 @@ from datasets.utils.py_utils import classproperty
 
 from builder import assemble
 from builder.assemble import AssembleOptions
-from builder.configs import (
+from builder.dataset_configs import (
     CONFIGS,
     DPO_FEATURES,
     IMAGES_FEATURES,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from builder.config import PipelineConfig
+from builder.settings import PipelineConfig
 from builder.engines.base import Engine, Request, Sample
 from builder.records import SOURCE
 from builder.stages import expansion, mcq, simple_cot
@@ -97,7 +97,7 @@ def replay_texts(chars: int) -> dict[str, list[str]]:
 
 
 def _scrub(text: str) -> str:
-    from builder.config import BAD_WORDS
+    from builder.settings import BAD_WORDS
 
     words = "|".join(re.escape(w) for w in sorted(BAD_WORDS, key=len, reverse=True))
     return re.sub(r"(?<![\w'])(?:" + words + r")(?![\w'])", "scene", text, flags=re.I)

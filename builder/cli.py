@@ -35,8 +35,8 @@ from rich.table import Table
 
 from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
-from builder.config import load_config
-from builder.configs import load_plugins
+from builder.settings import load_config
+from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
 from builder.export import FORMATS, export, push, read_report, render_card
 from builder.importer import EXAMPLE_DIR, import_upstream

@@ -32,8 +32,8 @@ from rich.table import Table
 from builder.answers import format_answer, format_options
 from builder.assemble import AssembleOptions
 from builder.atomic import write_json
-from builder.config import PipelineConfig
-from builder.configs import run_configs
+from builder.settings import PipelineConfig
+from builder.dataset_configs import run_configs
 from builder.export import export, read_report
 from builder.pipeline import EngineCache, prepare_source, run_stage
 from builder.prompts import THINK_PREFILL, Prompts

@@ -44,7 +44,7 @@ from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
-from builder.configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
+from builder.dataset_configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
 from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally

@@ -1,6 +1,6 @@
 """The method's fixed numbers and word lists, in one place (docs/method.md explains each).
 
-Everything a user may change per run is a setting in :mod:`builder.config`; its defaults come from here.
+Everything a user may change per run is a setting in :mod:`builder.settings`; its defaults come from here.
 """
 
 from __future__ import annotations

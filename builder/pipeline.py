@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.config import PipelineConfig
+from builder.settings import PipelineConfig
 from builder.engines import RAY_VLLM
 from builder.engines.pool import EngineCache
 from builder.records import SOURCE, TABLES, shard_of, tally

@@ -6,7 +6,7 @@ A stage runs as its local run does, with the work spread over Ray actors:
   runner (:func:`builder.stages.common.open_chunks`, under the shard's lock, after the same checks);
 * the chunks become a Ray dataset, one row per chunk, and ``map_batches`` (one chunk a batch) sends them to a pool
   of actors; each actor holds the stage's engines, built from the stage's settings
-  (:meth:`builder.config.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
+  (:meth:`builder.settings.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
   turns a chunk into rows with the stage's own ``make_rows``, the function the local runner calls;
 * the driver writes each finished chunk into the run directory (:meth:`builder.store.RunDir.write_chunk`): the same
   file names, input ids and settings metadata, so the files are byte for byte those of the local runner.
@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from builder.config import ModelConfig, PipelineConfig
+from builder.settings import ModelConfig, PipelineConfig
 from builder.engines.base import Engine, Request, Sample
 from builder.engines.transformers_engine import _row_seed
 from builder.engines.vllm_engine import sampling_kwargs, vllm_messages

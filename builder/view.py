@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from builder.configs import BUILTIN, CONFIGS, LPTConfig
+from builder.dataset_configs import BUILTIN, CONFIGS, LPTConfig
 from builder.records import tally
 from builder.stats import EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, tally_columns
 
@@ -283,7 +283,7 @@ thought; a DPO-like row: both sides)."""
 
 
 def plugin_sets(o: Opened) -> tuple[list[dict[str, Any]], list[str]]:
-    """The configs beyond the project's own (:data:`builder.configs.BUILTIN`): on a run, every registered plugin
+    """The configs beyond the project's own (:data:`builder.dataset_configs.BUILTIN`): on a run, every registered plugin
     config (installed entry points, ``--plugin MODULE``) built from it; on an export, every config folder it holds
     that the project does not write itself. Each as ``{name, description, rows, traces}`` (``traces``: the ids its
     rows name, :data:`TRACE_ID_COLUMNS`), and notes on the ones that could not be read."""

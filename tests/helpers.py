@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 from PIL import Image
 
-from builder.config import PipelineConfig, load_config
+from builder.settings import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
 from builder.importer import EXAMPLE_DIR
 from builder.records import SOURCE, stable_int

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from builder.config import ModelConfig, load_config
+from builder.settings import ModelConfig, load_config
 from builder.engines.base import Request, SamplingParams
 from builder.engines.transformers_engine import _row_seed
 from builder.pipeline import PipelineError, generate

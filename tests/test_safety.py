@@ -19,7 +19,7 @@ from PIL import Image
 
 from builder.atomic import TMP_PREFIX
 from builder.cli import error_line, main
-from builder.config import load_config
+from builder.settings import load_config
 from builder.engines import load_engine
 from builder.export import ExportError, export, image_file_name
 from builder.importer import import_upstream

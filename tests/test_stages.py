@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from builder.config import PipelineConfig, load_config
+from builder.settings import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
 from builder.method import BAD_WORDS
 from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, is_placeholder, stable_int

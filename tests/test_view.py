@@ -303,7 +303,7 @@ def test_show_prints_rows_readably(made):
 # ------------------------------------------------------------------------------------- a plugin's config
 
 PLUGIN = '''from builder import assemble
-from builder.configs import SFT_FEATURES, ConfigSpec, register
+from builder.dataset_configs import SFT_FEATURES, ConfigSpec, register
 
 register(ConfigSpec("sft_x_o", SFT_FEATURES,
                     lambda cfg: (r for r in assemble.build_sft(cfg.run(), cfg.options) if r["cot_type"] == "X_O"),
@@ -314,7 +314,7 @@ register(ConfigSpec("sft_x_o", SFT_FEATURES,
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """A plugin module named with ``--plugin``; its config is unregistered afterwards."""
-    from builder.configs import CONFIGS, register
+    from builder.dataset_configs import CONFIGS, register
 
     (tmp_path / "lpt_view_plugin_xo.py").write_text(PLUGIN, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -348,7 +348,7 @@ def test_a_plugin_config_is_a_filter_of_the_view(made, plugin, tmp_path):
     assert shown == {i[:12] for i in want} and all(any(f.startswith(s) for f in full_ids) for s in shown)
 
     # an export with the plugin's config, viewed in a process that has no plugin: the folder is enough
-    from builder.configs import CONFIGS
+    from builder.dataset_configs import CONFIGS
 
     hub = tmp_path / "hub"
     export(made / "run", hub, configs=["sft", "raw_mcq", "raw_simple_cot", "raw_expansion", "sft_x_o"])

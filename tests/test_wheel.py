@@ -76,7 +76,7 @@ sft_x_o = "lpt_plugin_xo:SPEC"
 py-modules = ["lpt_plugin_xo"]
 """,
     "lpt_plugin_xo.py": """from builder import assemble
-from builder.configs import SFT_FEATURES, ConfigSpec
+from builder.dataset_configs import SFT_FEATURES, ConfigSpec
 
 SPEC = ConfigSpec("sft_x_o", SFT_FEATURES,
                   lambda c: [r for r in assemble.build_sft(c.run(), c.options) if r["cot_type"] == "X_O"],

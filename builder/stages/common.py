@@ -54,6 +54,8 @@ class StageSpec:
     # the columns of its output that ``finish`` reads: the rows it gets hold only those (and the key columns), so
     # the texts are not read back (None: every column).
     summary_columns: tuple[str, ...] | None = None
+    # what its table is to the products (builder.stages.ROLES): they ask ``table_for(role)``, never the name
+    role: str | None = None
 
     def __post_init__(self) -> None:
         _SPECS[self.name] = self  # so a stage finds the one before it (require_input)

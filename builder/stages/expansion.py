@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from builder.answers import extract_answer, match_option
-from builder.config import PipelineConfig
+from builder.settings import PipelineConfig
 from builder.engines.base import Engine, Request
 from builder.prompts import Prompts
 from builder.records import content_id, rng_for
@@ -334,7 +334,7 @@ def run(
 SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
                  what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
                  prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"))
+                 summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"), role="long_thought")
 
 __all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish",
            "first_bad_word", "first_bad_words", "may_hold_bad_words",

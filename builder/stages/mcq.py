@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.answers import match_option, parse_options
-from builder.config import PipelineConfig
+from builder.settings import PipelineConfig
 from builder.engines.base import Engine, Request, SamplingParams
 from builder.prompts import Prompts
 import pyarrow as pa
@@ -219,7 +219,7 @@ def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
 SPEC = StageSpec(1, "mcq", input="source", usable=None, run=run, extra_engines=_reformat_engine,
                  what="MCQs from the source's descriptions", no_input="the run has no source images",
                  prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("item_index", "valid", "invalid_reason"))
+                 summary_columns=("item_index", "valid", "invalid_reason"), role="question")
 
 __all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "finish", "make_rows", "mcq_rows", "parse_mcq_response", "prepare",
            "resolve_answer", "run"]

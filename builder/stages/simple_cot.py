@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from builder.answers import ANSWER_FORMATS, OPTION_STYLES, match_option, parse_thought, shuffle_options
-from builder.config import PipelineConfig
+from builder.settings import PipelineConfig
 from builder.engines.base import Engine, Request
 from builder.prompts import THINK_PREFILL, Prompts
 from builder.records import content_id, rng_for
@@ -135,7 +135,7 @@ def run(
 
 SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
                  no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("parsed", "correct", "keep", "drop_reason"))
+                 summary_columns=("parsed", "correct", "keep", "drop_reason"), role="short_thought")
 
 __all__ = ["SPEC", "build_request", "finish", "label_response", "make_rows", "prepare", "presentation", "run",
            "sample_rows"]
