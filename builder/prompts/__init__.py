@@ -44,6 +44,9 @@ QUESTION_TYPES = (
     "Analogical and Goal-Oriented Reasoning",
 )
 VARIANTS = ("think", "direct")
+WORDINGS = ("project", "authors")
+"""Whose words the prompts use: ours (the ``*.j2`` files here) or the authors' (:mod:`builder.prompts.authors`,
+read from their published example outputs)."""
 THINK_PREFILL = "<think>"
 
 
@@ -74,9 +77,13 @@ class _Environment(SandboxedEnvironment):
 
 
 class Prompts:
-    """Renders the project's prompts; ``template_dir`` holds ``*.j2`` files that override ours by name."""
+    """Renders the project's prompts; ``template_dir`` holds ``*.j2`` files that override ours by name;
+    ``wording="authors"`` puts the authors' words in place of ours (learnt from their published files in
+    ``authors_dir``, by default the example outputs the package ships)."""
 
-    def __init__(self, template_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, template_dir: str | os.PathLike | None = None, wording: str = "project",
+                 authors_dir: str | os.PathLike | None = None) -> None:
+        _check(wording, WORDINGS, "wording")
         search = [str(BUILTIN_DIR)]
         if template_dir is not None:
             if not Path(template_dir).is_dir():
@@ -84,8 +91,13 @@ class Prompts:
             search.insert(0, str(template_dir))
         self.template_dir = template_dir
         self.search = search
+        self.wording = wording
+        # the authors' words (builder.prompts.authors) stand between a user's files and ours
+        self.authors = authors_templates(authors_dir) if wording == "authors" else {}
+        loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(search[:-1]), jinja2.DictLoader({f"{k}.j2": v for k, v in self.authors.items()}),
+                                            jinja2.FileSystemLoader(search[-1])]
         self.env = _Environment(
-            loader=jinja2.FileSystemLoader(search),
+            loader=jinja2.ChoiceLoader(loaders),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
@@ -102,9 +114,14 @@ class Prompts:
         on them, so a run resumed after a template was edited must notice."""
         folders = [Path(d) for d in self.search]
         h = hashlib.sha256()
-        for name in sorted({p.name for d in folders for p in d.glob("*.j2")}):
-            path = next(d / name for d in folders if (d / name).is_file())
-            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for name in sorted({p.name for d in folders for p in d.glob("*.j2")} | {f"{n}.j2" for n in self.authors}):
+            # in the loaders' order: a user's file, then the authors' words, then ours
+            path = next((d / name for d in folders[:-1] if (d / name).is_file()), None)
+            if path is None and name[:-3] in self.authors:
+                source = self.authors[name[:-3]].encode()
+            else:
+                source = (path or folders[-1] / name).read_bytes()
+            h.update(name.encode() + b"\0" + source + b"\0")
         return h.hexdigest()[:16]
 
     def render(self, name: str, **variables: Any) -> str:
@@ -112,7 +129,7 @@ class Prompts:
         try:
             return self.env.get_template(f"{name}.j2").render(**variables).strip()
         except jinja2.TemplateNotFound:
-            raise PromptError(f"no template {name}.j2 in {self.env.loader.searchpath}") from None
+            raise PromptError(f"no template {name}.j2 in {self.search}") from None
         except (jinja2.UndefinedError, jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError) as e:
             raise PromptError(f"template {name}.j2: {type(e).__name__}: {e}") from None
 
@@ -120,13 +137,12 @@ class Prompts:
 
     def mcq_generation(self, description: str, *, min_questions: int = 6, max_questions: int = 10,
                        question_types: Sequence[str] = QUESTION_TYPES) -> Messages:
-        """System + user turns asking a text LLM for MCQs about the described image."""
-        return [
-            {"role": "system", "content": self.render("mcq_generation_system")},
-            {"role": "user", "content": self.render(
-                "mcq_generation", description=description.strip(), min_questions=min_questions,
-                max_questions=max_questions, question_types=list(question_types))},
-        ]
+        """System + user turns asking a text LLM for MCQs about the described image (no system turn where the
+        system template renders nothing, as the authors' words have none)."""
+        system = self.render("mcq_generation_system")
+        user = self.render("mcq_generation", description=description.strip(), min_questions=min_questions,
+                           max_questions=max_questions, question_types=list(question_types))
+        return [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": user}]
 
     def mcq_reformat(self, text: str) -> Messages:
         """A user turn asking to rewrite ``text`` into the strict tagged layout (stage 1's second call)."""
@@ -260,5 +276,7 @@ def _check(value: str, allowed: Sequence[str], what: str) -> None:
         raise PromptError(f"{what} must be one of {tuple(allowed)}, got {value!r}")
 
 
-__all__ = ["BUILTIN_DIR", "Messages", "PromptError", "Prompts", "QUESTION_TYPES", "THINK_PREFILL", "VARIANTS",
+from .authors import AuthorsWordsError, authors_templates  # noqa: E402  (it uses options_inline above)
+
+__all__ = ["AuthorsWordsError", "BUILTIN_DIR", "WORDINGS", "authors_templates", "Messages", "PromptError", "Prompts", "QUESTION_TYPES", "THINK_PREFILL", "VARIANTS",
            "join_cue", "options_inline"]
