@@ -23,6 +23,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
 from builder.settings import load_config
 from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
+from builder.engines import ALLOW_MODULES_ENV
 from builder.export import FORMATS, export, push, read_report, render_card
 from builder.importer import EXAMPLE_DIR, import_upstream
 from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_source, status_rows
@@ -103,10 +105,14 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="longperceptualthoughts", prog_name="lpt")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--allow-engine-module", is_flag=True,
+              help="Let settings name an engine as module:Class (it runs code of your choosing).")
+def main(verbose: int, allow_engine_module: bool) -> None:
     """LongPerceptualThoughts: synthesise long chains of thought for vision-centric MCQs, export, evaluate."""
     global _VERBOSE
     _VERBOSE = verbose
+    if allow_engine_module:
+        os.environ[ALLOW_MODULES_ENV] = "1"  # this process and what it starts (Ray workers, lighteval)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:  # the libraries' weight-loading bars; our own progress bars and tables stay

@@ -230,8 +230,8 @@ def test_orphaned_temp_files_are_removed_and_files_follow_the_umask(tmp_path):
 
 
 def test_a_module_class_engine_must_be_an_engine(tmp_path, capfd):
-    for kind, why in (("os:system", "is not an engine"), ("builtins:print", "is not an engine"),
-                      ("no_such_module_lpt:X", "cannot be imported"), ("builder.engines:Nope", "has no 'Nope'")):
+    for kind, why in (("os:system", "is not an engine"), ("builtins:print", "cannot be found"),
+                      ("no_such_module_lpt:X", "cannot be found"), ("builder.engines:Nope", "defines no class 'Nope'")):
         with pytest.raises(ValueError, match=why):
             load_engine(kind, "echo pwned")
     assert "pwned" not in capfd.readouterr().out
