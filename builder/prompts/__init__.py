@@ -25,13 +25,16 @@ a new ``Prompts`` (every stage run makes its own).
 from __future__ import annotations
 
 import hashlib
-
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.sandbox import SandboxedEnvironment, safe_range
 
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_options
 
@@ -66,14 +69,76 @@ def options_inline(options: Sequence[str], style: str = "paren") -> str:
 Messages = list[dict[str, Any]]
 
 
+MAX_RENDER_CHARS = 2_000_000
+"""The longest text a template may produce or build (its output, a ``~`` join, a ``*`` repeat): a template that
+grows past it (nested loops, a string doubled in a loop) is stopped, naming it, before it fills the memory."""
+MAX_RENDER_SECONDS = 10.0
+"""How long one render may take (checked every 256 pieces of output and every 1,000 steps of a ``range`` loop)."""
+_deadline = threading.local()  # the running render's deadline (monotonic seconds) and template name, per thread
+
+
+class RenderLimit(PromptError):
+    """A template went past :data:`MAX_RENDER_CHARS` or :data:`MAX_RENDER_SECONDS`."""
+
+
+def _over(what: str) -> RenderLimit:
+    return RenderLimit(f"template {getattr(_deadline, 'name', '?')}: {what}; a prompt template must not build text "
+                       f"without bound (loops within loops, a string doubled in a loop)")
+
+
+def _check_size(n: int) -> None:
+    if n > MAX_RENDER_CHARS:
+        raise _over(f"builds a text of over {MAX_RENDER_CHARS:,} characters")
+
+
+def _check_time() -> None:
+    if time.monotonic() > getattr(_deadline, "at", float("inf")):
+        raise _over(f"ran for over {MAX_RENDER_SECONDS:g} s")
+
+
+def _bounded_range(*args: int):
+    """Jinja's sandboxed ``range`` (at most 100,000 items), checking the render's deadline every 1,000 steps."""
+    for i, x in enumerate(safe_range(*args)):
+        if not i % 1000:
+            _check_time()
+        yield x
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to a join whose result is measured before it is kept (:data:`MAX_RENDER_CHARS`)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802 (Jinja's visitor name)
+        self.write("environment.bounded_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Environment(SandboxedEnvironment):
     """Jinja's sandbox, with a template's globals a plain dict rather than a ``ChainMap`` in front of the
     environment's: every render (and every ``include``) copies them into its context, and copying a ``ChainMap`` key
     by key, in Python, was a third of a render. The environment's globals are set once, before any template is
     loaded (:class:`Prompts`), so the snapshot is the same mapping."""
 
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*"})
+
     def make_globals(self, d: dict[str, Any] | None) -> dict[str, Any]:
         return {**self.globals, **(d or {})}
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """``*`` on a text and a count: refused when the repeat would pass :data:`MAX_RENDER_CHARS`."""
+        for text, count in ((left, right), (right, left)):
+            if isinstance(text, str) and isinstance(count, int):
+                _check_size(len(text) * count)
+        return super().call_binop(context, operator, left, right)
+
+    @staticmethod
+    def bounded_join(parts: Sequence[Any]) -> str:
+        text = "".join(map(str, parts))
+        _check_size(len(text))
+        return text
 
 
 class Prompts:
@@ -105,6 +170,7 @@ class Prompts:
             cache_size=-1,  # a plain dict of the loaded templates (a dozen), no LRU bookkeeping on every render
         )
         self.env.globals["fail"] = _fail
+        self.env.globals["range"] = _bounded_range
         self._users: dict[tuple, str] = {}  # recent stage-3 user turns (see reasoning_user_text)
 
     # ------------------------------------------------------------------------------------------- generic
@@ -127,11 +193,24 @@ class Prompts:
     def render(self, name: str, **variables: Any) -> str:
         """Render ``<name>.j2`` with ``variables`` (surrounding whitespace stripped)."""
         try:
-            return self.env.get_template(f"{name}.j2").render(**variables).strip()
+            template = self.env.get_template(f"{name}.j2")
+            _deadline.name, _deadline.at = f"{name}.j2", time.monotonic() + MAX_RENDER_SECONDS
+            parts, size = [], 0
+            for part in template.generate(**variables):
+                parts.append(part)
+                size += len(part)
+                if size > MAX_RENDER_CHARS or not len(parts) % 256:
+                    _check_size(size)
+                    _check_time()
+            return "".join(parts).strip()
         except jinja2.TemplateNotFound:
             raise PromptError(f"no template {name}.j2 in {self.search}") from None
         except (jinja2.UndefinedError, jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError) as e:
             raise PromptError(f"template {name}.j2: {type(e).__name__}: {e}") from None
+        except (MemoryError, OverflowError, RecursionError) as e:
+            raise _over(f"{type(e).__name__}") from None
+        finally:
+            _deadline.at = float("inf")
 
     # ----------------------------------------------------------------------------------------- stage 1
 
@@ -278,5 +357,5 @@ def _check(value: str, allowed: Sequence[str], what: str) -> None:
 
 from .authors import AuthorsWordsError, authors_templates  # noqa: E402  (it uses options_inline above)
 
-__all__ = ["AuthorsWordsError", "BUILTIN_DIR", "WORDINGS", "authors_templates", "Messages", "PromptError", "Prompts", "QUESTION_TYPES", "THINK_PREFILL", "VARIANTS",
+__all__ = ["AuthorsWordsError", "BUILTIN_DIR", "MAX_RENDER_CHARS", "MAX_RENDER_SECONDS", "RenderLimit", "WORDINGS", "authors_templates", "Messages", "PromptError", "Prompts", "QUESTION_TYPES", "THINK_PREFILL", "VARIANTS",
            "join_cue", "options_inline"]
