@@ -225,17 +225,9 @@ def _table_records(path: Path, kind: str, on_bad) -> Iterator[tuple[int, dict[st
         yield from _jsonl_objects(path, on_bad)
     elif kind == "csv":
         with _open_text(path, newline="") as f:
-            reader = csv.DictReader(f)
-            start = 2
-            for rec in reader:
-                bad = next(((k, why) for k, v in rec.items() if isinstance(v, str) and (why := _not_utf8(v))), None)
-                if None in rec:  # more cells than header columns
-                    on_bad(str(path), start, _Bad(None, f"{len(rec[None])} more cell(s) than the header has"))
-                elif bad:
-                    on_bad(str(path), start, _Bad(bad[0], bad[1]))
-                else:
-                    yield start, rec
-                start = reader.line_num + 1
+            lines = _Counted(f)
+            reader = csv.DictReader(lines, strict=True)  # a quote left open or stray is an error, not a merged record
+            yield from _csv_records(path, reader, lines, on_bad)
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -247,6 +239,65 @@ def _table_records(path: Path, kind: str, on_bad) -> Iterator[tuple[int, dict[st
             yield row_no, rec
     else:
         raise ValueError(f"unknown table kind {kind!r}")
+
+
+class _Counted:
+    """The lines of a file, counted as they are read (csv's own count is not kept on an error)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.n = f, 0
+
+    def __iter__(self) -> "_Counted":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.f)
+        self.n += 1
+        return line
+
+
+def _csv_records(path: Path, reader: csv.DictReader, lines: _Counted,
+                 on_bad) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(first line, record) of each CSV row; a repeated header or broken quoting stops, naming file and line."""
+    start = 1
+    try:
+        header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise SourceError(f"{path}: line 1: column {twice[0]!r} appears more than once in the header")
+        start = 2
+        for rec in reader:
+            bad = next(((k, why) for k, v in rec.items() if isinstance(v, str) and (why := _not_utf8(v))), None)
+            if None in rec:  # more cells than header columns
+                on_bad(str(path), start, _Bad(None, f"{len(rec[None])} more cell(s) than the header has"))
+            elif bad:
+                on_bad(str(path), start, _Bad(bad[0], bad[1]))
+            elif swallowed := _swallowed_record(rec, header):
+                raise SourceError(f"{path}: line {start}: field {swallowed[0]!r} runs over a line that reads like a "
+                                  f"record of its own ({swallowed[1][:60]!r}): a quote left open?")
+            else:
+                yield start, rec
+            start = lines.n + 1
+    except csv.Error as e:
+        raise SourceError(f"{path}: line {start}: broken CSV quoting in the record that starts there (read up to "
+                          f"line {lines.n}: {e}); a quoted cell must close its quote, and a quote inside it is "
+                          f"written twice") from None
+
+
+def _swallowed_record(rec: dict[str, Any], header: list[str]) -> tuple[str, str] | None:
+    """``(field, line)`` where a quoted cell holds a line that reads as a whole CSV record of this header (as many
+    cells, an image file name in the image column): what an unclosed quote leaves behind."""
+    column = next((c for c in ("image", "file_name") if c in header), None)
+    if column is None:
+        return None
+    at = header.index(column)
+    for field, value in rec.items():
+        if isinstance(value, str) and "\n" in value:
+            for line in value.splitlines()[1:]:
+                cells = next(csv.reader([line]), [])
+                if len(cells) == len(header) and cells[at].strip().lower().endswith(IMAGE_SUFFIXES):
+                    return field, line
+    return None
 
 
 def _generic_rows(path: Path, kind: str, on_bad) -> Iterator[tuple[str, int, dict[str, Any]]]:
