@@ -320,8 +320,15 @@ class OpenAIEngine(Engine):
                     f"request {index}: could not reach {self.base_url or 'the OpenAI API'} after "
                     f"{self.max_retries} retries: {e}"
                 ) from e
+            except (openai.APIResponseValidationError, ValueError) as e:  # a 200 whose body is not JSON
+                raise self._not_a_completion(index, f"{type(e).__name__}: {e}") from None
+        if isinstance(response, (str, bytes)) or not isinstance(getattr(response, "choices", None), list):
+            raise self._not_a_completion(index, f"got {_preview(response)}")
         if not response.choices:
             raise OpenAIEngineError(f"request {index}: {self.base_url or 'the OpenAI API'} returned no choices")
+        if any(not isinstance(getattr(getattr(c, "message", None), "content", None), (str, type(None)))
+               for c in response.choices):
+            raise self._not_a_completion(index, "a choice without a message text")
         stop = request.params.stop
         usage = getattr(response, "usage", None)
         tokens = usage.completion_tokens if usage is not None and len(response.choices) == 1 else None
@@ -335,9 +342,21 @@ class OpenAIEngine(Engine):
             for c in choices
         ]
 
+    def _not_a_completion(self, index: int, what: str) -> "OpenAIEngineError":
+        return OpenAIEngineError(f"request {index} to {self.base_url or 'the OpenAI API'} (model {self.model_id!r}): "
+                                 f"the reply is not a chat completion ({what}); is that address an OpenAI-compatible "
+                                 f"server?")
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+def _preview(reply: Any, limit: int = 80) -> str:
+    """The start of a reply that is not a completion, on one line."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    text = " ".join(text.split())
+    return f"{type(reply).__name__} {text[:limit]!r}" + ("…" if len(text) > limit else "")
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
