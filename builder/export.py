@@ -44,6 +44,7 @@ from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
+from builder.provenance import origin
 from builder.dataset_configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
 from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
@@ -429,8 +430,10 @@ def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
     names = [c["name"] for c in stats["configs"]]
     default = "sft" if "sft" in names else None
     env = SandboxedEnvironment(keep_trailing_newline=True)
+    manifest = out / RUN_MANIFEST
     text = env.from_string(Path(template).read_text(encoding="utf-8")).render(
-        **stats, generated_yaml=_generated_yaml(out, names, default), repo_hint=repo_id or str(out))
+        **stats, generated_yaml=_generated_yaml(out, names, default), repo_hint=repo_id or str(out),
+        origin=origin(json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}))
     DatasetCard(text)  # parses the YAML front matter: fail here, not on the Hub
     write_text(out / "README.md", text)
     return text

@@ -72,7 +72,9 @@ def test_card_numbers_are_computed_from_the_data(built):
     run, out, _ = built
     card = DatasetCard.load(out / "README.md")
     meta = card.data.to_dict()
-    assert {"apache-2.0", "cc-by-4.0"} <= set(meta["license"]) and "visual-question-answering" in meta["task_categories"]
+    # the imported example: the authors' MIT generations on DOCCI (the card used to say Apache-2.0 for any run)
+    assert meta["license"] == ["mit", "cc-by-4.0"] and meta["source_datasets"] == ["google/docci"]
+    assert "visual-question-answering" in meta["task_categories"] and "@inproceedings{OnoeDocci2024" in card.text
     assert {c["config_name"] for c in meta["configs"]} == set(lpt.run_configs())
     stats = card_stats(out)
     dpo = datasets.load_dataset(str(out), "dpo", split="train")
