@@ -17,7 +17,7 @@ counted by its image tokens) x tokens/s, against the card's dense bf16 peak (MFU
     python3 benchmarks/gpu_train.py                           # SFT and DPO, 7B (H200 for DPO's two models)
     python3 benchmarks/gpu_train.py --stage sft --steps 6     # H100: full SFT fits (bf16 AdamW states)
     python3 benchmarks/gpu_train.py --stage dpo --lora 64     # H100: DPO with LoRA (no second model)
-    python3 benchmarks/gpu_train.py --tiny --device cpu --steps 2 --seq-len 256   # smoke test, no GPU
+    python3 benchmarks/gpu_train.py --tiny --device cpu --steps 2 --seq-len 512   # smoke test, no GPU
 """
 
 from __future__ import annotations
