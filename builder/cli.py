@@ -15,6 +15,7 @@ Commands::
     lpt view RUN|OUT / lpt stats RUN|OUT   a self-contained HTML trace viewer; numbers and PNG figures
     lpt show OUT CONFIG                    a few rows of an exported config in the terminal
     lpt eval MODEL                         lighteval on the paper's benchmarks (needs the ``eval`` extra)
+    lpt train sft|dpo OUT_OR_RUN MODEL -o CKPT   SFT, then DPO, with TRL (needs the ``train`` extra)
 """
 
 from __future__ import annotations
@@ -512,6 +513,78 @@ def show_cmd(out_dir: str, config: str, rows: int, start: int, max_chars: int) -
     console = _console()
     for table in show_rows(out_dir, config, rows=rows, start=start, max_chars=max_chars):
         console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _train_options(fn: Callable) -> Callable:
+    """The flags ``lpt train sft`` and ``lpt train dpo`` share (recipe fields default to the authors' configs)."""
+    options = [
+        click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+                     help="Checkpoint folder (TRL's checkpoint-N inside; a rerun resumes from the last one)."),
+        click.option("--protocol", type=click.Choice(["authors", "project", "rows"]), default="authors",
+                     show_default=True, help="Train on the system prompt and answer format `lpt eval` uses under "
+                                             "this protocol ('rows': the rows' own)."),
+        click.option("--text-only", is_flag=True, help="Train on the text alone (no images; a text model is fine)."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N steps (smoke runs)."),
+        click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use only the first N rows."),
+        click.option("--lora", "lora_r", type=click.IntRange(min=1), default=None, metavar="RANK",
+                     help="LoRA (PEFT) of this rank on the language model instead of full fine-tuning."),
+        click.option("--learning-rate", type=float, default=None),
+        click.option("--epochs", "num_train_epochs", type=float, default=None),
+        click.option("--batch-size", "per_device_train_batch_size", type=click.IntRange(min=1), default=None),
+        click.option("--grad-accum", "gradient_accumulation_steps", type=click.IntRange(min=1), default=None),
+        click.option("--max-length", type=click.IntRange(min=16), default=None),
+        click.option("--save-steps", type=click.IntRange(min=1), default=None),
+        click.option("--no-resume", is_flag=True, help="Start over even if OUTPUT holds TRL checkpoints."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_train(stage: str, source: str, model: str, output: str, **flags: Any) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        raise click.ClickException('lpt train needs the train extra: pip install -e ".[train]"')
+    from builder.train.recipe import RECIPES
+    from builder.train.trainer import Options, summary_lines, train
+
+    opts = Options(protocol=flags.pop("protocol"), text_only=flags.pop("text_only"), max_steps=flags.pop("max_steps"),
+                   max_rows=flags.pop("max_rows"), lora_r=flags.pop("lora_r"), resume=not flags.pop("no_resume"),
+                   progress=not flags.pop("quiet"))
+    summary = train(stage, source, model, output, RECIPES[stage].with_overrides(**flags), opts)
+    for line in summary_lines(summary):
+        click.echo(line)
+
+
+@main.group("train")
+def train_group() -> None:
+    """Fine-tune a vision-language model on the traces with TRL: `sft`, then `dpo` (needs the `train` extra)."""
+
+
+@train_group.command("sft")
+@click.argument("source", metavar="OUT_OR_RUN")
+@click.argument("model")
+@_train_options
+@friendly_errors
+def train_sft_cmd(source: str, model: str, output: str, **flags: Any) -> None:
+    """SFT of MODEL (a folder or Hub id) on the sft rows of an exported folder or a run directory."""
+    _run_train("sft", source, model, output, **flags)
+
+
+@train_group.command("dpo")
+@click.argument("source", metavar="OUT_OR_RUN")
+@click.argument("model", metavar="SFT_CKPT")
+@_train_options
+@click.option("--beta", type=float, default=None, help="DPO beta (recipe: 0.2).")
+@friendly_errors
+def train_dpo_cmd(source: str, model: str, output: str, **flags: Any) -> None:
+    """DPO of SFT_CKPT (usually `lpt train sft`'s output) on the dpo rows of an exported folder or a run directory."""
+    _run_train("dpo", source, model, output, **flags)
 
 
 __all__ = ["LazyGroup", "main", "parse_shard_option", "parse_stages_option", "status_table"]
