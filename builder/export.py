@@ -44,7 +44,7 @@ from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
-from builder.dataset_configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
+from builder.dataset_configs import CONFIGS, FIELD_DOCS, LPTConfig, config_batches, raw_configs, run_configs
 from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally
@@ -230,7 +230,7 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     traces: list[Any] = []  # the run's kept traces, read once for the trace sets
 
     def one(name: str) -> tuple[int, str]:
-        if name in COLUMNAR and CONFIGS[name].build is COLUMNAR[name]:
+        if CONFIGS[name].batches is not None:
             return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces)
         ds, why = _built_or_why(run_dir, name, **kwargs)
         if ds is None:
@@ -241,7 +241,7 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     def lane(part: list[str]) -> dict[str, tuple[int, str]]:
         return {name: one(name) for name in part}
 
-    raw = [n for n in names if n.startswith("raw_") and n in COLUMNAR]
+    raw = [n for n in names if n in raw_configs().values() and CONFIGS[n].batches is not None]
     sets = [n for n in names if n not in raw]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export") as pool:
         lanes = [pool.submit(lane, part) for part in (raw[::-1], sets) if part]  # the biggest raw config first
@@ -254,19 +254,18 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
 def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces: list[Any]) -> tuple[int, str]:
     """A run config straight from the columnar assembly to parquet (no Python rows, no datasets cache);
     ``(rows, "")``, or ``(0, why it is empty)`` with nothing left in ``folder``."""
-    run = RunDir(run_dir)
     opts = options if options is not None else AssembleOptions()
+    cfg = LPTConfig(name=name, run_dir=str(run_dir), options=opts)
     shared = None
     if name in ("sft", "dpo", "simple_cot"):
         if not traces:
-            traces.append(assemble.trace_index(run))
+            traces.append(assemble.trace_index(RunDir(run_dir)))
         shared = traces[0]
-    rows = write_parquet(assemble.batches(run, name, opts, traces=shared), folder, CONFIGS[name].features)
+    rows = write_parquet(config_batches(cfg, traces=shared), folder, CONFIGS[name].features)
     if rows:
         return rows, ""
     shutil.rmtree(folder, ignore_errors=True)  # datasets cannot load a split of zero rows
-    return 0, (CONFIGS[name].why_empty(LPTConfig(name=name, run_dir=str(run_dir), options=opts))
-               if CONFIGS[name].why_empty else "") or "the run has no rows for it"
+    return 0, (CONFIGS[name].why_empty(cfg) if CONFIGS[name].why_empty else "") or "the run has no rows for it"
 
 
 def _write_parquet(ds: Any, folder: Path) -> None:
