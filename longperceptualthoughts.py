@@ -45,6 +45,7 @@ from builder.dataset_configs import (
     read_lpt30k,
     register,
     run_configs,
+    why_empty,
 )
 from builder.export import card_stats, export, push, render_card
 from builder.importer import import_upstream
@@ -103,8 +104,7 @@ class LongPerceptualThoughts(datasets.ArrowBasedBuilder):
 
     def why_empty(self) -> str:
         """Why this config has no rows for its run (the config's own reason, or a generic one)."""
-        spec = CONFIGS[self.config.name]
-        return (spec.why_empty(self.config) if spec.why_empty else "") or "the run has no rows for it"
+        return why_empty(self.config)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -358,6 +358,12 @@ for _spec in [
     register(_spec)
 
 
+def why_empty(cfg: LPTConfig) -> str:
+    """Why config ``cfg.name`` has no rows for its run: the config's own reason, or a generic one."""
+    spec = CONFIGS[cfg.name]
+    return (spec.why_empty(cfg) if spec.why_empty else "") or "the run has no rows for it"
+
+
 def config_batches(cfg: LPTConfig, *, traces: Any = None) -> Iterator[pa.RecordBatch]:
     """Config ``cfg.name``'s rows as record batches of its features: the spec's own :attr:`ConfigSpec.batches`
     (what ``lpt export`` writes), else its built rows encoded a writer batch at a time."""
@@ -376,6 +382,6 @@ BUILTIN = frozenset(CONFIGS)
 
 load_plugins()  # installed plugin packages: their configs are there wherever the package is used
 
-__all__ = ["BUILTIN", "CONFIGS", "ConfigSpec", "RAW_ROLES", "config_batches", "raw_config", "raw_configs", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+__all__ = ["BUILTIN", "CONFIGS", "ConfigSpec", "RAW_ROLES", "config_batches", "raw_config", "raw_configs", "why_empty", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]
