@@ -31,7 +31,7 @@ def write_parquet(data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch], fo
 
     ``features`` is the config's ``datasets.Features``; every batch is cast to its Arrow schema. Files of an
     earlier write are replaced once the new ones are complete. ``cdc=True`` adds the content-defined chunking
-    ``datasets`` uses (smaller re-uploads of a changed set on the Hub; about twice the encoding time). Row
+    ``datasets`` uses (smaller re-uploads of a changed set on the Hub, at a cost in encoding). Row
     groups are encoded on a second thread while the next one is assembled. Returns the rows written.
     """
     schema = features.arrow_schema

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from builder.dataset_configs import BUILTIN, CONFIGS, LPTConfig, raw_configs
+from builder.export import read_report
 from builder.records import tally
 from builder.stages import table_for
 from builder.stats import (EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, stage_tables,
@@ -439,7 +440,7 @@ def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
     files = sorted((out / config).glob("train-*.parquet"))
     if not files:
         present = sorted(p.name for p in out.iterdir() if p.is_dir() and any(p.glob("train-*.parquet")))
-        why = _read_report(out).get("empty", {}).get(config)
+        why = read_report(out)["empty"].get(config)
         raise ValueError(f"{out} has no config {config!r}" + (f" (left out of the export: {why})" if why else "")
                          + f"; it has {', '.join(present) or 'none'}")
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -459,14 +460,6 @@ def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
             if len(got) >= rows:
                 return got, total
     return got, total
-
-
-def _read_report(out: Path) -> dict[str, Any]:
-    p = out / "export_report.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except ValueError:
-        return {}
 
 
 def fold(text: str, max_chars: int) -> str:
