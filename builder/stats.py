@@ -449,8 +449,8 @@ def _funnel(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
 def _drops(stages: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
     """Per stage: the rows each filter removed, by reason (the questions: the invalid ones, by reason)."""
     question, short, long = stage_tables()
-    mcq = stages[question]
-    questions = mcq.filter(pc.greater_equal(mcq.column("item_index"), 0)) if mcq.num_rows else mcq
+    records = stages[question]
+    questions = records.filter(pc.greater_equal(records.column("item_index"), 0)) if records.num_rows else records
     invalid = questions.filter(pc.invert(questions.column("valid"))) if questions.num_rows else questions
     drops = {question: {k: v["rows"] for k, v in _tally_by(invalid, "invalid_reason").items()}}
     for s in (short, long):

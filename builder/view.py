@@ -81,7 +81,7 @@ class _Interned:
 
 
 def _prefix(thought: str, separator: str) -> str:
-    """How stage 3 joins a simple thought to what it added (builder.stages.expansion.label_expansion)."""
+    """How the long-thought stage joins a simple thought to what it added (as it does when it labels one)."""
     t = (thought or "").rstrip()
     return (t if t.endswith(".") else t + ".") + separator
 
