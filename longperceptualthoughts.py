@@ -24,7 +24,9 @@ import os
 from typing import Any, Iterator
 
 import datasets
+import pyarrow as pa
 from datasets import Image, List
+from datasets.builder import Key
 from datasets.utils.py_utils import classproperty
 
 from builder import assemble
@@ -38,10 +40,12 @@ from builder.dataset_configs import (
     SFT_FEATURES,
     ConfigSpec,
     LPTConfig,
+    config_batches,
     docci_image_path,
     read_lpt30k,
     register,
     run_configs,
+    why_empty,
 )
 from builder.export import card_stats, export, push, render_card
 from builder.importer import import_upstream
@@ -49,8 +53,11 @@ from builder.importer import import_upstream
 __version__ = "0.1.0"
 
 
-class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
-    """SFT / DPO / MCQ / simple-CoT sets, images and raw stage records of a run; and the authors' release."""
+class LongPerceptualThoughts(datasets.ArrowBasedBuilder):
+    """SFT / DPO / MCQ / simple-CoT sets, images and raw stage records of a run; and the authors' release.
+
+    The rows stream as Arrow tables: a set's record batches are the ones ``lpt export`` writes
+    (:func:`builder.dataset_configs.config_batches`), with no Python dict per row."""
 
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = LPTConfig
@@ -82,9 +89,9 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
             self.config.run()  # a missing run directory fails here, with its own message
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
 
-    def _generate_examples(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for i, row in enumerate(CONFIGS[self.config.name].build(self.config)):
-            yield str(i), row
+    def _generate_tables(self) -> Iterator[tuple[Key, pa.Table]]:
+        for i, batch in enumerate(config_batches(self.config)):
+            yield Key(0, i), pa.Table.from_batches([batch])
 
     def _as_dataset(self, split: Any = datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
         # datasets refuses a prepared split of zero rows ("Instruction train corresponds to no data"); an empty
@@ -97,8 +104,7 @@ class LongPerceptualThoughts(datasets.GeneratorBasedBuilder):
 
     def why_empty(self) -> str:
         """Why this config has no rows for its run (the config's own reason, or a generic one)."""
-        spec = CONFIGS[self.config.name]
-        return (spec.why_empty(self.config) if spec.why_empty else "") or "the run has no rows for it"
+        return why_empty(self.config)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -8,6 +8,7 @@ the raw stage records, and ``lpt30k``, the authors' release). The ``datasets`` b
 from __future__ import annotations
 
 import importlib
+import itertools
 import importlib.metadata
 import io
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, Image, List, Value
 from huggingface_hub import snapshot_download
@@ -28,7 +30,8 @@ from builder import assemble
 from builder.assemble import AssembleOptions
 from builder.engines.base import cap_pixels
 from builder.method import MAX_PIXELS
-from builder.records import EXPANSION, MCQ, SIMPLE_COT
+from builder.records import TABLES
+from builder.stages import get_stage, table_for
 from builder.store import RunDir
 
 log = logging.getLogger(__name__)
@@ -117,11 +120,27 @@ class ConfigSpec:
     """How to build one config: its features and a function from the config to rows."""
 
     name: str
+    """The config's name (``load_dataset(OUT, name)``, ``lpt export --config``)."""
+
     features: Features
+    """The features of its rows."""
+
     build: Callable[[LPTConfig], Iterable[dict[str, Any]]]
+    """The config's rows, as dicts of its features."""
+
     description: str = ""
-    from_run: bool = True  # built from a run directory (and so written by ``lpt export``)
-    why_empty: Callable[[LPTConfig], str] | None = None  # says why a run gives no rows (export reports it)
+    """One line for the card and ``lpt view``."""
+
+    from_run: bool = True
+    """Built from a run directory (and so written by ``lpt export``)."""
+
+    why_empty: Callable[[LPTConfig], str] | None = None
+    """Says why a run gives no rows (the export reports it)."""
+
+    batches: Callable[[LPTConfig, Any], Iterable[pa.RecordBatch]] | None = None
+    """``batches(config, traces)``: the same rows as Arrow record batches of :attr:`features` (the columnar
+    assembly; ``traces`` is a :func:`builder.assemble.trace_index` several sets share, or ``None``). When set,
+    the ``datasets`` builder and ``lpt export`` stream these instead of :attr:`build`'s dicts."""
 
 
 CONFIGS: dict[str, ConfigSpec] = {}
@@ -181,8 +200,8 @@ def image_bytes(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) ->
 
 
 def _source_rows(cfg: LPTConfig) -> list[dict[str, Any]]:
-    run = cfg.run()
-    return sorted(run.read("source").to_pylist(), key=lambda r: r["image_id"]) if run.has("source") else []
+    run, source = cfg.run(), table_for("source")
+    return sorted(run.read(source).to_pylist(), key=lambda r: r["image_id"]) if run.has(source) else []
 
 
 def _images_why_empty(cfg: LPTConfig) -> str:
@@ -271,59 +290,98 @@ def _build_lpt30k(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- the configs
 
 
-def _columnar(name: str) -> Callable[[LPTConfig], Iterator[dict[str, Any]]]:
+def _columnar(name: str) -> tuple[Callable[..., Iterator[dict[str, Any]]], Callable[..., Iterator[pa.RecordBatch]]]:
+    """A spec's ``build`` and ``batches`` for run config ``name`` of :func:`builder.assemble.batches`."""
+
+    def batches(cfg: LPTConfig, traces: Any = None) -> Iterator[pa.RecordBatch]:
+        return assemble.batches(cfg.run(), name, cfg.options, traces=traces)
+
     def build(cfg: LPTConfig) -> Iterator[dict[str, Any]]:
-        for batch in assemble.batches(cfg.run(), name, cfg.options):
+        for batch in batches(cfg):
             yield from batch.to_pylist()
 
-    build.__doc__ = f"The rows of ``{name}`` from the columnar assembly (``lpt export`` writes its batches as they are)."
-    return build
+    batches.__doc__ = (f"The record batches of ``{name}`` from the columnar assembly (``traces``: "
+                       f":func:`builder.assemble.trace_index`, shared by several sets).")
+    build.__doc__ = f"The rows of ``{name}`` from the columnar assembly, as dicts."
+    return build, batches
 
 
-COLUMNAR = {name: _columnar(name) for name in ("sft", "dpo", "mcq", "mcq_direct", "simple_cot", "raw_mcq",
-                                                "raw_simple_cot", "raw_expansion")}
-"""The run configs that :mod:`builder.assemble` builds column-wise; ``lpt export`` streams them to parquet."""
+RAW_ROLES = ("question", "short_thought", "long_thought")
+"""The table roles (:data:`builder.stages.ROLES`) whose every record is a ``raw_<table>`` config."""
+
+_RAW_DESCRIPTIONS = {
+    "question": "every MCQ, valid or not, with its raw responses (an image whose reply held no question: one "
+                "invalid row).",
+    "short_thought": "every simple-CoT sample, its parse and its label.",
+    "long_thought": "every expansion, its parse, its label and why it was dropped.",
+}
 
 
-def _why(name: str) -> Callable[[LPTConfig], str]:
-    return lambda c: assemble.why_empty(c.run(), name, c.options)
+def raw_config(table: str) -> str:
+    """The config that holds every record of run-directory table ``table``."""
+    return f"raw_{table}"
+
+
+def raw_configs() -> dict[str, str]:
+    """``{table: its raw config}`` for the tables of :data:`RAW_ROLES` (asked of the stage registry)."""
+    return {table_for(role): raw_config(table_for(role)) for role in RAW_ROLES}
+
+
+def _set_spec(name: str, features: Features, description: str) -> ConfigSpec:
+    build, batches = _columnar(name)
+    return ConfigSpec(name, features, build, description,
+                      why_empty=lambda c: assemble.why_empty(c.run(), name, c.options), batches=batches)
+
+
+def _raw_spec(role: str) -> ConfigSpec:
+    table = table_for(role)
+    number = get_stage(table).number
+    build, batches = _columnar(raw_config(table))
+    return ConfigSpec(raw_config(table), Features.from_arrow_schema(TABLES[table].schema), build,
+                      f"Stage {number}: {_RAW_DESCRIPTIONS[role]}", why_empty=lambda c: f"stage {number} has no records",
+                      batches=batches)
+
 
 for _spec in [
-    ConfigSpec("sft", SFT_FEATURES, COLUMNAR["sft"],
-               "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50.", why_empty=_why("sft")),
-    ConfigSpec("dpo", DPO_FEATURES, COLUMNAR["dpo"],
-               "Preference pairs (prompt/chosen/rejected), tagged with their kind.", why_empty=_why("dpo")),
-    ConfigSpec("mcq", MCQ_FEATURES, COLUMNAR["mcq"],
-               "The valid MCQs with the think system prompt and the gold answer.", why_empty=_why("mcq")),
-    ConfigSpec("mcq_direct", MCQ_FEATURES, COLUMNAR["mcq_direct"],
-               "The valid MCQs with the direct-answer system prompt and the gold answer.",
-               why_empty=_why("mcq_direct")),
-    ConfigSpec("simple_cot", SFT_FEATURES, COLUMNAR["simple_cot"],
-               "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline).", why_empty=_why("simple_cot")),
-    ConfigSpec("images", IMAGES_FEATURES, _build_images, "Each source image once (area capped at 512×512 pixels, as the models saw it).",
+    _set_spec("sft", SFT_FEATURES, "Long-CoT SFT: O ∪ O→O (length-weighted 10 %) plus as many X→O; 50/50."),
+    _set_spec("dpo", DPO_FEATURES, "Preference pairs (prompt/chosen/rejected), tagged with their kind."),
+    _set_spec("mcq", MCQ_FEATURES, "The valid MCQs with the think system prompt and the gold answer."),
+    _set_spec("mcq_direct", MCQ_FEATURES, "The valid MCQs with the direct-answer system prompt and the gold answer."),
+    _set_spec("simple_cot", SFT_FEATURES, "Correct simple CoTs, length-weighted 1/3.75 (the simple-CoT baseline)."),
+    ConfigSpec("images", IMAGES_FEATURES, _build_images,
+               "Each source image once (area capped at 512×512 pixels, as the models saw it).",
                why_empty=_images_why_empty),
-    ConfigSpec("raw_mcq", Features.from_arrow_schema(MCQ), COLUMNAR["raw_mcq"],
-               "Stage 1: every MCQ, valid or not, with its raw responses (an image whose reply held no question: "
-               "one invalid row).",
-               why_empty=lambda c: "stage 1 has no records"),
-    ConfigSpec("raw_simple_cot", Features.from_arrow_schema(SIMPLE_COT),
-               COLUMNAR["raw_simple_cot"],
-               "Stage 2: every simple-CoT sample, its parse and its label.",
-               why_empty=lambda c: "stage 2 has no records"),
-    ConfigSpec("raw_expansion", Features.from_arrow_schema(EXPANSION),
-               COLUMNAR["raw_expansion"],
-               "Stage 3: every expansion, its parse, its label and why it was dropped.",
-               why_empty=lambda c: "stage 3 has no records"),
+    *(_raw_spec(role) for role in RAW_ROLES),
     ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
                "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
 ]:
     register(_spec)
+
+
+def why_empty(cfg: LPTConfig) -> str:
+    """Why config ``cfg.name`` has no rows for its run: the config's own reason, or a generic one."""
+    spec = CONFIGS[cfg.name]
+    return (spec.why_empty(cfg) if spec.why_empty else "") or "the run has no rows for it"
+
+
+def config_batches(cfg: LPTConfig, *, traces: Any = None) -> Iterator[pa.RecordBatch]:
+    """Config ``cfg.name``'s rows as record batches of its features: the spec's own :attr:`ConfigSpec.batches`
+    (what ``lpt export`` writes), else its built rows encoded a writer batch at a time."""
+    spec = CONFIGS[cfg.name]
+    if spec.batches is not None:
+        yield from spec.batches(cfg, traces)
+        return
+    schema = spec.features.arrow_schema
+    rows = iter(spec.build(cfg))
+    while chunk := list(itertools.islice(rows, datasets.config.DEFAULT_MAX_BATCH_SIZE)):
+        yield pa.RecordBatch.from_pylist([spec.features.encode_example(r) for r in chunk], schema=schema)
+
 
 BUILTIN = frozenset(CONFIGS)
 """The project's own configs; any other is a plugin's (:func:`load_plugins`, :func:`register`)."""
 
 load_plugins()  # installed plugin packages: their configs are there wherever the package is used
 
-__all__ = ["BUILTIN", "COLUMNAR", "CONFIGS", "ConfigSpec", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
+__all__ = ["BUILTIN", "CONFIGS", "ConfigSpec", "RAW_ROLES", "config_batches", "raw_config", "raw_configs", "why_empty", "PLUGIN_GROUP", "load_plugins", "DPO_FEATURES", "FIELD_DOCS", "IMAGES_FEATURES", "LPT30K_FEATURES", "LPT30K_REPO", "LPTConfig",
            "MCQ_FEATURES", "SFT_FEATURES", "docci_image_path", "image_bytes", "read_lpt30k",
            "register", "run_configs"]

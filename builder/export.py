@@ -44,13 +44,15 @@ from builder.answers import parse_thought
 from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
+from builder.dataset_configs import (CONFIGS, FIELD_DOCS, LPTConfig, config_batches, raw_configs, run_configs,
+                                     why_empty)
 from builder.provenance import origin
-from builder.dataset_configs import COLUMNAR, CONFIGS, FIELD_DOCS, LPTConfig, run_configs
 from builder.parquet_out import write_parquet
 from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.stats import FIGURES as FIGURE_TITLES
-from builder.stats import config_files, read_config, tally_columns, word_counts, write_figures
+from builder.stages import get_stage, table_for
+from builder.stats import config_files, read_config, stage_tables, tally_columns, word_counts, write_figures
 from builder.store import RunDir
 
 FORMATS = ("hub", "llamafactory")
@@ -76,10 +78,7 @@ LLAMAFACTORY_SETS = {"sft": "LongPerceptualThoughts_SFT", "dpo": "LongPerceptual
 def _built_or_why(run_dir: str | os.PathLike, config: str, **config_kwargs: Any):
     """``(dataset, None)`` for a config with rows, ``(None, why it is empty)`` for one without."""
     ds, cfg = _build(run_dir, config, **config_kwargs)
-    if ds.num_rows:
-        return ds, None
-    spec = CONFIGS[config]
-    return None, (spec.why_empty(cfg) if spec.why_empty else "") or "the run has no rows for it"
+    return (ds, None) if ds.num_rows else (None, why_empty(cfg))
 
 
 def _build(run_dir: str | os.PathLike, config: str, **config_kwargs: Any):
@@ -157,10 +156,7 @@ def export(
     out = Path(out_dir)
     _check_target(Path(run_dir), out, overwrite)
     if not allow_incomplete and Path(run_dir).is_dir():
-        missing = incomplete_stages(RunDir(run_dir))
-        if missing:
-            raise ExportError(f"{run_dir} is not complete: {'; '.join(missing)}. Finish the missing shards (lpt "
-                              f"status shows them), or export it as it is with --allow-incomplete")
+        _check_complete(run_dir)
     names = list(configs or run_configs())
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -173,26 +169,41 @@ def export(
         if fmt == "llamafactory":
             _export_llamafactory(run_dir, tmp, kwargs)
         else:
-            old = read_report(out) if out.is_dir() else {"configs": {}, "empty": {}, "files": []}
-            for name in old["configs"]:  # an earlier export's other configs stay
-                if name not in names and (out / name).is_dir():
-                    shutil.copytree(out / name, tmp / name, copy_function=os.link)
-            written, empty = {}, {}
-            for name, (rows, why) in _write_configs(run_dir, names, tmp, kwargs).items():
-                if rows:
-                    written[name] = rows
-                else:
-                    empty[name] = why
-            _update_report(tmp, written, empty, old)
-            if (Path(run_dir) / "manifest.json").is_file():  # what made the data travels with it
-                shutil.copyfile(Path(run_dir) / "manifest.json", tmp / RUN_MANIFEST)
-            shutil.rmtree(tmp / FIGURES, ignore_errors=True)
-            write_figures(tmp, tmp / FIGURES)  # the card shows them; the Hub renders them
-            render_card(tmp, repo_id=repo_id or str(out))  # the card names where it will be, not the temp folder
+            _export_hub(run_dir, out, tmp, names, kwargs, repo_id)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_complete(run_dir: str | os.PathLike) -> None:
+    """Refuse a run whose stages are not complete across their shards."""
+    missing = incomplete_stages(RunDir(run_dir))
+    if missing:
+        raise ExportError(f"{run_dir} is not complete: {'; '.join(missing)}. Finish the missing shards (lpt "
+                          f"status shows them), or export it as it is with --allow-incomplete")
+
+
+def _export_hub(run_dir: str | os.PathLike, out: Path, tmp: Path, names: Sequence[str], kwargs: dict[str, Any],
+                repo_id: str | None) -> None:
+    """The Hub layout in ``tmp``: an earlier export's other configs (hard links), the configs ``names``, the
+    report, the run's manifest, the figures and the card."""
+    old = read_report(out) if out.is_dir() else {"configs": {}, "empty": {}, "files": []}
+    for name in old["configs"]:  # an earlier export's other configs stay
+        if name not in names and (out / name).is_dir():
+            shutil.copytree(out / name, tmp / name, copy_function=os.link)
+    written, empty = {}, {}
+    for name, (rows, why) in _write_configs(run_dir, names, tmp, kwargs).items():
+        if rows:
+            written[name] = rows
+        else:
+            empty[name] = why
+    _update_report(tmp, written, empty, old)
+    if (Path(run_dir) / "manifest.json").is_file():  # what made the data travels with it
+        shutil.copyfile(Path(run_dir) / "manifest.json", tmp / RUN_MANIFEST)
+    shutil.rmtree(tmp / FIGURES, ignore_errors=True)
+    write_figures(tmp, tmp / FIGURES)  # the card shows them; the Hub renders them
+    render_card(tmp, repo_id=repo_id or str(out))  # the card names where it will be, not the temp folder
 
 
 def _check_target(run_dir: Path, out: Path, overwrite: bool) -> None:
@@ -200,7 +211,7 @@ def _check_target(run_dir: Path, out: Path, overwrite: bool) -> None:
     run, target = run_dir.resolve(), out.resolve()
     if target == run or run in target.parents:
         raise ExportError(f"{out} is inside the run directory {run_dir}: choose an OUT outside it")
-    if (target / "manifest.json").is_file() or (target / "source").is_dir():
+    if (target / "manifest.json").is_file() or (target / table_for("source")).is_dir():
         raise ExportError(f"{out} is a run directory, not an export folder: choose another OUT")
     if not target.exists():
         return
@@ -231,7 +242,7 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     traces: list[Any] = []  # the run's kept traces, read once for the trace sets
 
     def one(name: str) -> tuple[int, str]:
-        if name in COLUMNAR and CONFIGS[name].build is COLUMNAR[name]:
+        if CONFIGS[name].batches is not None:
             return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces)
         ds, why = _built_or_why(run_dir, name, **kwargs)
         if ds is None:
@@ -242,7 +253,7 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     def lane(part: list[str]) -> dict[str, tuple[int, str]]:
         return {name: one(name) for name in part}
 
-    raw = [n for n in names if n.startswith("raw_") and n in COLUMNAR]
+    raw = [n for n in names if n in raw_configs().values() and CONFIGS[n].batches is not None]
     sets = [n for n in names if n not in raw]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export") as pool:
         lanes = [pool.submit(lane, part) for part in (raw[::-1], sets) if part]  # the biggest raw config first
@@ -255,19 +266,18 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
 def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces: list[Any]) -> tuple[int, str]:
     """A run config straight from the columnar assembly to parquet (no Python rows, no datasets cache);
     ``(rows, "")``, or ``(0, why it is empty)`` with nothing left in ``folder``."""
-    run = RunDir(run_dir)
     opts = options if options is not None else AssembleOptions()
+    cfg = LPTConfig(name=name, run_dir=str(run_dir), options=opts)
     shared = None
     if name in ("sft", "dpo", "simple_cot"):
         if not traces:
-            traces.append(assemble.trace_index(run))
+            traces.append(assemble.trace_index(RunDir(run_dir)))
         shared = traces[0]
-    rows = write_parquet(assemble.batches(run, name, opts, traces=shared), folder, CONFIGS[name].features)
+    rows = write_parquet(config_batches(cfg, traces=shared), folder, CONFIGS[name].features)
     if rows:
         return rows, ""
     shutil.rmtree(folder, ignore_errors=True)  # datasets cannot load a split of zero rows
-    return 0, (CONFIGS[name].why_empty(LPTConfig(name=name, run_dir=str(run_dir), options=opts))
-               if CONFIGS[name].why_empty else "") or "the run has no rows for it"
+    return 0, why_empty(cfg)
 
 
 def _write_parquet(ds: Any, folder: Path) -> None:
@@ -310,57 +320,97 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     out = Path(out_dir)
     present = [p.name for p in sorted(out.iterdir()) if p.is_dir() and config_files(out, p.name)]
     order = [c for c in CONFIGS if c in present] + [c for c in present if c not in CONFIGS]
-    schemas = {c: pq.read_schema(config_files(out, c)[0]) for c in order}
-    stats: dict[str, Any] = {"configs": [
-        {"name": c, "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in config_files(out, c)),
-         "description": CONFIGS[c].description if c in CONFIGS else ""} for c in order]}
+    stats: dict[str, Any] = {"configs": _config_rows(out, order)}
     stats["empty_configs"] = [{"name": c, "reason": why} for c, why in read_report(out)["empty"].items()
                               if c not in present]
-    types, all_words = [], []
-    if "sft" in present:
-        sft = read_config(out, "sft", ["cot_type", "messages"])
-        thoughts = pa.array([parse_thought(t)[0] or "" for t in _last_contents(sft.column("messages")).to_pylist()],
-                            pa.string())
-        counts, cot = word_counts(thoughts), np.asarray(sft.column("cot_type").to_pylist(), dtype=object)
-        for t in sorted(set(cot.tolist())):
-            n = counts[cot == t]
-            types.append({"cot_type": t, "rows": len(n), "mean_words": float(n.mean())})
-        all_words = counts
-    stats["sft_types"] = types
-    stats["sft_mean_words"] = float(np.mean(all_words)) if len(all_words) else 0.0
-    stats["pair_kinds"] = ([{"kind": k, "pairs": v} for k, v in sorted(
-        Counter(read_config(out, "dpo", ["kind"]).column("kind").to_pylist()).items())]
-        if "dpo" in present else [])
+    stats["sft_types"], stats["sft_mean_words"] = _sft_types(out) if "sft" in present else ([], 0.0)
+    stats["pair_kinds"] = _pair_kinds(out) if "dpo" in present else []
+    stats["stages"] = _stage_rows(out, present)
+    stats["size_category"] = _size_of(stats["configs"])
+    stats["fields"] = {c: _fields(out, c) for c in order}
+    stats["example"] = _example_of(out, "sft" if "sft" in present else (order[0] if order else None))
+    stats["provenance"] = provenance(out)
+    stats["paper"] = PAPER
+    stats["figures"] = _figures(out)
+    return stats
+
+
+def _size_of(configs: list[dict[str, Any]]) -> str:
+    """The Hub size category: by the SFT and DPO rows, else by the biggest config."""
+    trace_rows = sum(c["rows"] for c in configs if c["name"] in ("sft", "dpo"))
+    return _size_category(trace_rows or max([c["rows"] for c in configs] or [0]))
+
+
+def _example_of(out: Path, config: str | None) -> dict[str, Any]:
+    """``{config, json}``: the first row of ``config`` (texts cut), for the card."""
+    return {"config": config, "json": _example(_first_row(out, config)) if config else ""}
+
+
+def _figures(out: Path) -> list[dict[str, str]]:
+    """``[{path, title}]`` of the figures written beside the card."""
+    return [{"path": f"{FIGURES}/{stem}.png", "title": title} for stem, title in FIGURE_TITLES.items()
+            if (out / FIGURES / f"{stem}.png").is_file()]
+
+
+def _config_rows(out: Path, order: Sequence[str]) -> list[dict[str, Any]]:
+    """``[{name, rows, description}]`` of the exported configs, from the parquet footers."""
+    return [{"name": c, "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in config_files(out, c)),
+             "description": CONFIGS[c].description if c in CONFIGS else ""} for c in order]
+
+
+def _pair_kinds(out: Path) -> list[dict[str, Any]]:
+    """``[{kind, pairs}]`` of the exported ``dpo`` config, by kind."""
+    kinds = Counter(read_config(out, "dpo", ["kind"]).column("kind").to_pylist())
+    return [{"kind": k, "pairs": v} for k, v in sorted(kinds.items())]
+
+
+def _fields(out: Path, config: str) -> list[dict[str, str]]:
+    """``[{name, type, doc}]`` of an exported config's features (the card's field table)."""
+    features = Features.from_arrow_schema(pq.read_schema(config_files(out, config)[0]))
+    return [{"name": k, "type": _type_name(v), "doc": FIELD_DOCS.get(k, "")} for k, v in features.items()]
+
+
+def _sft_types(out: Path) -> tuple[list[dict[str, Any]], float]:
+    """``([{cot_type, rows, mean_words}], mean words of every SFT thought)`` of the exported ``sft`` config."""
+    sft = read_config(out, "sft", ["cot_type", "messages"])
+    thoughts = pa.array([parse_thought(t)[0] or "" for t in _last_contents(sft.column("messages")).to_pylist()],
+                        pa.string())
+    counts, cot = word_counts(thoughts), np.asarray(sft.column("cot_type").to_pylist(), dtype=object)
+    types = []
+    for t in sorted(set(cot.tolist())):
+        n = counts[cot == t]
+        types.append({"cot_type": t, "rows": len(n), "mean_words": float(n.mean())})
+    return types, float(np.mean(counts)) if len(counts) else 0.0
+
+
+_STAGE_LABELS = {"question": "MCQ (valid)", "short_thought": "simple CoT", "long_thought": "expansion"}
+"""The card's name for the records of each stage role (after the stage's number)."""
+
+
+def _stage_rows(out: Path, present: Sequence[str]) -> list[dict[str, Any]]:
+    """Records, kept and accuracy of kept of each stage whose raw config is in the export (the long thoughts
+    also split by their simple thought's label)."""
+    question, short, long = stage_tables()
+    raw = raw_configs()
     stages = []
-    if "raw_mcq" in present:
-        t = tally(read_config(out, "raw_mcq", tally_columns("mcq")))  # a placeholder is not a question
-        stages.append({"stage": "1 MCQ (valid)", "records": t["questions"], "kept": t["valid"],
-                       "accuracy": t["valid"] / t["questions"] if t["questions"] else None})
-    for name, stage, label in (("raw_simple_cot", "simple_cot", "2 simple CoT"),
-                               ("raw_expansion", "expansion", "3 expansion")):
-        if name not in present:
+    if raw[question] in present:
+        t = tally(read_config(out, raw[question], tally_columns(question)))  # a placeholder is not a question
+        stages.append({"stage": f"{get_stage(question).number} {_STAGE_LABELS['question']}", "records": t["questions"],
+                       "kept": t["valid"], "accuracy": t["valid"] / t["questions"] if t["questions"] else None})
+    for stage, role in ((short, "short_thought"), (long, "long_thought")):
+        if raw[stage] not in present:
             continue
-        table = read_config(out, name, tally_columns(stage, *(["simple_correct"] if stage == "expansion" else [])))
+        label = f"{get_stage(stage).number} {_STAGE_LABELS[role]}"
+        table = read_config(out, raw[stage], tally_columns(stage, *(["simple_correct"] if stage == long else [])))
         groups = [(label, table)]
-        if name == "raw_expansion":
+        if stage == long:
             groups += [(f"{label} of O", table.filter(table.column("simple_correct"))),
                        (f"{label} of X", table.filter(pc.invert(table.column("simple_correct"))))]
         for lab, part in groups:
             t = tally(part)
             stages.append({"stage": lab, "records": t["rows"], "kept": t["kept"],
                            "accuracy": t["kept_correct"] / t["kept"] if t["kept"] else None})
-    stats["stages"] = stages
-    trace_rows = sum(c["rows"] for c in stats["configs"] if c["name"] in ("sft", "dpo"))
-    stats["size_category"] = _size_category(trace_rows or max([c["rows"] for c in stats["configs"]] or [0]))
-    stats["fields"] = {c: [{"name": k, "type": _type_name(v), "doc": FIELD_DOCS.get(k, "")}
-                           for k, v in Features.from_arrow_schema(schemas[c]).items()] for c in order}
-    first = "sft" if "sft" in present else (order[0] if order else None)
-    stats["example"] = {"config": first, "json": _example(_first_row(out, first)) if first else ""}
-    stats["provenance"] = provenance(out)
-    stats["paper"] = PAPER
-    stats["figures"] = [{"path": f"{FIGURES}/{stem}.png", "title": title} for stem, title in FIGURE_TITLES.items()
-                        if (out / FIGURES / f"{stem}.png").is_file()]
-    return stats
+    return stages
 
 
 def provenance(out_dir: str | os.PathLike) -> list[dict[str, str]]:
@@ -371,9 +421,9 @@ def provenance(out_dir: str | os.PathLike) -> list[dict[str, str]]:
     m = json.loads(path.read_text(encoding="utf-8"))
     models, config = m.get("models", {}), m.get("config", {})
     rows = []
-    for stage, section in (("mcq", "stage1"), ("simple_cot", "stage2"), ("expansion", "stage3")):
-        model = models.get(stage) or m.get({"simple_cot": "stage2_model", "expansion": "stage3_model"}.get(stage, ""),
-                                           "")
+    for stage in stage_tables():
+        section = get_stage(stage).section
+        model = models.get(stage) or m.get(f"{section}_model", "")  # an imported run names its models so
         sec = config.get(section, {})
         settings = ", ".join(f"{k}={sec[k]}" for k in ("n", "temperature", "top_p", "top_k", "repetition_penalty",
                                                        "max_new_tokens") if k in sec)

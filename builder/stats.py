@@ -27,14 +27,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from builder.dataset_configs import RAW_ROLES, raw_configs
 from builder.records import LABELS, TABLES, tally
+from builder.stages import get_stage, table_for
 from builder.store import RunDir
 
 RUN, EXPORT = "run", "export"
 KIND_LABELS = {RUN: "run directory", EXPORT: "exported dataset folder"}
-_RAW = {"mcq": "raw_mcq", "simple_cot": "raw_simple_cot", "expansion": "raw_expansion"}
-STAGE_TITLES = {"mcq": "stage 1 · MCQs", "simple_cot": "stage 2 · simple CoTs", "expansion": "stage 3 · expansions"}
+ROLE_NOUNS = {"question": "MCQs", "short_thought": "simple CoTs", "long_thought": "expansions"}
+"""What the records of each stage role (:data:`builder.dataset_configs.RAW_ROLES`) are, in titles."""
 TYPE_ORDER = ("O", "X", "O_O", "O_X", "X_O", "X_X")
+
+
+def stage_tables() -> tuple[str, str, str]:
+    """The run-directory tables of the question, short-thought and long-thought roles (the stage registry's)."""
+    question, short, long = (table_for(role) for role in RAW_ROLES)
+    return question, short, long
+
+
+def stage_title(table: str) -> str:
+    """``stage 3 · expansions``: the stage that writes ``table`` and what its records are."""
+    spec = get_stage(table)
+    return f"stage {spec.number} · {ROLE_NOUNS[spec.role]}"
 
 
 def type_label(cot_type: str) -> str:
@@ -56,8 +70,8 @@ class NotAnInput(ValueError):
 
 @dataclass
 class Opened:
-    """A run directory or an exported folder, read into one shape. ``read(stage)`` gives a stage's records
-    (``mcq``, ``simple_cot``, ``expansion``; ``source`` for a run), so :mod:`builder.assemble` accepts it."""
+    """A run directory or an exported folder, read into one shape. ``read(table)`` gives a stage's records
+    (the tables of :func:`stage_tables`; the source table for a run), so :mod:`builder.assemble` accepts it."""
 
     kind: str  # RUN or EXPORT
     path: Path
@@ -82,7 +96,8 @@ class Opened:
                 t = RunDir(self.path).read(stage, cols)
                 self._tables[key] = t if cols is None else t.select(cols)
             else:
-                t = read_config(self.path, _RAW[stage], cols) if stage in _RAW else None
+                raw = raw_configs().get(stage)
+                t = read_config(self.path, raw, cols) if raw else None
                 self._tables[key] = schema.empty_table() if t is None else t.cast(schema)
         return self._tables[key]
 
@@ -93,9 +108,9 @@ class Opened:
             yield self.read(stage, columns)
         elif self.kind == RUN:
             yield from RunDir(self.path).tables(stage, columns)
-        elif stage in _RAW:
+        elif stage in raw_configs():
             schema = pa.schema([TABLES[stage].schema.field(c) for c in columns])
-            for f in config_files(self.path, _RAW[stage]):
+            for f in config_files(self.path, raw_configs()[stage]):
                 pf = pq.ParquetFile(f)
                 for i in range(pf.num_row_groups):
                     yield pf.read_row_group(i, columns=list(columns)).replace_schema_metadata(None).cast(schema)
@@ -108,7 +123,8 @@ class Opened:
         :mod:`builder.assemble` reads column-wise."""
         if self.kind == RUN:
             return RunDir(self.path).files(stage)
-        return [Path(f) for f in config_files(self.path, _RAW[stage])] if stage in _RAW else []
+        raw = raw_configs().get(stage)
+        return [Path(f) for f in config_files(self.path, raw)] if raw else []
 
     def config(self, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
         """An exported config's rows, only ``columns`` when given (``None`` for a run, or when the export has no
@@ -189,7 +205,7 @@ class Opened:
         or the export's ``images`` config (bytes, or paths that exist)."""
         out: dict[str, bytes | str] = {}
         if self.kind == RUN:
-            for r in self.read("source", ["image_id", "image_path"]).to_pylist():
+            for r in self.read(table_for("source"), ["image_id", "image_path"]).to_pylist():
                 if r["image_path"] and Path(r["image_path"]).is_file():
                     out[r["image_id"]] = r["image_path"]
             return out
@@ -204,11 +220,13 @@ class Opened:
         return out
 
     def descriptions(self) -> dict[str, str]:
-        """``image_id -> description``: the run's source, or (export) the description quoted in stage 3's prompt."""
+        """``image_id -> description``: the run's source, or (export) the description quoted in the prompt of the
+        long thoughts."""
         if self.kind == RUN:
-            return {r["image_id"]: r["description"] for r in self.read("source", ["image_id", "description"]).to_pylist()}
+            return {r["image_id"]: r["description"]
+                    for r in self.read(table_for("source"), ["image_id", "description"]).to_pylist()}
         out: dict[str, str] = {}
-        e = self.read("expansion", ["image_id", "user_text"])
+        e = self.read(table_for("long_thought"), ["image_id", "user_text"])
         for image_id, text in zip(e.column("image_id").to_pylist(), e.column("user_text").to_pylist()):
             if image_id not in out:
                 m = _DESCRIPTION.search(text or "")
@@ -239,12 +257,12 @@ def detect(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_dir():
         raise NotAnInput(f"{p} is not a folder (expected a run directory or an exported dataset folder)")
-    if (p / "export_report.json").is_file() or any(config_files(p, n) for n in (*_RAW.values(), "sft", "dpo")):
+    if (p / "export_report.json").is_file() or any(config_files(p, n) for n in (*raw_configs().values(), "sft", "dpo")):
         return EXPORT
     if (p / "manifest.json").is_file() or any(RunDir(p).has(s) for s in TABLES):
         return RUN
-    raise NotAnInput(f"{p} is neither a run directory (manifest.json, mcq/, simple_cot/, expansion/) nor an exported "
-                     f"dataset folder (export_report.json, raw_*/ and sft/ dpo/ configs)")
+    raise NotAnInput(f"{p} is neither a run directory (manifest.json, {', '.join(f'{t}/' for t in stage_tables())}) "
+                     f"nor an exported dataset folder (export_report.json, raw_*/ and sft/ dpo/ configs)")
 
 
 def open_input(path_or_run: Any) -> Opened:
@@ -371,16 +389,17 @@ def _expansion_lengths(e: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
     """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
-    (whole thought) and by cue (added words). The texts are read part by part (a big run's stage 3 is never
-    in memory whole)."""
+    (whole thought) and by cue (added words). The texts are read part by part (a big run's long thoughts are
+    never in memory whole)."""
+    _, short, long = stage_tables()
     out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
                                             "by_cue": {}}
-    for n, correct in _on_two_cores(_simple_lengths, o.parts("simple_cot", ["thought", "correct", "keep"])):
+    for n, correct in _on_two_cores(_simple_lengths, o.parts(short, ["thought", "correct", "keep"])):
         out["all"]["simple"] += n.tolist()
         for t, mask in (("O", correct), ("X", ~correct)):
             out["by_type"].setdefault(t, []).extend(n[mask].tolist())
     for n, added, simple_ok, ok, cues in _on_two_cores(_expansion_lengths, o.parts(
-            "expansion", ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])):
+            long, ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])):
         out["all"]["expanded"] += n.tolist()
         out["all"]["added"] += added.tolist()
         for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
@@ -393,45 +412,67 @@ def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(stats, raw lists for the plots)``."""
-    o = open_input(path_or_run)
-    stages = {"mcq": o.read("mcq", tally_columns("mcq", "invalid_reason")),
-              "simple_cot": o.read("simple_cot", tally_columns("simple_cot", "sample_id", "question_type", "drop_reason")),
-              "expansion": o.read("expansion", tally_columns("expansion", "sample_id", "simple_correct", "drop_reason",
-                                                        "bad_word"))}
-    counts = {s: tally(t) for s, t in stages.items()}
-    e = stages["expansion"]
-    if e.num_rows:
-        for flag, name in ((True, "expansion_of_O"), (False, "expansion_of_X")):
-            counts[name] = tally(e.filter(pc.equal(e.column("simple_correct"), flag)))
+def _stage_records(o: Opened) -> dict[str, pa.Table]:
+    """The label columns of each stage table (:func:`stage_tables`), and what the numbers group them by."""
+    question, short, long = stage_tables()
+    return {question: o.read(question, tally_columns(question, "invalid_reason")),
+            short: o.read(short, tally_columns(short, "sample_id", "question_type", "drop_reason")),
+            long: o.read(long, tally_columns(long, "sample_id", "simple_correct", "drop_reason", "bad_word"))}
 
-    funnel = []
-    m = counts["mcq"]
-    funnel.append({"stage": "mcq", "title": STAGE_TITLES["mcq"], "items": m.get("questions", 0),
-                   "parsed": m.get("valid", 0), "correct": None, "kept": m.get("valid", 0)})
-    for s in ("simple_cot", "expansion"):
+
+def _counts(stages: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
+    """:func:`tally` of each stage, and of the long thoughts split by their simple thought's label
+    (``<table>_of_O`` / ``<table>_of_X``)."""
+    long = stage_tables()[2]
+    counts = {s: tally(t) for s, t in stages.items()}
+    e = stages[long]
+    if e.num_rows:
+        for flag, name in ((True, f"{long}_of_O"), (False, f"{long}_of_X")):
+            counts[name] = tally(e.filter(pc.equal(e.column("simple_correct"), flag)))
+    return counts
+
+
+def _funnel(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """Per stage: items, parsed (the questions: valid), correct, kept (and kept and correct)."""
+    question, short, long = stage_tables()
+    m = counts[question]
+    funnel = [{"stage": question, "title": stage_title(question), "items": m.get("questions", 0),
+               "parsed": m.get("valid", 0), "correct": None, "kept": m.get("valid", 0)}]
+    for s in (short, long):
         c = counts[s]
-        funnel.append({"stage": s, "title": STAGE_TITLES[s], "items": c["rows"], "parsed": c.get("parsed", 0),
+        funnel.append({"stage": s, "title": stage_title(s), "items": c["rows"], "parsed": c.get("parsed", 0),
                        "correct": c.get("correct", 0), "kept": c.get("kept", 0),
                        "kept_correct": c.get("kept_correct", 0)})
+    return funnel
 
-    drops: dict[str, dict[str, int]] = {}
-    mcq = stages["mcq"]
-    questions = mcq.filter(pc.greater_equal(mcq.column("item_index"), 0)) if mcq.num_rows else mcq
+
+def _drops(stages: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
+    """Per stage: the rows each filter removed, by reason (the questions: the invalid ones, by reason)."""
+    question, short, long = stage_tables()
+    records = stages[question]
+    questions = records.filter(pc.greater_equal(records.column("item_index"), 0)) if records.num_rows else records
     invalid = questions.filter(pc.invert(questions.column("valid"))) if questions.num_rows else questions
-    drops["mcq"] = {k: v["rows"] for k, v in _tally_by(invalid, "invalid_reason").items()}
-    for s in ("simple_cot", "expansion"):
+    drops = {question: {k: v["rows"] for k, v in _tally_by(invalid, "invalid_reason").items()}}
+    for s in (short, long):
         t = stages[s]
         dropped = t.filter(pc.invert(t.column("keep"))) if t.num_rows else t
         drops[s] = {(k or "(no reason)"): v["rows"] for k, v in _tally_by(dropped, "drop_reason").items()}
-    bad = e.filter(pc.not_equal(e.column("bad_word"), "")) if e.num_rows else e
-    bad_words = {k: v["rows"] for k, v in _tally_by(bad, "bad_word").items()}
+    return drops
 
+
+def _bad_words(e: pa.Table) -> dict[str, int]:
+    """The long thoughts each bad word dropped (the first one found in a thought), most first."""
+    bad = e.filter(pc.not_equal(e.column("bad_word"), "")) if e.num_rows else e
+    return {k: v["rows"] for k, v in _tally_by(bad, "bad_word").items()}
+
+
+def _accuracy(stages: dict[str, pa.Table]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per thought stage and question type: rows, kept, kept and correct, and their ratio."""
+    _, short, long = stage_tables()
+    s2 = stages[short]
     accuracy: dict[str, dict[str, dict[str, Any]]] = {}
-    s2 = stages["simple_cot"]
-    for s, t in (("simple_cot", s2), ("expansion", e)):
-        if s == "expansion" and t.num_rows:  # stage 3 rows name their question type through their simple thought
+    for s, t in ((short, s2), (long, stages[long])):
+        if s == long and t.num_rows:  # long thoughts name their question type through their simple thought
             at = pc.index_in(t.column("sample_id"), s2.column("sample_id"))
             t = t.append_column("question_type", pc.fill_null(pc.take(s2.column("question_type"), at), ""))
         accuracy[s] = {}
@@ -439,25 +480,37 @@ def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             kept = c.get("kept", 0)
             accuracy[s][qt or "(none)"] = {"rows": c["rows"], "kept": kept, "kept_correct": c.get("kept_correct", 0),
                                            "accuracy": c.get("kept_correct", 0) / kept if kept else None}
+    return accuracy
 
+
+def _length_summaries(lengths: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_summary` of each list of :func:`_lengths`."""
+    return {
+        "unit": "words",
+        "simple": _summary(lengths["all"]["simple"]),
+        "expanded": _summary(lengths["all"]["expanded"]),
+        "added": _summary(lengths["all"]["added"]),
+        "by_type": {t: _summary(v) for t, v in lengths["by_type"].items()},
+        "added_by_cue": {c: _summary(v) for c, v in lengths["by_cue"].items()},
+    }
+
+
+def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(stats, raw lists for the plots)``."""
+    o = open_input(path_or_run)
+    stages = _stage_records(o)
+    counts = _counts(stages)
     lengths = _lengths(o)
     sft_types, sft_from = o.set_counts("sft", "cot_type")
     dpo_kinds, dpo_from = o.set_counts("dpo", "kind")
     stats = {
         "input": {"kind": o.kind, "path": str(o.path), "label": o.label},
         "counts": counts,
-        "funnel": funnel,
-        "drops": drops,
-        "bad_words": bad_words,
-        "accuracy_by_question_type": accuracy,
-        "lengths": {
-            "unit": "words",
-            "simple": _summary(lengths["all"]["simple"]),
-            "expanded": _summary(lengths["all"]["expanded"]),
-            "added": _summary(lengths["all"]["added"]),
-            "by_type": {t: _summary(v) for t, v in lengths["by_type"].items()},
-            "added_by_cue": {c: _summary(v) for c, v in lengths["by_cue"].items()},
-        },
+        "funnel": _funnel(counts),
+        "drops": _drops(stages),
+        "bad_words": _bad_words(stages[stage_tables()[2]]),
+        "accuracy_by_question_type": _accuracy(stages),
+        "lengths": _length_summaries(lengths),
         "sft": {"rows": sum(sft_types.values()), "from": sft_from,
                 "cot_type": {t: sft_types[t] for t in TYPE_ORDER if sft_types[t]}},
         "dpo": {"rows": sum(dpo_kinds.values()), "from": dpo_from, "kind": dict(sorted(dpo_kinds.items()))},
@@ -493,8 +546,18 @@ FIGURES = {
 """File stem -> title of every figure :func:`write_figures` may write (one axes each; usable as alt text)."""
 
 _COLOURS = {"items": "#9aa5b1", "parsed": "#5b8def", "correct": "#2f9e63", "kept": "#e0a526",
-            "kept_correct": "#7b5bd6", "mcq": "#5b8def", "simple_cot": "#2f9e63", "expansion": "#e0a526"}
+            "kept_correct": "#7b5bd6"}
+_ROLE_COLOURS = {"question": "#5b8def", "short_thought": "#2f9e63", "long_thought": "#e0a526"}
 _TYPE_COLOURS = {"O": "#2f9e63", "X": "#d64545", "O_O": "#7fc8a0", "O_X": "#f08c8c", "X_O": "#4c7bd9", "X_X": "#a33"}
+
+
+def _colour(table: str) -> str:
+    """The colour of a stage table's records in every figure (by its role)."""
+    return _ROLE_COLOURS[get_stage(table).role]
+
+
+def _stage_number(role: str) -> int:
+    return get_stage(table_for(role)).number
 
 
 def make_figures(path_or_run: Any) -> dict[str, Any]:
@@ -517,14 +580,20 @@ def make_figures(path_or_run: Any) -> dict[str, Any]:
         figs[stem] = fig
         return ax
 
-    # the funnel
-    levels = ("items", "parsed", "correct", "kept")
+    for draw in (_draw_funnel, _draw_drop_reasons, _draw_bad_words, _draw_accuracy, _draw_thought_lengths,
+                 _draw_lengths_by_type, _draw_added_by_cue, _draw_sft_composition, _draw_dpo_composition):
+        draw(new, stats, lengths)
+    return figs
+
+
+def _draw_funnel(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """Items, parsed, correct and kept records of each stage, side by side."""
     ax = new("funnel")
     width = 0.2
-    for i, level in enumerate(levels):
+    for i, level in enumerate(("items", "parsed", "correct", "kept")):
         xs = [j + (i - 1.5) * width for j in range(len(stats["funnel"]))]
         ys = [f[level] or 0 for f in stats["funnel"]]
-        bars = ax.bar(xs, ys, width, label=level if level != "parsed" else "parsed (stage 1: valid)",
+        bars = ax.bar(xs, ys, width, label=level if level != "parsed" else f"parsed (stage {_stage_number('question')}: valid)",
                       color=_COLOURS[level])
         ax.bar_label(bars, labels=[str(f[level]) if f[level] is not None else "–" for f in stats["funnel"]],
                      fontsize=7, padding=1)
@@ -533,100 +602,133 @@ def make_figures(path_or_run: Any) -> dict[str, Any]:
     ax.set_ylabel("records")
     ax.legend(fontsize=8)
 
-    # drop reasons
-    bars_ = [(STAGE_TITLES[s], reason, n) for s in ("mcq", "simple_cot", "expansion")
-             for reason, n in stats["drops"][s].items()]
-    stage_of = {STAGE_TITLES[s]: s for s in STAGE_TITLES}
-    if bars_:
-        ax = new("drop_reasons", (7.5, 0.9 + 0.38 * len(bars_)))
-        labels = [f"{st.split(' · ')[0]}: {reason}" for st, reason, _ in bars_]
-        ys = list(range(len(bars_)))[::-1]
-        b = ax.barh(ys, [n for *_, n in bars_], color=[_COLOURS[stage_of[st]] for st, *_ in bars_])
-        ax.bar_label(b, fontsize=8, padding=2)
-        ax.set_yticks(ys, labels, fontsize=8)
-        ax.set_xlabel("records dropped (stage 1: invalid questions)")
-        ax.set_ylabel("stage: reason")
-    if stats["bad_words"]:
-        top = list(stats["bad_words"].items())[:15]
-        ax = new("bad_words", (7.5, 0.9 + 0.32 * len(top)))
-        ys = list(range(len(top)))[::-1]
-        b = ax.barh(ys, [n for _, n in top], color="#d64545")
-        ax.bar_label(b, fontsize=8, padding=2)
-        ax.set_yticks(ys, [w for w, _ in top], fontsize=8)
-        ax.set_xlabel("stage-3 expansions containing it (first bad word found)")
-        ax.set_ylabel("bad word")
 
-    # accuracy by question type
+def _draw_drop_reasons(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """The records each filter of each stage removed, one bar per stage and reason."""
+    bars = [(s, reason, n) for s in stage_tables() for reason, n in stats["drops"][s].items()]
+    if not bars:
+        return
+    ax = new("drop_reasons", (7.5, 0.9 + 0.38 * len(bars)))
+    labels = [f"{stage_title(s).split(' · ')[0]}: {reason}" for s, reason, _ in bars]
+    ys = list(range(len(bars)))[::-1]
+    b = ax.barh(ys, [n for *_, n in bars], color=[_colour(s) for s, *_ in bars])
+    ax.bar_label(b, fontsize=8, padding=2)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlabel(f"records dropped (stage {_stage_number('question')}: invalid questions)")
+    ax.set_ylabel("stage: reason")
+
+
+def _draw_bad_words(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """The 15 bad words that dropped the most long thoughts."""
+    if not stats["bad_words"]:
+        return
+    top = list(stats["bad_words"].items())[:15]
+    ax = new("bad_words", (7.5, 0.9 + 0.32 * len(top)))
+    ys = list(range(len(top)))[::-1]
+    b = ax.barh(ys, [n for _, n in top], color="#d64545")
+    ax.bar_label(b, fontsize=8, padding=2)
+    ax.set_yticks(ys, [w for w, _ in top], fontsize=8)
+    ax.set_xlabel(f"stage-{_stage_number('long_thought')} {ROLE_NOUNS['long_thought']} containing it "
+                  f"(first bad word found)")
+    ax.set_ylabel("bad word")
+
+
+def _draw_accuracy(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """Accuracy of the kept simple and long thoughts per question type (the most common type on top)."""
     acc = stats["accuracy_by_question_type"]
     qts = sorted({q for s in acc.values() for q in s}, key=lambda q: -sum(acc[s].get(q, {}).get("rows", 0) for s in acc))
-    if qts:
-        ax = new("accuracy_by_question_type", (7.5, 1.2 + 0.55 * len(qts)))
-        h = 0.38
-        for i, s in enumerate(("simple_cot", "expansion")):
-            ys = [len(qts) - 1 - j + (0.5 - i) * h for j in range(len(qts))]
-            vals = [(acc[s].get(q) or {}).get("accuracy") for q in qts]
-            b = ax.barh(ys, [v or 0 for v in vals], h, color=_COLOURS[s], label=STAGE_TITLES[s])
-            ax.bar_label(b, labels=[f"{v:.0%} of {acc[s][q]['kept']}" if v is not None else "–"
-                                    for v, q in zip(vals, qts)], fontsize=7, padding=2)
-        ax.set_yticks([len(qts) - 1 - j for j in range(len(qts))], [_wrap(q) for q in qts], fontsize=8)
-        ax.set_xlim(0, 1.2)
-        ax.set_xlabel("accuracy of kept traces (correct / kept)")
-        ax.set_ylabel("question type")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if not qts:
+        return
+    ax = new("accuracy_by_question_type", (7.5, 1.2 + 0.55 * len(qts)))
+    h = 0.38
+    for i, s in enumerate(stage_tables()[1:]):
+        ys = [len(qts) - 1 - j + (0.5 - i) * h for j in range(len(qts))]
+        vals = [(acc[s].get(q) or {}).get("accuracy") for q in qts]
+        b = ax.barh(ys, [v or 0 for v in vals], h, color=_colour(s), label=stage_title(s))
+        ax.bar_label(b, labels=[f"{v:.0%} of {acc[s][q]['kept']}" if v is not None else "–"
+                                for v, q in zip(vals, qts)], fontsize=7, padding=2)
+    ax.set_yticks([len(qts) - 1 - j for j in range(len(qts))], [_wrap(q) for q in qts], fontsize=8)
+    ax.set_xlim(0, 1.2)
+    ax.set_xlabel("accuracy of kept traces (correct / kept)")
+    ax.set_ylabel("question type")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    # lengths
+
+def _draw_thought_lengths(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """Histograms of the kept simple and long thoughts' lengths, on shared bins."""
     simple, expanded = lengths["all"]["simple"], lengths["all"]["expanded"]
-    if simple or expanded:
-        ax = new("thought_lengths")
-        top = max(simple + expanded)
-        bins = list(range(0, top + max(1, top // 40) + 1, max(1, top // 40)))
-        if simple:
-            ax.hist(simple, bins=bins, alpha=0.65, color=_COLOURS["simple_cot"],
-                    label=f"simple thought (stage 2), n={len(simple)}, median {statistics.median(simple):.0f}")
-        if expanded:
-            ax.hist(expanded, bins=bins, alpha=0.65, color=_COLOURS["expansion"],
-                    label=f"long thought (stage 3), n={len(expanded)}, median {statistics.median(expanded):.0f}")
-        ax.set_xlabel("thought length (words)")
-        ax.set_ylabel("kept thoughts")
-        ax.legend(fontsize=8)
-    if lengths["by_type"]:
-        ax = new("thought_lengths_by_type")
-        types = list(lengths["by_type"])
-        bp = ax.boxplot([lengths["by_type"][t] for t in types], patch_artist=True, showfliers=False)
-        for patch, t in zip(bp["boxes"], types):
-            patch.set_facecolor(_TYPE_COLOURS.get(t, "#999"))
-            patch.set_alpha(0.7)
-        ax.set_xticks(range(1, len(types) + 1), [f"{type_label(t)}\nn={len(lengths['by_type'][t])}" for t in types])
-        ax.set_xlabel("trace type (O correct, X wrong; A→B: simple thought → expansion)")
-        ax.set_ylabel("thought length (words)")
-    if lengths["by_cue"]:
-        ax = new("added_length_by_cue")
-        cues = sorted(lengths["by_cue"], key=lambda c: -len(lengths["by_cue"][c]))
-        bp = ax.boxplot([lengths["by_cue"][c] for c in cues], patch_artist=True, showfliers=False)
-        for patch in bp["boxes"]:
-            patch.set_facecolor(_COLOURS["expansion"])
-            patch.set_alpha(0.7)
-        ax.set_xticks(range(1, len(cues) + 1), [f"{_wrap(c, 18)}\nn={len(lengths['by_cue'][c])}" for c in cues])
-        ax.set_xlabel("cue")
-        ax.set_ylabel("words added (cue + continuation)")
+    if not (simple or expanded):
+        return
+    _, short, long = stage_tables()
+    ax = new("thought_lengths")
+    top = max(simple + expanded)
+    bins = list(range(0, top + max(1, top // 40) + 1, max(1, top // 40)))
+    if simple:
+        ax.hist(simple, bins=bins, alpha=0.65, color=_colour(short),
+                label=f"simple thought (stage {get_stage(short).number}), n={len(simple)}, "
+                      f"median {statistics.median(simple):.0f}")
+    if expanded:
+        ax.hist(expanded, bins=bins, alpha=0.65, color=_colour(long),
+                label=f"long thought (stage {get_stage(long).number}), n={len(expanded)}, "
+                      f"median {statistics.median(expanded):.0f}")
+    ax.set_xlabel("thought length (words)")
+    ax.set_ylabel("kept thoughts")
+    ax.legend(fontsize=8)
 
-    # composition
-    if stats["sft"]["rows"]:
-        ax = new("sft_composition", (6.5, 3.8))
-        items = list(stats["sft"]["cot_type"].items())
-        b = ax.bar([type_label(t) for t, _ in items], [n for _, n in items],
-                   color=[_TYPE_COLOURS.get(t, "#999") for t, _ in items])
-        ax.bar_label(b, fontsize=8, padding=1)
-        ax.set_xlabel(f"trace type ({_short(stats['sft']['from'])})")
-        ax.set_ylabel("SFT rows")
-    if stats["dpo"]["rows"]:
-        ax = new("dpo_composition", (6.5, 3.8))
-        items = list(stats["dpo"]["kind"].items())
-        b = ax.bar([kind_label(k).replace("≻", ">") for k, _ in items], [n for _, n in items], color="#7b5bd6")
-        ax.bar_label(b, fontsize=8, padding=1)
-        ax.set_xlabel(f"pair kind, chosen ≻ rejected ({_short(stats['dpo']['from'])})")
-        ax.set_ylabel("DPO pairs")
-    return figs
+
+def _draw_lengths_by_type(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """A box per trace type of the kept thoughts' lengths."""
+    if not lengths["by_type"]:
+        return
+    ax = new("thought_lengths_by_type")
+    types = list(lengths["by_type"])
+    bp = ax.boxplot([lengths["by_type"][t] for t in types], patch_artist=True, showfliers=False)
+    for patch, t in zip(bp["boxes"], types):
+        patch.set_facecolor(_TYPE_COLOURS.get(t, "#999"))
+        patch.set_alpha(0.7)
+    ax.set_xticks(range(1, len(types) + 1), [f"{type_label(t)}\nn={len(lengths['by_type'][t])}" for t in types])
+    ax.set_xlabel("trace type (O correct, X wrong; A→B: simple thought → expansion)")
+    ax.set_ylabel("thought length (words)")
+
+
+def _draw_added_by_cue(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """A box per cue of the words the reasoning model added (the most used cue first)."""
+    if not lengths["by_cue"]:
+        return
+    ax = new("added_length_by_cue")
+    cues = sorted(lengths["by_cue"], key=lambda c: -len(lengths["by_cue"][c]))
+    bp = ax.boxplot([lengths["by_cue"][c] for c in cues], patch_artist=True, showfliers=False)
+    for patch in bp["boxes"]:
+        patch.set_facecolor(_ROLE_COLOURS["long_thought"])
+        patch.set_alpha(0.7)
+    ax.set_xticks(range(1, len(cues) + 1), [f"{_wrap(c, 18)}\nn={len(lengths['by_cue'][c])}" for c in cues])
+    ax.set_xlabel("cue")
+    ax.set_ylabel("words added (cue + continuation)")
+
+
+def _draw_sft_composition(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """SFT rows per trace type."""
+    if not stats["sft"]["rows"]:
+        return
+    ax = new("sft_composition", (6.5, 3.8))
+    items = list(stats["sft"]["cot_type"].items())
+    b = ax.bar([type_label(t) for t, _ in items], [n for _, n in items],
+               color=[_TYPE_COLOURS.get(t, "#999") for t, _ in items])
+    ax.bar_label(b, fontsize=8, padding=1)
+    ax.set_xlabel(f"trace type ({_short(stats['sft']['from'])})")
+    ax.set_ylabel("SFT rows")
+
+
+def _draw_dpo_composition(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
+    """DPO pairs per pair kind."""
+    if not stats["dpo"]["rows"]:
+        return
+    ax = new("dpo_composition", (6.5, 3.8))
+    items = list(stats["dpo"]["kind"].items())
+    b = ax.bar([kind_label(k).replace("≻", ">") for k, _ in items], [n for _, n in items], color="#7b5bd6")
+    ax.bar_label(b, fontsize=8, padding=1)
+    ax.set_xlabel(f"pair kind, chosen ≻ rejected ({_short(stats['dpo']['from'])})")
+    ax.set_ylabel("DPO pairs")
 
 
 def _wrap(text: str, width: int = 22) -> str:
@@ -665,74 +767,99 @@ def write_figures(path_or_run: Any, out_dir: str | os.PathLike) -> list[Path]:
 
 def summary_tables(stats: dict[str, Any]) -> list[Any]:
     """Rich tables of :func:`compute`'s numbers, for ``lpt stats``."""
+    return [_funnel_table(stats), _drops_table(stats), _accuracy_table(stats), _lengths_table(stats),
+            _sets_table(stats)]
+
+
+def _table(title: str, columns: Sequence[str], left: Callable[[str], bool]) -> Any:
+    """A rich table with a left title and ``columns`` (left-justified where ``left(column)``, else right)."""
     from rich.table import Table
 
-    tables = []
-    t = Table(title=f"{stats['input']['label']}: records per stage (builder.records.tally)", title_justify="left")
-    for col in ("stage", "items", "parsed / valid", "correct", "kept", "kept & correct", "accuracy of kept"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="left" if left(col) else "right")
+    return t
+
+
+def _funnel_table(stats: dict[str, Any]) -> Any:
+    """Records per stage (and the long thoughts of correct / wrong simple thoughts), with the accuracy of kept."""
+    t = _table(f"{stats['input']['label']}: records per stage (builder.records.tally)",
+               ("stage", "items", "parsed / valid", "correct", "kept", "kept & correct", "accuracy of kept"),
+               lambda col: col == "stage")
     for f in stats["funnel"]:
         kc = f.get("kept_correct")
         t.add_row(f["title"], str(f["items"]), str(f["parsed"]), _n(f["correct"]), str(f["kept"]), _n(kc),
                   f"{kc / f['kept']:.1%}" if kc is not None and f["kept"] else "")
-    for name, label in (("expansion_of_O", "  stage 3 of O (correct simple)"),
-                        ("expansion_of_X", "  stage 3 of X (wrong simple)")):
+    long = stage_tables()[2]
+    number = get_stage(long).number
+    for name, label in ((f"{long}_of_O", f"  stage {number} of O (correct simple)"),
+                        (f"{long}_of_X", f"  stage {number} of X (wrong simple)")):
         c = stats["counts"].get(name)
         if c:
             t.add_row(label, str(c["rows"]), str(c.get("parsed", 0)), str(c.get("correct", 0)), str(c.get("kept", 0)),
                       str(c.get("kept_correct", 0)), f"{c['kept_correct'] / c['kept']:.1%}" if c.get("kept") else "")
-    tables.append(t)
+    return t
 
-    t = Table(title="what each filter removed", title_justify="left")
-    for col in ("stage", "reason", "records"):
-        t.add_column(col, justify="right" if col == "records" else "left")
+
+def _drops_table(stats: dict[str, Any]) -> Any:
+    """What each filter removed, and the bad words that dropped the most long thoughts."""
+    t = _table("what each filter removed", ("stage", "reason", "records"), lambda col: col != "records")
     for s, reasons in stats["drops"].items():
         for reason, n in reasons.items():
-            t.add_row(STAGE_TITLES[s], reason, str(n))
+            t.add_row(stage_title(s), reason, str(n))
     for w, n in list(stats["bad_words"].items())[:8]:
         t.add_row("", f"[dim]its bad word:[/dim] {w!r}", f"[dim]{n}[/dim]")
-    tables.append(t)
+    return t
 
-    t = Table(title="accuracy of kept traces by question type", title_justify="left")
-    for col in ("question type", "stage 2 kept", "stage 2 acc.", "stage 3 kept", "stage 3 acc."):
-        t.add_column(col, justify="left" if col == "question type" else "right")
+
+def _accuracy_table(stats: dict[str, Any]) -> Any:
+    """Kept and accuracy of the simple and long thoughts per question type."""
+    _, short, long = stage_tables()
+    n2, n3 = get_stage(short).number, get_stage(long).number
+    t = _table("accuracy of kept traces by question type",
+               ("question type", f"stage {n2} kept", f"stage {n2} acc.", f"stage {n3} kept", f"stage {n3} acc."),
+               lambda col: col == "question type")
     acc = stats["accuracy_by_question_type"]
     for q in sorted({q for s in acc.values() for q in s}):
         cells = []
-        for s in ("simple_cot", "expansion"):
+        for s in (short, long):
             a = acc.get(s, {}).get(q)
             cells += [str(a["kept"]) if a else "", f"{a['accuracy']:.1%}" if a and a["accuracy"] is not None else ""]
         t.add_row(q, *cells)
-    tables.append(t)
+    return t
 
-    t = Table(title="thought length of kept traces (words)", title_justify="left")
-    for col in ("what", "n", "mean", "median", "p90"):
-        t.add_column(col, justify="left" if col == "what" else "right")
+
+def _lengths_table(stats: dict[str, Any]) -> Any:
+    """n, mean, median and p90 of the kept thoughts' lengths: all, by trace type, added per cue."""
+    t = _table("thought length of kept traces (words)", ("what", "n", "mean", "median", "p90"),
+               lambda col: col == "what")
     L = stats["lengths"]
-    rows = [("simple thought", L["simple"]), ("long thought", L["expanded"]), ("added by stage 3", L["added"])]
+    rows = [("simple thought", L["simple"]), ("long thought", L["expanded"]),
+            (f"added by stage {_stage_number('long_thought')}", L["added"])]
     rows += [(f"type {type_label(k)}", v) for k, v in L["by_type"].items()]
     rows += [(f"added after cue {c!r}", v) for c, v in L["added_by_cue"].items()]
     for what, v in rows:
         if v.get("n"):
             t.add_row(what, str(v["n"]), f"{v['mean']:.0f}", f"{v['median']:.0f}", str(v["p90"]))
-    tables.append(t)
+    return t
 
-    t = Table(title="SFT / DPO composition", title_justify="left")
-    for col in ("set", "part", "rows"):
-        t.add_column(col, justify="right" if col == "rows" else "left")
+
+def _sets_table(stats: dict[str, Any]) -> Any:
+    """SFT rows per trace type and DPO pairs per kind, and where they come from."""
+    t = _table("SFT / DPO composition", ("set", "part", "rows"), lambda col: col != "rows")
     t.add_row("sft", f"[dim]{stats['sft']['from']}[/dim]", str(stats["sft"]["rows"]))
     for k, n in stats["sft"]["cot_type"].items():
         t.add_row("", type_label(k), str(n))
     t.add_row("dpo", f"[dim]{stats['dpo']['from']}[/dim]", str(stats["dpo"]["rows"]))
     for k, n in stats["dpo"]["kind"].items():
         t.add_row("", kind_label(k), str(n))
-    tables.append(t)
-    return tables
+    return t
 
 
 def _n(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-__all__ = ["EXPORT", "FIGURES", "NotAnInput", "Opened", "RUN", "added_texts", "compute", "describe", "detect",
-           "kind_label", "make_figures", "open_input", "summary_tables", "type_label", "write_figures"]
+__all__ = ["EXPORT", "FIGURES", "NotAnInput", "Opened", "RUN", "ROLE_NOUNS", "added_texts", "compute", "describe",
+           "detect", "kind_label", "make_figures", "open_input", "stage_tables", "stage_title", "summary_tables",
+           "type_label", "write_figures"]

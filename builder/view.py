@@ -29,9 +29,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from builder.dataset_configs import BUILTIN, CONFIGS, LPTConfig
+from builder.dataset_configs import BUILTIN, CONFIGS, LPTConfig, raw_configs
+from builder.export import read_report
 from builder.records import tally
-from builder.stats import EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, tally_columns
+from builder.stages import table_for
+from builder.stats import (EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, stage_tables,
+                           tally_columns)
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
@@ -78,7 +81,7 @@ class _Interned:
 
 
 def _prefix(thought: str, separator: str) -> str:
-    """How stage 3 joins a simple thought to what it added (builder.stages.expansion.label_expansion)."""
+    """How the long-thought stage joins a simple thought to what it added (as it does when it labels one)."""
     t = (thought or "").rstrip()
     return (t if t.endswith(".") else t + ".") + separator
 
@@ -98,183 +101,219 @@ def _split_long_thought(e: dict[str, Any], thought: str) -> tuple[str | None, st
     return (None if pre == _prefix(thought, e["separator"]) else pre), long[cut:]
 
 
+class _Page:
+    """The page's records as column arrays, filled one kind of record at a time: the questions, the simple and
+    the long thoughts, the DPO pairs, the plugin sets. A record refers to another by its position (an MCQ by
+    its row in :attr:`M`, a long thought's simple thought by its row in :attr:`S`); a later record whose MCQ is
+    not among the questions adds one from its own fields."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.qtypes, self.cues, self.reasons, self.optsets, self.kinds, self.seps = (_Interned() for _ in range(6))
+        self.image_ids: list[str] = []
+        self._image_index: dict[str, int] = {}
+        self.M: dict[str, list] = {k: [] for k in ("id", "img", "q", "o", "g", "qt", "ok", "why", "item", "at")}
+        self.mcq_index: dict[str, int] = {}
+        self.S: dict[str, list] = {k: [] for k in ("id", "m", "o", "g", "t", "a", "p", "f", "r", "n", "raw")}
+        self.sample_index: dict[str, int] = {}
+        self.E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n",
+                                                   "after")}
+        self.expansion_index: dict[str, int] = {}
+        self.P: dict[str, list] = {k: [] for k in ("k", "m", "c", "r", "ct", "rt")}
+        self.X: dict[str, list] = {k: [] for k in ("name", "desc", "rows", "s", "e")}
+
+    def image(self, image_id: str) -> int:
+        if image_id not in self._image_index:
+            self._image_index[image_id] = len(self.image_ids)
+            self.image_ids.append(image_id)
+        return self._image_index[image_id]
+
+    def add_mcq(self, mcq_id: str, image_id: str, question: str, options: list[str], gold: int, qt: str,
+                valid: bool, why: str, item: int, answer_text: str = "") -> int:
+        self.mcq_index[mcq_id] = len(self.M["id"])
+        for k, v in (("id", mcq_id[:ID_CHARS]), ("img", self.image(image_id)), ("q", question),
+                     ("o", self.optsets(options)), ("g", gold), ("qt", self.qtypes(qt or "")), ("ok", int(valid)),
+                     ("why", why), ("item", item), ("at", "" if valid else answer_text or "")):
+            self.M[k].append(v)
+        return self.mcq_index[mcq_id]
+
+    def add_questions(self, o: Opened) -> None:
+        """Every MCQ of the question table, valid or not."""
+        for m in o.read(table_for("question"), [
+                "mcq_id", "image_id", "item_index", "question", "options", "answer_index", "answer_text",
+                "question_type", "valid", "invalid_reason"]).to_pylist():
+            self.add_mcq(m["mcq_id"], m["image_id"], m["question"], m["options"] or [], m["answer_index"],
+                         m["question_type"], m["valid"], m["invalid_reason"], m["item_index"], m["answer_text"])
+
+    def add_simple_thoughts(self, o: Opened, in_sft: set[str]) -> None:
+        """Every simple thought, in its question's order, with its flags."""
+        table = o.read(table_for("short_thought"), [
+            "sample_id", "mcq_id", "image_id", "sample_index", "question", "question_type", "options",
+            "answer_index", "response", "thought", "answer", "pred_index", "parsed", "correct", "keep", "drop_reason"])
+        samples = sorted(table.to_pylist(), key=lambda r: (self.mcq_index.get(r["mcq_id"], len(self.mcq_index)),
+                                                           r["mcq_id"], r["sample_index"], r["sample_id"]))
+        for s in samples:
+            if s["mcq_id"] not in self.mcq_index:
+                self.add_mcq(s["mcq_id"], s["image_id"], s["question"], s["options"] or [], s["answer_index"],
+                             s["question_type"], True, "", -2)
+            flags = (PARSED * s["parsed"]) | (CORRECT * s["correct"]) | (KEEP * s["keep"]) | (
+                IN_SFT * (s["sample_id"] in in_sft))
+            self.sample_index[s["sample_id"]] = len(self.S["id"])
+            for k, v in (("id", s["sample_id"][:ID_CHARS]), ("m", self.mcq_index[s["mcq_id"]]),
+                         ("o", self.optsets(s["options"] or [])), ("g", s["answer_index"]), ("t", s["thought"] or ""),
+                         ("a", s["answer"] or ""), ("p", s["pred_index"]), ("f", flags),
+                         ("r", self.reasons(s["drop_reason"] or "")), ("n", s["sample_index"]),
+                         ("raw", None if s["parsed"] else s["response"] or "")):
+                self.S[k].append(v)
+
+    def add_long_thoughts(self, o: Opened, in_sft: set[str]) -> None:
+        """Every long thought after its simple thought, split into the simple thought and what was added; one
+        whose simple thought is not here is counted in a note."""
+        table = o.read(table_for("long_thought"), [
+            "expansion_id", "sample_id", "expansion_index", "cue", "separator", "continuation", "long_thought",
+            "answer", "pred_index", "parsed", "correct", "simple_correct", "bad_word", "keep", "drop_reason"])
+        orphans = 0
+        expansions = table.append_column("added", added_texts(table)).to_pylist()
+        expansions.sort(key=lambda r: (self.sample_index.get(r["sample_id"], -1), r["expansion_index"],
+                                       r["expansion_id"]))
+        for e in expansions:
+            si = self.sample_index.get(e["sample_id"])
+            if si is None:
+                orphans += 1
+                continue
+            self._add_long_thought(e, si, in_sft)
+        if orphans:
+            self.notes.append(f"{orphans} expansions whose simple thought is not in the records are not shown")
+
+    def _add_long_thought(self, e: dict[str, Any], si: int, in_sft: set[str]) -> None:
+        pre, added = _split_long_thought(e, self.S["t"][si])
+        flags = (PARSED * e["parsed"]) | (CORRECT * e["correct"]) | (KEEP * e["keep"]) | (
+            IN_SFT * (e["expansion_id"] in in_sft)) | (SIMPLE_CORRECT * e["simple_correct"])
+        self.expansion_index[e["expansion_id"]] = len(self.E["id"])
+        for k, v in (("id", e["expansion_id"][:ID_CHARS]), ("s", si), ("c", self.cues(e["cue"] or "")),
+                     ("sep", self.seps(e["separator"] or "")), ("pre", pre), ("x", added), ("a", e["answer"] or ""),
+                     ("p", e["pred_index"]), ("f", flags), ("r", self.reasons(e["drop_reason"] or "")),
+                     ("b", e["bad_word"] or ""), ("n", e["expansion_index"]),
+                     ("after", None if e["parsed"] else _after_thought(e))):
+            self.E[k].append(v)
+
+    def ref(self, trace_id: str) -> int:
+        """A DPO side's reference to its trace: ``2*i`` simple thought ``i``, ``2*j+1`` long thought ``j``, ``-1``
+        a trace not among the records (the side then carries its own text)."""
+        if trace_id in self.sample_index:
+            return 2 * self.sample_index[trace_id]
+        if trace_id in self.expansion_index:
+            return 2 * self.expansion_index[trace_id] + 1
+        return -1
+
+    def add_pairs(self, o: Opened, dpo_rows: list[dict[str, Any]]) -> None:
+        """The DPO pairs; a side (or a question) not among the records is read from the export's texts."""
+        refs = [(self.ref(d["chosen_id"]), self.ref(d["rejected_id"])) for d in dpo_rows]
+        texts: dict[int, dict[str, Any]] = {}  # rows whose texts are needed: a side or a question not in the records
+        need = [n for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs))
+                if c < 0 or r < 0 or d["mcq_id"] not in self.mcq_index]
+        if need:
+            table = o.config("dpo", ["prompt", "chosen", "rejected"])
+            if table is not None:
+                texts = dict(zip(need, table.take(need).to_pylist()))
+        unmatched = 0
+        for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)):
+            t = texts.get(n, {})
+            if d["mcq_id"] not in self.mcq_index:
+                self.add_mcq(d["mcq_id"], d.get("image_id") or "", _user_question(t), [], -1,
+                             d.get("question_type") or "", True, "", -2)
+            unmatched += (c < 0) + (r < 0)
+            for k, v in (("k", self.kinds(d["kind"])), ("m", self.mcq_index[d["mcq_id"]]), ("c", c), ("r", r),
+                         ("ct", _side_text(t, "chosen") if c < 0 else None),
+                         ("rt", _side_text(t, "rejected") if r < 0 else None)):
+                self.P[k].append(v)
+        if unmatched and self.S["id"]:
+            self.notes.append(f"{unmatched:,} DPO pair sides are not among the stage records here; they are shown "
+                              f"as the exported text")
+
+    def note_no_traces(self, o: Opened) -> None:
+        """On an export without the raw thought configs, say why no trace is shown."""
+        if o.kind != EXPORT or self.S["id"]:
+            return
+        have_sets = [n for n in ("sft", "dpo") if o.has_config(n)]
+        raw = raw_configs()
+        self.notes.append(f"this export has no {raw[table_for('short_thought')]} / {raw[table_for('long_thought')]} "
+                          f"configs, so no trace is shown"
+                          + (f" ({' and '.join(have_sets)} rows are counted above; DPO pairs are shown as exported "
+                             f"text)" if have_sets else "") + "; `lpt export` writes them by default")
+
+    def add_plugin_sets(self, o: Opened) -> None:
+        """Which simple and long thoughts each plugin config (:func:`plugin_sets`) holds."""
+        extra, extra_notes = plugin_sets(o)
+        self.notes.extend(extra_notes)
+        for x in extra:
+            self.X["name"].append(x["name"])
+            self.X["desc"].append(x["description"])
+            self.X["rows"].append(x["rows"])
+            self.X["s"].append(sorted(self.sample_index[t] for t in x["traces"] if t in self.sample_index))
+            self.X["e"].append(sorted(self.expansion_index[t] for t in x["traces"] if t in self.expansion_index))
+
+    def thumbnails(self, o: Opened, images: bool, thumb_side: int) -> tuple[list[str | None], int]:
+        """``(a thumbnail URI or None per image, how many images are on this machine)``; a note when some are not."""
+        thumbs: list[str | None] = [None] * len(self.image_ids)
+        if not images:
+            self.notes.append("images left out (--no-images)")
+            return thumbs, 0
+        have = 0
+        sources = o.image_sources()
+        todo = [i for i, image_id in enumerate(self.image_ids) if image_id in sources]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+            for i, uri in zip(todo, pool.map(lambda i: thumbnail(sources[self.image_ids[i]], thumb_side), todo)):
+                thumbs[i] = uri
+                have += uri is not None
+        if not have and self.image_ids:
+            self.notes.append("none of the images is on this machine" + (
+                " (the export has no images config)" if o.kind == EXPORT and not o.has_config("images") else ""))
+        elif have < len(self.image_ids):
+            self.notes.append(f"{len(self.image_ids) - have} of {len(self.image_ids)} images are not on this machine")
+        return thumbs, have
+
+
 def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SIDE) -> dict[str, Any]:
     """The page's data: what was read, the counts, and the records as column arrays (see the module doc)."""
     o = open_input(path_or_run)
-    notes: list[str] = []
-    qtypes, cues, reasons, optsets, kinds, seps = (_Interned() for _ in range(6))
-
-    # images
-    image_ids: list[str] = []
-    image_index: dict[str, int] = {}
-
-    def image(image_id: str) -> int:
-        if image_id not in image_index:
-            image_index[image_id] = len(image_ids)
-            image_ids.append(image_id)
-        return image_index[image_id]
-
-    # stage 1: questions (rows of later stages whose MCQ is not in stage 1 add one from their own fields)
-    M: dict[str, list] = {k: [] for k in ("id", "img", "q", "o", "g", "qt", "ok", "why", "item", "at")}
-    mcq_index: dict[str, int] = {}
-
-    def add_mcq(mcq_id: str, image_id: str, question: str, options: list[str], gold: int, qt: str, valid: bool,
-                why: str, item: int, answer_text: str = "") -> int:
-        mcq_index[mcq_id] = len(M["id"])
-        for k, v in (("id", mcq_id[:ID_CHARS]), ("img", image(image_id)), ("q", question), ("o", optsets(options)),
-                     ("g", gold), ("qt", qtypes(qt or "")), ("ok", int(valid)), ("why", why), ("item", item),
-                     ("at", "" if valid else answer_text or "")):
-            M[k].append(v)
-        return mcq_index[mcq_id]
-
-    for m in o.read("mcq", ["mcq_id", "image_id", "item_index", "question", "options", "answer_index",
-                              "answer_text", "question_type", "valid", "invalid_reason"]).to_pylist():
-        add_mcq(m["mcq_id"], m["image_id"], m["question"], m["options"] or [], m["answer_index"], m["question_type"],
-                m["valid"], m["invalid_reason"], m["item_index"], m["answer_text"])
-
-    # the sets: which traces are in SFT, the DPO pairs
-    sft_rows, sft_from = o.sft()
+    page = _Page()
+    page.add_questions(o)
+    sft_rows, sft_from = o.sft()  # the sets: which traces are in SFT, the DPO pairs
     in_sft = {r["expansion_id"] or r["sample_id"] for r in sft_rows}
     dpo_rows, dpo_from = o.dpo()
-
-    # stage 2
-    s_table = o.read("simple_cot", ["sample_id", "mcq_id", "image_id", "sample_index", "question",
-                                           "question_type", "options", "answer_index", "response", "thought", "answer",
-                                           "pred_index", "parsed", "correct", "keep", "drop_reason"])
-    samples = sorted(s_table.to_pylist(), key=lambda r: (mcq_index.get(r["mcq_id"], len(mcq_index)), r["mcq_id"],
-                                                         r["sample_index"], r["sample_id"]))
-    S: dict[str, list] = {k: [] for k in ("id", "m", "o", "g", "t", "a", "p", "f", "r", "n", "raw")}
-    sample_index: dict[str, int] = {}
-    for s in samples:
-        if s["mcq_id"] not in mcq_index:
-            add_mcq(s["mcq_id"], s["image_id"], s["question"], s["options"] or [], s["answer_index"],
-                    s["question_type"], True, "", -2)
-        flags = (PARSED * s["parsed"]) | (CORRECT * s["correct"]) | (KEEP * s["keep"]) | (
-            IN_SFT * (s["sample_id"] in in_sft))
-        sample_index[s["sample_id"]] = len(S["id"])
-        for k, v in (("id", s["sample_id"][:ID_CHARS]), ("m", mcq_index[s["mcq_id"]]), ("o", optsets(s["options"] or [])),
-                     ("g", s["answer_index"]), ("t", s["thought"] or ""), ("a", s["answer"] or ""),
-                     ("p", s["pred_index"]), ("f", flags), ("r", reasons(s["drop_reason"] or "")),
-                     ("n", s["sample_index"]), ("raw", None if s["parsed"] else s["response"] or "")):
-            S[k].append(v)
-
-    # stage 3
-    e_table = o.read("expansion", ["expansion_id", "sample_id", "expansion_index", "cue", "separator",
-                                          "continuation", "long_thought", "answer", "pred_index", "parsed", "correct",
-                                          "simple_correct", "bad_word", "keep", "drop_reason"])
-    E: dict[str, list] = {k: [] for k in ("id", "s", "c", "sep", "pre", "x", "a", "p", "f", "r", "b", "n", "after")}
-    orphans = 0
-    expansions = e_table.append_column("added", added_texts(e_table)).to_pylist()
-    expansions.sort(key=lambda r: (sample_index.get(r["sample_id"], -1), r["expansion_index"], r["expansion_id"]))
-    expansion_index: dict[str, int] = {}
-    for e in expansions:
-        si = sample_index.get(e["sample_id"])
-        if si is None:
-            orphans += 1
-            continue
-        pre, added = _split_long_thought(e, S["t"][si])
-        flags = (PARSED * e["parsed"]) | (CORRECT * e["correct"]) | (KEEP * e["keep"]) | (
-            IN_SFT * (e["expansion_id"] in in_sft)) | (SIMPLE_CORRECT * e["simple_correct"])
-        expansion_index[e["expansion_id"]] = len(E["id"])
-        for k, v in (("id", e["expansion_id"][:ID_CHARS]), ("s", si), ("c", cues(e["cue"] or "")),
-                     ("sep", seps(e["separator"] or "")), ("pre", pre), ("x", added), ("a", e["answer"] or ""),
-                     ("p", e["pred_index"]), ("f", flags), ("r", reasons(e["drop_reason"] or "")),
-                     ("b", e["bad_word"] or ""), ("n", e["expansion_index"]),
-                     ("after", None if e["parsed"] else _after_thought(e))):
-            E[k].append(v)
-    if orphans:
-        notes.append(f"{orphans} expansions whose simple thought is not in the records are not shown")
-
-    # DPO pairs: a side is a reference to its trace (2*i simple, 2*j+1 expansion), or its own text
-    P: dict[str, list] = {k: [] for k in ("k", "m", "c", "r", "ct", "rt")}
-
-    def ref(trace_id: str) -> int:
-        if trace_id in sample_index:
-            return 2 * sample_index[trace_id]
-        if trace_id in expansion_index:
-            return 2 * expansion_index[trace_id] + 1
-        return -1
-
-    refs = [(ref(d["chosen_id"]), ref(d["rejected_id"])) for d in dpo_rows]
-    texts: dict[int, dict[str, Any]] = {}  # rows whose texts are needed: a side or a question not in the records
-    need = [n for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)) if c < 0 or r < 0 or d["mcq_id"] not in mcq_index]
-    if need:
-        table = o.config("dpo", ["prompt", "chosen", "rejected"])
-        if table is not None:
-            texts = dict(zip(need, table.take(need).to_pylist()))
-    unmatched = 0
-    for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)):
-        t = texts.get(n, {})
-        if d["mcq_id"] not in mcq_index:
-            add_mcq(d["mcq_id"], d.get("image_id") or "", _user_question(t), [], -1, d.get("question_type") or "",
-                    True, "", -2)
-        unmatched += (c < 0) + (r < 0)
-        P["k"].append(kinds(d["kind"]))
-        P["m"].append(mcq_index[d["mcq_id"]])
-        P["c"].append(c)
-        P["r"].append(r)
-        P["ct"].append(_side_text(t, "chosen") if c < 0 else None)
-        P["rt"].append(_side_text(t, "rejected") if r < 0 else None)
-    if unmatched and S["id"]:
-        notes.append(f"{unmatched:,} DPO pair sides are not among the stage records here; they are shown as the "
-                     f"exported text")
-    if o.kind == EXPORT and not S["id"]:
-        have_sets = [n for n in ("sft", "dpo") if o.has_config(n)]
-        notes.append("this export has no raw_simple_cot / raw_expansion configs, so no trace is shown"
-                     + (f" ({' and '.join(have_sets)} rows are counted above; DPO pairs are shown as exported text)"
-                        if have_sets else "") + "; `lpt export` writes them by default")
-
-    # configs of plugins: which traces each one holds
-    extra, extra_notes = plugin_sets(o)
-    notes.extend(extra_notes)
-    X: dict[str, list] = {k: [] for k in ("name", "desc", "rows", "s", "e")}
-    for x in extra:
-        X["name"].append(x["name"])
-        X["desc"].append(x["description"])
-        X["rows"].append(x["rows"])
-        X["s"].append(sorted(sample_index[t] for t in x["traces"] if t in sample_index))
-        X["e"].append(sorted(expansion_index[t] for t in x["traces"] if t in expansion_index))
-
-    # images and descriptions
-    thumbs: list[str | None] = [None] * len(image_ids)
-    have = 0
-    if images:
-        sources = o.image_sources()
-        todo = [i for i, image_id in enumerate(image_ids) if image_id in sources]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-            for i, uri in zip(todo, pool.map(lambda i: thumbnail(sources[image_ids[i]], thumb_side), todo)):
-                thumbs[i] = uri
-                have += uri is not None
-        if not have and image_ids:
-            notes.append("none of the images is on this machine" + (
-                " (the export has no images config)" if o.kind == EXPORT and not o.has_config("images") else ""))
-        elif have < len(image_ids):
-            notes.append(f"{len(image_ids) - have} of {len(image_ids)} images are not on this machine")
-    else:
-        notes.append("images left out (--no-images)")
+    page.add_simple_thoughts(o, in_sft)
+    page.add_long_thoughts(o, in_sft)
+    page.add_pairs(o, dpo_rows)
+    page.note_no_traces(o)
+    page.add_plugin_sets(o)
+    thumbs, have = page.thumbnails(o, images, thumb_side)
     desc_of = o.descriptions()
-
-    counts = {s: tally(o.read(s, tally_columns(s))) for s in ("mcq", "simple_cot", "expansion")}
-    models = {}
-    if o.kind != EXPORT:
-        man = o_manifest(o)
-        models = {k: v for k, v in man.items() if k.endswith("_model") or k == "models"}
-    return {
-        "meta": {
-            "kind": o.kind, "label": o.label, "kind_label": KIND_LABELS[o.kind],
-            "path": str(o.path), "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "counts": counts, "sft_from": sft_from, "sft_rows": len(sft_rows), "dpo_from": dpo_from,
-            "dpo_rows": len(dpo_rows), "sets_from": ("the export's sft and dpo configs" if o.kind == EXPORT else
-                                                     "assembled from the run with the default options"),
-            "notes": notes, "models": models, "images_on_machine": have,
-            "id_chars": ID_CHARS,
-        },
-        "flags": {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "sft": IN_SFT, "simple_correct": SIMPLE_CORRECT},
-        "tables": {"qt": qtypes.values, "cue": cues.values, "reason": reasons.values, "opts": optsets.values,
-                   "kind": kinds.values, "sep": seps.values},
-        "images": {"id": image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in image_ids]},
-        "mcq": M, "simple": S, "exp": E, "pairs": P, "sets": X,
+    meta = {
+        "kind": o.kind, "label": o.label, "kind_label": KIND_LABELS[o.kind],
+        "path": str(o.path), "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "counts": {s: tally(o.read(s, tally_columns(s))) for s in stage_tables()},
+        "sft_from": sft_from, "sft_rows": len(sft_rows), "dpo_from": dpo_from,
+        "dpo_rows": len(dpo_rows), "sets_from": ("the export's sft and dpo configs" if o.kind == EXPORT else
+                                                 "assembled from the run with the default options"),
+        "notes": page.notes, "models": _models(o), "images_on_machine": have,
+        "id_chars": ID_CHARS,
     }
+    return {
+        "meta": meta,
+        "flags": {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "sft": IN_SFT, "simple_correct": SIMPLE_CORRECT},
+        "tables": {"qt": page.qtypes.values, "cue": page.cues.values, "reason": page.reasons.values,
+                   "opts": page.optsets.values, "kind": page.kinds.values, "sep": page.seps.values},
+        "images": {"id": page.image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in page.image_ids]},
+        "mcq": page.M, "simple": page.S, "exp": page.E, "pairs": page.P, "sets": page.X,
+    }
+
+
+def _models(o: Opened) -> dict[str, Any]:
+    """The models a run's manifest names (an export's are in its card)."""
+    if o.kind == EXPORT:
+        return {}
+    return {k: v for k, v in o_manifest(o).items() if k.endswith("_model") or k == "models"}
 
 
 TRACE_ID_COLUMNS = ("sample_id", "expansion_id", "chosen_id", "rejected_id")
@@ -401,7 +440,7 @@ def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
     files = sorted((out / config).glob("train-*.parquet"))
     if not files:
         present = sorted(p.name for p in out.iterdir() if p.is_dir() and any(p.glob("train-*.parquet")))
-        why = _read_report(out).get("empty", {}).get(config)
+        why = read_report(out)["empty"].get(config)
         raise ValueError(f"{out} has no config {config!r}" + (f" (left out of the export: {why})" if why else "")
                          + f"; it has {', '.join(present) or 'none'}")
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -423,14 +462,6 @@ def read_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
     return got, total
 
 
-def _read_report(out: Path) -> dict[str, Any]:
-    p = out / "export_report.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except ValueError:
-        return {}
-
-
 def fold(text: str, max_chars: int) -> str:
     """``text`` cut to about ``max_chars`` characters (its start and its end), saying how much was left out."""
     if len(text) <= max_chars + max(80, max_chars // 4):  # folding would hide little
@@ -441,35 +472,57 @@ def fold(text: str, max_chars: int) -> str:
 
 
 def _cell(name: str, value: Any, row: dict[str, Any], max_chars: int):
+    """A field of a row as rich text: a chat, an image, bytes, the options (the gold one marked), a list, a
+    content id (dimmed), a text (folded), or a scalar."""
     from rich.text import Text
 
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-        t = Text()
-        for k, m in enumerate(value):
-            if k:
-                t.append("\n")
-            t.append(f"{m['role']}: ", style="bold cyan" if m["role"] != "assistant" else "bold green")
-            t.append(fold(str(m.get("content") or ""), max_chars))
-        return t
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):  # an image
-        size = f"{len(value['bytes']) / 1024:.0f} KB JPEG" if value.get("bytes") else f"file {value.get('path')}"
-        return Text(f"[image {row.get('image_id') or value.get('path') or '?'}] ({size})", style="magenta")
+        return _chat_cell(value, max_chars)
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        return _image_cell(value, row)
     if isinstance(value, (bytes, bytearray)):
         return Text(f"<{len(value):,} bytes>", style="dim")
     if isinstance(value, list):
-        if name == "options":
-            gold = row.get("answer_index", -1)
-            t = Text()
-            for k, o in enumerate(value):
-                t.append(f"({chr(65 + k)}) {o}" + ("  " if k < len(value) - 1 else ""),
-                         style="bold green" if k == gold else "")
-            return t
-        return Text(fold(json.dumps(value, ensure_ascii=False), max_chars))
+        return _options_cell(value, row.get("answer_index", -1)) if name == "options" else \
+            Text(fold(json.dumps(value, ensure_ascii=False), max_chars))
     if isinstance(value, str):
-        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):  # a content id
-            return Text(value, style="dim")
-        return Text(fold(value, max_chars))
+        return Text(value, style="dim") if _is_content_id(value) else Text(fold(value, max_chars))
     return Text(repr(value) if value is not None else "null", style="dim" if value is None else "")
+
+
+def _is_content_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _image_cell(image: dict[str, Any], row: dict[str, Any]):
+    """An image field (``{bytes, path}``) as its id and size, not its bytes."""
+    from rich.text import Text
+
+    size = f"{len(image['bytes']) / 1024:.0f} KB JPEG" if image.get("bytes") else f"file {image.get('path')}"
+    return Text(f"[image {row.get('image_id') or image.get('path') or '?'}] ({size})", style="magenta")
+
+
+def _chat_cell(messages: list[dict[str, Any]], max_chars: int):
+    """``role: content`` per message, each content folded."""
+    from rich.text import Text
+
+    t = Text()
+    for k, m in enumerate(messages):
+        if k:
+            t.append("\n")
+        t.append(f"{m['role']}: ", style="bold cyan" if m["role"] != "assistant" else "bold green")
+        t.append(fold(str(m.get("content") or ""), max_chars))
+    return t
+
+
+def _options_cell(options: list[Any], gold: int):
+    """``(A) … (B) …`` with the gold option in bold green."""
+    from rich.text import Text
+
+    t = Text()
+    for k, o in enumerate(options):
+        t.append(f"({chr(65 + k)}) {o}" + ("  " if k < len(options) - 1 else ""), style="bold green" if k == gold else "")
+    return t
 
 
 def show_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: int = 0,

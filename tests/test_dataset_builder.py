@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pytest
 from PIL import Image as PILImage
 
@@ -97,3 +98,22 @@ def test_lpt30k_reads_a_local_release_and_joins_docci(tmp_path):
 def test_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="run directory|run_dir"):
         _build("sft", tmp_path, run_dir=str(tmp_path / "missing"))
+
+
+def test_the_builder_streams_the_batches_the_export_writes(run_dir, tmp_path):
+    """An ArrowBasedBuilder: its tables are the columnar assembly's record batches as they are (no Python row in
+    between), and the rows it loads are the ones `lpt export` writes."""
+    from builder import assemble
+    from builder.export import export
+    from builder.store import RunDir
+
+    assert issubclass(lpt.LongPerceptualThoughts, datasets.ArrowBasedBuilder)
+    b = lpt.LongPerceptualThoughts(config_name="dpo", cache_dir=str(tmp_path / "cache"), run_dir=str(run_dir))
+    tables = [t for _, t in b._generate_tables()]
+    batches = list(assemble.batches(RunDir(run_dir), "dpo"))
+    assert [t.num_rows for t in tables] == [x.num_rows for x in batches]
+    assert all(t.equals(pa.Table.from_batches([x])) for t, x in zip(tables, batches))
+    export(run_dir, tmp_path / "out", configs=["dpo", "raw_expansion"])
+    for name in ("dpo", "raw_expansion"):
+        exported = datasets.load_dataset(str(tmp_path / "out"), name, split="train", cache_dir=str(tmp_path / "c2"))
+        assert _build(name, tmp_path / name, run_dir=str(run_dir)).to_list() == exported.to_list()

@@ -140,3 +140,33 @@ def test_stats_command(made, tmp_path):
     assert r.exit_code == 0 and json.loads(r.output)["input"]["kind"] == "export"
     r = runner.invoke(stats_cmd, [str(tmp_path / "plots")])
     assert r.exit_code == 1 and "neither a run directory" in r.output
+
+
+def test_stats_and_view_read_the_table_the_registry_names_for_a_role(made, tmp_path, monkeypatch):
+    """The products ask the stage registry for the long-thought table (builder.stages.table_for): a later stage
+    that provides the role (here a stage 4 whose table is a copy of the expansions) is what they count and
+    show, under its own name and number."""
+    import dataclasses
+    import shutil
+
+    import builder.stages as stages
+    from builder.records import TABLES
+    from builder.stages import common
+    from builder.view import collect
+
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    shutil.copytree(run / "expansion", run / "rewrite")
+    monkeypatch.setitem(TABLES, "rewrite", dataclasses.replace(TABLES["expansion"], name="rewrite"))
+    monkeypatch.setattr(common, "_SPECS", dict(common._SPECS))
+    rewrite = dataclasses.replace(stages.get_stage("expansion"), number=4, name="rewrite", input="expansion")
+    monkeypatch.setattr(stages, "STAGES", (*stages.STAGES, rewrite))
+    assert stages.table_for("long_thought") == "rewrite"
+
+    s = compute(RunDir(run))
+    assert [f["stage"] for f in s["funnel"]] == ["mcq", "simple_cot", "rewrite"]
+    assert s["funnel"][2]["title"] == "stage 4 · expansions" and s["funnel"][2]["items"] == 1200
+    assert s["counts"]["rewrite"] == tally(RunDir(run).read("rewrite")) and "expansion" not in s["counts"]
+    assert {"rewrite_of_O", "rewrite_of_X"} <= set(s["counts"]) and set(s["drops"]) == {"mcq", "simple_cot", "rewrite"}
+    page = collect(run, images=False)
+    assert list(page["meta"]["counts"]) == ["mcq", "simple_cot", "rewrite"] and len(page["exp"]["id"]) == 1200
