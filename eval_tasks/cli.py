@@ -25,8 +25,10 @@ class ModelUnavailable(RuntimeError):
 
 
 def _task_list(tasks: str, direct: bool) -> str:
-    from eval_tasks.tasks import BENCHMARKS, task_name
+    from eval_tasks.catalog import names as benchmark_names
+    from eval_tasks.common import task_name
 
+    BENCHMARKS = benchmark_names()
     names = list(BENCHMARKS) if tasks.strip() == ALL else [t.strip() for t in tasks.split(",") if t.strip()]
     out = []
     for name in names:
@@ -78,7 +80,8 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
     from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
 
     from eval_tasks import model as model_module
-    from eval_tasks.tasks import check_data, tasks_module
+    from eval_tasks.catalog import check_data
+    from eval_tasks.tasks import tasks_module
 
     settings = settings if settings is not None else model_module.engine_options_from_env()
     check_data([t for t in tasks.split(",") if t.strip()], data_dir)
@@ -106,7 +109,9 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
 def summary_lines(results: dict[str, dict[str, float]]) -> list[str]:
     """A compact table of ``acc_macro`` per task (%) next to the paper's Qwen2.5-VL-7B, then which extra
     metrics were not computed and why. ``results``: lighteval's ``results`` (keys like ``"lpt_vstar|0"``)."""
-    from eval_tasks.tasks import PAPER_QWEN25_VL_7B, TITLES, base_name
+    from eval_tasks.catalog import base_name, paper_scores, titles
+
+    PAPER_QWEN25_VL_7B, TITLES = paper_scores(), titles()
 
     rows, notes = [], []
     for key, metrics in results.items():
@@ -152,8 +157,8 @@ def _engine_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _write_samples(out: str, tasks: str) -> None:
+    from eval_tasks.catalog import base_name
     from eval_tasks.samples import WRITERS, write_sample_data
-    from eval_tasks.tasks import base_name
 
     chosen = list(WRITERS) if tasks.strip() == ALL else list(dict.fromkeys(base_name(t) for t in tasks.split(",")))
     write_sample_data(out, tasks=chosen)
@@ -206,8 +211,8 @@ def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: st
         datasets.disable_progress_bars()
     prepare_lighteval()
     quiet_lighteval()
+    from eval_tasks.catalog import DataUnavailable
     from eval_tasks.model import engine_settings
-    from eval_tasks.tasks import DataUnavailable
 
     settings = engine_settings(engine, dtype=dtype, batch_size=batch_size, max_pixels=max_pixels,
                                engine_options=_engine_options(engine_options), temperature=temperature,

@@ -21,7 +21,17 @@ from builder.prompts import Prompts  # noqa: E402
 from eval_tasks import samples  # noqa: E402
 from eval_tasks.metrics import summarize  # noqa: E402
 from eval_tasks.samples import Spec  # noqa: E402
-from eval_tasks.tasks import BENCHMARKS, ItemError, make_task, make_tasks, prompt  # noqa: E402
+from eval_tasks import common, tasks  # noqa: E402
+from eval_tasks.common import ItemError  # noqa: E402
+from eval_tasks.tasks import BENCHMARKS, make_task, make_tasks  # noqa: E402
+
+
+def prompt(bench, variant, root, line, task, *, max_pixels=None):
+    """The task file's ``prompt(line, task)`` with a variant, local root and pixel cap bound (as ``task()`` binds)."""
+    info = BENCHMARKS[bench]
+    hub = (info["HF_REPO"], info["HF_REVISION"]) if bench != "lpt_mme_rw_v" else ("", None)
+    setup = common.Setup(variant=variant, protocol="project", root=root, max_pixels=max_pixels, hub=hub)
+    return tasks.module(bench).prompt(line, task, setup)
 
 # Unbalanced fixtures: (spec, answered right?)
 VSTAR_UNBALANCED = [
@@ -295,3 +305,59 @@ def test_bad_row_names_task_row_and_field(tmp_path):
     with pytest.raises(ItemError, match="image file .* not found"):
         prompt("lpt_vstar", "think", str(tmp_path), _line(image="x/missing.jpg", text="q?\n(A) a\n(B) b",
                                                          label="A", category="c"), "lpt_vstar")
+
+
+def test_readme_example_benchmark_is_one_new_file(tmp_path, monkeypatch):
+    """The README's "Extend: add a benchmark" file, dropped in a folder of eval_tasks.benchmarks, is a task
+    (catalog, make_task, lighteval's Docs from a local copy) without touching any other file."""
+    import re as _re
+    from pathlib import Path
+
+    from datasets import Dataset, Image as ImageFeature
+    from lighteval.tasks.lighteval_task import LightevalTask
+    from PIL import Image
+
+    from eval_tasks import benchmarks, catalog
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("#### Extend: add a benchmark", 1)[1]
+    code = _re.search(r"```python\n(.*?)```", section, _re.S).group(1)
+    extra = tmp_path / "more"
+    extra.mkdir()
+    (extra / "blink_depth.py").write_text(code)
+    monkeypatch.setattr(benchmarks, "__path__", [*benchmarks.__path__, str(extra)])
+    catalog.refresh()
+    try:
+        assert "lpt_blink_depth" in catalog.names() and catalog.titles()["lpt_blink_depth"] == "BLINK depth"
+        rows = [{"question": "Which point is closer?", "choices": ["A", "B"], "answer": "(B)",
+                 "image_1": Image.new("RGB", (8, 8))}]
+        folder = tmp_path / "data" / "lpt_blink_depth"
+        folder.mkdir(parents=True)
+        Dataset.from_list(rows).cast_column("image_1", ImageFeature()).to_parquet(str(folder / "depth.parquet"))
+        (folder / "README.md").write_text("---\nconfigs:\n- config_name: Relative_Depth\n  data_files:\n"
+                                          "  - split: val\n    path: depth.parquet\n---\n")
+        config = make_task("lpt_blink_depth", "think", tmp_path / "data")
+        (doc,) = LightevalTask(config).eval_docs()
+        assert doc.gold_index == 1 and doc.specific["options"] == ["A", "B"] and doc.images
+    finally:
+        monkeypatch.undo()
+        catalog.refresh()
+
+
+def test_plain_import_has_no_side_effects(tmp_path):
+    """Importing the aggregating module loads neither lighteval nor the offline fixes; a task file imports
+    lighteval (its shape needs it) but changes nothing either. The table is built when lighteval asks for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, eval_tasks.tasks as t; from eval_tasks import _offline; "
+            "print('lighteval' in sys.modules, _offline._done); "
+            "import eval_tasks.benchmarks.vstar as v; print(_offline._done, [c.name for c in v.TASKS_TABLE]); "
+            "print(len(t.TASKS_TABLE), _offline._done)")
+    env = {**__import__("os").environ, "LPT_EVAL_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "False False"
+    assert lines[1] == "False ['lpt_vstar', 'lpt_vstar_direct']"
+    assert lines[2] == f"{2 * len(BENCHMARKS)} True"
