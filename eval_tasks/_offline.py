@@ -86,9 +86,25 @@ def data_dir_hint(bench: str = "<task>") -> str:
             "`lpt eval --sample-data DIR` writes offline stand-ins")
 
 
+def _task_file_loader(task) -> Callable | None:
+    """The ``load(task, setup)`` of the task's own file (:mod:`eval_tasks.benchmarks`), when it has one."""
+    from eval_tasks import catalog
+    from eval_tasks.common import setup_of
+
+    setup = setup_of(task)
+    if setup is None or setup.bench not in catalog.names():
+        return None
+    bench = setup.bench
+    import importlib
+
+    own = getattr(importlib.import_module(catalog.info(bench)["module"]), "load", None)
+    return None if own is None else functools.partial(own, setup=setup)
+
+
 def _fail_fast(load: Callable) -> Callable:
     """Wrap ``LightevalTask.download_dataset_worker``: an LPT task whose Hub dataset cannot load stops the process
-    with one line (lighteval's CLI would print a minute of retries and a traceback)."""
+    with one line (lighteval's CLI would print a minute of retries and a traceback); a task file's own ``load``
+    (a CSV beside an image folder, a streamed subset) goes before lighteval's."""
 
     @functools.wraps(load)
     def download_dataset_worker(task):
@@ -98,7 +114,9 @@ def _fail_fast(load: Callable) -> Callable:
             if why:
                 raise SystemExit(f"error: {task.name}: cannot load the Hub dataset {path} ({why}); "
                                  f"{data_dir_hint(task.name.removesuffix('_direct'))}")
-        return load(task)
+        own = _task_file_loader(task)
+        data = own(task) if own is not None else None
+        return data if data is not None else load(task)
 
     download_dataset_worker.lpt_fail_fast = True
     return download_dataset_worker

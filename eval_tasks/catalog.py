@@ -82,11 +82,17 @@ class DataUnavailable(RuntimeError):
     """Benchmark data that cannot be loaded now; the message is one line naming the Hub ids and ``--data-dir``."""
 
 
-def hub_repo(bench: str) -> str:
-    return info(bench)["HF_REPO"]
+def hub_repo(bench: str, protocol: str = "project") -> str:
+    """The Hub copy ``bench`` loads under ``protocol``: the task file's ``AUTHORS_HF_REPO`` where it has one and the
+    protocol uses the authors' copies, else its ``HF_REPO``."""
+    from eval_tasks.protocols import get
+
+    consts = info(bench)
+    return consts.get("AUTHORS_HF_REPO") or consts["HF_REPO"] if get(protocol).sources == "authors" \
+        else consts["HF_REPO"]
 
 
-def check_data(benches: list[str], data_dir: str | os.PathLike | None = None) -> None:
+def check_data(benches: list[str], data_dir: str | os.PathLike | None = None, protocol: str = "authors") -> None:
     """Raise :class:`DataUnavailable` when a benchmark has no local copy in ``data_dir`` and its Hub dataset
     cannot be loaded now (offline and not cached, or the Hub unreachable); seconds, not a minute of retries."""
     from eval_tasks._offline import data_dir_hint, hub_dataset_problem
@@ -94,11 +100,11 @@ def check_data(benches: list[str], data_dir: str | os.PathLike | None = None) ->
     problems = []
     for bench in dict.fromkeys(base_name(b) for b in benches):
         if bench in _catalog() and not (data_dir and (Path(data_dir) / bench).is_dir()):
-            why = hub_dataset_problem(hub_repo(bench))
+            why = hub_dataset_problem(hub_repo(bench, protocol))
             if why:
                 problems.append((bench, why))
     if problems:
-        listed = ", ".join(f"{b} ({hub_repo(b)})" for b, _ in problems)
+        listed = ", ".join(f"{b} ({hub_repo(b, protocol)})" for b, _ in problems)
         where = f" ({data_dir} has no folder {' or '.join(b for b, _ in problems)})" if data_dir else ""
         raise DataUnavailable(f"cannot load the Hub dataset{'s' if len(problems) > 1 else ''} of {listed}: "
                               f"{problems[0][1]}{where}; {data_dir_hint()}")

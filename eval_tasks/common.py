@@ -1,15 +1,15 @@
 """What every benchmark file under :mod:`eval_tasks.benchmarks` shares: the item, the row helpers, the image
 loader, where the data comes from (Hub or a local copy) and the one function that turns an item into a lighteval
-``Doc`` (the prompt rendering lives in :mod:`builder.prompts`).
+``Doc`` (the prompt rendering lives in :mod:`eval_tasks.protocols`, on top of :mod:`builder.prompts`).
 
 A benchmark file parses a dataset row into an :class:`Item` (or None to leave the row out of the benchmark);
 :func:`to_doc` does the rest. A row that cannot be parsed raises :class:`ItemError`, whose message names the
-task, the row and the field.
+task, the row and the field; :func:`doc_for` turns it into a *skipped* Doc that the metrics count with its reason
+(a broken row never ends the task).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import re
@@ -55,11 +55,13 @@ class Setup:
     """How one task builds its Docs: prompt variant, protocol, local copy (None: the Hub), image area cap
     (None: ``LPT_MAX_PIXELS``, else 512·512)."""
 
+    bench: str = ""  # the benchmark's NAME (its task file's own loader is found by it)
     variant: str = "think"
     protocol: str = "authors"
     root: str | None = None
     max_pixels: int | None = None
     hub: tuple[str, str | None] = field(default=("", None))  # (repo, revision) for files rows name by path
+    max_rows: int | None = None  # a task file that streams its data stops after this many usable rows
 
 
 DEFAULT = Setup()
@@ -165,35 +167,50 @@ def local_subset(folder: str | None, wanted: str) -> str:
 
 
 def setup_for(bench: str, variant: str, data_dir: str | os.PathLike | None, max_pixels: int | None,
-              protocol: str, hub: tuple[str, str | None]) -> Setup:
-    return Setup(variant=variant, protocol=protocol, root=local_dir(bench, data_dir), max_pixels=max_pixels, hub=hub)
+              protocol: str, hub: tuple[str, str | None], max_rows: int | None = None) -> Setup:
+    from eval_tasks.protocols import get
+
+    return Setup(bench=bench, variant=variant, protocol=get(protocol).name, root=local_dir(bench, data_dir),
+                 max_pixels=max_pixels, hub=hub, max_rows=max_rows)
+
+
+def setup_of(task: Any) -> Setup | None:
+    """The :class:`Setup` bound into a lighteval task's prompt function (None for a task not built here)."""
+    return (getattr(getattr(task, "formatter", None), "keywords", None) or {}).get("setup")
 
 
 # ----------------------------------------------------------------------------------------------- Doc
 
 
-@functools.lru_cache(maxsize=1)
-def _prompts():
-    from builder.prompts import Prompts
-
-    return Prompts()
-
-
 def to_doc(item: Item, task: str, setup: Setup) -> Doc:
-    """The item as a lighteval Doc: system text in ``instruction``, user text in ``query``, the image in
-    ``images``; ``specific`` carries options, category (and source, pair, id) for the metrics."""
-    system, user = _prompts().benchmark_messages(item.question, item.options, image=item.image, variant=setup.variant)
-    content = user["content"]
-    text = content if isinstance(content, str) else next(p["text"] for p in content if p.get("type") == "text")
-    specific = {"category": item.category, "options": list(item.options), **(item.extra or {})}
-    return Doc(task_name=task, query=text, choices=list(item.options), gold_index=item.gold_index,
-               instruction=system["content"], images=[item.image] if item.image is not None else None,
-               specific=specific)
+    """The item as a lighteval Doc under ``setup.protocol`` (:mod:`eval_tasks.protocols` renders it): system text
+    in ``instruction``, user text in ``query``, the image in ``images`` (the model puts it first); ``specific``
+    carries options, category, protocol (and source, pair, id) for the metrics."""
+    from eval_tasks.protocols import benchmark_turns
+
+    extra = dict(item.extra or {})
+    system, user = benchmark_turns(setup.protocol, item.question, item.options, setup.variant,
+                                   extra.pop("subject", None))
+    specific = {"category": item.category, "options": list(item.options), "protocol": setup.protocol, **extra}
+    return Doc(task_name=task, query=user, choices=list(item.options), gold_index=item.gold_index,
+               instruction=system, images=[item.image] if item.image is not None else None, specific=specific)
+
+
+def skipped_doc(error: ItemError, task: str, setup: Setup) -> Doc:
+    """A Doc standing for a row that cannot be parsed: the model is not asked (:mod:`eval_tasks.model`), the
+    metrics count it under its reason (``skipped``, ``skipped_<reason>``) and leave it out of every accuracy."""
+    return Doc(task_name=task, query="", choices=["-"], gold_index=0, instruction="",
+               specific={"skipped": error.reason, "skipped_why": str(error), "protocol": setup.protocol,
+                         "category": "", "options": []})
 
 
 def doc_for(parse: Callable[[dict, Setup], Item | None], line: dict, task: str, setup: Setup) -> Doc | None:
-    """``parse`` the row into a Doc; None for a row outside the benchmark."""
-    item = parse(line, setup)
+    """``parse`` the row into a Doc; None for a row outside the benchmark; a skipped Doc for a broken row (so
+    that one odd row never ends the task, also with ``--max-samples``)."""
+    try:
+        item = parse(line, setup)
+    except ItemError as e:
+        return skipped_doc(e, task, setup)
     return None if item is None else to_doc(item, task, setup)
 
 
@@ -203,4 +220,4 @@ def with_root(setup: Setup, root: str | None) -> Setup:
 
 __all__ = ["DEFAULT", "Item", "ItemError", "Setup", "TASK_VERSION", "VARIANTS", "doc_for", "field_of", "file_path",
            "image", "letter_index", "load_image", "local_dir", "local_subset", "max_pixels", "setup_for",
-           "task_name", "to_doc", "where"]
+           "setup_of", "skipped_doc", "task_name", "to_doc", "where"]

@@ -18,12 +18,13 @@ import functools
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc
 
 from builder.answers import normalize_text, parse_options
-from eval_tasks import common
+from eval_tasks import common, protocols
 from eval_tasks.metrics import METRICS
 
 NAME = "lpt_mme_rw_v"
@@ -83,14 +84,35 @@ def parse(line: dict, setup: common.Setup) -> common.Item | None:
     return (parse_mirror if mirror else parse_original)(line, setup)
 
 
+def load(task: Any, setup: common.Setup) -> Any:
+    """With ``max_rows`` (``--max-samples``), stream the Hub mirror and stop after that many MME-RW-V rows, so
+    that only the parquet shards holding them are read (the whole mirror is ~70 shards of ~200 MB). None: let
+    lighteval load the dataset (a local copy, or the whole benchmark)."""
+    if setup.root is not None or not setup.max_rows:
+        return None
+    from datasets import Dataset, DatasetDict, load_dataset
+    from tqdm import tqdm
+
+    stream = load_dataset(HF_REPO, HF_SUBSET, split=HF_SPLIT, revision=HF_REVISION, streaming=True)
+    rows = []
+    with tqdm(total=setup.max_rows, desc=f"{NAME}: rows from the Hub mirror", unit="row") as bar:
+        for row in stream:
+            if subtask_of(str(row.get("category") or "").split("/")[-1]) is not None:
+                rows.append(row)
+                bar.update()
+            if len(rows) >= setup.max_rows:
+                break
+    return DatasetDict({HF_SPLIT: Dataset.from_list(rows)})
+
+
 def prompt(line: dict, task: str, setup: common.Setup = common.DEFAULT) -> Doc | None:
     return common.doc_for(parse, line, task, setup)
 
 
 def task(variant: str = "think", data_dir: str | os.PathLike | None = None, max_pixels: int | None = None,
-         protocol: str = "authors") -> LightevalTaskConfig:
+         protocol: str = "authors", max_rows: int | None = None) -> LightevalTaskConfig:
     # the mirror embeds its images; a row naming an image file needs the local copy (no Hub download)
-    setup = common.setup_for(NAME, variant, data_dir, max_pixels, protocol, ("", None))
+    setup = common.setup_for(NAME, variant, data_dir, max_pixels, protocol, ("", None), max_rows)
     split = LOCAL_JSON_SPLIT if setup.root and (Path(setup.root) / "test.json").is_file() else HF_SPLIT
     return LightevalTaskConfig(
         name=common.task_name(NAME, variant),
@@ -102,7 +124,7 @@ def task(variant: str = "think", data_dir: str | os.PathLike | None = None, max_
         evaluation_splits=[split],
         few_shots_split=None,
         few_shots_select=None,
-        generation_size=GENERATION_SIZE,
+        generation_size=protocols.generation_size(protocol, GENERATION_SIZE),
         stop_sequence=[],
         metrics=METRICS,
         version=common.TASK_VERSION,

@@ -16,7 +16,7 @@ import os
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc
 
-from eval_tasks import common
+from eval_tasks import common, protocols
 from eval_tasks.metrics import METRICS
 
 NAME = "lpt_mmlu_pro"
@@ -35,8 +35,9 @@ def parse(line: dict, setup: common.Setup) -> common.Item:
     gold = line.get("answer_index")
     if gold is None or not 0 <= int(gold) < len(options):
         gold = common.letter_index(common.field_of(line, "answer", at), len(options), at)
+    category = str(common.field_of(line, "category", at))  # the subject the authors' template names
     return common.Item(str(common.field_of(line, "question", at)).strip(), options, int(gold),
-                       str(common.field_of(line, "category", at)), None, {"id": str(line.get("question_id", ""))})
+                       category, None, {"id": str(line.get("question_id", "")), "subject": category})
 
 
 def prompt(line: dict, task: str, setup: common.Setup = common.DEFAULT) -> Doc | None:
@@ -44,8 +45,8 @@ def prompt(line: dict, task: str, setup: common.Setup = common.DEFAULT) -> Doc |
 
 
 def task(variant: str = "think", data_dir: str | os.PathLike | None = None, max_pixels: int | None = None,
-         protocol: str = "authors") -> LightevalTaskConfig:
-    setup = common.setup_for(NAME, variant, data_dir, max_pixels, protocol, (HF_REPO, HF_REVISION))
+         protocol: str = "authors", max_rows: int | None = None) -> LightevalTaskConfig:
+    setup = common.setup_for(NAME, variant, data_dir, max_pixels, protocol, (HF_REPO, HF_REVISION), max_rows)
     return LightevalTaskConfig(
         name=common.task_name(NAME, variant),
         prompt_function=functools.partial(prompt, setup=setup),
@@ -56,7 +57,7 @@ def task(variant: str = "think", data_dir: str | os.PathLike | None = None, max_
         evaluation_splits=[HF_SPLIT],
         few_shots_split=None,
         few_shots_select=None,
-        generation_size=GENERATION_SIZE,
+        generation_size=protocols.generation_size(protocol, GENERATION_SIZE),
         stop_sequence=[],
         metrics=METRICS,
         version=common.TASK_VERSION,
