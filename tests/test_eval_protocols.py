@@ -184,3 +184,30 @@ def test_authors_answer_extraction():
     assert authors_answer("x <answer>  (C) </answer> y <answer>(A)</answer>") == "(C)"
     assert authors_answer("Answer: A Answer: B") == "A"
     assert authors_answer(None) == ""
+
+
+def test_authors_eval_prompt_has_the_token_layout_of_their_decoded_prompts():
+    """Their stage-2 outputs (shipped, MIT) hold the prompts their pipeline decoded through LLaMA-Factory's
+    qwen2_vl template: system turn, then a user turn opening with the image tokens. Our model's messages for an
+    ``authors`` Doc (image first), rendered through a ChatML template (the tiny test VLM's, written like Qwen's),
+    give that layout with the evaluation texts in place."""
+    import re
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from PIL import Image
+
+    from builder.tiny_models import CHAT_TEMPLATE
+    from eval_tasks.model import doc_messages
+
+    first = (Path(EXAMPLE_DIR) / "stage2_qwen2.5-vl-7b_simple_cots.jsonl").read_text().splitlines()[0]
+    decoded = json.loads(first)["prompt"]
+    parts = re.fullmatch(r"(<\|im_start\|>system\n)(.*)(<\|im_end\|>\n<\|im_start\|>user\n"
+                         r"<\|vision_start\|><\|image_pad\|><\|vision_end\|>)(.*)(<\|im_end\|>\n<\|im_start\|>assistant\n)",
+                         decoded, re.S)
+    assert parts, decoded[:300]
+    line = {"Index": 1, "Question": "Is it red?", "Options": "(a) Yes (b) No", "Correct Answer": "(a)",
+            "image": Image.new("RGB", (8, 8))}
+    doc = _doc("lpt_mmvp", line)
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
+    rendered = template.render(messages=doc_messages(doc), add_generation_prompt=True)
+    assert rendered == parts.group(1) + doc.instruction + parts.group(3) + doc.query + parts.group(5)
