@@ -10,6 +10,8 @@
    minute of ``huggingface_hub`` retries and end in a traceback. :func:`hub_dataset_problem` says why in a few
    seconds; :func:`prepare_lighteval` wraps lighteval's dataset loader so that ``lighteval custom …
    --custom-tasks eval_tasks.tasks`` stops with that one line (``lpt eval`` checks before building anything).
+   The same wrapper lets a task file load its own data (``load(task, setup)``) and prepares local copies afresh
+   (``datasets`` would serve another folder of the same name and layout from its cache).
 
 The version pins (``huggingface_hub<2``, ``xxhash<4``) live in pyproject's ``eval`` extra.
 """
@@ -101,6 +103,17 @@ def _task_file_loader(task) -> Callable | None:
     return None if own is None else functools.partial(own, setup=setup)
 
 
+def _load_local_folder(task):
+    """A local copy, prepared afresh: ``datasets`` keys a local folder's prepared copy by its name and layout,
+    not its contents, so another folder of the same name (last run's stand-ins, an edited copy) would be served
+    from the cache."""
+    from datasets import load_dataset
+
+    data = load_dataset(path=str(task.dataset_path), name=task.dataset_config_name, download_mode="force_redownload",
+                        verification_mode="no_checks")
+    return data.filter(task.dataset_filter) if task.dataset_filter is not None else data
+
+
 def _fail_fast(load: Callable) -> Callable:
     """Wrap ``LightevalTask.download_dataset_worker``: an LPT task whose Hub dataset cannot load stops the process
     with one line (lighteval's CLI would print a minute of retries and a traceback); a task file's own ``load``
@@ -116,6 +129,8 @@ def _fail_fast(load: Callable) -> Callable:
                                  f"{data_dir_hint(task.name.removesuffix('_direct'))}")
         own = _task_file_loader(task)
         data = own(task) if own is not None else None
+        if data is None and str(task.name).startswith("lpt_") and Path(path).is_dir():
+            data = _load_local_folder(task)
         return data if data is not None else load(task)
 
     download_dataset_worker.lpt_fail_fast = True

@@ -456,3 +456,17 @@ def test_mme_rw_v_streams_only_the_rows_max_samples_asks_for(tmp_path, monkeypat
     rows = list(data[mme_rw_v.HF_SPLIT])
     assert len(rows) == 4 and all(mme_rw_v.subtask_of(r["category"].split("/")[-1]) for r in rows)
     assert mme_rw_v.load(None, common.Setup(bench="lpt_mme_rw_v")) is None  # the whole benchmark: lighteval loads it
+
+
+def test_a_local_copy_is_read_afresh_not_from_another_folders_cache(tmp_path):
+    """datasets keys a local folder's prepared copy by its name and layout: two --data-dir folders with the same
+    layout shared one cached copy, so the second run scored the first one's items."""
+    from lighteval.tasks.lighteval_task import LightevalTask
+
+    counts = []
+    for n in (3, 5):  # MMStar's layout: a README declaring config and split
+        root = tmp_path / f"run{n}"
+        specs = [samples.Spec(f"Question {i}?", ["a", "b"], 0, "coarse perception") for i in range(n)]
+        samples.write_mmstar(root / "lpt_mmstar_v", specs)
+        counts.append(len(LightevalTask(make_task("lpt_mmstar_v", "think", root)).eval_docs()))
+    assert counts == [3, 5]
