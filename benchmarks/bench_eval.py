@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     ap.add_argument("--model", default=None, help="an existing checkpoint instead of building the random 7B")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--protocol", default="project", choices=["authors", "project"],
+                    help="prompt words and budget (authors: needs LPT_AUTHORS_DIR offline); --max-new-tokens caps both")
     args = ap.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_eval_"))
@@ -102,9 +104,10 @@ def main() -> None:
     print(f"engine loaded in {time.perf_counter() - t0:.0f}s")
     rows = []
     for bench in BENCHMARKS:  # one task per run, so each gets its own wall time
-        n = len(LightevalTask(make_task(bench, "think", data)).eval_docs())
+        n = len(LightevalTask(make_task(bench, "think", data, protocol=args.protocol)).eval_docs())
         start = time.perf_counter()
-        run_eval(model, task_string([bench]), output_dir=str(work / "out"), data_dir=str(data), engine=engine)
+        run_eval(model, task_string([bench]), output_dir=str(work / "out"), data_dir=str(data), engine=engine,
+                 protocol=args.protocol)
         wall = time.perf_counter() - start
         rows.append({"task": bench, "items": n, "seconds": round(wall, 2), "items_per_s": round(n / wall, 3)})
         print(json.dumps(rows[-1]))

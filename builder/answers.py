@@ -277,3 +277,37 @@ def grade(response: str | None, options: Sequence[str], gold_index: int) -> Grad
     ans = extract_answer(response)
     idx = match_option(ans, options)
     return Grade(answer=ans, pred_index=idx, correct=idx >= 0 and idx == gold_index)
+
+
+# ------------------------------------------------------------------------------- the authors' scoring rule
+
+_AUTHORS_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+
+
+def authors_answer(response: str | None) -> str:
+    """The answer string as the authors' evaluation reads it (``extract_predict`` in their ``vllm_eval.py``,
+    andrewliao11/LongPerceptualThoughts@ab1a9a0): the first ``<answer>…</answer>`` anywhere in the reply (also
+    inside the thought), else the text between the first and the second "Answer:", else the whole reply;
+    stripped. No Unicode normalisation."""
+    text = response if isinstance(response, str) else ""
+    tag = _AUTHORS_ANSWER_TAG.search(text)
+    if tag:
+        return tag.group(1).strip()
+    if "Answer:" in text:
+        text = text.split("Answer:")[1]
+    return text.strip()
+
+
+def authors_hit(response: str | None, options: Sequence[str], gold_index: int) -> bool:
+    """Whether the authors' rule (``compute_mcq_hit``, same commit) counts ``response`` right: the answer string,
+    lower-cased, equals the text of *any* option (right or wrong: their rule's known leniency); or it is the
+    gold letter as ``B``, ``(B)`` or ``B.``; or its first space-separated word is ``(B)`` or ``B.``.
+
+    This is not :func:`grade` and never labels data: it scores benchmarks a second time so that a result can
+    be compared with the paper's table (``acc_macro_authors`` next to ``acc_macro``)."""
+    answer = authors_answer(response)
+    if answer.lower() in {str(o).strip().lower() for o in options}:
+        return True
+    gold = letter(gold_index)
+    marked = {f"({gold})", f"{gold}."}
+    return answer == gold or answer in marked or answer.split(" ")[0] in marked

@@ -10,6 +10,8 @@
    minute of ``huggingface_hub`` retries and end in a traceback. :func:`hub_dataset_problem` says why in a few
    seconds; :func:`prepare_lighteval` wraps lighteval's dataset loader so that ``lighteval custom …
    --custom-tasks eval_tasks.tasks`` stops with that one line (``lpt eval`` checks before building anything).
+   The same wrapper lets a task file load its own data (``load(task, setup)``) and prepares local copies afresh
+   (``datasets`` would serve another folder of the same name and layout from its cache).
 
 The version pins (``huggingface_hub<2``, ``xxhash<4``) live in pyproject's ``eval`` extra.
 """
@@ -86,9 +88,36 @@ def data_dir_hint(bench: str = "<task>") -> str:
             "`lpt eval --sample-data DIR` writes offline stand-ins")
 
 
+def _task_file_loader(task) -> Callable | None:
+    """The ``load(task, setup)`` of the task's own file (:mod:`eval_tasks.benchmarks`), when it has one."""
+    from eval_tasks import catalog
+    from eval_tasks.common import setup_of
+
+    setup = setup_of(task)
+    if setup is None or setup.bench not in catalog.names():
+        return None
+    bench = setup.bench
+    import importlib
+
+    own = getattr(importlib.import_module(catalog.info(bench)["module"]), "load", None)
+    return None if own is None else functools.partial(own, setup=setup)
+
+
+def _load_local_folder(task):
+    """A local copy, prepared afresh: ``datasets`` keys a local folder's prepared copy by its name and layout,
+    not its contents, so another folder of the same name (last run's stand-ins, an edited copy) would be served
+    from the cache."""
+    from datasets import load_dataset
+
+    data = load_dataset(path=str(task.dataset_path), name=task.dataset_config_name, download_mode="force_redownload",
+                        verification_mode="no_checks")
+    return data.filter(task.dataset_filter) if task.dataset_filter is not None else data
+
+
 def _fail_fast(load: Callable) -> Callable:
     """Wrap ``LightevalTask.download_dataset_worker``: an LPT task whose Hub dataset cannot load stops the process
-    with one line (lighteval's CLI would print a minute of retries and a traceback)."""
+    with one line (lighteval's CLI would print a minute of retries and a traceback); a task file's own ``load``
+    (a CSV beside an image folder, a streamed subset) goes before lighteval's."""
 
     @functools.wraps(load)
     def download_dataset_worker(task):
@@ -98,7 +127,11 @@ def _fail_fast(load: Callable) -> Callable:
             if why:
                 raise SystemExit(f"error: {task.name}: cannot load the Hub dataset {path} ({why}); "
                                  f"{data_dir_hint(task.name.removesuffix('_direct'))}")
-        return load(task)
+        own = _task_file_loader(task)
+        data = own(task) if own is not None else None
+        if data is None and str(task.name).startswith("lpt_") and Path(path).is_dir():
+            data = _load_local_folder(task)
+        return data if data is not None else load(task)
 
     download_dataset_worker.lpt_fail_fast = True
     return download_dataset_worker

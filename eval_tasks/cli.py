@@ -25,8 +25,10 @@ class ModelUnavailable(RuntimeError):
 
 
 def _task_list(tasks: str, direct: bool) -> str:
-    from eval_tasks.tasks import BENCHMARKS, task_name
+    from eval_tasks.catalog import names as benchmark_names
+    from eval_tasks.common import task_name
 
+    BENCHMARKS = benchmark_names()
     names = list(BENCHMARKS) if tasks.strip() == ALL else [t.strip() for t in tasks.split(",") if t.strip()]
     out = []
     for name in names:
@@ -60,16 +62,31 @@ def model_problem(model: str) -> str | None:
     return None
 
 
+def check_inputs(tasks: str, data_dir: str | None, protocol: str) -> None:
+    """Everything a run reads that can be missing, checked before the heavy stack loads: the benchmarks' data
+    (:class:`eval_tasks.catalog.DataUnavailable`) and, under ``authors``, the authors' files
+    (:class:`eval_tasks.protocols.AuthorsFilesUnavailable`)."""
+    from eval_tasks.catalog import check_data
+    from eval_tasks.protocols import check_authors_files, get
+
+    check_data([t for t in tasks.split(",") if t.strip()], data_dir, protocol)
+    if get(protocol).name == "authors":
+        check_authors_files()
+
+
 def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = None, max_samples: int | None = None,
-             save_details: bool = False, engine: object = None, settings: dict[str, Any] | None = None) -> dict:
+             save_details: bool = False, engine: object = None, settings: dict[str, Any] | None = None,
+             protocol: str = "authors") -> dict:
     """Build lighteval's Pipeline with :class:`eval_tasks.model.LPTEngineModel` and our tasks; return results.
 
-    ``tasks`` is a lighteval task string (``"lpt_vstar|0,lpt_mmvp|0"``). ``settings`` (see
-    :func:`eval_tasks.model.engine_settings`) default to the ``LPT_*`` variables. ``engine`` replaces the engine
-    that the settings would load (tests pass a ready one). Raises :class:`eval_tasks.tasks.DataUnavailable`
-    (before loading the model) when a benchmark's data cannot be loaded, and :class:`ModelUnavailable` when the
-    model cannot.
+    ``tasks`` is a lighteval task string (``"lpt_vstar|0,lpt_mmvp|0"``); ``protocol`` is ``authors`` or
+    ``project`` (:mod:`eval_tasks.protocols`). ``settings`` (see :func:`eval_tasks.model.engine_settings`)
+    default to the ``LPT_*`` variables. ``engine`` replaces the engine that the settings would load (tests pass a
+    ready one). Raises :class:`eval_tasks.catalog.DataUnavailable` or
+    :class:`eval_tasks.protocols.AuthorsFilesUnavailable` (before loading anything heavy) when an input is
+    missing, and :class:`ModelUnavailable` when the model cannot be loaded.
     """
+    check_inputs(tasks, data_dir, protocol)
     from eval_tasks._offline import prepare_lighteval
 
     prepare_lighteval()
@@ -78,10 +95,9 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
     from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
 
     from eval_tasks import model as model_module
-    from eval_tasks.tasks import check_data, tasks_module
+    from eval_tasks.tasks import tasks_module
 
     settings = settings if settings is not None else model_module.engine_options_from_env()
-    check_data([t for t in tasks.split(",") if t.strip()], data_dir)
     config = CustomModelConfig(model_name=model, model_definition_file_path=model_module.__file__)
     try:
         lm = model_module.LPTEngineModel(config, engine=engine, settings=settings)
@@ -90,7 +106,8 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
     pipeline = Pipeline(
         tasks=tasks,
         pipeline_parameters=PipelineParameters(launcher_type=ParallelismManager.CUSTOM,
-                                               custom_tasks_directory=tasks_module(data_dir, settings["max_pixels"]),
+                                               custom_tasks_directory=tasks_module(
+                                                   data_dir, settings["max_pixels"], protocol, max_samples),
                                                max_samples=max_samples),
         evaluation_tracker=EvaluationTracker(output_dir=output_dir, save_details=save_details),
         model=lm,
@@ -103,39 +120,53 @@ def run_eval(model: str, tasks: str, *, output_dir: str, data_dir: str | None = 
 # ----------------------------------------------------------------------------------------------- report
 
 
-def summary_lines(results: dict[str, dict[str, float]]) -> list[str]:
-    """A compact table of ``acc_macro`` per task (%) next to the paper's Qwen2.5-VL-7B, then which extra
-    metrics were not computed and why. ``results``: lighteval's ``results`` (keys like ``"lpt_vstar|0"``)."""
-    from eval_tasks.tasks import PAPER_QWEN25_VL_7B, TITLES, base_name
+def _notes(task: str, bench: str, metrics: dict[str, float]) -> list[str]:
+    notes = []
+    if bench == "lpt_cvbench" and "acc_cvbench_official" not in metrics:
+        notes.append(f"{task}: CV-Bench's official formula (acc_cvbench_official) skipped: it needs items from "
+                     "every source (ADE20K, COCO, Omni3D), and this run lacked some (--max-samples?)")
+    if bench == "lpt_mmvp" and "acc_pair" not in metrics:
+        notes.append(f"{task}: MMVP pair accuracy (acc_pair) skipped: no question was scored together with its "
+                     "pair (--max-samples?)")
+    if metrics.get("skipped"):
+        reasons = ", ".join(f"{k.removeprefix('skipped_')} {int(v)}" for k, v in sorted(metrics.items())
+                            if k.startswith("skipped_"))
+        notes.append(f"{task}: {int(metrics['skipped'])} row(s) could not be parsed and were left out ({reasons}; "
+                     "the details name each row)")
+    return notes
 
-    rows, notes = [], []
+
+def summary_lines(results: dict[str, dict[str, float]]) -> list[str]:
+    """A compact table per task (%): ``acc_macro`` (our matcher) and ``acc_macro_authors`` (the authors' rule) from
+    the same generations, next to the paper's Qwen2.5-VL-7B; then the protocol, and what was not computed and why.
+    ``results``: lighteval's ``results`` (keys like ``"lpt_vstar|0"``)."""
+    from builder.answers import MATCHER_VERSION
+    from eval_tasks.catalog import base_name, paper_scores, titles
+
+    paper_of, title_of = paper_scores(), titles()
+    rows, notes, protocols_seen = [], [], set()
     for key, metrics in results.items():
         task = key.split("|")[0].split(":")[0]
         bench = base_name(task)
-        if bench not in TITLES or "acc_macro" not in metrics:
+        if bench not in title_of or "acc_macro" not in metrics:
             continue
-        paper = PAPER_QWEN25_VL_7B.get(bench)
-        rows.append((TITLES[bench], task, f"{100 * metrics['acc_macro']:.2f}",
-                     "n/a" if paper is None else f"{paper:.2f}"))
-        if bench == "lpt_cvbench" and "acc_cvbench_official" not in metrics:
-            notes.append(f"{task}: CV-Bench's official formula (acc_cvbench_official) skipped: it needs items from "
-                         "every source (ADE20K, COCO, Omni3D), and this run lacked some (--max-samples?)")
-        if bench == "lpt_mmvp" and "acc_pair" not in metrics:
-            notes.append(f"{task}: MMVP pair accuracy (acc_pair) skipped: no question was scored together with its "
-                         "pair (--max-samples?)")
+        paper = paper_of.get(bench)
+        authors = metrics.get("acc_macro_authors")
+        rows.append((title_of[bench], task, f"{100 * metrics['acc_macro']:.2f}",
+                     "n/a" if authors is None else f"{100 * authors:.2f}", "n/a" if paper is None else f"{paper:.2f}"))
+        protocols_seen |= {k.removeprefix("protocol_") for k in metrics if k.startswith("protocol_")}
+        notes += _notes(task, bench, metrics)
     if not rows:
         return []
-    order = list(TITLES.values())
+    order = list(title_of.values())
     rows.sort(key=lambda r: (order.index(r[0]), r[1]))
-    from builder.answers import MATCHER_VERSION
-
-    head = ("benchmark", "task", f"acc_macro % (matcher v{MATCHER_VERSION})", "paper Qwen2.5-VL-7B %")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    head = ("benchmark", "task", f"acc_macro % (matcher v{MATCHER_VERSION})", "acc_macro_authors %",
+            "paper Qwen2.5-VL-7B %")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*head), *(fmt.format(*r) for r in rows), *notes]
-
-
-# -------------------------------------------------------------------------------------------------- command
+    protocol = f"protocol: {', '.join(sorted(protocols_seen)) or 'unknown'} (paper comparisons: acc_macro_authors " \
+               "under the authors protocol)"
+    return [fmt.format(*head), *(fmt.format(*r) for r in rows), protocol, *notes]
 
 
 def _engine_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -152,8 +183,8 @@ def _engine_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _write_samples(out: str, tasks: str) -> None:
+    from eval_tasks.catalog import base_name
     from eval_tasks.samples import WRITERS, write_sample_data
-    from eval_tasks.tasks import base_name
 
     chosen = list(WRITERS) if tasks.strip() == ALL else list(dict.fromkeys(base_name(t) for t in tasks.split(",")))
     write_sample_data(out, tasks=chosen)
@@ -167,6 +198,9 @@ def _write_samples(out: str, tasks: str) -> None:
               help="Comma-separated: lpt_vstar, lpt_cvbench, lpt_mmvp, lpt_mmstar_v, lpt_mme_rw_v, lpt_realworldqa, "
                    "lpt_mmlu_pro (or 'all').")
 @click.option("--direct", is_flag=True, help="Use the direct-answer prompt (the tasks' _direct variants).")
+@click.option("--protocol", type=click.Choice(["authors", "project"]), default="authors", show_default=True,
+              help="authors: the authors' prompts, 2048 new tokens, their benchmark copies (comparable with the "
+                   "paper); project: our prompts, budgets and corrected copies (docs/method.md).")
 @click.option("--engine", default="auto", show_default=True,
               help="auto | transformers | vllm (or module:Class of another builder.engines.Engine).")
 @click.option("--dtype", default=None, help="e.g. bfloat16 (default: the engine's).")
@@ -174,7 +208,8 @@ def _write_samples(out: str, tasks: str) -> None:
 @click.option("--max-pixels", type=int, default=512 * 512, show_default=True, help="Cap on each image's area.")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy (the paper).")
 @click.option("--max-new-tokens", type=int, default=None,
-              help="Upper bound on new tokens (smoke runs); default: the task's 1024 (2048 for MMLU-Pro).")
+              help="Upper bound on new tokens (smoke runs); default: the protocol's (authors: 2048; project: 1024, "
+                   "2048 for MMLU-Pro).")
 @click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
               help="Extra engine option (JSON value), repeatable, e.g. tensor_parallel_size=2.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -184,8 +219,8 @@ def _write_samples(out: str, tasks: str) -> None:
 @click.option("--output-dir", default="eval_results", show_default=True)
 @click.option("--max-samples", type=int, default=None, help="Only this many items per task (partial scores).")
 @click.option("--save-details", is_flag=True, help="Also write per-item details (parquet; holds the images).")
-def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: str | None, batch_size: int | None,
-             max_pixels: int, temperature: float, max_new_tokens: int | None, engine_options: tuple[str, ...],
+def eval_cmd(model: str | None, tasks: str, direct: bool, protocol: str, engine: str, dtype: str | None,
+             batch_size: int | None, max_pixels: int, temperature: float, max_new_tokens: int | None, engine_options: tuple[str, ...],
              data_dir: str | None, sample_data: str | None, output_dir: str, max_samples: int | None,
              save_details: bool) -> None:
     """Score MODEL (Hub id or local path) on the paper's benchmarks with lighteval."""
@@ -199,6 +234,13 @@ def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: st
         raise click.UsageError("missing MODEL (a Hub id or a local folder)")
     if engine in WEIGHT_ENGINES and (why := model_problem(model)):
         raise click.ClickException(why)
+    from eval_tasks.catalog import DataUnavailable
+    from eval_tasks.protocols import AuthorsFilesUnavailable
+
+    try:  # before the heavy imports: a missing input is one line within seconds
+        check_inputs(task_list, data_dir, protocol)
+    except (DataUnavailable, AuthorsFilesUnavailable) as e:
+        raise click.ClickException(str(e)) from None
     ctx = click.get_current_context()
     if not (ctx.find_root().params.get("verbose") or 0):
         import datasets
@@ -207,7 +249,6 @@ def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: st
     prepare_lighteval()
     quiet_lighteval()
     from eval_tasks.model import engine_settings
-    from eval_tasks.tasks import DataUnavailable
 
     settings = engine_settings(engine, dtype=dtype, batch_size=batch_size, max_pixels=max_pixels,
                                engine_options=_engine_options(engine_options), temperature=temperature,
@@ -215,8 +256,8 @@ def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: st
     before = set(Path(output_dir).glob("results/**/results_*.json"))
     try:
         res = run_eval(model, task_list, output_dir=str(Path(output_dir)), data_dir=data_dir,
-                       max_samples=max_samples, save_details=save_details, settings=settings)
-    except (DataUnavailable, ModelUnavailable) as e:
+                       max_samples=max_samples, save_details=save_details, settings=settings, protocol=protocol)
+    except (DataUnavailable, AuthorsFilesUnavailable, ModelUnavailable) as e:
         raise click.ClickException(str(e)) from None
     written = sorted(set(Path(output_dir).glob("results/**/results_*.json")) - before)
     for line in summary_lines(res.get("results", {})):
@@ -225,4 +266,4 @@ def eval_cmd(model: str | None, tasks: str, direct: bool, engine: str, dtype: st
         click.echo(f"results: {written[-1]}")
 
 
-__all__ = ["ModelUnavailable", "eval_cmd", "model_problem", "run_eval", "summary_lines"]
+__all__ = ["ModelUnavailable", "check_inputs", "eval_cmd", "model_problem", "run_eval", "summary_lines"]

@@ -14,7 +14,8 @@ variable            default               meaning
 ``LPT_DTYPE``       engine's default      e.g. ``bfloat16``, ``float16``
 ``LPT_BATCH_SIZE``  engine's default      requests per batch (transformers engine)
 ``LPT_TEMPERATURE`` ``0``                 0 = greedy (the paper)
-``LPT_MAX_NEW_TOKENS`` none               upper bound on new tokens (smoke runs); else the task's 1024/2048
+``LPT_MAX_NEW_TOKENS`` none               upper bound on new tokens (smoke runs); else the task's (2048 under
+                                          the ``authors`` protocol; 1024, 2048 for MMLU-Pro under ``project``)
 ``LPT_ENGINE_OPTIONS`` ``{}``             JSON object of extra engine options, e.g. ``{"tensor_parallel_size": 2}``
 ``LPT_EVAL_CACHE_DIR`` lighteval's        where lighteval's prediction cache goes
 =================== ===================== ============================================================
@@ -174,11 +175,16 @@ class LPTEngineModel(_am.LightevalModel):
 
     @cached(SamplingMethod.GENERATIVE)
     def greedy_until(self, docs: list[Doc]) -> list[ModelResponse]:
-        samples = self.engine.generate([self.request(d) for d in docs], progress=True)
+        """Generate for every doc but the skipped ones (rows that could not be parsed: an empty reply, never
+        scored; see :func:`eval_tasks.common.skipped_doc`)."""
+        asked = [d for d in docs if not (d.specific or {}).get("skipped")]
+        samples = iter(self.engine.generate([self.request(d) for d in asked], progress=True) if asked else [])
         out = []
-        for doc, got in zip(docs, samples):
-            s = got[0]
-            out.append(ModelResponse(input=prompt_record(doc), text=[s.text]))
+        for doc in docs:
+            if (doc.specific or {}).get("skipped"):
+                out.append(ModelResponse(input="", text=[""]))
+            else:
+                out.append(ModelResponse(input=prompt_record(doc), text=[next(samples)[0].text]))
         return out
 
     def loglikelihood(self, docs: list[Doc]) -> list[ModelResponse]:

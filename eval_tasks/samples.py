@@ -3,7 +3,9 @@
 For offline tests, smoke runs (``lpt eval MODEL --data-dir DIR``) and the GPU throughput benchmark:
 ``write_sample_data(DIR)`` writes ``DIR/<task>/`` for all seven tasks, laid out like the Hub repositories
 (V*: ``test_questions.jsonl`` + image files; CV-Bench: ``test_2d.parquet``/``test_3d.parquet``; MMVP:
-``data/train-*.parquet``; MMStar: ``mmstar.parquet`` + a README declaring config/split ``val``; MME-RealWorld:
+``data/train-*.parquet``, or ``write_mmvp_authors``: MMVP/MMVP's ``Questions.csv`` + image files; MMStar:
+``mmstar.parquet`` + a README declaring config/split ``val``, in both of its layouts, with "nan"-padded options
+and one row without options (skipped and counted by the tasks); MME-RealWorld:
 the Hub mirror's ``data/train-*.parquet`` with base64 images (``write_mme_rw_json``: the original ``test.json`` +
 image files); RealWorldQA and MMLU-Pro: ``data/test-*.parquet``). Images are flat colours.
 """
@@ -94,15 +96,46 @@ configs:
 """
 
 
+def _mmstar_question(s: Spec) -> tuple[str, str]:
+    """``(question field, answer letter)`` in the layout ``s.extra`` asks for: ``layout`` "mathvista" ("Hint: …
+    Question: … Choices: (A) …"), ``nan_pad`` n "nan" options appended, ``broken`` no options at all."""
+    options = list(s.options) + ["nan"] * int(s.extra.get("nan_pad", 0))
+    if s.extra.get("broken"):
+        return f"{s.question}\nPick one.", LETTERS[s.gold]
+    if s.extra.get("layout") == "mathvista":
+        choices = "\n".join(f"({LETTERS[j]}) {o}" for j, o in enumerate(options))
+        return (f"Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the "
+                f"end.\nQuestion: {s.question}\nChoices:\n{choices}"), LETTERS[s.gold]
+    return f"{s.question}\nOptions: {', '.join(f'{LETTERS[j]}: {o}' for j, o in enumerate(options))}", LETTERS[s.gold]
+
+
 def write_mmstar(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
+    """``mmstar.parquet`` + a README declaring config/split ``val``; rows in either of MMStar's two layouts."""
     rows = []
     for i, s in enumerate(specs):
-        opts = ", ".join(f"{LETTERS[j]}: {o}" for j, o in enumerate(s.options))
-        rows.append({"index": i, "question": f"{s.question}\nOptions: {opts}", "image": _png(size, i),
-                     "answer": LETTERS[s.gold], "category": s.category, "l2_category": s.extra.get("l2", "x"),
+        question, answer = _mmstar_question(s)
+        rows.append({"index": i, "question": question, "image": _png(size, i), "answer": answer,
+                     "category": s.category, "l2_category": s.extra.get("l2", "x"),
                      "meta_info": {"source": "fixture", "split": "val", "image_path": f"{i}.png"}})
     _parquet(rows, Path(folder) / "mmstar.parquet")
     (Path(folder) / "README.md").write_text(MMSTAR_README)
+
+
+def write_mmvp_authors(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
+    """MMVP/MMVP's layout (the copy the authors used): ``Questions.csv`` (Index, Question, Options, Correct Answer)
+    beside ``MMVP Images/<Index>.jpg``."""
+    import csv
+
+    folder = Path(folder)
+    (folder / "MMVP Images").mkdir(parents=True, exist_ok=True)
+    with open(folder / "Questions.csv", "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["Index", "Question", "Options", "Correct Answer"])
+        for i, s in enumerate(specs):
+            index = int(s.extra.get("index", i + 1))
+            out.writerow([index, s.question, " ".join(f"({LETTERS[j].lower()}) {o}" for j, o in enumerate(s.options)),
+                          f"({LETTERS[s.gold].lower()})"])
+            _png(size, i).save(folder / "MMVP Images" / f"{index}.jpg")
 
 
 def write_mme_rw(folder: Path, specs: Sequence[Spec], size=(64, 48)) -> None:
@@ -187,6 +220,8 @@ def default_specs(task: str, n: int, seed: int = 0) -> list[Spec]:
         options = rng.sample(_WORDS, n_opts)
         cat = cats[i % len(cats)]
         extra: dict[str, Any] = {"index": i + 1}
+        if task == "lpt_mmstar_v":  # both layouts and a "nan"-padded item
+            extra.update([{}, {"layout": "mathvista"}, {"nan_pad": 2}, {"layout": "mathvista", "nan_pad": 1}][i % 4])
         if task == "lpt_cvbench":
             extra["source"] = {"Count": "ADE20K", "Relation": "COCO"}.get(cat, "Omni3D")
         out.append(Spec(f"Question {i} about the picture: which word fits?", options, rng.randrange(n_opts), cat, extra))
@@ -198,8 +233,13 @@ def write_sample_data(out_dir: str | Path, n: int = 4, size: tuple[int, int] = (
     """Write ``n`` items per task under ``out_dir/<task>`` (``LPT_EVAL_DATA_DIR`` layout); return ``out_dir``."""
     out = Path(out_dir)
     for task in tasks or WRITERS:
-        WRITERS[task](out / task, default_specs(task, n, seed), size=size)
+        specs = default_specs(task, n, seed)
+        if task == "lpt_mmstar_v":  # and one row that cannot be parsed (no options): skipped and counted
+            specs.append(Spec("A question whose options went missing?", ["x", "y"], 0, "coarse perception",
+                              {"broken": True}))
+        WRITERS[task](out / task, specs, size=size)
     return out
 
 
-__all__ = ["CATEGORIES", "Spec", "WRITERS", "default_specs", "write_mme_rw_json", "write_sample_data"]
+__all__ = ["CATEGORIES", "Spec", "WRITERS", "default_specs", "write_mme_rw_json", "write_mmvp_authors",
+           "write_sample_data"]

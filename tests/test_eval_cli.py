@@ -28,6 +28,17 @@ from eval_tasks.model import engine_settings  # noqa: E402
 from eval_tasks.tasks import BENCHMARKS, PAPER_QWEN25_VL_7B, DataUnavailable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+AUTHORS_DIR = REPO / "tests" / "data" / "authors_ab1a9a0"  # the authors' files at the pinned commit (MIT)
+
+
+@pytest.fixture(autouse=True)
+def authors_files(monkeypatch, tmp_path):
+    """The authors' files from the test data (as a user's checkout would give), and a datasets cache of the
+    test's own (a shared cache can hand back another run's stand-ins for a local folder)."""
+    from datasets import config
+
+    monkeypatch.setenv("LPT_AUTHORS_DIR", str(AUTHORS_DIR))
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
 ENGINE = f"{__name__}:RecordingEngine"
 
 
@@ -68,8 +79,11 @@ def test_unreachable_data_fails_before_the_model_in_one_line(empty_datasets_cach
                  engine=engine, settings=engine_settings("transformers"))
     msg = str(err.value)
     assert "\n" not in msg and "HF_HUB_OFFLINE is set" in msg  # our check, not datasets' retries
-    assert "lmms-lab-eval/MMVP" in msg and "craigwu/vstar_bench" in msg and "--data-dir" in msg
+    assert "MMVP/MMVP" in msg and "craigwu/vstar_bench" in msg and "--data-dir" in msg  # authors: their copy
     assert engine.requests == []
+    with pytest.raises(DataUnavailable, match="lmms-lab-eval/MMVP"):  # project: the corrected copy
+        run_eval("some/model", "lpt_mmvp|0", output_dir=str(empty_datasets_cache / "out"), engine=engine,
+                 settings=engine_settings("transformers"), protocol="project")
 
 
 def test_lpt_eval_unreachable_data_is_one_line(empty_datasets_cache, data_dir):
@@ -91,8 +105,32 @@ def test_lighteval_custom_route_fails_fast_in_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: lpt_mmvp: cannot load the Hub dataset lmms-lab-eval/MMVP (HF_HUB_OFFLINE"), last
+    assert last.startswith("error: lpt_mmvp: cannot load the Hub dataset MMVP/MMVP (HF_HUB_OFFLINE"), last
     assert "--data-dir" in last and "LPT_EVAL_DATA_DIR" in last and "Traceback" not in proc.stderr
+
+
+def test_missing_authors_files_is_one_line_before_anything_heavy(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LPT_AUTHORS_DIR", str(tmp_path / "no-checkout"))
+    result = CliRunner().invoke(eval_cmd, ["some/model", "--tasks", "lpt_mmvp", "--engine", ENGINE, "--data-dir",
+                                           str(data_dir), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "LPT_AUTHORS_DIR" in lines[0] and "prepare.py" in lines[0], result.output
+    ok = CliRunner().invoke(eval_cmd, ["some/model", "--tasks", "lpt_mmvp", "--protocol", "project", "--engine",
+                                       ENGINE, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out")])
+    assert ok.exit_code == 0, ok.output  # our protocol needs none of their files
+    assert "protocol: project" in ok.output
+
+
+def test_a_broken_row_with_max_samples_is_skipped_and_counted(tmp_path):
+    """The old code raised on an unparsable row and lighteval ended the task, even with --max-samples."""
+    samples.write_mmstar(tmp_path / "lpt_mmstar_v", [samples.Spec("Where did the options go?", ["x", "y"], 0,
+                                                                  "coarse perception", {"broken": True})])
+    engine = RecordingEngine()
+    res = run_eval("some/model", "lpt_mmstar_v|0", output_dir=str(tmp_path / "out"), data_dir=str(tmp_path),
+                   engine=engine, settings=engine_settings("transformers"), max_samples=1)["results"]
+    (got,) = [v for k, v in res.items() if k.startswith("lpt_mmstar_v")]
+    assert got["skipped"] == 1.0 and got["skipped_bad_options"] == 1.0 and engine.requests == []
 
 
 def test_missing_model_is_one_line(data_dir, tmp_path):
@@ -139,6 +177,9 @@ def test_flags_reach_the_model_as_arguments_not_environment(data_dir, tmp_path, 
     assert path.is_file() and "lpt_mmvp|0" in json.loads(path.read_text())["results"]
     # one item per task: CV-Bench's formula and MMVP's pairs cannot be computed, and the report says so
     assert "acc_cvbench_official) skipped" in out and "acc_pair) skipped" in out
+    assert "protocol: authors" in out  # the default: comparable with the paper
+    head = out.splitlines()[0]
+    assert "acc_macro %" in head and "acc_macro_authors %" in head and "paper Qwen2.5-VL-7B %" in head
     assert "few shot" not in caplog.text  # lighteval's irrelevant notice is silenced
 
 

@@ -25,6 +25,17 @@ from eval_tasks.cli import run_eval  # noqa: E402
 from eval_tasks.tasks import BENCHMARKS, task_string  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+AUTHORS_DIR = REPO / "tests" / "data" / "authors_ab1a9a0"  # the authors' files at the pinned commit (MIT)
+
+
+@pytest.fixture(autouse=True)
+def authors_files(monkeypatch, tmp_path):
+    """The authors' files from the test data (as a user's checkout would give), and a datasets cache of the
+    test's own (a shared cache can hand back another run's stand-ins for a local folder)."""
+    from datasets import config
+
+    monkeypatch.setenv("LPT_AUTHORS_DIR", str(AUTHORS_DIR))
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
 
 
 def _base(result_key: str) -> str:
@@ -60,10 +71,11 @@ def lpt_env(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_model_sends_image_first_capped_greedy_requests(data_dir, lpt_env):
+@pytest.mark.parametrize("protocol", ["authors", "project"])
+def test_model_sends_image_first_capped_greedy_requests(data_dir, lpt_env, protocol):
     engine = RecordingEngine()
     res = run_eval("recording-model", task_string(), output_dir=str(lpt_env / "out"), data_dir=str(data_dir),
-                   engine=engine)["results"]
+                   engine=engine, protocol=protocol)["results"]
     assert {_base(k) for k in res} >= set(BENCHMARKS)
     assert all(0.0 <= v["acc_macro"] <= 1.0 for k, v in res.items() if k != "all")
     by_kind = {"text": [], "image": []}
@@ -80,7 +92,8 @@ def test_model_sends_image_first_capped_greedy_requests(data_dir, lpt_env):
             assert w * h <= 128 * 128  # capped by the task (LPT_MAX_PIXELS) before the engine sees it
             by_kind["image"].append(r)
     assert {r.params.max_new_tokens for r in by_kind["text"]} == {2048}  # MMLU-Pro
-    assert {r.params.max_new_tokens for r in by_kind["image"]} == {1024}
+    # the authors' vllm_eval.py: 2048 for every benchmark; ours: 1024 but for MMLU-Pro
+    assert {r.params.max_new_tokens for r in by_kind["image"]} == {2048 if protocol == "authors" else 1024}
     assert len(by_kind["text"]) == 3
 
 

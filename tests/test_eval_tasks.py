@@ -10,7 +10,9 @@ The model is a canned-answer LightevalModel (named so): the engine-backed model 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,17 @@ from builder.prompts import Prompts  # noqa: E402
 from eval_tasks import samples  # noqa: E402
 from eval_tasks.metrics import summarize  # noqa: E402
 from eval_tasks.samples import Spec  # noqa: E402
-from eval_tasks.tasks import BENCHMARKS, ItemError, make_task, make_tasks, prompt  # noqa: E402
+from eval_tasks import common, tasks  # noqa: E402
+from eval_tasks.common import ItemError  # noqa: E402
+from eval_tasks.tasks import BENCHMARKS, make_task, make_tasks  # noqa: E402
+
+
+def prompt(bench, variant, root, line, task, *, max_pixels=None):
+    """The task file's ``prompt(line, task)`` with a variant, local root and pixel cap bound (as ``task()`` binds)."""
+    info = BENCHMARKS[bench]
+    hub = (info["HF_REPO"], info["HF_REVISION"]) if bench != "lpt_mme_rw_v" else ("", None)
+    setup = common.Setup(variant=variant, protocol="project", root=root, max_pixels=max_pixels, hub=hub)
+    return tasks.module(bench).prompt(line, task, setup)
 
 # Unbalanced fixtures: (spec, answered right?)
 VSTAR_UNBALANCED = [
@@ -48,6 +60,20 @@ MMVP_PAIRS = [  # Index 1,2 = pair 0; Index 3,4 = pair 1 (written in a shuffled 
 # by hand: acc 3/4; pair 0 = Index 1,2 both right -> 1; pair 1 = Index 3 right, 4 wrong -> 0; pair acc 1/2
 
 N_ITEMS = 6
+AUTHORS_DIR = Path(__file__).resolve().parent / "data" / "authors_ab1a9a0"  # their files at the pinned commit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def authors_files(tmp_path_factory):
+    """The authors' files (prepare.py, MMLU-Pro templates) from the test data, as a user's checkout would give;
+    and a datasets cache of this module's own (datasets keys a local folder's prepared copy by its layout, so a
+    shared cache can hand back another run's stand-ins)."""
+    from datasets import config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LPT_AUTHORS_DIR", str(AUTHORS_DIR))
+        mp.setattr(config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("datasets-cache"))
+        yield AUTHORS_DIR
 
 
 def _right_ids():
@@ -65,6 +91,8 @@ def data_dir(tmp_path_factory):
     samples.write_mmvp(root / "unbalanced" / "lpt_mmvp", [s for s, _ in MMVP_PAIRS])
     # MME-RealWorld's original release (annotation JSON + image files) next to the Hub mirror's parquet in main/
     samples.write_mme_rw_json(root / "json" / "lpt_mme_rw_v", samples.default_specs("lpt_mme_rw_v", N_ITEMS))
+    # MMVP/MMVP's layout (Questions.csv + image files), which the authors protocol reads
+    samples.write_mmvp_authors(root / "csv" / "lpt_mmvp", samples.default_specs("lpt_mmvp", N_ITEMS))
     return root
 
 
@@ -96,6 +124,8 @@ def results(data_dir, tmp_path_factory):
         def answer(self, d):
             task = d.task_name.split("|")[0]
             gold, opts = d.gold_index, d.specific["options"]
+            if d.specific.get("skipped"):
+                return ""  # as eval_tasks.model: a row that could not be parsed is not asked
             if task.endswith("_direct"):
                 return f"<answer> {opts[(gold + 1) % len(opts)]} </answer>"  # text of a wrong option
             if task in ("lpt_vstar_unbalanced", "lpt_cvbench_sources", "lpt_mmvp_pairs"):
@@ -117,6 +147,9 @@ def results(data_dir, tmp_path_factory):
         dataclasses.replace(make_task("lpt_cvbench", "think", data_dir / "unbalanced"), name="lpt_cvbench_sources"),
         dataclasses.replace(make_task("lpt_mmvp", "think", data_dir / "unbalanced"), name="lpt_mmvp_pairs"),
         dataclasses.replace(make_task("lpt_mme_rw_v", "think", data_dir / "json"), name="lpt_mme_rw_v_json"),
+        dataclasses.replace(make_task("lpt_mmvp", "think", data_dir / "csv"), name="lpt_mmvp_csv"),
+        dataclasses.replace(make_task("lpt_vstar", "think", data_dir / "main", protocol="project"),
+                            name="lpt_vstar_project"),
     ]
     module = types.ModuleType("lpt_test_tasks")
     module.TASKS_TABLE = make_tasks(data_dir / "main") + extra
@@ -147,12 +180,13 @@ def test_categories_are_reported_per_benchmark(results):
     assert {"acc_direct_attributes", "acc_relative_position"} <= set(res["lpt_vstar"])
     assert {"acc_count", "acc_relation", "acc_depth", "acc_distance"} <= set(res["lpt_cvbench"])
     # MMStar-V keeps only its 3 vision-centric categories; the fixture's "math" rows are dropped
-    assert {k for k in res["lpt_mmstar_v"] if k.startswith("acc_") and k not in ("acc_macro", "acc_micro", "acc_stderr")} == {
+    overall = ("acc_macro", "acc_micro", "acc_stderr", "acc_macro_authors", "acc_micro_authors")
+    assert {k for k in res["lpt_mmstar_v"] if k.startswith("acc_") and k not in overall} == {
         "acc_coarse_perception", "acc_fine_grained_perception", "acc_instance_reasoning"}
     mme = {k for k in res["lpt_mme_rw_v"] if k.startswith("acc_perception") or k.startswith("acc_reasoning")}
     assert mme == {"acc_perception_remote_sensing", "acc_perception_monitoring", "acc_perception_autonomous_driving",
                    "acc_reasoning_monitoring", "acc_reasoning_autonomous_driving"}
-    assert len({k for k in res["lpt_mmlu_pro"] if k.startswith("acc_")} - {"acc_macro", "acc_micro", "acc_stderr"}) == 3
+    assert len({k for k in res["lpt_mmlu_pro"] if k.startswith("acc_")} - set(overall)) == 3
     assert res["lpt_cvbench"]["acc_cvbench_official"] == 1.0 and res["lpt_mmvp"]["acc_pair"] == 1.0
     assert res["lpt_mmvp_direct"]["acc_pair"] == 0.0
 
@@ -191,17 +225,44 @@ def test_mmvp_pairs_come_from_index_not_doc_order(results):
     assert r["acc_pair"] == pytest.approx(1 / 2)
 
 
-def test_details_hold_paper_prompt_and_category(results):
+def test_details_hold_the_protocols_prompt_and_category(results):
     import pyarrow.parquet as pq
 
+    from eval_tasks import protocols
+
     _, out = results
-    files = sorted(out.glob("details/**/details_lpt_vstar|0_*.parquet"))
-    assert files, list(out.rglob("*.parquet"))
-    row = pq.read_table(files[0]).to_pylist()[0]
-    doc = row["doc"]
-    assert doc["instruction"] == Prompts().benchmark_system("think")
-    assert "Select from the following choices.\n(A) " in doc["query"]
-    assert doc["specific"]["category"] in ("direct_attributes", "relative_position")
+    for task, system, lead in (("lpt_vstar", protocols.system_prompt("authors"),
+                                " Select the correct answer from the following options:\n(A) "),
+                               ("lpt_vstar_project", Prompts().benchmark_system("think"),
+                                "\nSelect from the following choices.\n(A) ")):
+        files = sorted(out.glob(f"details/**/details_{task}|0_*.parquet"))
+        assert files, list(out.rglob("*.parquet"))
+        doc = pq.read_table(files[0]).to_pylist()[0]["doc"]
+        assert doc["instruction"] == system and lead in doc["query"]
+        assert doc["specific"]["category"] in ("direct_attributes", "relative_position")
+
+
+def test_results_record_protocol_and_both_scores(results):
+    res, _ = results
+    assert res["lpt_vstar"]["protocol_authors"] == 1.0 and "protocol_project" not in res["lpt_vstar"]
+    assert res["lpt_vstar_project"]["protocol_project"] == 1.0
+    for bench in BENCHMARKS:
+        assert res[bench]["acc_macro_authors"] == 1.0  # the gold letter: right by both rules
+        # a wrong option's text: wrong for our matcher, right for the authors' rule (any option text counts)
+        assert res[f"{bench}_direct"]["acc_macro"] == 0.0 and res[f"{bench}_direct"]["acc_macro_authors"] == 1.0
+
+
+def test_mmstar_layouts_nan_padding_and_a_broken_row(results):
+    """The stand-in MMStar holds both layouts, "nan"-padded items and one row without options: the task ends
+    normally, every parsable item is scored (the oracle gets all right) and the broken row is counted."""
+    r = results[0]["lpt_mmstar_v"]
+    assert r["acc"] == 1.0 and r["acc_macro"] == 1.0
+    assert r["skipped"] == 1.0 and r["skipped_bad_options"] == 1.0
+
+
+def test_mmvp_from_the_authors_csv_layout(results):
+    r = results[0]["lpt_mmvp_csv"]
+    assert r["acc"] == 1.0 and r["acc_pair"] == 1.0 and r["skipped"] == 0.0
 
 
 def test_summarize_by_hand():
@@ -248,6 +309,21 @@ def test_inline_option_parsing_mmvp_mmstar_realworldqa():
         answer="A", category="fine-grained perception", image=img), "lpt_mmstar_v")
     assert star.specific["options"] == ["dark red", "blue", "green", "white"] and star.gold_index == 0
     assert star.query.startswith("Which colour is the ball?\nSelect from the following choices.")
+    # MathVista's layout (the old parser raised on it and ended the task) and "nan" padding options dropped
+    vista = prompt("lpt_mmstar_v", "think", None, _line(
+        index=2, question="Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
+                          "at the end.\nQuestion: How many balls are there?\nChoices:\n(A) 1\n(B) 2\n(C) nan\n(D) nan",
+        answer="B", category="instance reasoning", image=img), "lpt_mmstar_v")
+    assert vista.specific["options"] == ["1", "2"] and vista.gold_index == 1
+    assert vista.query.startswith("How many balls are there?\nSelect from")
+    padded = prompt("lpt_mmstar_v", "think", None, _line(
+        index=3, question="Which?\nOptions: A: nan, B: cat, C: dog", answer="C", category="coarse perception",
+        image=img), "lpt_mmstar_v")
+    assert padded.specific["options"] == ["cat", "dog"] and padded.gold_index == 1
+    on_nan = prompt("lpt_mmstar_v", "think", None, _line(
+        index=4, question="Which?\nOptions: A: cat, B: dog, C: nan", answer="C", category="coarse perception",
+        image=img), "lpt_mmstar_v")
+    assert on_nan.specific["skipped"] == "bad_answer"
     rwqa = prompt("lpt_realworldqa", "think", None, _line(
         question="Which way does the road bend?\n\nA. Left\nB. Right\nC. Straight\nPlease answer directly with only "
                  "the letter of the correct option and nothing else.", answer="C", image=img), "lpt_realworldqa")
@@ -276,8 +352,9 @@ def test_mme_realworld_parquet_rows():
     assert w * h <= 50 * 50 and abs(w / h - 1.5) < 0.1  # capped by the argument, not the environment
     ocr = dict(line, category="Perception/OCR with Complex Context")
     assert prompt("lpt_mme_rw_v", "think", None, ocr, "lpt_mme_rw_v") is None  # not in MME-RW-V
-    with pytest.raises(ItemError, match=r"lpt_mme_rw_v row 7: image cannot be read"):
-        prompt("lpt_mme_rw_v", "think", None, dict(line, bytes="not an image"), "lpt_mme_rw_v")
+    broken = prompt("lpt_mme_rw_v", "think", None, dict(line, bytes="not an image"), "lpt_mme_rw_v")
+    assert broken.specific["skipped"] == "bad_image"
+    assert broken.specific["skipped_why"].startswith("lpt_mme_rw_v row 7: image cannot be read")
 
 
 def test_mmlu_pro_is_text_only():
@@ -286,12 +363,110 @@ def test_mmlu_pro_is_text_only():
     assert doc.images is None and doc.gold_index == 1 and doc.specific["category"] == "math"
 
 
-def test_bad_row_names_task_row_and_field(tmp_path):
+def test_bad_row_is_skipped_with_a_reason_naming_task_row_and_field(tmp_path):
+    """A row that cannot be parsed becomes a skipped Doc (counted by the metrics), never an exception that would
+    end the task; its message names task, row and field."""
+    cases = [("lpt_cvbench", None, _line(question="q", answer="(A)"), "missing_field",
+              r"lpt_cvbench row 7: missing field 'choices'"),
+             ("lpt_mmlu_pro", None, _line(question="q", options=["a", "b"], answer="Z", category="x"), "bad_answer",
+              r"lpt_mmlu_pro row 7: answer 'Z'"),
+             ("lpt_vstar", str(tmp_path), _line(image="x/missing.jpg", text="q?\n(A) a\n(B) b", label="A",
+                                                category="c"), "bad_image", "image file .* not found")]
+    for bench, root, line, reason, message in cases:
+        doc = prompt(bench, "think", root, line, bench)
+        assert doc.specific["skipped"] == reason and re.search(message, doc.specific["skipped_why"])
     with pytest.raises(ItemError, match=r"lpt_cvbench row 7: missing field 'choices'"):
-        prompt("lpt_cvbench", "think", None, _line(question="q", answer="(A)"), "lpt_cvbench")
-    with pytest.raises(ItemError, match=r"lpt_mmlu_pro row 7: answer 'Z'"):
-        prompt("lpt_mmlu_pro", "think", None, _line(question="q", options=["a", "b"], answer="Z", category="x"),
-               "lpt_mmlu_pro")
-    with pytest.raises(ItemError, match="image file .* not found"):
-        prompt("lpt_vstar", "think", str(tmp_path), _line(image="x/missing.jpg", text="q?\n(A) a\n(B) b",
-                                                         label="A", category="c"), "lpt_vstar")
+        tasks.module("lpt_cvbench").parse(_line(question="q", answer="(A)"), common.DEFAULT)
+
+
+def test_readme_example_benchmark_is_one_new_file(tmp_path, monkeypatch):
+    """The README's "Extend: add a benchmark" file, dropped in a folder of eval_tasks.benchmarks, is a task
+    (catalog, make_task, lighteval's Docs from a local copy) without touching any other file."""
+    import re as _re
+    from pathlib import Path
+
+    from datasets import Dataset, Image as ImageFeature
+    from lighteval.tasks.lighteval_task import LightevalTask
+    from PIL import Image
+
+    from eval_tasks import benchmarks, catalog
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("#### Extend: add a benchmark", 1)[1]
+    code = _re.search(r"```python\n(.*?)```", section, _re.S).group(1)
+    extra = tmp_path / "more"
+    extra.mkdir()
+    (extra / "blink_depth.py").write_text(code)
+    monkeypatch.setattr(benchmarks, "__path__", [*benchmarks.__path__, str(extra)])
+    catalog.refresh()
+    try:
+        assert "lpt_blink_depth" in catalog.names() and catalog.titles()["lpt_blink_depth"] == "BLINK depth"
+        rows = [{"question": "Which point is closer?", "choices": ["A", "B"], "answer": "(B)",
+                 "image_1": Image.new("RGB", (8, 8))}]
+        folder = tmp_path / "data" / "lpt_blink_depth"
+        folder.mkdir(parents=True)
+        Dataset.from_list(rows).cast_column("image_1", ImageFeature()).to_parquet(str(folder / "depth.parquet"))
+        (folder / "README.md").write_text("---\nconfigs:\n- config_name: Relative_Depth\n  data_files:\n"
+                                          "  - split: val\n    path: depth.parquet\n---\n")
+        config = make_task("lpt_blink_depth", "think", tmp_path / "data")
+        (doc,) = LightevalTask(config).eval_docs()
+        assert doc.gold_index == 1 and doc.specific["options"] == ["A", "B"] and doc.images
+    finally:
+        monkeypatch.undo()
+        catalog.refresh()
+
+
+def test_plain_import_has_no_side_effects(tmp_path):
+    """Importing the aggregating module loads neither lighteval nor the offline fixes; a task file imports
+    lighteval (its shape needs it) but changes nothing either. The table is built when lighteval asks for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, eval_tasks.tasks as t; from eval_tasks import _offline; "
+            "print('lighteval' in sys.modules, _offline._done); "
+            "import eval_tasks.benchmarks.vstar as v; print(_offline._done, [c.name for c in v.TASKS_TABLE]); "
+            "print(len(t.TASKS_TABLE), _offline._done)")
+    env = {**__import__("os").environ, "LPT_EVAL_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "False False"
+    assert lines[1] == "False ['lpt_vstar', 'lpt_vstar_direct']"
+    assert lines[2] == f"{2 * len(BENCHMARKS)} True"
+
+
+def test_mme_rw_v_streams_only_the_rows_max_samples_asks_for(tmp_path, monkeypatch):
+    """With max_rows, MME-RW-V streams the mirror and stops: a shard after the rows it needs is never opened (the
+    third shard here is not even parquet). The Hub repository is replaced by a local folder of the mirror's
+    layout (no network here)."""
+    from eval_tasks.benchmarks import mme_rw_v
+
+    specs = samples.default_specs("lpt_mme_rw_v", 6)  # 5 of 6 categories are MME-RW-V's
+    samples.write_mme_rw(tmp_path / "a", specs[:3])
+    samples.write_mme_rw(tmp_path / "b", specs[3:])
+    mirror = tmp_path / "mirror" / "data"
+    mirror.mkdir(parents=True)
+    (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00000-of-00003.parquet")
+    (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00001-of-00003.parquet")
+    (mirror / "train-00002-of-00003.parquet").write_bytes(b"not a parquet file")
+    monkeypatch.setattr(mme_rw_v, "HF_REPO", str(tmp_path / "mirror"))
+    monkeypatch.setattr(mme_rw_v, "HF_REVISION", None)
+    setup = common.Setup(bench="lpt_mme_rw_v", max_rows=4)
+    data = mme_rw_v.load(None, setup)
+    rows = list(data[mme_rw_v.HF_SPLIT])
+    assert len(rows) == 4 and all(mme_rw_v.subtask_of(r["category"].split("/")[-1]) for r in rows)
+    assert mme_rw_v.load(None, common.Setup(bench="lpt_mme_rw_v")) is None  # the whole benchmark: lighteval loads it
+
+
+def test_a_local_copy_is_read_afresh_not_from_another_folders_cache(tmp_path):
+    """datasets keys a local folder's prepared copy by its name and layout: two --data-dir folders with the same
+    layout shared one cached copy, so the second run scored the first one's items."""
+    from lighteval.tasks.lighteval_task import LightevalTask
+
+    counts = []
+    for n in (3, 5):  # MMStar's layout: a README declaring config and split
+        root = tmp_path / f"run{n}"
+        specs = [samples.Spec(f"Question {i}?", ["a", "b"], 0, "coarse perception") for i in range(n)]
+        samples.write_mmstar(root / "lpt_mmstar_v", specs)
+        counts.append(len(LightevalTask(make_task("lpt_mmstar_v", "think", root)).eval_docs()))
+    assert counts == [3, 5]
