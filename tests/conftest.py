@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite's replay engines are named by module:Class (tests/helpers.py), which only an explicit allow lets in;
 # tests/hostile/test_engines.py takes it away again to check the refusal.
 os.environ["LPT_ALLOW_ENGINE_MODULES"] = "1"
+# The `authors` protocol reads the authors' files at a pinned commit; the suite reads the copies kept as test data
+# (tests/data/authors_ab1a9a0, MIT) instead of their repository. Tests of the missing case take it away again.
+os.environ.setdefault("LPT_AUTHORS_DIR", os.path.join(os.path.dirname(__file__), "data", "authors_ab1a9a0"))
 
 
 def _has_cuda() -> bool:

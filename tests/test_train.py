@@ -111,12 +111,12 @@ def test_images_reach_the_model_and_only_the_assistant_turn_is_labelled(hub, tin
 
 
 def _eval_doc(question: str, options: list[str], gold: int, image):
-    """What the current evaluation code sends for one item (eval_tasks.tasks.build_doc)."""
+    """What the evaluation code sends for one item under the project protocol (eval_tasks.common.to_doc)."""
     pytest.importorskip("lighteval")
-    from eval_tasks.tasks import Item, build_doc
+    from eval_tasks.common import Item, Setup, to_doc
 
-    return build_doc(Item(question=question, options=options, gold_index=gold, category="c", image=image),
-                     "lpt_mmvp")
+    return to_doc(Item(question=question, options=options, gold_index=gold, category="c", image=image),
+                  "lpt_mmvp", Setup(bench="mmvp", protocol="project"))
 
 
 def test_project_protocol_rows_match_what_lpt_eval_sends(hub):
@@ -138,7 +138,10 @@ def test_project_protocol_rows_match_what_lpt_eval_sends(hub):
 
 
 def test_authors_protocol_is_their_evaluation_prompt_read_from_their_files(hub):
+    from eval_tasks import protocols
+
     authors = train_data.system_prompt("authors")
+    assert authors == protocols.system_prompt("authors", "think")  # one source: what lpt eval sends
     raw = json.loads((EXAMPLE_DIR / "sft_docci_all_extended_cots.json").read_text())
     # their training turns name the capability; their evaluation prompt is the same text without that sentence
     paren = [r["messages"][0]["content"] for r in raw if "(X)" in r["messages"][0]["content"]]

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from builder.answers import format_options
 

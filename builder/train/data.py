@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -26,7 +23,6 @@ from typing import Any
 import datasets
 
 from builder.answers import format_answer, match_option, parse_options
-from builder.importer import EXAMPLE_DIR
 from builder.prompts import Prompts
 
 # protocol -> the answer format its evaluation prompt asks for ("(X)" in both)
@@ -43,37 +39,19 @@ class TrainError(ValueError):
 # ----------------------------------------------------------------------------------------- protocol
 
 
-@functools.lru_cache(maxsize=None)
 def system_prompt(protocol: str) -> str | None:
-    """The system turn ``lpt eval`` sends under ``protocol`` (None for ``rows``: keep each row's own).
-
-    ``project``: :meth:`builder.prompts.Prompts.benchmark_system` (think), what ``eval_tasks.tasks`` sends.
-    ``authors``: their evaluation's system prompt, read from their published example outputs (MIT) under
-    ``builder/data/upstream_example``: the reasoning prompt all their system turns share, then the answer
-    sentence that asks for ``(X)``. Their training rows also name the question's capability in between
-    ("The following question requires ..."); their evaluation prompt does not, so neither do ours.
-    """
+    """The system turn ``lpt eval`` sends under ``protocol`` (:func:`eval_tasks.protocols.system_prompt`, think
+    variant), or None for ``rows`` (each row keeps its own): one source for training and evaluation."""
     if protocol not in PROTOCOLS:
         raise TrainError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
     if protocol == "rows":
         return None
-    if protocol == "project":
-        return Prompts().benchmark_system("think")
-    turns = [r["messages"][0]["content"] for r in _example_rows() if r["messages"][0]["role"] == "system"]
-    shared = _common_prefix(turns)
-    shared = shared[: shared.rfind(". ") + 1]  # up to the last full sentence all turns share
-    asks_paren = sorted({t[t.rfind('"') + 1:].strip() for t in turns if "(X)" in t[t.rfind('"') + 1:]})
-    if not shared or len(asks_paren) != 1:
-        raise TrainError(f"cannot read the authors' system prompt from {EXAMPLE_DIR}")
-    return f"{shared} {asks_paren[0]}"
+    from eval_tasks import protocols
 
-
-def _example_rows() -> list[dict[str, Any]]:
-    return json.loads((EXAMPLE_DIR / "sft_docci_all_extended_cots.json").read_text(encoding="utf-8"))
-
-
-def _common_prefix(texts: list[str]) -> str:
-    return os.path.commonprefix(texts) if texts else ""
+    try:
+        return protocols.system_prompt(protocol, "think")
+    except protocols.AuthorsFilesUnavailable as e:
+        raise TrainError(str(e)) from None
 
 
 def _reformat_answer(text: str, options: list[str], answer_format: str) -> str:
