@@ -473,7 +473,7 @@ def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thu
 @main.command("stats")
 @click.argument("path", metavar="RUN|OUT", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the PNG plots (default: <folder name>-stats in the current directory).")
+              help="Folder for the PNG plots (default: <folder name>-stats beside RUN|OUT, e.g. runs/example-stats).")
 @click.option("--no-plots", is_flag=True, help="Only the summary tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of tables.")
 @friendly_errors
@@ -490,7 +490,7 @@ def stats_cmd(path: str, out_dir: str | None, no_plots: bool, as_json: bool) -> 
         for table in summary_tables(numbers):
             console.print(table)
     if not no_plots:
-        folder = Path(out_dir) if out_dir else Path(f"{Path(path).resolve().name}-stats")
+        folder = Path(out_dir) if out_dir else Path(path).parent / f"{Path(path).resolve().name}-stats"
         written = write_figures(source, folder)
         click.echo(f"wrote {len(written)} plots to {folder}: {', '.join(p.name for p in written)}",
                    err=as_json)
