@@ -93,6 +93,9 @@ class LazyGroup(click.Group):
         if not isinstance(cmd, click.Command):
             self._broken[name] = f"{self.lazy[name]} is not a click command"
             return None
+        if cmd.callback is not None and not getattr(cmd.callback, "friendly", False):
+            cmd.callback = friendly_errors(cmd.callback)  # its errors too are one line (lpt -v: the traceback)
+            cmd.callback.friendly = True
         return cmd
 
     def optional_commands(self, ctx: click.Context | None = None) -> dict[str, bool]:
@@ -148,7 +151,7 @@ def error_line(e: BaseException) -> str:
         return f"{e.filename}: {e.strerror} (run with -v for the traceback)"
     if isinstance(e, (ValueError, OSError, StoreError)):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
-    if type(e).__name__ == "PushError":
+    if type(e).__name__ in ("PushError", "MissingPackage"):
         return str(e)
     if isinstance(e, RecursionError):
         return "a template or setting refers to itself without end (RecursionError); check your templates"

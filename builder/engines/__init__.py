@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images
+from .base import Engine, MissingPackage, Request, Sample, SamplingParams, cap_pixels, iter_images
 
 ENGINES = {
     "transformers": "builder.engines.transformers_engine:TransformersEngine",
@@ -42,4 +42,4 @@ def load_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine_class(kind)(model, **options)
 
 
-__all__ = ["ENGINES", "RAY_VLLM", "Engine", "engine_class", "Request", "Sample", "SamplingParams", "cap_pixels", "iter_images", "load_engine"]
+__all__ = ["ENGINES", "RAY_VLLM", "Engine", "MissingPackage", "engine_class", "Request", "Sample", "SamplingParams", "cap_pixels", "iter_images", "load_engine"]
