@@ -122,6 +122,7 @@ class ConfigSpec:
     description: str = ""
     from_run: bool = True  # built from a run directory (and so written by ``lpt export``)
     why_empty: Callable[[LPTConfig], str] | None = None  # says why a run gives no rows (export reports it)
+    check: Callable[[LPTConfig], Any] | None = None  # before building: a missing input fails in one line
 
 
 CONFIGS: dict[str, ConfigSpec] = {}
@@ -216,7 +217,20 @@ _DOCCI_ID = re.compile(r"(?:train|test|qual_dev|qual_test)_\d{5}")
 def _release_dir(release: str) -> Path:
     if Path(release).is_dir():
         return Path(release)
-    return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
+    try:
+        return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, no access: one line saying what to do
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise ValueError(f"lpt30k: the authors' release {release} is neither a local folder nor reachable on the "
+                         f"Hub ({type(e).__name__}: {first}); download it where the Hub is reachable (hf download "
+                         f"{LPT30K_REPO} --repo-type dataset --local-dir lpt30k-release) and pass "
+                         f"release=\"lpt30k-release\"") from None
+
+
+def _check_lpt30k(cfg: LPTConfig) -> None:
+    _release_dir(str(cfg.release or LPT30K_REPO))
+    if cfg.docci_dir and not Path(cfg.docci_dir).is_dir():
+        raise ValueError(f"lpt30k: docci_dir {cfg.docci_dir} is not a folder (lpt download-docci {cfg.docci_dir})")
 
 
 def _content_text(content: Any) -> str:
@@ -315,7 +329,8 @@ for _spec in [
                "Stage 3: every expansion, its parse, its label and why it was dropped.",
                why_empty=lambda c: "stage 3 has no records"),
     ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
-               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
+               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False,
+               check=_check_lpt30k),
 ]:
     register(_spec)
 
