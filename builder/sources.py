@@ -130,7 +130,7 @@ def docci_subset(ids: Iterable[str], n: int = PAPER_SUBSET_SIZE, seed: int = PAP
     return ordered[:n]
 
 
-def _download(base_url: str, name: str, target: Path, names: tuple[str, ...], created: bool) -> None:
+def _download(base_url: str, name: str, target: Path, names: tuple[str, ...], created: Path | None) -> None:
     """One file of :func:`download_docci`, atomically; on a network error, one line saying what to fetch."""
     tmp = target.with_name(target.name + ".part")
     log.info("downloading %s%s -> %s", base_url, name, target)
@@ -139,12 +139,15 @@ def _download(base_url: str, name: str, target: Path, names: tuple[str, ...], cr
             shutil.copyfileobj(response, out, length=1 << 20)
     except OSError as e:  # URLError, HTTPError, a reset connection: all OSError
         tmp.unlink(missing_ok=True)
-        if created and not any(target.parent.iterdir()):
-            target.parent.rmdir()
+        folder = target.parent
+        while created is not None and folder.is_relative_to(created) and not any(folder.iterdir()):
+            folder.rmdir()  # only the empty folders this call made
+            folder = folder.parent
         reason = getattr(e, "reason", None) or e.strerror or type(e).__name__
+        tarball = " (and extract the images tarball there)" if len(names) > 1 else ""
         raise SourceError(f"cannot download {base_url}{name} ({reason}); download by hand "
-                          f"{' and '.join(base_url + n for n in names)} into {target.parent}/ (extract the "
-                          f"images tarball there), then use --source {target.parent}") from None
+                          f"{' and '.join(base_url + n for n in names)} into {target.parent}/{tarball}, then use "
+                          f"--source {target.parent}") from None
     os.replace(tmp, target)
 
 
@@ -155,8 +158,8 @@ def download_docci(dest: str | os.PathLike, *, images: bool = True, base_url: st
     Needs the internet. A failed download raises :class:`SourceError` naming the URL and the files to fetch by
     hand, and leaves no empty folder or partial file behind.
     """
-    dest = Path(dest)
-    created = not dest.exists()
+    dest = Path(dest).absolute()
+    created = next((p for p in reversed([dest, *dest.parents]) if not p.exists()), None)  # the first made
     dest.mkdir(parents=True, exist_ok=True)
     names = DOCCI_FILES if images else DOCCI_FILES[:1]
     for name in names:
