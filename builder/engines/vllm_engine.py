@@ -51,8 +51,8 @@ class VLLMEngine(Engine):
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
         require_local_model(model)
-        vllm = require_package("vllm", "the vllm engine (a CUDA GPU)",
-                               "on a GPU machine: pip install -e '.[vllm]' (README, \"GPU machines\")")
+        vllm = require_package("vllm", "the vllm engine (a CUDA GPU)", "on a GPU machine: pip install -c "
+                               "constraints-gpu.txt -e '.[vllm,eval]' (README, \"GPU machines\")")
         self.llm = vllm.LLM(model=model, **options)
         self.tokenizer = self.llm.get_tokenizer()
 
