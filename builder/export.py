@@ -371,8 +371,8 @@ def provenance(out_dir: str | os.PathLike) -> list[dict[str, str]]:
     models, config = m.get("models", {}), m.get("config", {})
     rows = []
     for stage, section in (("mcq", "stage1"), ("simple_cot", "stage2"), ("expansion", "stage3")):
-        model = models.get(stage) or m.get({"simple_cot": "stage2_model", "expansion": "stage3_model"}.get(stage, ""),
-                                           "")
+        model = models.get(stage) or m.get({"mcq": "stage1_model", "simple_cot": "stage2_model",
+                                            "expansion": "stage3_model"}.get(stage, ""), "")
         sec = config.get(section, {})
         settings = ", ".join(f"{k}={sec[k]}" for k in ("n", "temperature", "top_p", "top_k", "repetition_penalty",
                                                        "max_new_tokens") if k in sec)

@@ -544,7 +544,7 @@ def make_figures(path_or_run: Any) -> dict[str, Any]:
         b = ax.barh(ys, [n for *_, n in bars_], color=[_COLOURS[stage_of[st]] for st, *_ in bars_])
         ax.bar_label(b, fontsize=8, padding=2)
         ax.set_yticks(ys, labels, fontsize=8)
-        ax.set_xlabel("records dropped (stage 1: invalid questions)")
+        ax.set_xlabel("records dropped" + (" (stage 1: invalid questions)" if stats["drops"]["mcq"] else ""))
         ax.set_ylabel("stage: reason")
     if stats["bad_words"]:
         top = list(stats["bad_words"].items())[:15]

@@ -258,7 +258,8 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
     models = {}
     if o.kind != EXPORT:
         man = o_manifest(o)
-        models = {k: v for k, v in man.items() if k.endswith("_model") or k == "models"}
+        models = {k: v for k, v in man.items() if k.endswith("_model")}
+        models.update(man.get("models") or {})  # a generated run: table name -> model, stage 1's included
     return {
         "meta": {
             "kind": o.kind, "label": o.label, "kind_label": KIND_LABELS[o.kind],
