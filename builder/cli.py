@@ -19,6 +19,7 @@ Commands::
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import json
@@ -93,9 +94,9 @@ class LazyGroup(click.Group):
         if not isinstance(cmd, click.Command):
             self._broken[name] = f"{self.lazy[name]} is not a click command"
             return None
-        if cmd.callback is not None and not getattr(cmd.callback, "friendly", False):
-            cmd.callback = friendly_errors(cmd.callback)  # its errors too are one line (lpt -v: the traceback)
-            cmd.callback.friendly = True
+        if cmd.callback is not None:  # its errors too are one line (lpt -v: the traceback); the module's own
+            cmd = copy.copy(cmd)      # command object stays as it is
+            cmd.callback = friendly_errors(cmd.callback)
         return cmd
 
     def optional_commands(self, ctx: click.Context | None = None) -> dict[str, bool]:
