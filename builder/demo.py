@@ -115,7 +115,7 @@ def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
         "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
                    "max_new_tokens": short or 48},
         "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
-                   "max_new_tokens": short or 256},
+                   "max_new_tokens": short or 224},  # 7 kept thoughts x 2: as many tokens as 6 x 256
     })
 
 
