@@ -105,6 +105,18 @@ def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dic
             "stage3": {"path": text, "note": note}}
 
 
+def fit_threads_to_load(echo=print) -> None:
+    """On a machine already busier than its cores, torch's intra-op threads spin-wait for one another and a
+    small model writes several times slower than with one thread; there the demo uses one. A quiet machine keeps
+    torch's default."""
+    import torch
+
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if load >= cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        echo(f"the machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
+
+
 def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
     """The paper preset, shrunk for two CPU cores: 2 samples per item, short generations, no re-format call."""
     short = 24 if tiny else None
@@ -285,6 +297,7 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     run = RunDir(run_path)
     run.update_manifest(demo=True)
 
+    fit_threads_to_load(echo)
     models = prepare_models(out / "models", tiny=tiny, echo=echo)
     config = demo_config(models, tiny=tiny)
     n = prepare_source(run, str(SAMPLE_DIR), limit=images, echo=echo)
