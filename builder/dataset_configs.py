@@ -142,6 +142,9 @@ class ConfigSpec:
     assembly; ``traces`` is a :func:`builder.assemble.trace_index` several sets share, or ``None``). When set,
     the ``datasets`` builder and ``lpt export`` stream these instead of :attr:`build`'s dicts."""
 
+    check: Callable[[LPTConfig], Any] | None = None
+    """Runs before the config is built: a missing input fails in one line (``lpt30k`` without the release)."""
+
 
 CONFIGS: dict[str, ConfigSpec] = {}
 
@@ -235,7 +238,20 @@ _DOCCI_ID = re.compile(r"(?:train|test|qual_dev|qual_test)_\d{5}")
 def _release_dir(release: str) -> Path:
     if Path(release).is_dir():
         return Path(release)
-    return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
+    try:
+        return Path(snapshot_download(release, repo_type="dataset"))  # its card breaks load_dataset; read files
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, no access: one line saying what to do
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise ValueError(f"lpt30k: the authors' release {release} is neither a local folder nor reachable on the "
+                         f"Hub ({type(e).__name__}: {first}); download it where the Hub is reachable (hf download "
+                         f"{LPT30K_REPO} --repo-type dataset --local-dir lpt30k-release) and pass "
+                         f"release=\"lpt30k-release\"") from None
+
+
+def _check_lpt30k(cfg: LPTConfig) -> None:
+    _release_dir(str(cfg.release or LPT30K_REPO))
+    if cfg.docci_dir and not Path(cfg.docci_dir).is_dir():
+        raise ValueError(f"lpt30k: docci_dir {cfg.docci_dir} is not a folder (lpt download-docci {cfg.docci_dir})")
 
 
 def _content_text(content: Any) -> str:
@@ -353,7 +369,8 @@ for _spec in [
                why_empty=_images_why_empty),
     *(_raw_spec(role) for role in RAW_ROLES),
     ConfigSpec("lpt30k", LPT30K_FEATURES, _build_lpt30k,
-               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False),
+               "The authors' released LongPerceptualThoughts-30k joined with local DOCCI images.", from_run=False,
+               check=_check_lpt30k),
 ]:
     register(_spec)
 

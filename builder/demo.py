@@ -10,9 +10,9 @@ What runs (through the transformers engine, with the project's real prompts, sta
 
 Because these models rarely write anything parseable, the demo falls back, *clearly labelled*, to what ships
 with the sample (``builder/data/sample/mcqs.jsonl``): hand-written MCQs when stage 1 yields no valid one, and
-hand-written simple thoughts (one deliberately wrong) when stage 2 yields no parseable one, so that the next
-stage still has work. Fallback rows carry the model name :data:`FALLBACK_MODEL`. ``tiny=True`` uses tiny
-random-weight models for every stage (seconds; for tests).
+hand-written simple thoughts (one wrong, with a right one on the same MCQ: a DPO pair) when stage 2 yields no
+parseable one, so that the next stage still has work. Fallback rows carry the model name :data:`FALLBACK_MODEL`.
+``tiny=True`` uses tiny random-weight models for every stage (seconds; for tests).
 """
 
 from __future__ import annotations
@@ -105,6 +105,18 @@ def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dic
             "stage3": {"path": text, "note": note}}
 
 
+def fit_threads_to_load(echo=print) -> None:
+    """On a machine already busier than its cores, torch's intra-op threads spin-wait for one another and a
+    small model writes several times slower than with one thread; there the demo uses one. A quiet machine keeps
+    torch's default."""
+    import torch
+
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if load >= cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        echo(f"the machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
+
+
 def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
     """The paper preset, shrunk for two CPU cores: 2 samples per item, short generations, no re-format call."""
     short = 24 if tiny else None
@@ -115,7 +127,7 @@ def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
         "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
                    "max_new_tokens": short or 48},
         "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
-                   "max_new_tokens": short or 256},
+                   "max_new_tokens": short or 224},  # 7 kept thoughts x 2: as many tokens as 6 x 256
     })
 
 
@@ -165,10 +177,12 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
             continue
         shown = presentation(m, config.seed)
         req = build_request(m, shown, load_image(images[m["image_id"]], m["mcq_id"]), config, prompts)
-        answer = format_answer(shown["options"], shown["options"].index(hand["thought_answer"]),
-                               shown["answer_format"])
-        response = f"{THINK_PREFILL}\n{hand['thought']}\n</think>\n<answer> {answer} </answer>"
-        added += sample_rows(m, shown, [response], system_prompt=req.messages[0]["content"],
+        responses = []
+        for t in [hand, *hand.get("more_thoughts", [])]:  # a second thought on one MCQ: an O≻X pair for DPO
+            answer = format_answer(shown["options"], shown["options"].index(t["thought_answer"]),
+                                   shown["answer_format"])
+            responses.append(f"{THINK_PREFILL}\n{t['thought']}\n</think>\n<answer> {answer} </answer>")
+        added += sample_rows(m, shown, responses, system_prompt=req.messages[0]["content"],
                              user_text=req.messages[1]["content"][1]["text"], model=FALLBACK_MODEL,
                              seed=req.params.seed)
     if added:
@@ -229,11 +243,15 @@ def _examples(run: Any) -> dict[str, Any]:
     return ex
 
 
-def _export(run: Any, out: Path) -> dict[str, Any]:
+def _export(run: Any, target: Path) -> dict[str, Any]:
     """Assemble and export a Hub-layout folder, config by config (a tiny run leaves some sets empty); keep every
-    trace (ratios 1.0, no X→O balancing: subsampling a handful of rows would leave nothing)."""
-    target = out / "dataset"
-    shutil.rmtree(target, ignore_errors=True)
+    trace (ratios 1.0, no X→O balancing: subsampling a handful of rows would leave nothing). An earlier demo's
+    export there is replaced; any other folder is refused."""
+    if target.exists():
+        manifest = target / "run_manifest.json"
+        if not manifest.is_file() or not json.loads(manifest.read_text(encoding="utf-8")).get("demo"):
+            return {"error": f"{target.resolve()} exists and is not a demo's export; move it away to export here"}
+        shutil.rmtree(target)
     options = AssembleOptions(sft_ratio=1.0, simple_cot_ratio=1.0, sft_balance=False)
     done, skipped = [], {}
     for name in run_configs():
@@ -250,17 +268,19 @@ def _export(run: Any, out: Path) -> dict[str, Any]:
     if not done:
         return {"error": "no config could be exported", "skipped": skipped}
     first = "sft" if "sft" in done else done[0]
-    return {"path": str(target.resolve()), "configs": done, "skipped": skipped,
-            "load": f'datasets.load_dataset("{target.resolve()}", "{first}", split="train")'}
+    return {"path": str(target.resolve()), "dir": str(target), "configs": done, "skipped": skipped,
+            "load": f'load_dataset("{target}", "{first}")'}
 
 
 # ---------------------------------------------------------------------------------------------------- demo
 
 
 def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool = False, export: bool = True,
-             progress: bool = True, console: Any = None) -> dict[str, Any]:
-    """Run the demo into ``out`` (``out/run`` is recreated each time), print a report; return it as a dict
-    (also written to ``out/summary.json``)."""
+             progress: bool = True, console: Any = None, dataset: str | os.PathLike = "longperceptualthoughts"
+             ) -> dict[str, Any]:
+    """Run the demo into ``out`` (``out/run`` is recreated each time) and export it to ``dataset`` (default
+    ./longperceptualthoughts, which ``load_dataset("longperceptualthoughts", "sft")`` loads from here); print a
+    report; return it as a dict (also written to ``out/summary.json``)."""
     if console is None:
         console = Console()
         console = console if console.is_terminal else Console(width=160)
@@ -277,6 +297,7 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     run = RunDir(run_path)
     run.update_manifest(demo=True)
 
+    fit_threads_to_load(echo)
     models = prepare_models(out / "models", tiny=tiny, echo=echo)
     config = demo_config(models, tiny=tiny)
     n = prepare_source(run, str(SAMPLE_DIR), limit=images, echo=echo)
@@ -298,13 +319,13 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
             if name == "stage2" and not any(run.read("simple_cot").column("keep").to_pylist()):
                 k = add_fallback_thoughts(run, config)
                 fallbacks.append(f"stage 2 wrote no parseable simple CoT: added {k} hand-written simple thoughts "
-                                 f"(one deliberately wrong) for the hand-written MCQs")
+                                 f"(one wrong, and a right one beside it: a DPO pair) for the hand-written MCQs")
                 echo(f"[yellow]{fallbacks[-1]}[/]")
     finally:
         engines.close()
     run.update_manifest(demo=True, demo_models={k: v["note"] for k, v in models.items()}, demo_fallbacks=fallbacks)
 
-    exported = _export(run, out) if export else {"skipped": True}
+    exported = _export(run, Path(dataset)) if export else {"skipped": True}
     report = {"out": str(out), "run": str(run_path), "images": n, "tiny": tiny,
               "models": {k: {"path": v["path"], "note": v["note"]} for k, v in models.items()},
               "random_weight_stand_ins": [k for k, v in models.items() if v["note"].startswith("RANDOM")],
@@ -349,7 +370,9 @@ def _print_report(report: dict[str, Any], console: Any) -> None:
     exp = report["export"]
     if exp.get("path"):
         echo(f"  dataset (Hub layout, configs {', '.join(exp['configs'])}): {exp['path']}")
-        echo(f"  load it: import datasets; ds = {exp['load']}")
+        echo(f"  load it from here: from datasets import load_dataset; ds = {exp['load']}")
+        echo(f"  after `lpt push {exp['dir']} ORG/longperceptualthoughts`: "
+             f"load_dataset(\"ORG/longperceptualthoughts\", \"sft\")")
     elif exp.get("error"):
         echo(f"  [yellow]export failed:[/] {exp['error']}")
     for name, why in exp.get("skipped", {}).items() if isinstance(exp.get("skipped"), dict) else ():

@@ -496,7 +496,7 @@ class PushError(RuntimeError):
 def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload an exported folder (data, card, the run's manifest) as the dataset repo ``repo_id`` (created if
     needed); the card's load snippet is rewritten to name ``repo_id`` first. ``token``: else the usual login
-    (``HF_TOKEN``, ``huggingface-cli login``). Returns the commit URL."""
+    (``HF_TOKEN``, ``hf auth login``). Returns the commit URL."""
     if not (Path(out_dir) / REPORT_FILE).is_file():
         raise ExportError(f"{out_dir} is not an export folder (no {REPORT_FILE}); run `lpt export` first")
     render_card(out_dir, repo_id=repo_id)
@@ -508,7 +508,7 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
     except Exception as e:  # noqa: BLE001 - network, auth and HTTP errors of every kind: one line, not 90
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PushError(f"upload of {out_dir} to the Hub dataset {repo_id} failed ({type(e).__name__}: {first}); "
-                        f"check the network and your token (--token, HF_TOKEN or `huggingface-cli login`)") from None
+                        f"check the network and your token (--token, HF_TOKEN or `hf auth login`)") from None
     return str(getattr(info, "commit_url", info))
 
 

@@ -254,7 +254,9 @@ def import_upstream(
                         input_ids=[m["mcq_id"] for m in mcq_rows.values() if m["valid"]])
         run.write_table("expansion", pa.Table.from_pylist(expansions, schema=EXPANSION),
                         input_ids=[s["sample_id"] for s in samples if s["keep"]])
-        run.update_manifest(imported_from=str(src.resolve()), stage2_model=stage2_model, stage3_model=stage3_model,
+        stage1_model = ", ".join(sorted(set(mcq.column("model").to_pylist())))  # the authors' (GPT-4o)
+        run.update_manifest(imported_from=str(src.resolve()), stage1_model=stage1_model,
+                            stage2_model=stage2_model, stage3_model=stage3_model,
                             bad_words=list(bad_words))
         replace_dir(tmp, target)
     finally:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from builder.settings import ModelConfig, PipelineConfig
-from builder.engines.base import Engine, Request, Sample
+from builder.engines.base import Engine, MissingPackage, Request, Sample
 from builder.engines.transformers_engine import _row_seed
 from builder.engines.vllm_engine import sampling_kwargs, vllm_messages
 from builder.engines import RAY_VLLM
@@ -59,7 +59,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"the Ray runner needs Ray Data: {INSTALL}") from e
+        raise MissingPackage(f"the Ray runner needs Ray Data, which is not installed here ({e}): {INSTALL}") from e
     return ray
 
 

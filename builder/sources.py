@@ -130,13 +130,36 @@ def docci_subset(ids: Iterable[str], n: int = PAPER_SUBSET_SIZE, seed: int = PAP
     return ordered[:n]
 
 
+def _download(base_url: str, name: str, target: Path, names: tuple[str, ...], created: Path | None) -> None:
+    """One file of :func:`download_docci`, atomically; on a network error, one line saying what to fetch."""
+    tmp = target.with_name(target.name + ".part")
+    log.info("downloading %s%s -> %s", base_url, name, target)
+    try:
+        with urllib.request.urlopen(base_url + name) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except OSError as e:  # URLError, HTTPError, a reset connection: all OSError
+        tmp.unlink(missing_ok=True)
+        folder = target.parent
+        while created is not None and folder.is_relative_to(created) and not any(folder.iterdir()):
+            folder.rmdir()  # only the empty folders this call made
+            folder = folder.parent
+        reason = getattr(e, "reason", None) or e.strerror or type(e).__name__
+        tarball = " (and extract the images tarball there)" if len(names) > 1 else ""
+        raise SourceError(f"cannot download {base_url}{name} ({reason}); download by hand "
+                          f"{' and '.join(base_url + n for n in names)} into {target.parent}/{tarball}, then use "
+                          f"--source {target.parent}") from None
+    os.replace(tmp, target)
+
+
 def download_docci(dest: str | os.PathLike, *, images: bool = True, base_url: str = DOCCI_URL) -> Path:
     """Download DOCCI's descriptions (and, unless ``images=False``, the ~15 GB image tarball, extracted to
     ``dest/images/``) from Google's public bucket. Files already present are kept. Returns ``dest``.
 
-    Needs the internet; never called by the tests.
+    Needs the internet. A failed download raises :class:`SourceError` naming the URL and the files to fetch by
+    hand, and leaves no empty folder or partial file behind.
     """
-    dest = Path(dest)
+    dest = Path(dest).absolute()
+    created = next((p for p in reversed([dest, *dest.parents]) if not p.exists()), None)  # the first made
     dest.mkdir(parents=True, exist_ok=True)
     names = DOCCI_FILES if images else DOCCI_FILES[:1]
     for name in names:
@@ -144,11 +167,7 @@ def download_docci(dest: str | os.PathLike, *, images: bool = True, base_url: st
         if name.endswith(".tar.gz") and (dest / "images").is_dir():
             continue
         if not target.exists():
-            tmp = target.with_name(target.name + ".part")
-            log.info("downloading %s%s -> %s", base_url, name, target)
-            with urllib.request.urlopen(base_url + name) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
-            os.replace(tmp, target)
+            _download(base_url, name, target, names, created)
         if name.endswith(".tar.gz"):
             with tarfile.open(target) as tar:
                 tar.extractall(dest, filter="data")
@@ -456,6 +475,9 @@ def load_source(
     """
     kind, path = parse_spec(spec)
     if subset is not None and kind != "docci":
+        if kind == "folder":  # an empty or half-downloaded DOCCI folder lands here
+            raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here, so not a DOCCI folder (empty or incomplete "
+                              f"download? `lpt download-docci {path}`); subset= is for DOCCI, limit= for a folder")
         raise SourceError(f"{path}: subset= is the paper's DOCCI selection; use limit= for a {kind} source")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -470,6 +492,9 @@ def load_source(
     if kind == "docci":
         if not (path / DOCCI_DESCRIPTIONS).is_file():
             raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here (download_docci() fetches it)")
+        if verify_images and not (path / "images").is_dir():
+            raise SourceError(f"{path}: {DOCCI_DESCRIPTIONS} but no images/ folder, an incomplete DOCCI download "
+                              f"(`lpt download-docci {path}` fetches and extracts docci_images.tar.gz)")
         raw = _docci_rows(path, split=split, subset=subset, seed=seed, on_bad=on_bad)
     elif kind == "folder":
         raw = _txt_folder_rows(path, on_bad)

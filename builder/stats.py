@@ -614,7 +614,9 @@ def _draw_drop_reasons(new: Callable[..., Any], stats: dict[str, Any], lengths: 
     b = ax.barh(ys, [n for *_, n in bars], color=[_colour(s) for s, *_ in bars])
     ax.bar_label(b, fontsize=8, padding=2)
     ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel(f"records dropped (stage {_stage_number('question')}: invalid questions)")
+    questions = table_for("question")  # stage 1 is named only where it dropped something
+    ax.set_xlabel("records dropped" + (f" (stage {_stage_number('question')}: invalid questions)"
+                                       if stats["drops"].get(questions) else ""))
     ax.set_ylabel("stage: reason")
 
 

@@ -313,7 +313,10 @@ def _models(o: Opened) -> dict[str, Any]:
     """The models a run's manifest names (an export's are in its card)."""
     if o.kind == EXPORT:
         return {}
-    return {k: v for k, v in o_manifest(o).items() if k.endswith("_model") or k == "models"}
+    man = o_manifest(o)
+    models = {k: v for k, v in man.items() if k.endswith("_model")}
+    models.update(man.get("models") or {})  # a generated run: table name -> model, stage 1's included
+    return models
 
 
 TRACE_ID_COLUMNS = ("sample_id", "expansion_id", "chosen_id", "rejected_id")

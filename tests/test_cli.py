@@ -209,6 +209,7 @@ def test_demo_tiny_end_to_end(tmp_path, monkeypatch):
     the outputs on disk and an honest summary."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the demo exports to ./longperceptualthoughts
     out = tmp_path / "demo"
     res = CliRunner().invoke(main, ["demo", str(out), "--tiny", "--images", "1", "-q"], catch_exceptions=False)
     assert res.exit_code == 0, res.output

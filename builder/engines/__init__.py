@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images
+from .base import Engine, MissingPackage, Request, Sample, SamplingParams, cap_pixels, iter_images
 
 ENGINES = {
     "transformers": "builder.engines.transformers_engine:TransformersEngine",
@@ -101,4 +101,5 @@ def load_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine_class(kind)(model, **options)
 
 
-__all__ = ["ALLOW_MODULES_ENV", "ENGINES", "ENTRY_POINT_GROUP", "registered_engines", "RAY_VLLM", "Engine", "engine_class", "Request", "Sample", "SamplingParams", "cap_pixels", "iter_images", "load_engine"]
+__all__ = ["ALLOW_MODULES_ENV", "ENGINES", "ENTRY_POINT_GROUP", "RAY_VLLM", "Engine", "MissingPackage", "Request", "Sample",
+           "SamplingParams", "cap_pixels", "engine_class", "iter_images", "load_engine", "registered_engines"]

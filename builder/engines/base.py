@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,19 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MissingPackage(ImportError):
+    """A package an engine or runner needs is not installed; the message is one line naming what to install."""
+
+
+def require_package(module: str, what: str, install: str) -> Any:
+    """``import module`` for ``what`` (e.g. "the vllm engine"), or :class:`MissingPackage` saying ``install``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPackage(f"{what} needs the {module} package, which is not installed here "
+                             f"({type(e).__name__}: {e}); {install}") from e
 
 
 def require_local_model(model: str) -> None:

@@ -43,7 +43,7 @@ import os
 import threading
 from typing import Any, Literal
 
-from .base import Engine, Request, Sample, cap_pixels
+from .base import Engine, Request, Sample, cap_pixels, require_package
 from .cache import RequestCache, open_cache, request_key
 
 ServerKind = Literal["auto", "vllm", "openai"]
@@ -108,6 +108,7 @@ class OpenAIEngine(Engine):
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
+        require_package("openai", "the openai engine", "pip install 'openai>=1.40'")
         if server_kind not in SERVER_KINDS:
             raise ValueError(f"server_kind must be one of {SERVER_KINDS}, not {server_kind!r}")
         if concurrency < 1:

@@ -21,6 +21,7 @@ processor; Qwen2-VL / Qwen2.5-VL get an image-only processor where torchvision i
 from __future__ import annotations
 
 import os
+import time
 from itertools import groupby
 from typing import Any
 
@@ -136,7 +137,7 @@ class TransformersEngine(Engine):
             kw["bad_words_ids"] = self._bad_words_ids(p.bad_words)
         return kw
 
-    def _run(self, rows: list[tuple[Request, int | None]]) -> list[Sample]:
+    def _run(self, rows: list[tuple[Request, int | None]], meter: _TokenMeter | None = None) -> list[Sample]:
         """One ``generate`` call for rows ``(request, row seed)`` sharing sampling settings; a sample each."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -144,8 +145,11 @@ class TransformersEngine(Engine):
         params = rows[0][0].params
         enc = self._encode([r for r, _ in rows])
         kw = self._gen_kwargs(params)
+        processors = [meter] if meter is not None else []
         if params.temperature > 0:
-            kw["logits_processor"] = LogitsProcessorList([_RowSampler(params, [seed for _, seed in rows])])
+            processors.append(_RowSampler(params, [seed for _, seed in rows]))
+        if processors:
+            kw["logits_processor"] = LogitsProcessorList(processors)
         if params.stop:
             kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, params.stop,
                                                                          enc["input_ids"].shape[1])])
@@ -182,13 +186,16 @@ class TransformersEngine(Engine):
         rows.sort(key=lambda row: _key(requests[row[0]]))
         results: list[list[Sample]] = [[] for _ in requests]
         bar = tqdm(total=len(rows), disable=not progress, desc=f"generate ({self.model_id})", unit="sample")
+        meter = _TokenMeter(bar if progress else None)
         for _, group in groupby(rows, key=lambda row: _key(requests[row[0]])):
             group = list(group)
             for start in range(0, len(group), self.batch_size):
                 part = group[start:start + self.batch_size]
-                for (i, j, _), sample in zip(part, self._run([(requests[i], seed) for i, _, seed in part])):
+                samples = self._run([(requests[i], seed) for i, _, seed in part], meter)
+                for (i, j, _), sample in zip(part, samples):
                     results[i].append((j, sample))
                 bar.update(len(part))
+        meter.show()
         bar.close()
         out = []
         for r, got in zip(requests, results):
@@ -239,6 +246,37 @@ class _RowSampler:
         picked = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, picked, 0.0)
+
+
+class _TokenMeter:
+    """A logits processor that changes nothing: it counts the tokens generated (one per row per step) and shows
+    them, with tokens per second, as the postfix of a progress bar (this engine's, else the innermost open one,
+    e.g. the stage's), at most twice a second; so a bar moves while a model writes, not only when items end."""
+
+    def __init__(self, bar: Any = None) -> None:
+        self.bar, self.tokens, self.start, self.shown = bar, 0, time.monotonic(), 0.0
+
+    def __call__(self, input_ids, scores):
+        self.tokens += scores.shape[0]
+        if time.monotonic() - self.shown >= 0.5:
+            self.show()
+        return scores
+
+    def show(self) -> None:
+        self.shown = now = time.monotonic()
+        bar = self.bar if self.bar is not None else _open_bar()
+        if bar is not None:
+            bar.set_postfix_str(f"{self.tokens} tokens, {self.tokens / max(now - self.start, 1e-6):.1f} tok/s")
+
+
+def _open_bar() -> Any:
+    """The most recently started progress bar that is shown (tqdm keeps its live bars), or None."""
+    import tqdm.auto
+    import tqdm.std
+
+    bars = {b for cls in (tqdm.std.tqdm, tqdm.auto.tqdm) for b in list(getattr(cls, "_instances", ()))}
+    bars = [b for b in bars if not getattr(b, "disable", True)]
+    return max(bars, key=lambda b: getattr(b, "start_t", 0.0), default=None)
 
 
 class _StopStrings:

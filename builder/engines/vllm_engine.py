@@ -12,7 +12,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels, require_local_model
+from .base import Engine, Request, Sample, SamplingParams, cap_pixels, require_local_model, require_package
 
 
 def sampling_kwargs(p: SamplingParams) -> dict[str, Any]:
@@ -51,11 +51,9 @@ class VLLMEngine(Engine):
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
         require_local_model(model)
-        try:
-            from vllm import LLM
-        except ImportError as e:  # pragma: no cover - depends on the machine
-            raise ImportError("the vllm engine needs vLLM and a GPU: pip install 'longperceptualthoughts[vllm]'") from e
-        self.llm = LLM(model=model, **options)
+        vllm = require_package("vllm", "the vllm engine (a CUDA GPU)", "on a GPU machine: pip install -c "
+                               "constraints-gpu.txt -e '.[vllm,eval]' (README, \"GPU machines\")")
+        self.llm = vllm.LLM(model=model, **options)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:  # pragma: no cover
