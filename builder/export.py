@@ -499,6 +499,8 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
     (``HF_TOKEN``, ``hf auth login``). Returns the commit URL."""
     if not (Path(out_dir) / REPORT_FILE).is_file():
         raise ExportError(f"{out_dir} is not an export folder (no {REPORT_FILE}); run `lpt export` first")
+    card = Path(out_dir) / "README.md"
+    before = card.read_bytes() if card.is_file() else None
     render_card(out_dir, repo_id=repo_id)
     api = HfApi(token=token)
     try:
@@ -506,6 +508,8 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
         info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
                                  commit_message="Upload LongPerceptualThoughts build")
     except Exception as e:  # noqa: BLE001 - network, auth and HTTP errors of every kind: one line, not 90
+        if before is not None:  # a failed push leaves the folder as it was (the card named the local folder)
+            atomic_write(card, lambda tmp: Path(tmp).write_bytes(before))
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PushError(f"upload of {out_dir} to the Hub dataset {repo_id} failed ({type(e).__name__}: {first}); "
                         f"check the network and your token (--token, HF_TOKEN or `hf auth login`)") from None

@@ -18,7 +18,7 @@ from builder.assemble import AssembleOptions
 from builder.cli import card_cmd, export_cmd, import_upstream_cmd
 from builder.cli import main as main_cli
 from builder.export import (build_dataset, card_stats, export,
-                            read_report)
+                            read_report, render_card)
 from builder.importer import import_upstream
 
 from helpers import UPSTREAM  # noqa: E402
@@ -259,9 +259,11 @@ def test_push_fills_in_the_repo_id_and_fails_in_one_line_offline(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = import_upstream(UPSTREAM, tmp_path / "run")
     out = export(run.path, tmp_path / "out", configs=["mcq"])
+    card = (out / "README.md").read_bytes()
     res = CliRunner().invoke(main_cli, ["push", str(out), "me/lpt-test", "--token", "hf_x"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "me/lpt-test" in res.output
-    assert 'load_dataset("me/lpt-test", "mcq"' in (out / "README.md").read_text()
+    assert (out / "README.md").read_bytes() == card  # a failed push changes nothing on disk
+    assert render_card(out, repo_id="me/lpt-test").count('load_dataset("me/lpt-test", "mcq"') == 1
 
 
 def test_export_leaves_nothing_in_the_datasets_cache(built, tmp_path):
