@@ -5,7 +5,7 @@ Commands::
 
     lpt generate RUN --source SPEC [--preset paper|authors] [--config FILE]... [--set k=v]... [--shard i/N]
                      [--stages 1,2,3] [--engine KIND] [--limit N] [--runner local|ray [--address ADDR]]
-    lpt stage1|stage2|stage3 RUN ...      one stage (same options)
+    lpt stage1|stage2|stage3 RUN ...      one stage (same options); lpt --plugin MODULE ... adds a stage
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
     lpt export RUN OUT [--only CONFIG]...  Hub-layout dataset folder (or LLaMA-Factory JSON)
@@ -44,7 +44,7 @@ from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_sour
 from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
 from builder.stats import compute, open_input, summary_tables, write_figures
-from builder.stages import STAGES, StageSpec, get_stage
+from builder.stages import STAGES, StageSpec, get_stage, load_stage_plugins
 from builder.store import RunDir, StoreError, parse_shard
 from builder.view import show_rows, write_html
 
@@ -75,6 +75,8 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
+        if cmd is None and any(name == s.section for s in STAGES):  # a stage registered by a plugin
+            cmd = _stage_command(get_stage(name))
         if cmd is None and name in self.lazy:
             cmd = self._load(name)
             if cmd is None:
@@ -95,14 +97,13 @@ class LazyGroup(click.Group):
             return None
         return cmd
 
-    def optional_commands(self, ctx: click.Context | None = None) -> dict[str, bool]:
-        """Which optional commands are available (name -> loaded)."""
-        return {n: self._load(n) is not None for n in self.lazy}
-
 
 @click.group(cls=LazyGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="longperceptualthoughts", prog_name="lpt")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--plugin", "stage_plugins", multiple=True, metavar="MODULE", is_eager=True, expose_value=False,
+              callback=lambda ctx, param, value: _load_stages(value),
+              help="Import MODULE first: it registers a stage (installed stage plugins are found by themselves).")
 def main(verbose: int) -> None:
     """LongPerceptualThoughts: synthesise long chains of thought for vision-centric MCQs, export, evaluate."""
     global _VERBOSE
@@ -115,6 +116,14 @@ def main(verbose: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def _load_stages(modules: tuple[str, ...]) -> None:
+    """``lpt --plugin MODULE``: register the stages of those modules and of installed stage plugins."""
+    try:
+        load_stage_plugins(modules)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--plugin") from None
 
 
 _VERBOSE = 0  # set by `lpt -v`: errors then show their traceback
@@ -271,11 +280,11 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
 
 @main.command("generate")
 @common_run_options
-@click.option("--stages", default="1,2,3", show_default=True, callback=parse_stages_option,
-              help="Which stages to run, in order (comma-separated: 1,2,3).")
+@click.option("--stages", default=None, callback=parse_stages_option,
+              help="Which stages to run, in order (comma-separated, e.g. 1,2; default: every registered stage).")
 @friendly_errors
 def generate_cmd(run_dir: str, stages: list[str], **options: Any) -> None:
-    """Run the pipeline (stages 1-3) into the run directory RUN; resumes where a previous run stopped.
+    """Run the pipeline (every registered stage) into the run directory RUN; resumes where a previous run stopped.
 
     Defaults: the paper's settings and models (stage 1 Qwen2.5-7B-Instruct, stage 2 Qwen2.5-VL-7B-Instruct,
     stage 3 DeepSeek-R1-Distill-Qwen-32B) through vLLM. Try `lpt demo` first for an offline CPU run.
@@ -290,7 +299,8 @@ def _stage_command(spec: StageSpec) -> click.Command:
     def command(run_dir: str, **options: Any) -> None:
         _generate(run_dir, [spec], **options)
 
-    command.__doc__ = f"Run {spec.section} only ({spec.what}) into RUN; resumes where a previous run stopped."
+    command.__doc__ = (f"Run {spec.section} only ({spec.description}) into RUN; resumes where a previous run "
+                       f"stopped.")
     return main.command(spec.section)(command)
 
 
