@@ -105,6 +105,11 @@ class TableSpec:
     sort_keys: tuple[str, ...]
     input_column: str | None = None
 
+    @property
+    def id_column(self) -> str:
+        """The column naming a row (its last sort key): what a stage reading this table names its inputs by."""
+        return self.sort_keys[-1]
+
 
 SOURCE_TABLE = TableSpec("source", SOURCE, ("image_id",))  # written by the source loader, not by a stage
 

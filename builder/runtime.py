@@ -42,7 +42,7 @@ class IncompleteInput(StoreError):
 def progress_of(run: RunDir, spec: StageSpec) -> tuple[set[str], set[str]]:
     """``(done, expected)`` input ids of a stage: what it has covered, of the inputs it works on (two columns of
     its input are read, file by file)."""
-    col = spec.table.input_column
+    col = TABLES[input_of(spec)].id_column
     expected: set[str] = set()
     for t in run.tables(input_of(spec), [col, *([spec.select] if spec.select else [])]):
         expected.update((t.filter(t.column(spec.select)) if spec.select else t).column(col).to_pylist())
@@ -109,9 +109,9 @@ def read_items(run: RunDir, spec: StageSpec) -> list[Item]:
     rows = run.read(table, columns).to_pylist()
     if spec.select:
         rows = [r for r in rows if r[spec.select]]
+    key = TABLES[table].id_column
     if spec.source_columns:
-        _join_source(run, table, rows, spec.source_columns, spec.table.input_column)
-    key = spec.table.input_column
+        _join_source(run, table, rows, spec.source_columns, key)
     return [(r[key], r) for r in rows]
 
 

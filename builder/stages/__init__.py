@@ -63,6 +63,12 @@ def register(spec: StageSpec) -> StageSpec:
     return spec
 
 
+def unregister(name: str) -> None:
+    """Take a registered stage out again (a test that registered one)."""
+    STAGES[:] = [s for s in STAGES if s.name != name]
+    TABLES.pop(name, None)
+
+
 def table_for(role: str) -> str:
     """The run-directory table that plays ``role`` (:data:`ROLES`): the last registered stage providing it."""
     if role not in ROLES:
@@ -125,4 +131,5 @@ for _spec in (mcq.SPEC, simple_cot.SPEC, expansion.SPEC):
     register(_spec)
 
 __all__ = ["Answers", "ModelConfig", "PLUGIN_GROUP", "ROLES", "Round", "STAGES", "StageSpec", "StageSummary",
-           "TABLES", "get_stage", "input_of", "load_stage_plugins", "register", "stage_before", "table_for"]
+           "TABLES", "get_stage", "input_of", "load_stage_plugins", "register", "stage_before", "table_for",
+           "unregister"]
