@@ -8,7 +8,6 @@ global seed and the item's id.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from json.encoder import encode_basestring  # the C escaping the encoder uses (ensure_ascii off)
 import random
@@ -113,15 +112,19 @@ class TableSpec:
 
 SOURCE_TABLE = TableSpec("source", SOURCE, ("image_id",))  # written by the source loader, not by a stage
 
-# The stages' own tables are declared in their files; the registry (builder.stages.TABLES) lists them all. The names
-# below are kept for modules that still import them from here (products not yet asking by role).
-_FROM_REGISTRY = {"MCQ": "mcq", "SIMPLE_COT": "simple_cot", "EXPANSION": "expansion"}
+TABLES: dict[str, TableSpec] = {SOURCE_TABLE.name: SOURCE_TABLE}
+"""The run directory's tables in pipeline order: the source, then each registered stage's output. The stages
+declare their tables in their own files; the registry (:func:`builder.stages.register`) adds them here."""
+
+# Names of stage schemas that modules not yet asking by role import from here; remove once none does.
+_LEGACY_SCHEMAS = {"MCQ": "mcq", "SIMPLE_COT": "simple_cot", "EXPANSION": "expansion"}
 
 
 def __getattr__(name: str):
-    if name == "TABLES" or name in _FROM_REGISTRY:
-        tables = importlib.import_module("builder.stages").TABLES  # loaded on first use: the registry imports this
-        return tables if name == "TABLES" else tables[_FROM_REGISTRY[name]].schema
+    if name in _LEGACY_SCHEMAS and _LEGACY_SCHEMAS[name] in TABLES:
+        return TABLES[_LEGACY_SCHEMAS[name]].schema
+    if name in _LEGACY_SCHEMAS:
+        raise AttributeError(f"{name}: no stage has registered it yet (import builder.stages first)")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -149,24 +149,30 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> Any:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, prefix + key + ".")
-        elif isinstance(current, tuple):
-            if isinstance(value, str):
-                value = [value]
-            changes[key] = tuple(value)
-        elif isinstance(current, bool) and not isinstance(value, bool):
-            raise ValueError(f"{prefix + key} must be true or false, got {value!r}")
-        elif isinstance(current, (int, float)) and not isinstance(current, bool) and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{prefix + key} must be a number, got {value!r}")
-            if isinstance(current, int) and not float(value).is_integer():
-                raise ValueError(f"{prefix + key} must be a whole number, got {value!r}")
-            changes[key] = type(current)(value)
         else:
-            changes[key] = value
+            changes[key] = _coerce(current, value, prefix + key)
     try:
         return obj.replace(**changes) if isinstance(obj, PipelineConfig) else dataclasses.replace(obj, **changes)
     except ValueError as e:  # a range check of the section: name the setting with its full path
         raise ValueError(f"{prefix}{e}") from None
+
+
+def _coerce(current: Any, value: Any, name: str) -> Any:
+    """``value`` for a setting whose value is now ``current``: a tuple from a list (or one string), a bool only
+    from a bool, a number of the same type (a whole one for an int); anything else as it is."""
+    if isinstance(current, tuple):
+        return tuple([value] if isinstance(value, str) else value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)) and value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if isinstance(current, int) and not float(value).is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return type(current)(value)
+    return value
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:

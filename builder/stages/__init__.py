@@ -23,7 +23,7 @@ import importlib.metadata
 import logging
 from typing import Any, Iterable
 
-from builder.records import SOURCE_TABLE, TableSpec
+from builder.records import SOURCE_TABLE, TABLES
 
 from . import expansion, mcq, simple_cot
 from .contract import Answers, ModelConfig, Round, StageSpec, StageSummary
@@ -36,8 +36,6 @@ the simple thoughts, the long thoughts. A stage provides at most one role; a lat
 
 STAGES: list[StageSpec] = []
 """The registered stages, in pipeline order (by number); updated in place by :func:`register`."""
-TABLES: dict[str, TableSpec] = {SOURCE_TABLE.name: SOURCE_TABLE}
-"""The run directory's tables, in pipeline order: the source, then each stage's output."""
 
 log = logging.getLogger(__name__)
 
