@@ -118,10 +118,6 @@ def check_engines(stages: Sequence[StageSpec], config: PipelineConfig, on_ray: b
 def make_runner(runner: Any, address: str | None) -> tuple[Callable[..., StageSummary], Callable[[], None]]:
     """``(run_one, close)`` for ``generate``'s ``runner``: ``run_one(plan, *, shard, progress, chunk_size)`` runs a
     planned stage, ``close`` releases its engines or its Ray connection."""
-    if isinstance(runner, str) and runner not in RUNNERS:
-        raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
-    if address is not None and runner != "ray":
-        raise PipelineError("an address is for the Ray runner only (--runner ray)")
     if runner == "ray":
         from builder.ray_runner import RayRunner
 
@@ -146,6 +142,10 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     also be a runner object called like :func:`builder.runtime.run_locally` without ``engines`` (e.g. a
     ``RayRunner`` made with its own options), which the caller closes.
     """
+    if isinstance(runner, str) and runner not in RUNNERS:
+        raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
+    if address is not None and runner != "ray":
+        raise PipelineError("an address is for the Ray runner only (--runner ray)")
     on_ray = runner == "ray" or getattr(runner, "on_ray", False)
     check_engines(stages, config, on_ray)
     run_one, close = make_runner(runner, address)
