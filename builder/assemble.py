@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
 from builder.prompts import Prompts
 from builder.records import content_id, rng_for
-from builder.stages import TABLES, table_for
+from builder.stages import STAGES, TABLES, table_for
 from builder.store import StoreError
 
 
@@ -70,15 +70,6 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
                "X_O>X_X": "sample"}
 
 BATCH_ROWS = 8192  # rows per rendered record batch
-# Columns of a raw stage that repeat (an MCQ's prompt over its samples, an image's replies over its MCQs): read as
-# dictionaries, sorted as indices, turned back into strings one output batch at a time.
-_RAW_REPEATED = {
-    "mcq": ("image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"),
-    "simple_cot": ("mcq_id", "image_id", "question", "question_type", "option_style", "answer_format",
-                   "system_prompt", "user_text", "answer", "drop_reason", "model"),
-    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
-                  "model"),
-}
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
@@ -131,8 +122,7 @@ MCQ_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _ST
                         ("answer", _STR), ("messages", MESSAGES)])
 SCHEMAS: dict[str, pa.Schema] = {
     "sft": SFT_SCHEMA, "dpo": DPO_SCHEMA, "mcq": MCQ_SCHEMA, "mcq_direct": MCQ_SCHEMA, "simple_cot": SFT_SCHEMA,
-    "raw_mcq": TABLES["mcq"].schema, "raw_simple_cot": TABLES["simple_cot"].schema,
-    "raw_expansion": TABLES["expansion"].schema,
+    **{f"raw_{s.name}": s.table.schema for s in STAGES},  # every record of a stage, as written
 }
 """The Arrow schema of each run config (the ``datasets`` features' ``arrow_schema``, same column order)."""
 
@@ -187,9 +177,6 @@ class Trace:
     def target(self, answer_format: str | None = None) -> str:
         """``<think> {thought} </think> <answer> {answer} </answer>``; the answer in the requested format."""
         return f"<think> {self.thought} </think> <answer> {self.answer(answer_format)} </answer>"
-
-    def prompt_messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.user_text}]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -1110,7 +1097,7 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
         rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
         yield from _rebatch(rows, batch_rows)
         return
-    repeated = _RAW_REPEATED.get(stage, ())
+    repeated = TABLES[stage].repeated  # read as dictionaries, sorted as indices, strings again batch by batch
     rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
     nbytes = _arrow_bytes(stage, files, total, repeated)
     if nbytes <= sort_memory_bytes:

@@ -97,12 +97,14 @@ SOURCE = pa.schema(
 @dataclass(frozen=True)
 class TableSpec:
     """One table of a run directory: its schema, the columns that order its rows, and (for a stage's output)
-    the column naming the input each row was made from."""
+    the column naming the input each row was made from, and the columns whose values repeat over many rows (an
+    MCQ's prompt over its samples), which a big read takes as dictionaries."""
 
     name: str
     schema: pa.Schema
     sort_keys: tuple[str, ...]
     input_column: str | None = None
+    repeated: tuple[str, ...] = ()
 
     @property
     def id_column(self) -> str:

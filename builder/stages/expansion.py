@@ -88,7 +88,9 @@ SCHEMA = pa.schema(
         ("seed", pa.int64()),
     ]
 )
-TABLE = TableSpec(STAGE, SCHEMA, ("sample_id", "expansion_index", "expansion_id"), input_column="sample_id")
+TABLE = TableSpec(STAGE, SCHEMA, ("sample_id", "expansion_index", "expansion_id"), input_column="sample_id",
+                  repeated=("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
+                            "model"))
 # the columns of a simple CoT that stage 3 reads (with its keys: not its response or prompts)
 INPUT_COLUMNS = ("image_id", "question", "options", "answer_index", "question_type", "option_style",
                  "answer_format", "thought", "correct")

@@ -189,7 +189,8 @@ SCHEMA = pa.schema(
         ("formatted_response", _STR),  # the re-formatting call's reply ("" when not used)
     ]
 )
-TABLE = TableSpec("mcq", SCHEMA, ("image_id", "item_index", "mcq_id"), input_column="image_id")
+TABLE = TableSpec("mcq", SCHEMA, ("image_id", "item_index", "mcq_id"), input_column="image_id", repeated=(
+    "image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"))
 REFORMAT = "mcq_reformat"  # the re-formatting round: its answers' and its model's name
 
 

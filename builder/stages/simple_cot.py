@@ -74,7 +74,9 @@ SCHEMA = pa.schema(
         ("seed", pa.int64()),
     ]
 )
-TABLE = TableSpec(STAGE, SCHEMA, ("mcq_id", "sample_index", "sample_id"), input_column="mcq_id")
+TABLE = TableSpec(STAGE, SCHEMA, ("mcq_id", "sample_index", "sample_id"), input_column="mcq_id", repeated=(
+    "mcq_id", "image_id", "question", "question_type", "option_style", "answer_format", "system_prompt", "user_text",
+    "answer", "drop_reason", "model"))
 # the columns of an MCQ that stage 2 reads (with its keys: not the stage-1 replies)
 INPUT_COLUMNS = ("question", "options", "answer_index", "question_type")
 
