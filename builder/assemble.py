@@ -1055,6 +1055,11 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
         have = ", ".join(f"{k} {v}" for k, v in count.items() if v)
         return (f"no pair of the kinds {', '.join(opts.pair_kinds)} (kept traces: {have}); a pair needs a chosen "
                 f"and a rejected trace of the same prompt")
+    return _why_no_sft(count, opts)
+
+
+def _why_no_sft(count: dict[str, int], opts: AssembleOptions) -> str:
+    """Why the SFT set is empty, from the kept traces by type; "" when it is not."""
     pool, x_o = count["O"] + count["O_O"], count["X_O"]
     n = int(pool * opts.sft_ratio)
     if opts.sft_balance:

@@ -107,14 +107,9 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
     if not bad_words:
         return ""
     words, folded, stems, pattern = _bad_words(tuple(bad_words))
+    if substring:
+        return _first_substring(text, words, folded)
     best: tuple[int, str] | None = None
-    if substring:  # the casefolded word in the casefolded text
-        hay = text.casefold()
-        for w, f in zip(words, folded):
-            pos = hay.find(f)
-            if pos >= 0 and (best is None or pos < best[0]):
-                best = (pos, w)
-        return best[1] if best else ""
     if stems is None or _folds_to_ascii(text):
         m = pattern.search(text)
         return words[m.lastindex - 1] if m else ""
@@ -128,6 +123,18 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
                     best = (pos, hit)
                 break
             pos = hay.find(stem, pos + 1)
+    return best[1] if best else ""
+
+
+def _first_substring(text: str, words: Sequence[str], folded: Sequence[str]) -> str:
+    """Upstream's rule: the word whose casefolded form occurs first in the casefolded text (the smaller word at one
+    position: ``words`` are sorted)."""
+    hay = text.casefold()
+    best: tuple[int, str] | None = None
+    for w, f in zip(words, folded):
+        pos = hay.find(f)
+        if pos >= 0 and (best is None or pos < best[0]):
+            best = (pos, w)
     return best[1] if best else ""
 
 

@@ -95,6 +95,27 @@ def resolve_answer(answer_text: str, options: list[str]) -> int:
     return match_option(answer_text, options)
 
 
+def _checked(it: ParsedItem) -> tuple[list[str], int, str]:
+    """``(options, answer index, invalid reason)`` of one parsed item: "" and the index of the one option its
+    answer names when it is a whole question (every tag closed, options that parse and differ), else the reason."""
+    if "question" in it.unclosed:
+        return [], -1, "unclosed <question>"
+    if not it.question:
+        return [], -1, "empty question"
+    if it.choices is None:
+        return [], -1, ("unclosed" if "choices" in it.unclosed else "no") + " <choices>"
+    if it.answer_text is None:
+        return [], -1, ("unclosed" if "answer" in it.unclosed else "no") + " <answer>"
+    try:
+        options = parse_options(it.choices)
+    except ValueError:
+        return [], -1, "options unparseable"
+    if len(set(options)) != len(options):
+        return options, -1, "repeated option"
+    idx = resolve_answer(it.answer_text, options)
+    return options, idx, "" if idx >= 0 else "answer matches no single option"
+
+
 def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response: str,
              formatted_response: str) -> list[dict[str, Any]]:
     """MCQ-schema rows for one image's parsed items (valid or with an ``invalid_reason``); no item at all
@@ -108,26 +129,7 @@ def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response
         }]
     rows, seen = [], set()
     for k, it in enumerate(items):
-        options: list[str] = []
-        reason = ""
-        if "question" in it.unclosed:
-            reason = "unclosed <question>"
-        elif not it.question:
-            reason = "empty question"
-        elif it.choices is None:
-            reason = ("unclosed" if "choices" in it.unclosed else "no") + " <choices>"
-        elif it.answer_text is None:
-            reason = ("unclosed" if "answer" in it.unclosed else "no") + " <answer>"
-        if not reason:
-            try:
-                options = parse_options(it.choices)
-            except ValueError:
-                reason = "options unparseable"
-        if not reason and len(set(options)) != len(options):
-            reason = "repeated option"
-        idx = resolve_answer(it.answer_text, options) if not reason else -1
-        if not reason and idx < 0:
-            reason = "answer matches no single option"
+        options, idx, reason = _checked(it)
         answer_text = it.answer_text or ""
         mcq_id = content_id(image_id, it.question, options, answer_text)
         if not reason and mcq_id in seen:
