@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
 from builder.prompts import Prompts
-from builder.records import content_id, rng_for
+from builder.records import rng_for
 from builder.stages import STAGES, TABLES, table_for
 from builder.store import StoreError
 

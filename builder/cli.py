@@ -75,8 +75,6 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
-        if cmd is None and any(name == s.section for s in STAGES):  # a stage registered by a plugin
-            cmd = _stage_command(get_stage(name))
         if cmd is None and name in self.lazy:
             cmd = self._load(name)
             if cmd is None:
@@ -98,7 +96,19 @@ class LazyGroup(click.Group):
         return cmd
 
 
-@click.group(cls=LazyGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+class LptGroup(LazyGroup):
+    """``lpt``: a :class:`LazyGroup` that also has an ``lpt stageN`` command for each stage a plugin registers."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {s.section for s in STAGES})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and any(name == s.section for s in STAGES):
+            return _stage_command(get_stage(name))
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LptGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="longperceptualthoughts", prog_name="lpt")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("--plugin", "stage_plugins", multiple=True, metavar="MODULE", is_eager=True, expose_value=False,

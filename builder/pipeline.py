@@ -153,8 +153,7 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     try:
         for k, spec in enumerate(stages):
             wait_for_input(run, spec, wait, echo=echo)
-            plan = StagePlan(spec, run, config, []) if k > 0 and not run.has(input_of(spec)) else \
-                plan_stage(run, spec, config, checked=True)
+            plan = plan_stage(run, spec, config, checked=True)
             if k > 0 and not plan.items:
                 echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.when_empty})")
                 continue

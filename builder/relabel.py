@@ -11,7 +11,6 @@ decides which questions exist, which relabelling must not change under a finishe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pyarrow as pa
 

@@ -17,7 +17,7 @@ import gc
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,10 +90,13 @@ class StagePlan:
 
 def plan_stage(run: RunDir, spec: StageSpec, settings: Any, *, checked: bool = False) -> StagePlan:
     """Check that the stage's input is complete (unless ``checked``: the caller just did) and read the input rows
-    it works on, once."""
+    it works on, once. An input table with no file is an error naming the stage to run, unless the stage that
+    writes it had no input to work on either (then there is nothing to do)."""
     table = input_of(spec)
     if not run.has(table):
         before = stage_before(spec)
+        if before is not None and run.has(input_of(before)) and not progress_of(run, before)[1]:
+            return StagePlan(spec, run, settings, [])  # the stage before had nothing to work on: no file, no input
         raise FileNotFoundError(f"{run.path / table}: no {table} rows; " + (
             f"run {before.section} ({before.name}) first" if before else "write the source first"))
     if not checked:

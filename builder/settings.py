@@ -25,9 +25,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from builder.method import BAD_WORDS, CUES, DEFAULT_SEED, MAX_PIXELS  # noqa: F401  (the method's numbers)
+from builder.method import BAD_WORDS, DEFAULT_SEED  # noqa: F401  (BAD_WORDS: read from here by the benchmarks)
 from builder.stages import STAGES
-from builder.stages.contract import SECRET, ModelConfig, check as _check  # noqa: F401
+from builder.stages.contract import ModelConfig, check as _check
 
 _TOP = ("seed", "chunk_size", "template_dir")  # the run-wide settings; the stage sections follow them
 

@@ -106,7 +106,7 @@ class Round:
     name: str
     requests: Callable[[list[Item], dict[str, Answers], Any, Any], list[Request]]
     model: Callable[[Any], ModelConfig]
-    when: Callable[[Any], bool] = lambda settings: True
+    when: Callable[[Any], bool] | None = None  # None: always
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class StageSpec:
     def rounds(self, settings: Any) -> list[Round]:
         """The request rounds it makes under ``settings``: its own, named after it, then its follow-ups."""
         own = Round(self.name, lambda items, answers, s, prompts: self.requests(items, s, prompts), self.settings_of)
-        return [own, *(r for r in self.follow_ups if r.when(settings))]
+        return [own, *(r for r in self.follow_ups if r.when is None or r.when(settings))]
 
 
 @dataclass

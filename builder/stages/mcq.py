@@ -219,6 +219,11 @@ def _reformat_model(settings: Any) -> ModelConfig:
     return cfg.reformat_model_config() if cfg.reformat_model else cfg
 
 
+def _reformats(settings: Any) -> bool:
+    """Whether the re-formatting round is made (``stage1.reformat``)."""
+    return settings.stage1.reformat
+
+
 def rows(items: list[Item], answers: dict[str, Answers], settings: Any) -> list[dict[str, Any]]:
     """The MCQ rows of a chunk of source images, from the replies (the re-formatted one first, else the raw)."""
     generated = answers[TABLE.name]
@@ -243,8 +248,7 @@ SPEC = StageSpec(1, TABLE, reads="source", settings=McqSettings, requests=reques
                  summary_columns=("item_index", "valid", "invalid_reason"),
                  description="MCQs from the source's descriptions", when_empty="the run has no source images",
                  role="question", input_columns=("description",),
-                 follow_ups=(Round(REFORMAT, reformat_requests, _reformat_model,
-                                   when=lambda settings: settings.stage1.reformat),))
+                 follow_ups=(Round(REFORMAT, reformat_requests, _reformat_model, when=_reformats),))
 
 __all__ = ["NO_QUESTION", "REFORMAT", "SCHEMA", "SPEC", "TABLE", "McqSettings", "ParsedItem", "mcq_rows",
            "parse_mcq_response", "requests", "resolve_answer", "rows", "summary"]
