@@ -454,3 +454,29 @@ def test_a_stage_without_its_input_says_which_stage_to_run_and_reads_only_the_co
     planned = plan_stage(run, simple_cot.SPEC, config).items  # the declared MCQ columns, the source's image path
     assert planned and all(set(r) == {"mcq_id", "image_id", "item_index", *simple_cot.INPUT_COLUMNS, "valid",
                                       "image_path"} for _, r in planned)
+
+
+def test_a_rerun_reads_each_input_file_once_with_only_the_columns_it_needs(pipeline, monkeypatch):
+    """Regression: a stage-3 rerun checked its input three times, read the MCQs three times and the whole
+    simple-CoT table to count it. Now the run loop plans a stage once: each file of the tables before it is read
+    at most once, never with every column."""
+    from builder.pipeline import generate
+    from builder.stages import get_stage
+
+    run, _, _, cfg, _ = pipeline
+    reads: list[tuple[str, str, int | None]] = []
+    original = RunDir._read_file
+
+    def counted(self, stage, path, columns):
+        reads.append((stage, path.name, None if columns is None else len(columns)))
+        return original(self, stage, path, columns)
+
+    monkeypatch.setattr(RunDir, "_read_file", counted)
+    engines = [f"stage{k}.engine=helpers:ReplayEngine" for k in (1, 2, 3)]
+    [summary] = generate(run, cfg.apply_overrides(engines), [get_stage(3)], progress=False, echo=lambda s: None)
+    assert summary.counts["items_already_done"] == summary.counts["items_in"] > 0
+    for table in ("mcq", "simple_cot"):
+        files = [name for stage, name, _ in reads if stage == table]
+        assert sorted(files) == sorted(p.name for p in run.files(table)), table  # each file once
+    assert all(n is not None for stage, _, n in reads if stage != "expansion")  # only the columns needed
+    assert len([1 for stage, _, _ in reads if stage == "source"]) == 2  # its ids (completeness), its descriptions
