@@ -4,6 +4,7 @@ its rows as the long thoughts of the sets."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -130,3 +131,14 @@ def test_a_fourth_stage_on_the_ray_runner_writes_the_local_files(tmp_path, stage
     with RayRunner(num_cpus=2, log_to_driver=False, object_store_memory=500 * 1024 * 1024) as runner:
         generate(remote, _config(), [stage4.SPEC], progress=False, echo=lambda s: None, runner=runner)
     assert [p.read_bytes() for p in remote.files("rewrite")] == [p.read_bytes() for p in local.files("rewrite")]
+
+
+def test_an_installed_package_registers_its_stage_by_entry_point(stage4, monkeypatch):
+    from builder.stages import PLUGIN_GROUP, load_stage_plugins
+
+    unregister(stage4.NAME)
+    point = importlib.metadata.EntryPoint(name="rewrite", value="stage4_rewrite:SPEC", group=PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [point] if group == PLUGIN_GROUP else [])
+    assert load_stage_plugins() == ["rewrite"] and table_for("long_thought") == "rewrite"
+    assert load_stage_plugins() == []  # once
