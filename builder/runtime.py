@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from builder.engines.pool import EngineCache
 from builder.prompts import Prompts
-from builder.records import shard_of
+from builder.records import SOURCE_TABLE, shard_of
 from builder.stages import TABLES, Answers, StageSpec, StageSummary, input_of, stage_before
 from builder.stages.contract import Item
 from builder.store import RunDir, StoreError, parse_shard
@@ -108,7 +108,8 @@ def read_items(run: RunDir, spec: StageSpec) -> list[Item]:
     """``(input id, row)`` for each input row the stage works on, in the input table's order: only the columns it
     declares (and the keys), with its source columns joined by ``image_id``."""
     table = input_of(spec)
-    columns = None if spec.input_columns is None else [*spec.input_columns, *([spec.select] if spec.select else [])]
+    columns = None if spec.input_columns is None else [
+        *spec.input_columns, *([spec.select] if spec.select else []), *(["image_id"] if spec.source_columns else [])]
     rows = run.read(table, columns).to_pylist()
     if spec.select:
         rows = [r for r in rows if r[spec.select]]
@@ -121,7 +122,7 @@ def read_items(run: RunDir, spec: StageSpec) -> list[Item]:
 def _join_source(run: RunDir, table: str, rows: list[dict[str, Any]], columns: Sequence[str], key: str) -> None:
     """Add the source's ``columns`` to each row, by its ``image_id`` (only those columns of the source are read);
     ``key``: the column that names a row in an error."""
-    by_id = {r["image_id"]: r for r in run.read("source", columns).to_pylist()}
+    by_id = {r["image_id"]: r for r in run.read(SOURCE_TABLE.name, columns).to_pylist()}
     for r in rows:
         if r["image_id"] not in by_id:
             raise KeyError(f"{table} {r[key]}: image_id {r['image_id']!r} is not in the run's source")
