@@ -105,7 +105,7 @@ def test_its_rows_are_the_long_thoughts_of_sft(tmp_path, stage4):
 
 
 def test_its_rows_reach_the_exported_sft(tmp_path, stage4):
-    """Needs the role-based export (the products' half of the issue, on another branch)."""
+    """The export builds sft from the sets, which read the long thoughts by role."""
     import pyarrow.parquet as pq
 
     from builder.export import export
@@ -142,3 +142,15 @@ def test_an_installed_package_registers_its_stage_by_entry_point(stage4, monkeyp
                         lambda group=None: [point] if group == PLUGIN_GROUP else [])
     assert load_stage_plugins() == ["rewrite"] and table_for("long_thought") == "rewrite"
     assert load_stage_plugins() == []  # once
+
+
+@pytest.mark.xfail(reason="needs the role-based viewer (builder/view.py asking table_for('long_thought')), the "
+                          "products' half of the issue on another branch; remove this mark once it is merged")
+def test_the_viewer_shows_its_long_thoughts(tmp_path, stage4):
+    from builder.view import write_html
+
+    run = _run(tmp_path, "run")
+    generate(run, _config(), [stage4.SPEC], progress=False, echo=lambda s: None)
+    page = write_html(run.path, tmp_path / "view.html", images=False).read_text(encoding="utf-8")
+    assert "looking again" in page  # stage 3's continuations (the REPLAY engine's) are shown
+    assert "LOOKING AGAIN" in page  # and the rewrites of them (upper-cased), as the run's long thoughts
