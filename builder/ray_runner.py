@@ -7,7 +7,7 @@ A stage runs as its local run does, with the work spread over Ray actors:
   the same checks);
 * the chunks become a Ray dataset, one row per chunk, and ``map_batches`` (one chunk a batch) sends them to a pool
   of actors; each actor holds the stage's engines, built from the stage's settings
-  (:meth:`builder.settings.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
+  (:meth:`builder.stages.contract.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
   turns a chunk into rows as the local runner does (:func:`builder.runtime.chunk_rows`: the stage's ``requests``,
   the engines, the stage's ``rows``);
 * the driver writes each finished chunk into the run directory (:meth:`builder.store.RunDir.write_chunk`): the same
@@ -16,15 +16,17 @@ A stage runs as its local run does, with the work spread over Ray actors:
 Only the driver writes, and only finished chunks: a killed actor is restarted by Ray and its chunk done again, and
 a killed driver leaves finished chunks, which a rerun skips (the run directory's done-set). A stage starts only
 when its input is complete across all shards, as with the local runner. The workers need the project, its
-engines and, for stage 2, the source images at the same paths (a shared file system).
+engines, a plugin stage's module and the files the stages read (the source images) at the same paths (a shared
+file system).
 
 ``stageN.engine=ray-vllm`` runs that stage's model through ``ray.data.llm``'s vLLM processor instead (GPU
 clusters; tensor and pipeline parallel vLLM engines placed by Ray). That processor keeps only the *first* output of a
 request, so a request for ``n`` samples is fanned out into one row per sample with its own seed: sample ``k`` gets
 the seed the transformers engine gives its row ``k`` (:func:`fan_out`, :func:`fan_in`, pure and tested without a
 GPU). The processor is a dataset-wide step, so the driver makes the requests of every pending chunk (the stage's
-``requests``), sends them through the processor in one pass per round (stage 1 declares a second round, the
-re-format, made from the first round's answers) and writes each chunk's ``rows`` of the answers.
+``requests``), sends them through the processor in one pass per round (a stage may declare further rounds, e.g.
+stage 1's re-format, made from the answers of the rounds before) and writes each chunk's ``rows`` of the answers:
+requests -> processor -> rows, with no replay.
 """
 
 from __future__ import annotations
