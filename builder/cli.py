@@ -35,7 +35,7 @@ from rich.table import Table
 
 from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
-from builder.settings import load_config
+from builder.settings import PRESETS, load_config
 from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
 from builder.export import FORMATS, export, push, read_report, render_card
@@ -233,7 +233,7 @@ _common_run_options = [
                  help="DOCCI only: the paper's selection of N train images (sorted ids, shuffled with seed 42)."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Take at most N source images."),
     click.option("--skip-bad", is_flag=True, help="Skip bad source records (counted, named) instead of stopping."),
-    click.option("--preset", type=click.Choice(["paper", "authors"]), default="paper", show_default=True,
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
                  help="Settings of the paper (SPEC) or of the authors' released code."),
     click.option("--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
                  help="YAML/JSON file of settings applied over the preset (repeatable)."),

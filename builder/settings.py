@@ -78,7 +78,7 @@ class PipelineConfig:
     def preset(cls, name: str = "paper") -> "PipelineConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls().merge(PRESETS[name])
+        return cls().merge(preset_values(name))
 
     # ------------------------------------------------------------------------------------- (de)serialise
 
@@ -201,17 +201,16 @@ def load_config(preset: str = "paper", files: Iterable[str | Path] = (), overrid
     return cfg.apply_overrides([*engine_overrides, *overrides])
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings (its appendix F.1; docs/method.md).
-    "paper": {},
-    # The authors' released code (its newest version): GPT-4o writes, GPT-4o-mini re-formats
-    # at T=0; stage 2 n=10; stage 3 T 0.7 / top_p 0.8 / top_k 50, n=5, cue "Wait," only.
-    "authors": {
-        "stage1": {"model": "gpt-4o-2024-08-06", "engine": "openai",
-                   "reformat_model": "gpt-4o-mini-2024-07-18", "reformat_engine": "openai"},
-        "stage2": {"n": 10},
-        "stage3": {"n": 5, "cues": ["Wait,"]},
-    },
+PRESETS: dict[str, str] = {
+    "paper": "the paper's settings (its appendix F.1; docs/method.md): each section's defaults",
+    "authors": "the authors' released code (its newest version): each stage's ``presets['authors']``",
 }
+"""The presets by name; a stage declares what a preset changes in its section (``StageSpec.presets``)."""
 
-__all__ = ["ModelConfig", "PRESETS", "PipelineConfig", "load_config", "load_mapping"]
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The settings preset ``name`` changes: per section, its stage's ``presets[name]``."""
+    return {spec.section: dict(spec.presets[name]) for spec in STAGES if name in spec.presets}
+
+
+__all__ = ["ModelConfig", "PRESETS", "PipelineConfig", "load_config", "load_mapping", "preset_values"]

@@ -13,7 +13,8 @@ A stage file declares, in one :class:`StageSpec`:
 * ``rows(items, answers, settings) -> [row]``: the chunk's records, from what the model answered
   (``answers``: round name -> :class:`Answers`);
 * ``summary(rows, settings) -> (counts, dropped)``: its counts for the run's manifest;
-* ``follow_ups``: further request rounds on the same chunk (stage 1's re-format), each a :class:`Round`.
+* ``follow_ups``: further request rounds on the same chunk (stage 1's re-format), each a :class:`Round`;
+* ``presets``: what a named preset (``--preset authors``) sets in its settings section.
 
 The runtime (:mod:`builder.runtime`, :mod:`builder.ray_runner`) reads the input, sends the requests to the
 engines, hands the outputs to ``rows`` and writes them; a stage never opens a file or calls a model itself.
@@ -129,6 +130,7 @@ class StageSpec:
     input_columns: tuple[str, ...] | None = None  # the input columns it reads (and the keys); None: every column
     source_columns: tuple[str, ...] = ()  # source columns joined onto each input row by its image_id
     follow_ups: tuple[Round, ...] = ()
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset name -> what it sets in its section
 
     @property
     def name(self) -> str:

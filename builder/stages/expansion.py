@@ -371,7 +371,8 @@ def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], 
 SPEC = StageSpec(3, TABLE, reads="short_thought", settings=ExpansionSettings, requests=requests, rows=rows,
                  summary=summary, summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"),
                  description="thought expansions of the kept simple CoTs", when_empty="stage 2 kept no simple CoT",
-                 role="long_thought", select="keep", input_columns=INPUT_COLUMNS, source_columns=("description",))
+                 role="long_thought", select="keep", input_columns=INPUT_COLUMNS, source_columns=("description",),
+                 presets={"authors": {"n": 5, "cues": ["Wait,"]}})  # the authors' code: T 0.7 / top_p 0.8 / top_k 50
 
 __all__ = ["SCHEMA", "SEPARATORS", "SPEC", "TABLE", "Continuation", "ExpansionSettings", "build_requests",
            "expansion_rows", "first_bad_word", "first_bad_words", "label_expansion", "may_hold_bad_words", "plan",

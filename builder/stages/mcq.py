@@ -248,7 +248,10 @@ SPEC = StageSpec(1, TABLE, reads="source", settings=McqSettings, requests=reques
                  summary_columns=("item_index", "valid", "invalid_reason"),
                  description="MCQs from the source's descriptions", when_empty="the run has no source images",
                  role="question", input_columns=("description",),
-                 follow_ups=(Round(REFORMAT, reformat_requests, _reformat_model, when=_reformats),))
+                 follow_ups=(Round(REFORMAT, reformat_requests, _reformat_model, when=_reformats),),
+                 # the authors' code: GPT-4o writes, GPT-4o-mini re-formats at T=0
+                 presets={"authors": {"model": "gpt-4o-2024-08-06", "engine": "openai",
+                                      "reformat_model": "gpt-4o-mini-2024-07-18", "reformat_engine": "openai"}})
 
 __all__ = ["NO_QUESTION", "REFORMAT", "SCHEMA", "SPEC", "TABLE", "McqSettings", "ParsedItem", "mcq_rows",
            "parse_mcq_response", "requests", "resolve_answer", "rows", "summary"]

@@ -165,7 +165,8 @@ def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], 
 SPEC = StageSpec(2, TABLE, reads="question", settings=SimpleCotSettings, requests=requests, rows=rows,
                  summary=summary, summary_columns=("parsed", "correct", "keep", "drop_reason"),
                  description="simple CoTs from the VLM for the valid MCQs", when_empty="stage 1 wrote no valid MCQ",
-                 role="short_thought", select="valid", input_columns=INPUT_COLUMNS, source_columns=("image_path",))
+                 role="short_thought", select="valid", input_columns=INPUT_COLUMNS, source_columns=("image_path",),
+                 presets={"authors": {"n": 10}})  # the authors' code: ten samples per MCQ
 
 __all__ = ["SCHEMA", "SPEC", "TABLE", "SimpleCotSettings", "build_request", "label_response", "presentation",
            "requests", "rows", "sample_rows", "summary"]
