@@ -95,7 +95,7 @@ def test_real_engine_is_deterministic(tmp_path, tiny_vlm):
     import pyarrow as pa
 
     from builder.engines import load_engine
-    from builder.records import MCQ
+    from builder.stages.mcq import SCHEMA as MCQ
     from builder.stages.mcq import mcq_rows, parse_mcq_response
 
     cfg = small_config().apply_overrides(["stage2.n=2", "stage2.max_new_tokens=8", "stage2.max_pixels=3136"])

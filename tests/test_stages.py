@@ -23,7 +23,10 @@ from PIL import Image
 from builder.settings import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
 from builder.method import BAD_WORDS
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, is_placeholder, stable_int
+from builder.records import SOURCE, content_id, is_placeholder, stable_int
+from builder.stages.expansion import SCHEMA as EXPANSION
+from builder.stages.mcq import SCHEMA as MCQ
+from builder.stages.simple_cot import SCHEMA as SIMPLE_COT
 from builder.stages import expansion, mcq, simple_cot
 from builder.runtime import run_with
 from builder.store import RunDir
