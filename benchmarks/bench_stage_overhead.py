@@ -28,6 +28,7 @@ import pyarrow as pa
 from builder.settings import PipelineConfig
 from builder.engines.base import Engine, Request, Sample
 from builder.records import SOURCE
+from builder.runtime import run_with
 from builder.stages import expansion, mcq, simple_cot
 from builder.store import RunDir
 
@@ -140,10 +141,10 @@ def main() -> None:
         schema=SOURCE))
     counts = run.counts
     results = [
-        timed("stage 1 (MCQs)", lambda: mcq.run(run, ReplayEngine(texts["mcq_raw"]), config, progress=False,
-                                                reformat_engine=ReplayEngine(texts["mcq_formatted"])),
+        timed("stage 1 (MCQs)", lambda: run_with(mcq.SPEC, run, ReplayEngine(texts["mcq_raw"]), config, progress=False,
+                                                mcq_reformat=ReplayEngine(texts["mcq_formatted"])),
               lambda: counts()["mcq"]),
-        timed("stage 2 (simple CoTs)", lambda: simple_cot.run(run, ReplayEngine(texts["stage2"]), config,
+        timed("stage 2 (simple CoTs)", lambda: run_with(simple_cot.SPEC, run, ReplayEngine(texts["stage2"]), config,
                                                               progress=False), lambda: counts()["simple_cot"]),
     ]
 
@@ -154,7 +155,7 @@ def main() -> None:
         for name, value in patches.items():
             setattr(expansion, name, value)
         try:
-            return timed(label, lambda: expansion.run(run, ReplayEngine(texts["stage3"]), config, progress=False),
+            return timed(label, lambda: run_with(expansion.SPEC, run, ReplayEngine(texts["stage3"]), config, progress=False),
                          lambda: counts()["expansion"])
         finally:
             for name, value in saved.items():

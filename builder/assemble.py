@@ -50,10 +50,10 @@ import pyarrow.parquet as pq
 
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
 from builder.prompts import Prompts
-from builder.records import TABLES, content_id, rng_for
+from builder.records import rng_for
+from builder.stages import STAGES, TABLES, table_for
 from builder.store import StoreError
 
-_SCHEMA_OF = {name: t.schema for name, t in TABLES.items()}
 
 T = TypeVar("T")
 
@@ -70,15 +70,6 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
                "X_O>X_X": "sample"}
 
 BATCH_ROWS = 8192  # rows per rendered record batch
-# Columns of a raw stage that repeat (an MCQ's prompt over its samples, an image's replies over its MCQs): read as
-# dictionaries, sorted as indices, turned back into strings one output batch at a time.
-_RAW_REPEATED = {
-    "mcq": ("image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"),
-    "simple_cot": ("mcq_id", "image_id", "question", "question_type", "option_style", "answer_format",
-                   "system_prompt", "user_text", "answer", "drop_reason", "model"),
-    "expansion": ("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
-                  "model"),
-}
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
@@ -131,8 +122,7 @@ MCQ_SCHEMA = pa.schema([("example_id", _STR), ("image_id", _STR), ("mcq_id", _ST
                         ("answer", _STR), ("messages", MESSAGES)])
 SCHEMAS: dict[str, pa.Schema] = {
     "sft": SFT_SCHEMA, "dpo": DPO_SCHEMA, "mcq": MCQ_SCHEMA, "mcq_direct": MCQ_SCHEMA, "simple_cot": SFT_SCHEMA,
-    "raw_mcq": _SCHEMA_OF["mcq"], "raw_simple_cot": _SCHEMA_OF["simple_cot"],
-    "raw_expansion": _SCHEMA_OF["expansion"],
+    **{f"raw_{s.name}": s.table.schema for s in STAGES},  # every record of a stage, as written
 }
 """The Arrow schema of each run config (the ``datasets`` features' ``arrow_schema``, same column order)."""
 
@@ -188,9 +178,6 @@ class Trace:
         """``<think> {thought} </think> <answer> {answer} </answer>``; the answer in the requested format."""
         return f"<think> {self.thought} </think> <answer> {self.answer(answer_format)} </answer>"
 
-    def prompt_messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.user_text}]
-
 
 # ----------------------------------------------------------------------------------------------- reading
 
@@ -205,7 +192,7 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
 
     ``dictionary`` columns come back dictionary-encoded (one copy of each distinct prompt in memory).
     """
-    full = _SCHEMA_OF[stage]
+    full = TABLES[stage].schema
     dictionary = [c for c in dictionary if c in columns]
     want = pa.schema([pa.field(c, pa.dictionary(pa.int32(), _STR)) if c in dictionary else full.field(c)
                       for c in columns])
@@ -231,7 +218,7 @@ def _files(run: Any, stage: str) -> list[Path]:
 def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
              batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
-    full = _SCHEMA_OF[stage]
+    full = TABLES[stage].schema
     try:
         f = pq.ParquetFile(p, read_dictionary=list(dictionary) or None)
         names = f.schema_arrow.names
@@ -342,13 +329,13 @@ class _RunSource:
 
 def _run_traces(run: Any) -> _Traces:
     """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``."""
-    read = _read(run, "simple_cot", _SAMPLE_COLUMNS, kept=True, dictionary=_REPEATED)
+    read = _read(run, table_for("short_thought"), _SAMPLE_COLUMNS, kept=True, dictionary=_REPEATED)
     samples = {c: _one_chunk(read[c]) for c in _SAMPLE_COLUMNS if c != "thought"}
     n_s = read.num_rows
     if pc.count_distinct(samples["sample_id"]).as_py() != n_s:
             raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
                          f"a stage-2 chunk was written twice (remove the copy)")
-    exp = _read(run, "expansion", ("expansion_id", "sample_id", "long_thought", "pred_index", "correct"), kept=True)
+    exp = _read(run, table_for("long_thought"), ("expansion_id", "sample_id", "long_thought", "pred_index", "correct"), kept=True)
     # the sample row each expansion grew from (expansions of a sample that is not kept drop out)
     sample_row, has = _positions(exp["sample_id"], samples["sample_id"])
     e_s = sample_row[has]
@@ -915,7 +902,7 @@ def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: st
     """
     if variant not in MCQ_VARIANTS:
         raise ValueError(f"variant must be one of {MCQ_VARIANTS}, got {variant!r}")
-    m = _read(run, "mcq", _MCQ_COLUMNS)
+    m = _read(run, table_for("question"), _MCQ_COLUMNS)
     m = m.filter(m["valid"])
     m = m.take(pc.sort_indices(m, [("mcq_id", "ascending"), ("image_id", "ascending"),
                                    ("item_index", "ascending")]))
@@ -925,7 +912,7 @@ def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: st
     del m
     # the first sample of each MCQ (by sample_index, then sample_id) and its prompt
     keys = ("mcq_id", "sample_index", "sample_id")
-    s = _read(run, "simple_cot", keys + ("system_prompt", "user_text", "options", "answer_index", "answer_format"),
+    s = _read(run, table_for("short_thought"), keys + ("system_prompt", "user_text", "options", "answer_index", "answer_format"),
               dictionary=("system_prompt", "user_text"))
     order = pc.sort_indices(s.select(list(keys)), [(k, "ascending") for k in keys])
     ids = _one_chunk(s["mcq_id"].take(order))
@@ -1047,7 +1034,7 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
     """Why the set ``name`` (``sft``, ``dpo``, ``simple_cot``, ``mcq``, ``mcq_direct``) of ``run`` has no rows;
     "" when it has some. ``lpt export`` reports this for every config it leaves out."""
     if name in ("mcq", "mcq_direct"):
-        valid = _read(run, "mcq", ("valid",))["valid"]
+        valid = _read(run, table_for("question"), ("valid",))["valid"]
         return "" if pc.any(valid).as_py() else "stage 1 wrote no valid MCQ"
     if name not in ("sft", "dpo", "simple_cot"):
         raise ValueError(f"unknown set {name!r}")
@@ -1068,6 +1055,11 @@ def why_empty(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) ->
         have = ", ".join(f"{k} {v}" for k, v in count.items() if v)
         return (f"no pair of the kinds {', '.join(opts.pair_kinds)} (kept traces: {have}); a pair needs a chosen "
                 f"and a rejected trace of the same prompt")
+    return _why_no_sft(count, opts)
+
+
+def _why_no_sft(count: dict[str, int], opts: AssembleOptions) -> str:
+    """Why the SFT set is empty, from the kept traces by type; "" when it is not."""
     pool, x_o = count["O"] + count["O_O"], count["X_O"]
     n = int(pool * opts.sft_ratio)
     if opts.sft_balance:
@@ -1097,7 +1089,7 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
     bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
     in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
     """
-    full = _SCHEMA_OF[stage]
+    full = TABLES[stage].schema
     keys = TABLES[stage].sort_keys
     files = _files(run, stage)
     key_parts = [b for p in files for b in _batches(stage, p, keys)]
@@ -1110,7 +1102,7 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
         rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
         yield from _rebatch(rows, batch_rows)
         return
-    repeated = _RAW_REPEATED.get(stage, ())
+    repeated = TABLES[stage].repeated  # read as dictionaries, sorted as indices, strings again batch by batch
     rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
     nbytes = _arrow_bytes(stage, files, total, repeated)
     if nbytes <= sort_memory_bytes:
@@ -1205,7 +1197,7 @@ def _rebatch(batches: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.
 def raw_table(run: Any, stage: str) -> pa.Table:
     """Every record of one stage, as written, sorted like :meth:`RunDir.read` (a table of that config's schema)."""
     return _table(f"raw_{stage}", raw_batches(run, stage)) if f"raw_{stage}" in SCHEMAS else \
-        pa.Table.from_batches(list(raw_batches(run, stage)), schema=_SCHEMA_OF[stage])
+        pa.Table.from_batches(list(raw_batches(run, stage)), schema=TABLES[stage].schema)
 
 
 def build_raw(run: Any, stage: str) -> list[dict[str, Any]]:

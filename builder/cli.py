@@ -5,7 +5,7 @@ Commands::
 
     lpt generate RUN --source SPEC [--preset paper|authors] [--config FILE]... [--set k=v]... [--shard i/N]
                      [--stages 1,2,3] [--engine KIND] [--limit N] [--runner local|ray [--address ADDR]]
-    lpt stage1|stage2|stage3 RUN ...      one stage (same options)
+    lpt stage1|stage2|stage3 RUN ...      one stage (same options); lpt --plugin MODULE ... adds a stage
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
     lpt demo [OUT]                         the whole pipeline on the shipped sample, offline, on CPU
     lpt export RUN [OUT] [--only CONFIG]...  Hub-layout dataset folder, ./longperceptualthoughts by default
@@ -38,7 +38,7 @@ from rich.table import Table
 
 from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
-from builder.settings import load_config
+from builder.settings import PRESETS, load_config
 from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
 from builder.engines import ALLOW_MODULES_ENV
@@ -48,7 +48,7 @@ from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_sour
 from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci
 from builder.stats import compute, open_input, summary_tables, write_figures
-from builder.stages import STAGES, StageSpec, get_stage
+from builder.stages import STAGES, StageSpec, get_stage, load_stage_plugins
 from builder.store import RunDir, StoreError, parse_shard
 from builder.view import show_rows, write_html
 
@@ -102,16 +102,27 @@ class LazyGroup(click.Group):
             cmd.callback = friendly_errors(cmd.callback)
         return cmd
 
-    def optional_commands(self, ctx: click.Context | None = None) -> dict[str, bool]:
-        """Which optional commands are available (name -> loaded)."""
-        return {n: self._load(n) is not None for n in self.lazy}
+
+class LptGroup(LazyGroup):
+    """``lpt``: a :class:`LazyGroup` that also has an ``lpt stageN`` command for each stage a plugin registers."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {s.section for s in STAGES})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and any(name == s.section for s in STAGES):
+            return _stage_command(get_stage(name))
+        return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LptGroup, lazy=OPTIONAL_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="longperceptualthoughts", prog_name="lpt")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("--allow-engine-module", is_flag=True,
               help="Let settings name an engine as module:Class (it runs code of your choosing).")
+@click.option("--plugin", "stage_plugins", multiple=True, metavar="MODULE", is_eager=True, expose_value=False,
+              callback=lambda ctx, param, value: _load_stages(value),
+              help="Import MODULE first: it registers a stage (installed stage plugins are found by themselves).")
 def main(verbose: int, allow_engine_module: bool) -> None:
     """LongPerceptualThoughts: synthesise long chains of thought for vision-centric MCQs, export, evaluate."""
     global _VERBOSE
@@ -126,6 +137,14 @@ def main(verbose: int, allow_engine_module: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def _load_stages(modules: tuple[str, ...]) -> None:
+    """``lpt --plugin MODULE``: register the stages of those modules and of installed stage plugins."""
+    try:
+        load_stage_plugins(modules)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--plugin") from None
 
 
 _VERBOSE = 0  # set by `lpt -v`: errors then show their traceback
@@ -225,7 +244,7 @@ _common_run_options = [
                  help="DOCCI only: the paper's selection of N train images (sorted ids, shuffled with seed 42)."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Take at most N source images."),
     click.option("--skip-bad", is_flag=True, help="Skip bad source records (counted, named) instead of stopping."),
-    click.option("--preset", type=click.Choice(["paper", "authors"]), default="paper", show_default=True,
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
                  help="Settings of the paper (SPEC) or of the authors' released code."),
     click.option("--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
                  help="YAML/JSON file of settings applied over the preset (repeatable)."),
@@ -282,11 +301,11 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
 
 @main.command("generate")
 @common_run_options
-@click.option("--stages", default="1,2,3", show_default=True, callback=parse_stages_option,
-              help="Which stages to run, in order (comma-separated: 1,2,3).")
+@click.option("--stages", default=None, callback=parse_stages_option,
+              help="Which stages to run, in order (comma-separated, e.g. 1,2; default: every registered stage).")
 @friendly_errors
 def generate_cmd(run_dir: str, stages: list[str], **options: Any) -> None:
-    """Run the pipeline (stages 1-3) into the run directory RUN; resumes where a previous run stopped.
+    """Run the pipeline (every registered stage) into the run directory RUN; resumes where a previous run stopped.
 
     Defaults: the paper's settings and models (stage 1 Qwen2.5-7B-Instruct, stage 2 Qwen2.5-VL-7B-Instruct,
     stage 3 DeepSeek-R1-Distill-Qwen-32B) through vLLM. Try `lpt demo` first for an offline CPU run.
@@ -301,7 +320,8 @@ def _stage_command(spec: StageSpec) -> click.Command:
     def command(run_dir: str, **options: Any) -> None:
         _generate(run_dir, [spec], **options)
 
-    command.__doc__ = f"Run {spec.section} only ({spec.what}) into RUN; resumes where a previous run stopped."
+    command.__doc__ = (f"Run {spec.section} only ({spec.description}) into RUN; resumes where a previous run "
+                       f"stopped.")
     return main.command(spec.section)(command)
 
 

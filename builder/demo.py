@@ -37,9 +37,9 @@ from builder.dataset_configs import run_configs
 from builder.export import export, read_report
 from builder.pipeline import EngineCache, prepare_source, run_stage
 from builder.prompts import THINK_PREFILL, Prompts
-from builder.records import MCQ, SIMPLE_COT, tally
-from builder.stages import STAGES
-from builder.stages.common import load_image
+from builder.records import tally
+from builder.stages import STAGES, TABLES, table_for
+from builder.stages.contract import load_image
 from builder.stages.mcq import ParsedItem, mcq_rows
 from builder.stages.simple_cot import build_request, presentation, sample_rows
 from builder.store import RunDir
@@ -142,7 +142,7 @@ def sample_mcqs() -> list[dict[str, Any]]:
 
 def add_fallback_mcqs(run: Any) -> int:
     """Add the hand-written MCQs of the run's source images to its ``mcq`` stage (once); returns how many."""
-    rows = run.read("mcq").to_pylist()
+    rows = run.read(table_for("question")).to_pylist()
     have = {r["mcq_id"] for r in rows}
     images = set(run.read("source").column("image_id").to_pylist())
     added = []
@@ -157,7 +157,7 @@ def add_fallback_mcqs(run: Any) -> int:
             r["item_index"] += 1000  # after the model's own questions of that image
         added += [r for r in new if r["mcq_id"] not in have]
     if added:
-        run.write_table("mcq", pa.Table.from_pylist(rows + added, schema=MCQ))
+        run.write_table(table_for("question"), pa.Table.from_pylist(rows + added, schema=TABLES[table_for("question")].schema))
     return len(added)
 
 
@@ -168,10 +168,10 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
     prompts = Prompts(config.template_dir)
     thoughts = {(m["image_id"], m["question"]): m for m in sample_mcqs()}
     images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
-    rows = run.read("simple_cot").to_pylist()
+    rows = run.read(table_for("short_thought")).to_pylist()
     done = {r["mcq_id"] for r in rows if r["model"] == FALLBACK_MODEL}
     added = []
-    for m in run.read("mcq").to_pylist():
+    for m in run.read(table_for("question")).to_pylist():
         hand = thoughts.get((m["image_id"], m["question"]))
         if not m["valid"] or m["model"] != FALLBACK_MODEL or hand is None or m["mcq_id"] in done:
             continue
@@ -186,7 +186,7 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
                              user_text=req.messages[1]["content"][1]["text"], model=FALLBACK_MODEL,
                              seed=req.params.seed)
     if added:
-        run.write_table("simple_cot", pa.Table.from_pylist(rows + added, schema=SIMPLE_COT))
+        run.write_table(table_for("short_thought"), pa.Table.from_pylist(rows + added, schema=TABLES[table_for("short_thought")].schema))
     return len(added)
 
 
@@ -198,25 +198,26 @@ def stage_counts(run: RunDir) -> dict[str, dict[str, int]]:
     def by_model(table: pa.Table) -> dict[str, int]:
         return tally(table.filter(pc.not_equal(table.column("model"), FALLBACK_MODEL)))
 
-    mcq = run.read("mcq")
+    questions = next(s for s in STAGES if s.name == table_for("question"))
+    mcq = run.read(questions.name)
     t, m = tally(mcq), by_model(mcq)
     out: dict[str, dict[str, int]] = {}
-    out["stage1 (mcq)"] = {"questions": t["questions"], "valid": t["valid"], "by model": m["questions"],
+    out[f"{questions.section} ({questions.name})"] = {"questions": t["questions"], "valid": t["valid"], "by model": m["questions"],
                            "valid by model": m["valid"], "hand-written": t["questions"] - m["questions"],
                            "images where the model wrote no parseable question": t["placeholders"]}
-    for spec in STAGES[1:]:
+    for spec in (s for s in STAGES if s is not questions):
         table = run.read(spec.name)
         t = tally(table)
         key = f"{spec.section} ({spec.name})"
         out[key] = {k: t[k] for k in ("rows", "parsed", "correct", "kept")}
-        if spec.name == "simple_cot":
+        if spec.role == "short_thought":
             m = by_model(table)
             out[key].update({"by model": m["rows"], "hand-written": t["rows"] - m["rows"]})
     return out
 
 
 def _examples(run: Any) -> dict[str, Any]:
-    mcqs = [r for r in run.read("mcq").to_pylist() if r["valid"]]
+    mcqs = [r for r in run.read(table_for("question")).to_pylist() if r["valid"]]
     mcqs.sort(key=lambda r: r["model"] == FALLBACK_MODEL)  # a model-written one first, if any
     ex: dict[str, Any] = {}
     if mcqs:
@@ -224,14 +225,14 @@ def _examples(run: Any) -> dict[str, Any]:
         ex["mcq"] = {"image_id": m["image_id"], "question": m["question"],
                      "options": format_options(m["options"]).replace("\n", "  "),
                      "answer": m["answer_text"], "type": m["question_type"], "written by": m["model"]}
-    raw = [r for r in run.read("mcq").to_pylist() if r["model"] != FALLBACK_MODEL]
+    raw = [r for r in run.read(table_for("question")).to_pylist() if r["model"] != FALLBACK_MODEL]
     if raw:
         ex["stage1 reply (model)"] = raw[0]["raw_response"][:400]
-    cots = run.read("simple_cot").to_pylist()
+    cots = run.read(table_for("short_thought")).to_pylist()
     model_cots = [c for c in cots if c["model"] != FALLBACK_MODEL]
     if model_cots:
         ex["stage2 reply (model)"] = model_cots[0]["response"][:300]
-    exps = run.read("expansion").to_pylist()
+    exps = run.read(table_for("long_thought")).to_pylist()
     if exps:
         exps.sort(key=lambda e: (not e["keep"], not e["parsed"], e["expansion_id"]))
         e = exps[0]
@@ -312,11 +313,11 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
             name = spec.section
             echo(f"[bold]{name}[/] ...")
             run_stage(spec, run, config, engines=engines, progress=progress)
-            if name == "stage1" and not any(run.read("mcq").column("valid").to_pylist()):
+            if spec.role == "question" and not any(run.read(table_for("question")).column("valid").to_pylist()):
                 k = add_fallback_mcqs(run)
                 fallbacks.append(f"stage 1 wrote no valid MCQ: added {k} hand-written MCQs from the sample")
                 echo(f"[yellow]{fallbacks[-1]}[/]")
-            if name == "stage2" and not any(run.read("simple_cot").column("keep").to_pylist()):
+            if spec.role == "short_thought" and not any(run.read(table_for("short_thought")).column("keep").to_pylist()):
                 k = add_fallback_thoughts(run, config)
                 fallbacks.append(f"stage 2 wrote no parseable simple CoT: added {k} hand-written simple thoughts "
                                  f"(one wrong, and a right one beside it: a DPO pair) for the hand-written MCQs")

@@ -31,7 +31,8 @@ import pyarrow as pa
 from builder.answers import parse_options
 from builder.atomic import replace_dir, temp_dir_beside
 from builder.method import BAD_WORDS, CUES
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE
+from builder.records import SOURCE, SOURCE_TABLE
+from builder.stages import expansion as expansion_stage, mcq as mcq_stage, simple_cot as simple_cot_stage
 from builder.stages.expansion import Continuation, expansion_rows
 from builder.stages.mcq import ParsedItem, mcq_rows
 from builder.stages.simple_cot import sample_rows
@@ -120,7 +121,7 @@ def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table,
                         formatted_response=rows[0].get("_parse_to_mcq_response", ""))
         id_map.update((r["mcq_unique_id"], m["mcq_id"]) for r, m in zip(rows, made))
         mcqs += made
-    return (pa.Table.from_pylist(list(sources.values()), schema=SOURCE), pa.Table.from_pylist(mcqs, schema=MCQ),
+    return (pa.Table.from_pylist(list(sources.values()), schema=SOURCE), pa.Table.from_pylist(mcqs, schema=mcq_stage.SCHEMA),
             id_map)
 
 
@@ -233,8 +234,8 @@ def import_upstream(
                                   f"replace the run directory there")
         if not (target / "manifest.json").is_file():
             raise FileExistsError(f"{target} is not a run directory (no manifest.json): it will not be replaced")
-    source, mcq, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
-    mcq_rows = {row["mcq_id"]: row for row in mcq.to_pylist()}
+    source, questions, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
+    mcq_rows = {row["mcq_id"]: row for row in questions.to_pylist()}
     mcq_by_up = {up: mcq_rows[ours] for up, ours in id_map.items()}
     samples, by_hash = [], {}
     for p in _one(src, "stage2_*.jsonl"):
@@ -248,11 +249,11 @@ def import_upstream(
     tmp = temp_dir_beside(target, "import")
     try:
         run = RunDir(tmp)
-        run.write_table("source", source)
-        run.write_table("mcq", mcq, input_ids=source.column("image_id").to_pylist())
-        run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT),
+        run.write_table(SOURCE_TABLE.name, source)
+        run.write_table(mcq_stage.TABLE.name, questions, input_ids=source.column("image_id").to_pylist())
+        run.write_table(simple_cot_stage.TABLE.name, pa.Table.from_pylist(samples, schema=simple_cot_stage.SCHEMA),
                         input_ids=[m["mcq_id"] for m in mcq_rows.values() if m["valid"]])
-        run.write_table("expansion", pa.Table.from_pylist(expansions, schema=EXPANSION),
+        run.write_table(expansion_stage.TABLE.name, pa.Table.from_pylist(expansions, schema=expansion_stage.SCHEMA),
                         input_ids=[s["sample_id"] for s in samples if s["keep"]])
         stage1_model = ", ".join(sorted(set(mcq.column("model").to_pylist())))  # the authors' (GPT-4o)
         run.update_manifest(imported_from=str(src.resolve()), stage1_model=stage1_model,

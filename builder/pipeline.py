@@ -6,7 +6,6 @@ parses flags or formats tables. Every stage is driven through its declaration in
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -15,13 +14,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.settings import PipelineConfig
 from builder.engines import RAY_VLLM
 from builder.engines.pool import EngineCache
-from builder.records import SOURCE, TABLES, shard_of, tally
+from builder.records import SOURCE, shard_of, tally
+from builder.runtime import (IncompleteInput, StagePlan, missing_inputs, plan_stage, progress_of, require_input,
+                             run_locally)
+from builder.settings import PipelineConfig
 from builder.sources import Skips, load_source
-from builder.stages import STAGES, StageSpec, StageSummary
-from builder.stages.common import missing_inputs, progress_of, require_input, usable_inputs
+from builder.stages import STAGES, TABLES, StageSpec, StageSummary, input_of
 from builder.store import RunDir
 
 
@@ -72,36 +72,61 @@ def prepare_source(run: RunDir, spec: str | None, *, split: str | None = None, s
     return len(rows)
 
 
-def usable_count(run: RunDir, spec: StageSpec) -> int:
-    """How many inputs ``spec`` would find (valid MCQs for stage 2, kept simple CoTs for stage 3, ...)."""
-    return len(usable_inputs(run, spec)) if run.has(spec.input) else 0
-
-
-def run_stage(spec: StageSpec, run: RunDir, config: PipelineConfig, *, engines: EngineCache,
-              shard: tuple[int, int] = (0, 1), progress: bool = True, chunk_size: int | None = None) -> StageSummary:
-    """Run one stage with the engines its settings name (loaded through ``engines``); returns its summary."""
-    extra = spec.extra_engines(config)
-    loaded = engines.get_all([getattr(config, spec.section), *extra.values()])
-    return spec.run(run, loaded[0], config, shard=shard, progress=progress, chunk_size=chunk_size,
-                    **dict(zip(extra, loaded[1:])))
+def run_stage(spec: StageSpec, run: RunDir, config: PipelineConfig, *, engines: EngineCache | None = None,
+              shard: tuple[int, int] | str = (0, 1), progress: bool = True,
+              chunk_size: int | None = None) -> StageSummary:
+    """Run one stage locally (its input must be complete) with the engines its settings name, loaded through
+    ``engines`` (default: loaded for this call and closed after it); returns its summary."""
+    plan = plan_stage(run, spec, config)
+    if engines is not None:
+        return run_locally(plan, engines=engines, shard=shard, progress=progress, chunk_size=chunk_size)
+    own = EngineCache()
+    try:
+        return run_locally(plan, engines=own, shard=shard, progress=progress, chunk_size=chunk_size)
+    finally:
+        own.close()
 
 
 def wait_for_input(run: RunDir, spec: StageSpec, wait: float, *, poll: float = 5.0,
                    echo: Callable[[str], None] = print) -> None:
     """Return once the stages before ``spec`` are complete across all shards; wait up to ``wait`` seconds for
-    other machines to finish them, then refuse (:class:`builder.stages.common.IncompleteInput`)."""
+    other machines to finish them, then refuse (:class:`builder.runtime.IncompleteInput`)."""
     deadline = time.monotonic() + wait
     said = False
-    while (missing := missing_inputs(run, spec)) and time.monotonic() < deadline:
+    while missing := missing_inputs(run, spec):
+        if time.monotonic() >= deadline:
+            raise IncompleteInput(f"{run.path}: {spec.section} ({spec.name}) needs its input complete, but "
+                                  f"{missing}; finish those shards first (or run with --wait to wait for them)")
         if not said:
             echo(f"{spec.section}: waiting for its input ({missing})")
             said = True
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-    require_input(run, spec)
 
 
 RUNNERS = ("local", "ray")
 """``generate``'s runners: ``local`` (this process, chunk after chunk) and ``ray`` (:mod:`builder.ray_runner`)."""
+
+
+def check_engines(stages: Sequence[StageSpec], config: PipelineConfig, on_ray: bool) -> None:
+    """Refuse a ray-vllm engine (of any round of a stage) outside the Ray runner."""
+    for spec in stages:
+        kinds = {r.model(config).engine for r in spec.rounds(config)}
+        if RAY_VLLM in kinds and not on_ray:
+            raise PipelineError(f"{spec.section}: the engine {RAY_VLLM} runs only on the Ray runner (--runner ray)")
+
+
+def make_runner(runner: Any, address: str | None) -> tuple[Callable[..., StageSummary], Callable[[], None]]:
+    """``(run_one, close)`` for ``generate``'s ``runner``: ``run_one(plan, *, shard, progress, chunk_size)`` runs a
+    planned stage, ``close`` releases its engines or its Ray connection."""
+    if runner == "ray":
+        from builder.ray_runner import RayRunner
+
+        ray_runner = RayRunner(address)
+        return ray_runner, ray_runner.close
+    if runner == "local":
+        engines = EngineCache()
+        return (lambda plan, **kw: run_locally(plan, engines=engines, **kw)), engines.close
+    return runner, lambda: None
 
 
 def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = STAGES, *,
@@ -114,41 +139,28 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     seconds for other machines); a stage left without input by the stage before it is skipped with a note.
     ``runner="ray"`` runs each stage as a Ray Data pipeline on the cluster at ``address``
     (:class:`builder.ray_runner.RayRunner`); the files it writes are those of the local runner. ``runner`` may
-    also be a runner object called like :func:`run_stage` without ``engines`` (e.g. a ``RayRunner`` made with
-    its own options), which the caller closes.
+    also be a runner object called like :func:`builder.runtime.run_locally` without ``engines`` (e.g. a
+    ``RayRunner`` made with its own options), which the caller closes.
     """
     if isinstance(runner, str) and runner not in RUNNERS:
         raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
     if address is not None and runner != "ray":
         raise PipelineError("an address is for the Ray runner only (--runner ray)")
     on_ray = runner == "ray" or getattr(runner, "on_ray", False)
-    for spec in stages:
-        kinds = {m.engine for m in [getattr(config, spec.section), *spec.extra_engines(config).values()]}
-        if RAY_VLLM in kinds and not on_ray:
-            raise PipelineError(f"{spec.section}: the engine {RAY_VLLM} runs only on the Ray runner (--runner ray)")
-    close: Callable[[], None] = lambda: None
-    if runner == "ray":
-        from builder.ray_runner import RayRunner
-
-        run_one: Callable[..., StageSummary] = RayRunner(address)
-        close = run_one.close  # type: ignore[attr-defined]
-    elif runner == "local":
-        engines = EngineCache()
-        run_one = functools.partial(run_stage, engines=engines)
-        close = engines.close
-    else:
-        run_one = runner
+    check_engines(stages, config, on_ray)
+    run_one, close = make_runner(runner, address)
     summaries = []
     try:
         for k, spec in enumerate(stages):
-            section = getattr(config, spec.section)
             wait_for_input(run, spec, wait, echo=echo)
-            if k > 0 and usable_count(run, spec) == 0:
-                echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.no_input})")
+            plan = plan_stage(run, spec, config, checked=True)
+            if k > 0 and not plan.items:
+                echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.when_empty})")
                 continue
+            section = spec.settings_of(config)
             echo(f"[bold]{spec.section}[/] ({spec.name}): {section.model} via {section.engine}"
                  + (" on Ray" if on_ray else ""))
-            summaries.append(run_one(spec, run, config, shard=shard, progress=progress, chunk_size=chunk_size))
+            summaries.append(run_one(plan, shard=shard, progress=progress, chunk_size=chunk_size))
     finally:
         close()
     return summaries
@@ -160,7 +172,7 @@ def shard_progress(run: RunDir, spec: StageSpec, counted: tuple[set[str], set[st
     done, expected = counted or progress_of(run, spec)
     n = (sorted(run.shard_counts(spec.name)) or [1])[0]
     per = {f"{i}/{n}": [0, 0] for i in range(n)}
-    if n == 1:  # one shard holds every input: no pass over the ids (1M of them took ~1.8 s)
+    if n == 1:  # one shard holds every input: no pass over the ids
         per["0/1"] = [len(done), len(expected)]
     else:
         for k in expected:
@@ -198,11 +210,12 @@ def status_rows(run: RunDir) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"stage": name, "files": len(files), "shards": shards, **counts}
         if table.input_column:
             row["inputs_done"] = len(run.done_inputs(name)) if files else 0
-        if name in specs and run.has(specs[name].input):
+        if name in specs and run.has(input_of(specs[name])):
             row["progress"] = shard_progress(run, specs[name])
         out.append(row)
     return out
 
 
-__all__ = ["RAY_VLLM", "RUNNERS", "EngineCache", "NoSource", "PipelineError", "generate", "incomplete_stages", "prepare_source", "run_stage",
-           "shard_progress", "status_rows", "usable_count", "wait_for_input"]
+__all__ = ["RAY_VLLM", "RUNNERS", "EngineCache", "NoSource", "PipelineError", "StagePlan", "check_engines", "generate",
+           "incomplete_stages", "make_runner", "prepare_source", "require_input", "run_stage", "shard_progress",
+           "status_rows", "wait_for_input"]

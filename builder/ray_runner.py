@@ -2,27 +2,31 @@
 
 A stage runs as its local run does, with the work spread over Ray actors:
 
-* the driver takes the stage's pending inputs (this shard's, not done yet) and forms the same chunks as the local
-  runner (:func:`builder.stages.common.open_chunks`, under the shard's lock, after the same checks);
+* the driver takes the stage's planned inputs (:func:`builder.runtime.plan_stage`), keeps this shard's pending ones
+  and forms the same chunks as the local runner (:func:`builder.runtime.chunk_loop`, under the shard's lock, after
+  the same checks);
 * the chunks become a Ray dataset, one row per chunk, and ``map_batches`` (one chunk a batch) sends them to a pool
   of actors; each actor holds the stage's engines, built from the stage's settings
-  (:meth:`builder.settings.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
-  turns a chunk into rows with the stage's own ``make_rows``, the function the local runner calls;
+  (:meth:`builder.stages.contract.ModelConfig.load_engine`: vLLM on GPU workers, transformers, openai, ``module:Class``), and
+  turns a chunk into rows as the local runner does (:func:`builder.runtime.chunk_rows`: the stage's ``requests``,
+  the engines, the stage's ``rows``);
 * the driver writes each finished chunk into the run directory (:meth:`builder.store.RunDir.write_chunk`): the same
   file names, input ids and settings metadata, so the files are byte for byte those of the local runner.
 
 Only the driver writes, and only finished chunks: a killed actor is restarted by Ray and its chunk done again, and
 a killed driver leaves finished chunks, which a rerun skips (the run directory's done-set). A stage starts only
 when its input is complete across all shards, as with the local runner. The workers need the project, its
-engines and, for stage 2, the source images at the same paths (a shared file system).
+engines, a plugin stage's module and the files the stages read (the source images) at the same paths (a shared
+file system).
 
 ``stageN.engine=ray-vllm`` runs that stage's model through ``ray.data.llm``'s vLLM processor instead (GPU
 clusters; tensor and pipeline parallel vLLM engines placed by Ray). That processor keeps only the *first* output of a
 request, so a request for ``n`` samples is fanned out into one row per sample with its own seed: sample ``k`` gets
 the seed the transformers engine gives its row ``k`` (:func:`fan_out`, :func:`fan_in`, pure and tested without a
-GPU). Since the processor is a dataset-wide step, the stage's ``make_rows`` runs in rounds on the driver: each round
-gathers the requests the chunks ask for (stage 1 asks twice: generation, then re-formatting), runs them through
-the processor, and writes the chunks that are then complete.
+GPU). The processor is a dataset-wide step, so the driver makes the requests of every pending chunk (the stage's
+``requests``), sends them through the processor in one pass per round (a stage may declare further rounds, e.g.
+stage 1's re-format, made from the answers of the rounds before) and writes each chunk's ``rows`` of the answers:
+requests -> processor -> rows, with no replay.
 """
 
 from __future__ import annotations
@@ -34,16 +38,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from builder.settings import ModelConfig, PipelineConfig
-from builder.engines.base import Engine, MissingPackage, Request, Sample
+from builder.engines import RAY_VLLM
+from builder.engines.base import MissingPackage, Request, Sample
+from builder.engines.pool import EngineCache
 from builder.engines.transformers_engine import _row_seed
 from builder.engines.vllm_engine import sampling_kwargs, vllm_messages
-from builder.engines import RAY_VLLM
-from builder.engines.pool import EngineCache
 from builder.prompts import Prompts
-from builder.stages import StageSpec, StageSummary, get_stage
-from builder.stages.common import _progress, in_shard, open_chunks, require_input, shard_rows, stage_settings
-from builder.store import RunDir
+from builder.runtime import ChunkPlan, StagePlan, chunk_loop, chunk_rows, finish
+from builder.stages import Answers, ModelConfig, StageSpec, StageSummary
 
 INSTALL = "pip install 'longperceptualthoughts[ray]'"
 
@@ -51,7 +53,6 @@ INSTALL = "pip install 'longperceptualthoughts[ray]'"
 PROCESSOR_OPTIONS = ("concurrency", "batch_size", "accelerator_type", "max_concurrent_batches", "max_pending_requests",
                      "placement_group_config", "runtime_env", "chat_template_stage", "tokenize_stage",
                      "detokenize_stage", "prepare_multimodal_stage")
-MAX_ROUNDS = 8  # generate() calls one make_rows may make on a ray-vllm engine (stage 1 makes two)
 
 
 def _ray():
@@ -141,66 +142,35 @@ def vllm_processor(model_cfg: ModelConfig, *, has_images: bool) -> Callable[[Any
                            postprocess=keep)
 
 
-class NeedOutputs(Exception):
-    """Raised inside ``make_rows`` by a ray-vllm stand-in engine: these requests need the processor first."""
-
-    def __init__(self, key: str, role: str, requests: list[Request]) -> None:
-        super().__init__(key)
-        self.key, self.role, self.requests = key, role, requests
-
-
-class _Answers(Engine):
-    """A ray-vllm engine inside ``make_rows`` on the driver: answers each ``generate`` call from the processor's
-    outputs gathered in earlier rounds, or raises :class:`NeedOutputs` for the call it has none for yet.
-    ``make_rows`` is pure given its engines' answers, so rerunning it in the next round makes the same calls."""
-
-    name = RAY_VLLM
-
-    def __init__(self, model: str, role: str, chunk: int, outputs: dict[str, list[list[Sample]]]) -> None:
-        super().__init__(model)
-        self.role, self.chunk, self.outputs, self.calls = role, chunk, outputs, 0
-
-    def generate(self, requests: list[Request], *, progress: bool = False) -> list[list[Sample]]:
-        key = f"{self.chunk}/{self.role}/{self.calls}"
-        self.calls += 1
-        if key not in self.outputs:
-            raise NeedOutputs(key, self.role, list(requests))
-        return self.outputs[key]
-
-
 # --------------------------------------------------------------------------------------------- the actors
 
 
-def stage_models(spec: StageSpec, config: PipelineConfig) -> dict[str, ModelConfig]:
-    """A stage's engines by ``make_rows`` keyword: ``engine`` (its section) and its extra engines."""
-    return {"engine": getattr(config, spec.section), **spec.extra_engines(config)}
+def stage_models(spec: StageSpec, settings: Any) -> dict[str, ModelConfig]:
+    """A stage's models by round name (its own round, then the follow-ups its settings make)."""
+    return {r.name: r.model(settings) for r in spec.rounds(settings)}
 
 
 class ChunkWorker:
-    """A Ray Data actor: holds one stage's engines and turns chunks into rows with the stage's ``make_rows``.
+    """A Ray Data actor: holds one stage's engines and turns chunks into rows (:func:`builder.runtime.chunk_rows`).
 
     A batch is one dataset row per chunk (``index``, ``chunk``: the pickled ``(input_id, item)`` pairs); the
     result has ``index``, ``rows`` (the pickled rows), ``error`` (the pickled exception that building the engines
     or the rows raised, else empty: the driver raises it as the local runner would) and ``model_ids`` (JSON:
-    keyword -> engine model id)."""
+    round name -> engine model id). The stage travels pickled (a stage from a plugin module is imported there)."""
 
-    def __init__(self, stage: str, config: PipelineConfig, context: Any) -> None:
-        self.spec = get_stage(stage)
-        self.config, self.context = config, context
+    def __init__(self, spec: StageSpec, settings: Any) -> None:
+        self.spec, self.settings = spec, settings
         self.cache = EngineCache()  # one engine for equal settings (a re-formatter on the same model)
         self.error = b""
         self.model_ids = "{}"
         try:
-            self.prompts = Prompts(config.template_dir)
-            models = stage_models(self.spec, config)
-            loaded = dict(zip(models, self.cache.get_all(list(models.values()))))
+            self.prompts = Prompts(settings.template_dir)
+            models = stage_models(spec, settings)
+            self.engines = dict(zip(models, self.cache.get_all(list(models.values()))))
         except Exception as e:  # a bad engine option, a missing model: the driver says so, once
             self.error = _pickled_error(e)
             return
-        self.engine = loaded.pop("engine")
-        self.extra = loaded
-        self.model_ids = json.dumps({"engine": self.engine.model_id,
-                                     **{k: e.model_id for k, e in self.extra.items()}}, sort_keys=True)
+        self.model_ids = json.dumps({k: e.model_id for k, e in self.engines.items()}, sort_keys=True)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -213,8 +183,7 @@ class ChunkWorker:
                 errors.append(self.error)
                 continue
             try:
-                out = self.spec.make_rows(pickle.loads(payload), self.engine, self.config, self.prompts,
-                                          self.context, **self.extra)
+                out = chunk_rows(self.spec, pickle.loads(payload), self.settings, self.prompts, self.engines)
             except Exception as e:  # the stage's own error (a missing image ...): not retried, as locally
                 rows.append(b"")
                 errors.append(_pickled_error(e))
@@ -273,7 +242,8 @@ def actor_count(resources: dict[str, float], cluster: dict[str, float], chunks: 
 
 class RayRunner:
     """Runs stages on a Ray cluster (``address``; none: the one ``RAY_ADDRESS`` names, else a local one started
-    here and shut down by :meth:`close`). Called like :func:`builder.pipeline.run_stage`.
+    here and shut down by :meth:`close`). Called like :func:`builder.runtime.run_locally` (a planned stage), without
+    engines.
 
     ``actors``: the actor pool size (default: what the cluster's GPUs or CPUs hold, see :func:`actor_count`);
     ``processor``: ``(model_cfg, has_images=...) -> (dataset -> dataset)`` for ray-vllm stages (default:
@@ -307,46 +277,33 @@ class RayRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self, spec: StageSpec, run: RunDir, config: PipelineConfig, *, shard: tuple[int, int] = (0, 1),
-                 progress: bool = True, chunk_size: int | None = None) -> StageSummary:
-        """Run one stage (this shard's pending inputs) on the cluster; returns its summary, as the local run does."""
-        if spec.prepare is None or spec.make_rows is None or spec.finish is None:
-            raise ValueError(f"{spec.section} ({spec.name}) does not declare prepare/make_rows/finish in its "
-                             f"StageSpec, so only the local runner can run it (--runner local)")
-        Prompts(config.template_dir)  # a bad template folder fails here, before any work, as locally
-        inputs, context = spec.prepare(run, config)
-        require_input(run, spec)
-        models = stage_models(spec, config)
+    def __call__(self, plan: StagePlan, *, shard: tuple[int, int] | str = (0, 1), progress: bool = True,
+                 chunk_size: int | None = None) -> StageSummary:
+        """Run one planned stage (this shard's pending inputs) on the cluster; returns its summary, as the local
+        runner does."""
+        spec, settings = plan.spec, plan.settings
+        Prompts(settings.template_dir)  # a bad template folder fails here, before any work, as locally
+        models = stage_models(spec, settings)
         model_ids = {k: m.model for k, m in models.items()}  # what load_engine names them; actors report theirs
-        with open_chunks(run, spec.name, inputs, shard=shard, chunk_size=chunk_size or config.chunk_size,
-                         settings=stage_settings(config, spec.section)) as plan:
-            bar = _progress(total=len(plan.mine), initial=len(plan.mine) - len(plan.pending), desc=spec.name,
-                            enabled=progress)
-            try:
-                if plan.chunks and any(m.engine == RAY_VLLM for m in models.values()):
-                    self._rounds(spec, plan, config, context, models, bar)
-                elif plan.chunks:
-                    model_ids = self._actors(spec, plan, config, context, models, bar) or model_ids
-            finally:
-                bar.close()
-        rows = shard_rows(run, spec.name, in_shard([k for k, _ in inputs], shard), spec.summary_columns)
-        return spec.finish(run, config, rows, shard=shard, progress=progress, items_in=len(plan.mine),
-                           skipped=len(plan.mine) - len(plan.pending), model_ids=model_ids)
+        with chunk_loop(plan, shard=shard, chunk_size=chunk_size, progress=progress) as (chunks, bar):
+            if chunks.chunks and any(m.engine == RAY_VLLM for m in models.values()):
+                self._through_processor(plan, chunks, models, bar)
+            elif chunks.chunks:
+                model_ids = self._actors(plan, chunks, bar) or model_ids
+        return finish(plan, chunks, model_ids, shard=shard, progress=progress)
 
-    def _actors(self, spec: StageSpec, plan: Any, config: PipelineConfig, context: Any,
-                models: dict[str, ModelConfig], bar: Any) -> dict[str, str]:
+    def _actors(self, plan: StagePlan, chunks: ChunkPlan, bar: Any) -> dict[str, str]:
         """The chunks through a pool of :class:`ChunkWorker` actors; each finished chunk is written at once."""
         ray = _ray()
-        chunks = plan.chunks
-        resources = actor_resources(models["engine"], ray.cluster_resources())
-        actors = self.actors or actor_count(resources, ray.cluster_resources(), len(chunks))
+        todo = chunks.chunks
+        resources = actor_resources(plan.spec.settings_of(plan.settings), ray.cluster_resources())
+        actors = self.actors or actor_count(resources, ray.cluster_resources(), len(todo))
         ds = ray.data.from_items([{"index": i, "chunk": pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL)}
-                                  for i, c in enumerate(chunks)], override_num_blocks=len(chunks))
+                                  for i, c in enumerate(todo)], override_num_blocks=len(todo))
         # Ray Data restarts a lost actor and retries its chunk (its defaults: max_restarts=-1, max_task_retries=-1)
         ds = ds.map_batches(ChunkWorker, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors),
-                            fn_constructor_kwargs={"stage": spec.name, "config": config, "context": context},
-                            **resources)
+                            fn_constructor_kwargs={"spec": plan.spec, "settings": plan.settings}, **resources)
         model_ids: dict[str, str] = {}
         written = set()
         for row in ds.iter_rows():
@@ -355,63 +312,54 @@ class RayRunner:
             i = int(row["index"])
             if i in written:  # never twice, whatever a retry gives back
                 continue
-            plan.write(chunks[i], pickle.loads(row["rows"]))
+            chunks.write(todo[i], pickle.loads(row["rows"]))
             written.add(i)
             model_ids = json.loads(row["model_ids"])
-            bar.update(len(chunks[i]))
-        if len(written) != len(chunks):
-            raise RuntimeError(f"{spec.name}: Ray returned {len(written)} of {len(chunks)} chunks; rerun to finish")
+            bar.update(len(todo[i]))
+        if len(written) != len(todo):
+            raise RuntimeError(f"{plan.spec.name}: Ray returned {len(written)} of {len(todo)} chunks; rerun to "
+                               f"finish")
         return model_ids
 
-    def _rounds(self, spec: StageSpec, plan: Any, config: PipelineConfig, context: Any,
-                models: dict[str, ModelConfig], bar: Any) -> None:
-        """The chunks of a stage with ray-vllm engines: ``make_rows`` on the driver in rounds, each round's model
-        calls through the processor; engines of other kinds are loaded here and called directly."""
-        prompts = Prompts(config.template_dir)
+    def _through_processor(self, plan: StagePlan, chunks: ChunkPlan, models: dict[str, ModelConfig],
+                           bar: Any) -> None:
+        """A stage with ray-vllm engines: round by round, the requests of every pending chunk in one pass through
+        the processor (engines of other kinds are loaded here and called directly), then each chunk's rows."""
+        spec, settings = plan.spec, plan.settings
+        prompts = Prompts(settings.template_dir)
         local = EngineCache()
         direct = {k: m for k, m in models.items() if m.engine != RAY_VLLM}
         engines = dict(zip(direct, local.get_all(list(direct.values()))))
-        outputs: dict[str, list[list[Sample]]] = {}
-        todo = list(enumerate(plan.chunks))
+        todo = chunks.chunks
+        answers: list[dict[str, Answers]] = [{} for _ in todo]
         try:
-            for _ in range(MAX_ROUNDS):
-                asks: dict[str, list[NeedOutputs]] = defaultdict(list)
-                left = []
-                for i, chunk in todo:
-                    given = {k: engines.get(k) or _Answers(m.model, k, i, outputs) for k, m in models.items()}
-                    main = given.pop("engine")
-                    try:
-                        rows = spec.make_rows(chunk, main, config, prompts, context, **given)
-                    except NeedOutputs as need:
-                        asks[need.role].append(need)
-                        left.append((i, chunk))
-                        continue
-                    plan.write(chunk, rows)
-                    bar.update(len(chunk))
-                    for key in [k for k in outputs if k.startswith(f"{i}/")]:
-                        del outputs[key]
-                if not left:
-                    return
-                for role, needs in asks.items():
-                    outputs.update(self._process(models[role], needs))
-                todo = left
-            raise RuntimeError(f"{spec.name}: make_rows still asks for model outputs after {MAX_ROUNDS} rounds")
+            for r in spec.rounds(settings):
+                asked = [r.requests(chunk, answers[i], settings, prompts) for i, chunk in enumerate(todo)]
+                if r.name in engines:
+                    engine = engines[r.name]
+                    got, model = [engine.generate(reqs) for reqs in asked], engine.model_id
+                else:
+                    got, model = self._process(models[r.name], asked), models[r.name].model
+                for i, (reqs, samples) in enumerate(zip(asked, got)):
+                    answers[i][r.name] = Answers(reqs, samples, model)
         finally:
             local.close()
+        for chunk, answered in zip(todo, answers):
+            chunks.write(chunk, spec.rows(chunk, answered, settings))
+            bar.update(len(chunk))
 
-    def _process(self, model_cfg: ModelConfig, needs: list[NeedOutputs]) -> dict[str, list[list[Sample]]]:
-        """One round's requests for one model through the processor; outputs by call key."""
+    def _process(self, model_cfg: ModelConfig, asked: list[list[Request]]) -> list[list[list[Sample]]]:
+        """Each chunk's requests for one model through the processor, in one pass; the samples, chunk by chunk."""
         ray = _ray()
-        rows = [{"key": n.key, **row} for n in needs for row in fan_out(n.requests)]
+        rows = [{"key": str(i), **row} for i, reqs in enumerate(asked) for row in fan_out(reqs)]
         has_images = any(part.get("type") == "image_pil" for row in rows for m in row["messages"]
                          if isinstance(m.get("content"), list) for part in m["content"])
         processor = self.processor(model_cfg, has_images=has_images)
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for out in processor(ray.data.from_items(rows)).iter_rows():
             by_key[out["key"]].append(dict(out))
-        return {n.key: fan_in(n.requests, by_key.get(n.key, [])) for n in needs}
+        return [fan_in(reqs, by_key.get(str(i), [])) for i, reqs in enumerate(asked)]
 
 
-__all__ = ["INSTALL", "MAX_ROUNDS", "PROCESSOR_OPTIONS", "RAY_VLLM", "ChunkWorker", "NeedOutputs", "RayRunner",
-           "actor_count", "actor_resources", "fan_in", "fan_out", "processor_kwargs", "stage_models",
-           "vllm_processor"]
+__all__ = ["INSTALL", "PROCESSOR_OPTIONS", "RAY_VLLM", "ChunkWorker", "RayRunner", "actor_count", "actor_resources",
+           "fan_in", "fan_out", "processor_kwargs", "stage_models", "vllm_processor"]

@@ -11,19 +11,19 @@ decides which questions exist, which relabelling must not change under a finishe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pyarrow as pa
 
 from builder.answers import MATCHER_VERSION
 from builder.method import BAD_WORDS
-from builder.records import TABLES
+from builder.stages import TABLES, expansion, simple_cot
 from builder.stages.expansion import Continuation, expansion_rows
 from builder.stages.simple_cot import sample_rows
 from builder.store import RunDir, StoreError
 
-LABELLED = ("simple_cot", "expansion")
-"""The stages whose rows carry a label from the answer matcher."""
+SIMPLE, EXPANDED = simple_cot.TABLE.name, expansion.TABLE.name  # the tables whose rows these stages' functions make
+LABELLED = (SIMPLE, EXPANDED)
+"""The stages whose rows carry a label from the answer matcher (rebuilt by their own row functions)."""
 
 
 def stale_labels(run: RunDir) -> dict[str, list[int | None]]:
@@ -74,23 +74,23 @@ def relabel(run: RunDir) -> dict[str, dict[str, int]]:
         return sample_rows(first, shown, [r["response"] for r in rows], system_prompt=first["system_prompt"],
                            user_text=first["user_text"], model=first["model"], seed=first["seed"])
 
-    counts = {"simple_cot": _relabel_stage(run, "simple_cot", simple)}
-    simples = {r["sample_id"]: r for r in run.read("simple_cot").to_pylist()}
+    counts = {SIMPLE: _relabel_stage(run, SIMPLE, simple)}
+    simples = {r["sample_id"]: r for r in run.read(SIMPLE).to_pylist()}
     manifest_words = run.manifest.get("bad_words") or BAD_WORDS
 
     def expanded(rows: list[dict], settings: dict) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["expansion_index"])
-        stage3 = settings.get("stage3", {})
+        section = settings.get(expansion.SPEC.section, {})
         if rows[0]["sample_id"] not in simples:
-            raise StoreError(f"{run.path / 'expansion'}: expansions of simple CoT {rows[0]['sample_id']} that stage 2 "
+            raise StoreError(f"{run.path / EXPANDED}: expansions of simple CoT {rows[0]['sample_id']} that stage 2 "
                              f"does not hold; the run's stages do not belong together")
         conts = [Continuation(r["expansion_index"], r["cue"], r["separator"], r["user_text"], r["prefill"],
                               r["continuation"], r["seed"]) for r in rows]
         return expansion_rows(simples[rows[0]["sample_id"]], conts, model=rows[0]["model"],
-                              bad_words=stage3.get("bad_words", manifest_words),
-                              substring=bool(stage3.get("substring_bad_word_filter", False)))
+                              bad_words=section.get("bad_words", manifest_words),
+                              substring=bool(section.get("substring_bad_word_filter", False)))
 
-    counts["expansion"] = _relabel_stage(run, "expansion", expanded)
+    counts[EXPANDED] = _relabel_stage(run, EXPANDED, expanded)
     run.update_manifest(matcher_version=MATCHER_VERSION)
     return counts
 

@@ -5,9 +5,8 @@ Layout::
     RUN/
       manifest.json                          config, model ids, seeds, package versions, row counts
       source/table.parquet                   a whole-table write (write_table: the source, an import)
-      mcq/shard-0-of-1.chunk-<hash>.parquet  a chunk: the rows made from some inputs (write_chunk)
-      simple_cot/...
-      expansion/...
+      <stage>/shard-0-of-1.chunk-<hash>.parquet  a chunk of a stage's table: the rows made from some inputs
+                                             (write_chunk); one folder per registered stage (builder.stages)
 
 A stage works through its inputs in chunks. Each chunk is written to a hidden temp file in the stage folder
 and renamed into place (``os.replace``), so a crash loses at most the chunk in flight. Every chunk file
@@ -37,9 +36,9 @@ import pyarrow.parquet as pq
 
 from builder.answers import MATCHER_VERSION
 from builder.atomic import atomic_write, remove_orphans, write_text
-from builder.records import TABLES, content_id
+from builder.records import content_id
+from builder.stages import TABLES  # the run directory's tables: the source and every registered stage's output
 
-STAGES = tuple(TABLES)  # the run directory's tables, in pipeline order: source, mcq, simple_cot, expansion
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
 MATCHER_KEY = b"lpt.matcher"  # parquet schema metadata: the answer matcher's version that labelled the rows
@@ -384,5 +383,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["INPUT_IDS_KEY", "MATCHER_KEY", "SETTINGS_KEY", "RunDir", "STAGES", "StoreError", "package_versions",
+__all__ = ["INPUT_IDS_KEY", "MATCHER_KEY", "SETTINGS_KEY", "RunDir", "StoreError", "package_versions",
            "parse_shard", "shard_name"]

@@ -19,6 +19,7 @@ from builder.engines.base import Engine, Request, Sample
 from builder.importer import EXAMPLE_DIR
 from builder.records import SOURCE, stable_int
 from builder.stages import expansion, mcq, simple_cot
+from builder.runtime import run_with
 from builder.store import RunDir
 
 UPSTREAM = EXAMPLE_DIR  # the authors' example outputs, as the package ships them
@@ -113,5 +114,5 @@ def small_config(**over) -> PipelineConfig:
 
 
 def run_all(run: RunDir, engine: Engine, cfg: PipelineConfig, **kw):
-    return (mcq.run(run, engine, cfg, progress=False, **kw), simple_cot.run(run, engine, cfg, progress=False, **kw),
-            expansion.run(run, engine, cfg, progress=False, **kw))
+    return (run_with(mcq.SPEC, run, engine, cfg, progress=False, **kw), run_with(simple_cot.SPEC, run, engine, cfg, progress=False, **kw),
+            run_with(expansion.SPEC, run, engine, cfg, progress=False, **kw))

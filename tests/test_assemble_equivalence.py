@@ -15,7 +15,10 @@ import _assemble_v1 as v1
 import longperceptualthoughts as lpt
 from builder import assemble
 from builder.importer import import_upstream
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, content_id
+from builder.records import content_id
+from builder.stages.expansion import SCHEMA as EXPANSION
+from builder.stages.mcq import SCHEMA as MCQ
+from builder.stages.simple_cot import SCHEMA as SIMPLE_COT
 from builder.store import RunDir
 
 from helpers import UPSTREAM  # noqa: E402

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from builder.cli import LazyGroup, main, parse_shard_option, parse_stages_option
 from builder.pipeline import PipelineError, prepare_source
-from builder.records import MCQ, SIMPLE_COT
+from builder.stages.mcq import SCHEMA as MCQ
+from builder.stages.simple_cot import SCHEMA as SIMPLE_COT
 from builder.store import RunDir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "builder" / "data" / "sample"

@@ -17,6 +17,7 @@ import pytest
 from helpers import ReplayEngine, make_source, small_config
 
 from builder.stages import expansion, mcq, simple_cot
+from builder.runtime import run_with
 from builder.store import RunDir
 
 TESTS = Path(__file__).resolve().parent
@@ -25,9 +26,10 @@ import sys
 sys.path.insert(0, {tests!r})
 from helpers import ReplayEngine, small_config
 from builder.stages import {stage}
+from builder.runtime import run_with
 from builder.store import RunDir
 cfg = small_config().apply_overrides(["chunk_size=1"])
-{stage}.run(RunDir({run!r}), ReplayEngine(delay={delay}), cfg, progress=False)
+run_with({stage}.SPEC, RunDir({run!r}), ReplayEngine(delay={delay}), cfg, progress=False)
 print("finished")
 """
 
@@ -54,7 +56,7 @@ def _prepared(tmp_path: Path, name: str, n_images: int = 8) -> RunDir:
     run = RunDir(tmp_path / name)
     make_source(run, tmp_path, n=n_images)
     cfg = small_config()
-    mcq.run(run, ReplayEngine(), cfg, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
     return run
 
 
@@ -65,9 +67,9 @@ def test_sigkill_mid_stage_then_rerun_equals_clean_run(tmp_path, stage, module):
     crashed = _prepared(tmp_path, "crashed")
     if stage == "expansion":
         for run in (clean, crashed):
-            simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+            run_with(simple_cot.SPEC, run, ReplayEngine(), cfg, progress=False)
     runner = simple_cot if stage == "simple_cot" else expansion
-    runner.run(clean, ReplayEngine(), cfg, progress=False)
+    run_with(runner.SPEC, clean, ReplayEngine(), cfg, progress=False)
     total = clean.read(stage).num_rows
     n_inputs = len(clean.done_inputs(stage))
     assert n_inputs >= 10
@@ -80,7 +82,7 @@ def test_sigkill_mid_stage_then_rerun_equals_clean_run(tmp_path, stage, module):
     assert 0 < partial.num_rows < total
 
     engine = ReplayEngine()
-    summary = runner.run(crashed, engine, cfg, progress=False)
+    summary = run_with(runner.SPEC, crashed, engine, cfg, progress=False)
     assert summary.counts["items_already_done"] == len(done)
     per_input = 1 if stage == "simple_cot" else cfg.stage3.n  # requests per input
     assert len(engine.calls) == (n_inputs - len(done)) * per_input  # only the missing inputs are generated
@@ -91,5 +93,5 @@ def test_sigkill_mid_stage_then_rerun_equals_clean_run(tmp_path, stage, module):
     assert after.equals(clean.read(stage))
     # a third run finds nothing to do
     idle = ReplayEngine()
-    runner.run(crashed, idle, cfg, progress=False)
+    run_with(runner.SPEC, crashed, idle, cfg, progress=False)
     assert idle.calls == []

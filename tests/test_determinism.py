@@ -13,6 +13,7 @@ from pathlib import Path
 from helpers import ReplayEngine, make_source, run_all, small_config
 
 from builder.stages import expansion, mcq, simple_cot
+from builder.runtime import run_with
 from builder.store import RunDir
 
 
@@ -72,7 +73,7 @@ def test_rows_do_not_depend_on_chunking_or_sharding(tmp_path):
     cfg = small_config()
     for stage in (mcq, simple_cot, expansion):
         for i in range(3):
-            stage.run(d, ReplayEngine(), cfg, shard=(i, 3), progress=False)
+            run_with(stage.SPEC, d, ReplayEngine(), cfg, shard=(i, 3), progress=False)
     for stage in STAGES:
         assert c.read(stage).equals(a.read(stage)), stage
         assert d.read(stage).equals(a.read(stage)), stage
@@ -94,7 +95,7 @@ def test_real_engine_is_deterministic(tmp_path, tiny_vlm):
     import pyarrow as pa
 
     from builder.engines import load_engine
-    from builder.records import MCQ
+    from builder.stages.mcq import SCHEMA as MCQ
     from builder.stages.mcq import mcq_rows, parse_mcq_response
 
     cfg = small_config().apply_overrides(["stage2.n=2", "stage2.max_new_tokens=8", "stage2.max_pixels=3136"])
@@ -108,7 +109,7 @@ def test_real_engine_is_deterministic(tmp_path, tiny_vlm):
         rows = [r for s in src for r in mcq_rows(s["image_id"], parse_mcq_response(reply), model="given",
                                                  raw_response=reply, formatted_response="")]
         run.write_table("mcq", pa.Table.from_pylist(rows, schema=MCQ))
-        simple_cot.run(run, engine, cfg, progress=False)
+        run_with(simple_cot.SPEC, run, engine, cfg, progress=False)
         runs.append(run.read("simple_cot"))
     assert runs[0].equals(runs[1])
     assert len(set(runs[0].column("response").to_pylist())) > 1  # sampling happened (not one constant text)

@@ -391,4 +391,4 @@ def test_ray_vllm_stages_run_in_rounds_through_the_processor(tmp_path, ray_addre
 
 def test_every_stage_declares_what_the_ray_runner_needs():
     for spec in STAGES:
-        assert spec.prepare and spec.make_rows and spec.finish, spec.name
+        assert spec.requests and spec.rows and spec.summary, spec.name

@@ -14,6 +14,7 @@ from builder.cli import main
 from builder.importer import import_upstream
 from builder.relabel import relabel, stale_labels
 from builder.stages import mcq, simple_cot
+from builder.runtime import run_with
 from builder.store import MATCHER_KEY, RunDir
 from helpers import UPSTREAM, ReplayEngine, make_source, small_config
 
@@ -42,8 +43,8 @@ def test_status_warns_and_relabel_regrades_a_hedge_that_an_old_matcher_credited(
     run = RunDir(tmp_path / "run")
     make_source(run, tmp_path, n=3)
     cfg = small_config()
-    mcq.run(run, ReplayEngine(), cfg, progress=False)
-    simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
+    run_with(simple_cot.SPEC, run, ReplayEngine(), cfg, progress=False)
     before = run.read("simple_cot")
     _age(run, "simple_cot", lambda r: r)
     path = run.files("simple_cot")[0]

@@ -27,7 +27,7 @@ from builder.pipeline import generate, incomplete_stages, status_rows
 from builder.records import SOURCE
 from builder.sources import SourceError, Skips, load_source
 from builder.stages import mcq
-from builder.stages.common import IncompleteInput
+from builder.runtime import IncompleteInput, run_with
 from builder.store import RunDir, StoreError
 from helpers import UPSTREAM, ReplayEngine, make_source, small_config
 
@@ -100,7 +100,7 @@ def test_llamafactory_image_names_stay_inside_out(tmp_path):
         rows.append({"image_id": image_id, "source": "t", "split": "train", "image_path": str(img),
                      "description": "red and blue things"})
     run.write_table("source", pa.Table.from_pylist(rows, schema=SOURCE))
-    mcq.run(run, ReplayEngine(), small_config(), progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), small_config(), progress=False)
     export(run.path, tmp_path / "lf", fmt="llamafactory", configs=None)
     written = [p.resolve() for p in (tmp_path / "lf").rglob("*.jpg")]
     assert len(written) == 3 and all((tmp_path / "lf" / "images").resolve() in p.parents for p in written)
@@ -167,9 +167,9 @@ def test_a_stage_never_starts_on_an_incomplete_input_and_shards_merge_to_the_who
 
 def test_every_shard_of_a_stage_uses_the_same_count(tmp_path):
     run, cfg = _sharded(tmp_path, "run")
-    mcq.run(run, ReplayEngine(), cfg, shard=(0, 2), progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, shard=(0, 2), progress=False)
     with pytest.raises(StoreError, match="written in 2 shards"):
-        mcq.run(run, ReplayEngine(), cfg, shard=(0, 3), progress=False)
+        run_with(mcq.SPEC, run, ReplayEngine(), cfg, shard=(0, 3), progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- locks
@@ -179,13 +179,13 @@ def test_a_second_writer_of_a_shard_gets_a_clear_error(tmp_path):
     run, cfg = _sharded(tmp_path, "run")
     with run.lock("shard-0-of-1"):
         with pytest.raises(StoreError, match=rf"being written by pid {os.getpid()}"):
-            mcq.run(run, ReplayEngine(), cfg, progress=False)
-    mcq.run(run, ReplayEngine(), cfg, progress=False)  # free again once the holder is gone
+            run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)  # free again once the holder is gone
 
 
 def test_readers_take_each_inputs_rows_once(tmp_path):
     run, cfg = _sharded(tmp_path, "run")
-    mcq.run(run, ReplayEngine(), cfg, chunk_size=8, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, chunk_size=8, progress=False)
     clean = run.read("mcq")
     twice = ["img_000", "img_001"]  # a second writer (an older version had no lock) redid two inputs
     table = clean.filter(pa.compute.is_in(clean.column("image_id"), pa.array(twice)))
@@ -205,10 +205,10 @@ def test_resume_after_a_template_edit_is_refused(tmp_path):
     run, _ = _sharded(tmp_path, "run")
     cfg = small_config().apply_overrides([f"template_dir={templates}"])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        mcq.run(run, ReplayEngine(fail_after=2), cfg, chunk_size=2, progress=False)  # after one chunk
+        run_with(mcq.SPEC, run, ReplayEngine(fail_after=2), cfg, chunk_size=2, progress=False)  # after one chunk
     (templates / "mcq_generation.j2").write_text((BUILTIN_DIR / "mcq_generation.j2").read_text() + "\nBe brief.")
     with pytest.raises(StoreError, match=r"differ in \['templates'\]"):
-        mcq.run(run, ReplayEngine(), cfg, chunk_size=2, progress=False)
+        run_with(mcq.SPEC, run, ReplayEngine(), cfg, chunk_size=2, progress=False)
 
 
 def test_orphaned_temp_files_are_removed_and_files_follow_the_umask(tmp_path):
@@ -218,7 +218,7 @@ def test_orphaned_temp_files_are_removed_and_files_follow_the_umask(tmp_path):
     orphan.write_bytes(b"half a chunk")
     old = os.umask(0o022)
     try:
-        mcq.run(run, ReplayEngine(), cfg, progress=False)
+        run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
     finally:
         os.umask(old)
     assert not orphan.exists()

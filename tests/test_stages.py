@@ -23,8 +23,12 @@ from PIL import Image
 from builder.settings import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
 from builder.method import BAD_WORDS
-from builder.records import EXPANSION, MCQ, SIMPLE_COT, SOURCE, content_id, is_placeholder, stable_int
+from builder.records import SOURCE, content_id, is_placeholder, stable_int
+from builder.stages.expansion import SCHEMA as EXPANSION
+from builder.stages.mcq import SCHEMA as MCQ
+from builder.stages.simple_cot import SCHEMA as SIMPLE_COT
 from builder.stages import expansion, mcq, simple_cot
+from builder.runtime import run_with
 from builder.store import RunDir
 from helpers import COLOURS, ReplayEngine, _text_of, make_source, run_all, small_config
 
@@ -112,7 +116,7 @@ def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstre
     src[1]["description"] = "Thick fog; nothing else can be made out."
     run.write_table("source", pa.Table.from_pylist(src, schema=SOURCE))
     cfg = small_config()
-    s1 = mcq.run(run, _NoQuestionsFor("fog"), cfg, progress=False)
+    s1 = run_with(mcq.SPEC, run, _NoQuestionsFor("fog"), cfg, progress=False)
     rows = run.read("mcq").to_pylist()
     [ph] = [r for r in rows if r["image_id"] == "img_001"]
     assert (ph["valid"], ph["invalid_reason"], ph["item_index"], ph["question"]) == (False, mcq.NO_QUESTION, -1, "")
@@ -124,11 +128,11 @@ def test_stage1_image_without_questions_leaves_a_record_that_resume_and_downstre
     # resume: nothing is redone, also after a whole-table rewrite of the stage (the demo's fallback and the
     # importer write whole tables; done inputs are then read from the rows)
     again = ReplayEngine()
-    assert mcq.run(run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
+    assert run_with(mcq.SPEC, run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
     run.write_table("mcq", run.read("mcq"))
-    assert mcq.run(run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
+    assert run_with(mcq.SPEC, run, again, cfg, progress=False).counts["items_already_done"] == 4 and again.calls == []
     # downstream reads only valid rows: no stage-2 request, MCQ set row, demo count or card number for it
-    simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+    run_with(simple_cot.SPEC, run, ReplayEngine(), cfg, progress=False)
     assert "img_001" not in set(run.read("simple_cot").column("image_id").to_pylist())
     assert "img_001" not in {r["image_id"] for r in assemble.build_mcq(run)}
     assert ph in assemble.build_raw(run, "mcq")  # the raw records keep it
@@ -187,9 +191,9 @@ def test_missing_image_is_a_clear_error(tmp_path):
     src = make_source(run, tmp_path, n=2)
     Path(src[1]["image_path"]).unlink()
     cfg = small_config()
-    mcq.run(run, ReplayEngine(), cfg, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
     with pytest.raises(FileNotFoundError, match=r"img_1\.png does not exist"):
-        simple_cot.run(run, ReplayEngine(), cfg, progress=False)
+        run_with(simple_cot.SPEC, run, ReplayEngine(), cfg, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------- stage 3
@@ -272,7 +276,7 @@ def test_shards_merge_to_the_single_run(tmp_path, pipeline):
     cfg = small_config()
     for stage in (mcq, simple_cot, expansion):
         for i in (1, 0):  # order does not matter
-            stage.run(run, ReplayEngine(), cfg, shard=(i, 2), progress=False)
+            run_with(stage.SPEC, run, ReplayEngine(), cfg, shard=(i, 2), progress=False)
     for stage in ("mcq", "simple_cot", "expansion"):
         assert run.read(stage).equals(run1.read(stage)), stage
         names = {p.name.split(".")[0] for p in run.files(stage)}
@@ -284,16 +288,16 @@ def test_crash_in_process_then_resume(tmp_path, pipeline):
     run = RunDir(tmp_path / "crashy")
     make_source(run, tmp_path)
     cfg = small_config()
-    mcq.run(run, ReplayEngine(), cfg, progress=False)
+    run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        simple_cot.run(run, ReplayEngine(fail_after=1), cfg, progress=False)
+        run_with(simple_cot.SPEC, run, ReplayEngine(fail_after=1), cfg, progress=False)
     assert 0 < len(run.done_inputs("simple_cot")) < len([m for m in run.read("mcq").to_pylist() if m["valid"]])
     engine = ReplayEngine()
-    summary = simple_cot.run(run, engine, cfg, progress=False)
+    summary = run_with(simple_cot.SPEC, run, engine, cfg, progress=False)
     assert summary.counts["items_already_done"] == 4  # one chunk of 4 survived and was skipped
     assert run.read("simple_cot").equals(clean.read("simple_cot"))
     again = ReplayEngine()
-    simple_cot.run(run, again, cfg, progress=False)
+    run_with(simple_cot.SPEC, run, again, cfg, progress=False)
     assert again.calls == []  # everything done: nothing generated twice
 
 
@@ -318,16 +322,15 @@ def test_summary_table_renders(pipeline):
 
 def test_finish_needs_only_its_summary_columns(pipeline):
     """A stage's summary from the columns it declares (all its runners read back) is the one from whole rows."""
+    from builder.runtime import shard_rows
     from builder.stages import STAGES
-    from builder.stages.common import shard_rows
 
     run, _, _, cfg, _ = pipeline
     for spec in STAGES:
         ids = run.done_inputs(spec.name)
-        kw = dict(shard=(0, 1), progress=False, items_in=len(ids), skipped=0, model_ids={"engine": "replay"})
         some = shard_rows(run, spec.name, ids, spec.summary_columns)
         assert len(some[0]) < len(spec.table.schema)
-        assert spec.finish(run, cfg, some, **kw) == spec.finish(run, cfg, shard_rows(run, spec.name, ids), **kw)
+        assert spec.summary(some, cfg) == spec.summary(shard_rows(run, spec.name, ids), cfg)
 
 
 # -------------------------------------------------------------------------------------------------- config
@@ -391,7 +394,7 @@ def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_models):
     src = make_source(run, tmp_path, n=3)
     cfg = _tiny_config(tiny_vlm, tiny_lm)
     lm = load_engine("transformers", str(tiny_lm))
-    s1 = mcq.run(run, lm, cfg, progress=False)
+    s1 = run_with(mcq.SPEC, run, lm, cfg, progress=False)
     assert s1.counts["items_in"] == 3 and len(run.done_inputs("mcq")) == 3
     assert run.manifest["models"]["mcq"] == str(tiny_lm)
     # stage 2 needs valid MCQs: write them as stage 1 would have from a well-formed reply
@@ -403,7 +406,7 @@ def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_models):
                              formatted_response="")
     run.write_table("mcq", pa.Table.from_pylist(rows, schema=MCQ))
     vlm = load_engine("transformers", str(tiny_vlm))
-    s2 = simple_cot.run(run, vlm, cfg, progress=False)
+    s2 = run_with(simple_cot.SPEC, run, vlm, cfg, progress=False)
     samples = run.read("simple_cot").to_pylist()
     assert len(samples) == 3 * 2 and s2.counts["samples_out"] == 6
     assert all(s["response"].startswith("<think>") for s in samples)
@@ -414,7 +417,7 @@ def test_end_to_end_with_transformers_tiny_models(tmp_path, tiny_models):
         samples[0] = s0
         run.write_table("simple_cot", pa.Table.from_pylist(samples, schema=SIMPLE_COT))
     n_kept = sum(s["keep"] for s in run.read("simple_cot").to_pylist())
-    s3 = expansion.run(run, lm, cfg, progress=False)
+    s3 = run_with(expansion.SPEC, run, lm, cfg, progress=False)
     exp = run.read("expansion").to_pylist()
     assert len(exp) == 2 * n_kept and s3.counts["samples_out"] == len(exp)
     for e in exp:
@@ -429,24 +432,54 @@ def test_resuming_with_other_settings_is_refused(pipeline):
     run, _, _, cfg, _ = pipeline
     with pytest.raises(StoreError, match=r"simple_cot/shard-0-of-1\.chunk-\w+\.parquet: made with other simple_cot "
                                          r"settings \(differ in \['stage2'\]\)"):
-        simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.n=5"]), progress=False)
+        run_with(simple_cot.SPEC, run, ReplayEngine(), cfg.apply_overrides(["stage2.n=5"]), progress=False)
     with pytest.raises(StoreError, match=r"differ in \['seed'\]"):
-        expansion.run(run, ReplayEngine(), cfg.apply_overrides(["seed=1"]), progress=False)
+        run_with(expansion.SPEC, run, ReplayEngine(), cfg.apply_overrides(["seed=1"]), progress=False)
     # engine choice and chunk size are not part of the settings: resuming with them changed is fine
-    simple_cot.run(run, ReplayEngine(), cfg.apply_overrides(["stage2.engine=transformers", "chunk_size=9"]),
+    run_with(simple_cot.SPEC, run, ReplayEngine(), cfg.apply_overrides(["stage2.engine=transformers", "chunk_size=9"]),
                    progress=False)
 
 
-def test_a_stage_without_its_input_says_which_stage_to_run_and_reads_only_the_source_column_it_needs(tmp_path):
+def test_a_stage_without_its_input_says_which_stage_to_run_and_reads_only_the_columns_it_needs(tmp_path):
+    from builder.runtime import plan_stage
+
     run = RunDir(tmp_path / "run")
     rows = make_source(run, tmp_path, n=3)
     config = small_config()
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{run.path / 'mcq'}: no stage-1 MCQs; run stage 1 first")):
-        simple_cot.prepare(run, config)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{run.path / 'mcq'}: no mcq rows; run stage1 (mcq) first")):
+        plan_stage(run, simple_cot.SPEC, config)
     with pytest.raises(FileNotFoundError,
-                       match=re.escape(f"{run.path / 'simple_cot'}: no stage-2 simple CoTs; run stage 2 first")):
-        expansion.prepare(run, config)
-    from builder.stages.common import source_values
+                       match=re.escape(f"{run.path / 'simple_cot'}: no simple_cot rows; run stage2 (simple_cot) first")):
+        plan_stage(run, expansion.SPEC, config)
+    items = plan_stage(run, mcq.SPEC, config).items
+    assert items == [(r["image_id"], {"image_id": r["image_id"], "description": r["description"]}) for r in rows]
+    run_with(mcq.SPEC, run, ReplayEngine(), config, progress=False)
+    planned = plan_stage(run, simple_cot.SPEC, config).items  # the declared MCQ columns, the source's image path
+    assert planned and all(set(r) == {"mcq_id", "image_id", "item_index", *simple_cot.INPUT_COLUMNS, "valid",
+                                      "image_path"} for _, r in planned)
 
-    assert source_values(run, "description") == {r["image_id"]: r["description"] for r in rows}
-    assert source_values(run, "image_path") == {r["image_id"]: r["image_path"] for r in rows}
+
+def test_a_rerun_reads_each_input_file_once_with_only_the_columns_it_needs(pipeline, monkeypatch):
+    """Regression: a stage-3 rerun checked its input three times, read the MCQs three times and the whole
+    simple-CoT table to count it. Now the run loop plans a stage once: each file of the tables before it is read
+    at most once, never with every column."""
+    from builder.pipeline import generate
+    from builder.stages import get_stage
+
+    run, _, _, cfg, _ = pipeline
+    reads: list[tuple[str, str, int | None]] = []
+    original = RunDir._read_file
+
+    def counted(self, stage, path, columns):
+        reads.append((stage, path.name, None if columns is None else len(columns)))
+        return original(self, stage, path, columns)
+
+    monkeypatch.setattr(RunDir, "_read_file", counted)
+    engines = [f"stage{k}.engine=helpers:ReplayEngine" for k in (1, 2, 3)]
+    [summary] = generate(run, cfg.apply_overrides(engines), [get_stage(3)], progress=False, echo=lambda s: None)
+    assert summary.counts["items_already_done"] == summary.counts["items_in"] > 0
+    for table in ("mcq", "simple_cot"):
+        files = [name for stage, name, _ in reads if stage == table]
+        assert sorted(files) == sorted(p.name for p in run.files(table)), table  # each file once
+    assert all(n is not None for stage, _, n in reads if stage != "expansion")  # only the columns needed
+    assert len([1 for stage, _, _ in reads if stage == "source"]) == 2  # its ids (completeness), its descriptions

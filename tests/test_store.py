@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from builder.records import MCQ, SOURCE
+from builder.records import SOURCE
+from builder.stages.mcq import SCHEMA as MCQ
 from builder.store import INPUT_IDS_KEY, RunDir, StoreError, parse_shard, shard_name
 
 

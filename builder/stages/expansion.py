@@ -17,23 +17,80 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from builder.answers import extract_answer, match_option
-from builder.settings import PipelineConfig
-from builder.engines.base import Engine, Request
-from builder.prompts import Prompts
-from builder.records import content_id, rng_for
-from builder.store import RunDir
+from builder.engines.base import Request
+from builder.method import BAD_WORDS, CUES
+from builder.records import TableSpec, content_id, rng_for
 
-from .common import (StageSpec, StageSummary, keyed_inputs, report, request_seed, run_stage_locally, source_values,
-                     summarise)
+from .contract import Answers, Item, ModelConfig, StageSpec, check, request_seed, sample_counts
 
 STAGE = "expansion"  # its table, and the name its seeds are drawn under
 SEPARATORS = ("\n", " ")
+
+
+@dataclass
+class ExpansionSettings(ModelConfig):
+    """Stage 3 (``stage3``): thought expansion by the reasoning model, continuing a pre-filled assistant turn
+    after a cue."""
+
+    model: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+    n: int = 3
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 50
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 256
+    cues: tuple[str, ...] = CUES
+    # "sample": each of the n expansions of a simple thought draws its cue (seeded per expansion);
+    # "each": every cue gets n expansions (the authors ran one job per cue).
+    cue_mode: str = "sample"
+    bad_words: tuple[str, ...] = BAD_WORDS
+    generation_bad_words: bool = True  # also block the bad words at generation time
+    substring_bad_word_filter: bool = False  # True: upstream's substring rule ("text" in "texture"; defect 2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.cues) > 0, "cues", list(self.cues), "a non-empty list")
+        check(self.cue_mode in ("sample", "each"), "cue_mode", self.cue_mode, "'sample' or 'each'")
+
+
+_STR, _BOOL, _INT = pa.string(), pa.bool_(), pa.int32()
+
+# Thought expansions from the reasoning LLM.
+SCHEMA = pa.schema(
+    [
+        ("expansion_id", _STR),  # content_id(sample_id, cue, expansion_index, continuation)
+        ("sample_id", _STR),
+        ("mcq_id", _STR),
+        ("image_id", _STR),
+        ("expansion_index", _INT),
+        ("cue", _STR),
+        ("separator", _STR),  # "\n" or " "
+        ("user_text", _STR),
+        ("prefill", _STR),  # the pre-filled assistant turn the model continued
+        ("continuation", _STR),  # what the model wrote after the prefill
+        ("long_thought", _STR),  # simple thought + cue + continuation up to </think>
+        ("answer", _STR),
+        ("pred_index", _INT),
+        ("parsed", _BOOL),
+        ("correct", _BOOL),
+        ("simple_correct", _BOOL),  # whether the simple thought it grew from was correct
+        ("bad_word", _STR),  # the first bad word found in the added text, "" if none
+        ("keep", _BOOL),
+        ("drop_reason", _STR),  # "", "unparseable", "bad_word", "duplicate", "no_end_of_thought"
+        ("model", _STR),
+        ("seed", pa.int64()),
+    ]
+)
+TABLE = TableSpec(STAGE, SCHEMA, ("sample_id", "expansion_index", "expansion_id"), input_column="sample_id",
+                  repeated=("mcq_id", "image_id", "cue", "separator", "user_text", "answer", "bad_word", "drop_reason",
+                            "model"))
 # the columns of a simple CoT that stage 3 reads (with its keys: not its response or prompts)
 INPUT_COLUMNS = ("image_id", "question", "options", "answer_index", "question_type", "option_style",
                  "answer_format", "thought", "correct")
@@ -50,14 +107,9 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
     if not bad_words:
         return ""
     words, folded, stems, pattern = _bad_words(tuple(bad_words))
+    if substring:
+        return _first_substring(text, words, folded)
     best: tuple[int, str] | None = None
-    if substring:  # the casefolded word in the casefolded text
-        hay = text.casefold()
-        for w, f in zip(words, folded):
-            pos = hay.find(f)
-            if pos >= 0 and (best is None or pos < best[0]):
-                best = (pos, w)
-        return best[1] if best else ""
     if stems is None or _folds_to_ascii(text):
         m = pattern.search(text)
         return words[m.lastindex - 1] if m else ""
@@ -71,6 +123,18 @@ def first_bad_word(text: str, bad_words: Sequence[str], *, substring: bool = Fal
                     best = (pos, hit)
                 break
             pos = hay.find(stem, pos + 1)
+    return best[1] if best else ""
+
+
+def _first_substring(text: str, words: Sequence[str], folded: Sequence[str]) -> str:
+    """Upstream's rule: the word whose casefolded form occurs first in the casefolded text (the smaller word at one
+    position: ``words`` are sorted)."""
+    hay = text.casefold()
+    best: tuple[int, str] | None = None
+    for w, f in zip(words, folded):
+        pos = hay.find(f)
+        if pos >= 0 and (best is None or pos < best[0]):
+            best = (pos, w)
     return best[1] if best else ""
 
 
@@ -142,8 +206,7 @@ def may_hold_bad_words(texts: Sequence[str], bad_words: Sequence[str], *, substr
     (see :func:`_screen`). An ASCII ``\\b`` holds wherever ``(?<![\\w'])`` does (a word that starts with a letter
     matches only letters there), so it keeps every text a word stands in. A text with one of
     :data:`_FOLDS_TO_ASCII` (the letters beyond ASCII that ``re`` matches with ASCII ones) is always kept, and
-    so is every text of a small batch (under :data:`BATCH_MIN`) or under the substring rule. On 3,000-character
-    thoughts, screening and then searching the few texts kept is about twice as fast as searching each text.
+    so is every text of a small batch (under :data:`BATCH_MIN`) or under the substring rule.
     """
     if not bad_words:
         return [False] * len(texts)
@@ -232,9 +295,9 @@ def expansion_rows(simple: dict[str, Any], continuations: Sequence[Continuation]
     return rows
 
 
-def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
+def plan(sample_id: str, settings: Any) -> list[tuple[int, str, str]]:
     """``(expansion_index, cue, separator)`` for each expansion of one simple CoT (seeded per expansion)."""
-    cfg = config.stage3
+    cfg = settings.stage3
     if not cfg.cues:
         raise ValueError("stage3.cues is empty")
     if cfg.cue_mode == "sample":
@@ -245,97 +308,72 @@ def plan(sample_id: str, config: PipelineConfig) -> list[tuple[int, str, str]]:
         raise ValueError(f"stage3.cue_mode must be 'sample' or 'each', got {cfg.cue_mode!r}")
     out = []
     for k, cue in enumerate(cues):
-        rng = rng_for(config.seed, STAGE, sample_id, k)
+        rng = rng_for(settings.seed, STAGE, sample_id, k)
         chosen = rng.choice(cfg.cues) if cue is None else cue
         out.append((k, chosen, rng.choice(SEPARATORS)))
     return out
 
 
 def build_requests(simple: dict[str, Any], description: str, planned: Sequence[tuple[int, str, str]],
-                   config: PipelineConfig, prompts: Prompts) -> list[Request]:
+                   settings: Any, prompts: Any) -> list[Request]:
     """The requests of a simple CoT's planned expansions (``(k, cue, separator)`` from :func:`plan`): each a user
     turn + a pre-filled assistant turn to continue (the user turn and the opening rendered once for all)."""
-    cfg = config.stage3
+    cfg = settings.stage3
     chats = prompts.reasoning_chats(
         description, simple["question"], simple["options"], simple["thought"], [(cue, sep) for _, cue, sep in planned],
         question_type=simple["question_type"], answer_format=simple["answer_format"],
         option_style=simple["option_style"])
     bad_words = tuple(cfg.bad_words) if cfg.generation_bad_words else ()
-    return [Request(messages, params=cfg.params(seed=request_seed(config.seed, STAGE, simple["sample_id"], k), n=1,
+    return [Request(messages, params=cfg.params(seed=request_seed(settings.seed, STAGE, simple["sample_id"], k), n=1,
                                                 bad_words=bad_words), continue_final_message=True)
             for (k, _, _), messages in zip(planned, chats)]
 
 
-def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
-    """Stage 3's inputs, ``(sample_id, SIMPLE_COT row)`` for every kept simple CoT, and its context: image id ->
-    description."""
-    return (keyed_inputs(run, SPEC, INPUT_COLUMNS, missing="no stage-2 simple CoTs; run stage 2 first"),
-            source_values(run, "description"))
+def requests(items: list[Item], settings: Any, prompts: Any) -> list[Request]:
+    """The requests of a chunk of simple CoTs: each one's planned expansions (:func:`plan`), in order."""
+    out = []
+    for sample_id, s in items:
+        out += build_requests(s, s["description"], plan(sample_id, settings), settings, prompts)
+    return out
 
 
-def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
-              context: dict[str, str]) -> list[dict[str, Any]]:
-    """The EXPANSION rows of a chunk of simple CoTs (``context``: image id -> description, from :func:`prepare`)."""
-    cfg = config.stage3
-    descriptions = context
-    jobs, requests = [], []
-    for sample_id, s in chunk:
-        if s["image_id"] not in descriptions:
-            raise KeyError(f"simple CoT {sample_id}: image_id {s['image_id']!r} is not in the run's source")
-        planned = plan(sample_id, config)
-        for (k, cue, sep), req in zip(planned, build_requests(s, descriptions[s["image_id"]], planned, config,
-                                                               prompts)):
-            jobs.append((s, k, cue, sep, req))
-            requests.append(req)
-    outputs = engine.generate(requests)
-    per_sample: dict[str, tuple[dict, list[Continuation]]] = {}
-    for (s, k, cue, sep, req), samples in zip(jobs, outputs):
-        per_sample.setdefault(s["sample_id"], (s, []))[1].append(Continuation(
-            k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
-            samples[0].text if samples else "", req.params.seed))
-    groups = list(per_sample.values())
-    # the whole chunk screened at once: a continuation ruled out has no bad word in its thought ("" found), the
-    # others are searched while they are labelled (None)
+def rows(items: list[Item], answers: dict[str, Answers], settings: Any) -> list[dict[str, Any]]:
+    """The EXPANSION rows of a chunk of simple CoTs: each request's continuation, labelled; the whole chunk's
+    added texts screened for bad words at once (:func:`may_hold_bad_words`)."""
+    cfg = settings.stage3
+    answered = answers[STAGE]
+    pending = iter(zip(answered.requests, answered.first_texts()))
+    groups = []
+    for sample_id, s in items:
+        continuations = []
+        for (k, cue, sep), (req, text) in zip(plan(sample_id, settings), pending):
+            continuations.append(Continuation(k, cue, sep, req.messages[0]["content"], req.messages[1]["content"],
+                                              text, req.params.seed))
+        groups.append((s, continuations))
+    # a continuation ruled out has no bad word in its thought ("" found), the others are searched while labelled
     may = iter(may_hold_bad_words([c.cue + c.text for _, cs in groups for c in cs], cfg.bad_words,
                                   substring=cfg.substring_bad_word_filter))
-    rows = []
+    out = []
     for s, continuations in groups:
-        rows += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=engine.model_id,
-                               substring=cfg.substring_bad_word_filter,
-                               found=[None if next(may) else "" for _ in continuations])
-    return rows
+        out += expansion_rows(s, continuations, bad_words=cfg.bad_words, model=answered.model,
+                              substring=cfg.substring_bad_word_filter,
+                              found=[None if next(may) else "" for _ in continuations])
+    return out
 
 
-def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
-           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
-    """Stage 3's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
-    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped,
-                        extra={"wrong_to_right": sum(bool(r["correct"] and r["keep"] and not r["simple_correct"])
-                                                     for r in rows)})
-    return report(summary, run, progress, config=config.to_dict(), models={STAGE: model_ids["engine"]},
-                  seed=config.seed)
+def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Wrong-to-right (kept correct expansions of a wrong simple thought), samples out, parsed, correct, kept;
+    the dropped expansions by reason."""
+    return sample_counts(rows, SCHEMA, {"wrong_to_right": sum(bool(r["correct"] and r["keep"] and
+                                                                   not r["simple_correct"]) for r in rows)})
 
 
-def run(
-    run: RunDir,
-    engine: Engine,
-    config: PipelineConfig,
-    *,
-    shard: tuple[int, int] | str = (0, 1),
-    progress: bool = True,
-    chunk_size: int | None = None,
-    prompts: Prompts | None = None,
-) -> StageSummary:
-    """Write expansions for this shard's kept simple CoTs that are not done yet; return the summary."""
-    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
-                             prompts=prompts)
+SPEC = StageSpec(3, TABLE, reads="short_thought", settings=ExpansionSettings, requests=requests, rows=rows,
+                 summary=summary, summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"),
+                 description="thought expansions of the kept simple CoTs", when_empty="stage 2 kept no simple CoT",
+                 role="long_thought", select="keep", input_columns=INPUT_COLUMNS, source_columns=("description",),
+                 presets={"authors": {"n": 5, "cues": ["Wait,"]}})  # the authors' code: T 0.7 / top_p 0.8 / top_k 50
 
-
-SPEC = StageSpec(3, STAGE, input="simple_cot", usable="keep", run=run,
-                 what="thought expansions of the kept simple CoTs", no_input="stage 2 kept no simple CoT",
-                 prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("parsed", "correct", "keep", "drop_reason", "simple_correct"), role="long_thought")
-
-__all__ = ["SPEC", "SEPARATORS", "Continuation", "build_requests", "expansion_rows", "finish",
-           "first_bad_word", "first_bad_words", "may_hold_bad_words",
-           "label_expansion", "make_rows", "plan", "prepare", "run", "with_full_stop"]
+__all__ = ["SCHEMA", "SEPARATORS", "SPEC", "TABLE", "Continuation", "ExpansionSettings", "build_requests",
+           "expansion_rows", "first_bad_word", "first_bad_words", "label_expansion", "may_hold_bad_words", "plan",
+           "requests", "rows", "summary", "with_full_stop"]

@@ -29,16 +29,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from builder.answers import match_option, parse_options
-from builder.settings import PipelineConfig
-from builder.engines.base import Engine, Request, SamplingParams
-from builder.prompts import Prompts
 import pyarrow as pa
 
-from builder.records import MCQ, content_id, is_placeholder, tally
-from builder.store import RunDir, parse_shard
+from builder.answers import match_option, parse_options
+from builder.engines.base import Request, SamplingParams
+from builder.records import TableSpec, content_id, is_placeholder, tally
 
-from .common import StageSpec, StageSummary, report, request_seed, run_stage_locally, usable_inputs
+from .contract import Answers, Item, ModelConfig, Round, StageSpec, check, request_seed
 
 NO_QUESTION = "no question in the reply"  # invalid_reason of an image's placeholder row
 
@@ -98,6 +95,27 @@ def resolve_answer(answer_text: str, options: list[str]) -> int:
     return match_option(answer_text, options)
 
 
+def _checked(it: ParsedItem) -> tuple[list[str], int, str]:
+    """``(options, answer index, invalid reason)`` of one parsed item: "" and the index of the one option its
+    answer names when it is a whole question (every tag closed, options that parse and differ), else the reason."""
+    if "question" in it.unclosed:
+        return [], -1, "unclosed <question>"
+    if not it.question:
+        return [], -1, "empty question"
+    if it.choices is None:
+        return [], -1, ("unclosed" if "choices" in it.unclosed else "no") + " <choices>"
+    if it.answer_text is None:
+        return [], -1, ("unclosed" if "answer" in it.unclosed else "no") + " <answer>"
+    try:
+        options = parse_options(it.choices)
+    except ValueError:
+        return [], -1, "options unparseable"
+    if len(set(options)) != len(options):
+        return options, -1, "repeated option"
+    idx = resolve_answer(it.answer_text, options)
+    return options, idx, "" if idx >= 0 else "answer matches no single option"
+
+
 def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response: str,
              formatted_response: str) -> list[dict[str, Any]]:
     """MCQ-schema rows for one image's parsed items (valid or with an ``invalid_reason``); no item at all
@@ -111,26 +129,7 @@ def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response
         }]
     rows, seen = [], set()
     for k, it in enumerate(items):
-        options: list[str] = []
-        reason = ""
-        if "question" in it.unclosed:
-            reason = "unclosed <question>"
-        elif not it.question:
-            reason = "empty question"
-        elif it.choices is None:
-            reason = ("unclosed" if "choices" in it.unclosed else "no") + " <choices>"
-        elif it.answer_text is None:
-            reason = ("unclosed" if "answer" in it.unclosed else "no") + " <answer>"
-        if not reason:
-            try:
-                options = parse_options(it.choices)
-            except ValueError:
-                reason = "options unparseable"
-        if not reason and len(set(options)) != len(options):
-            reason = "repeated option"
-        idx = resolve_answer(it.answer_text, options) if not reason else -1
-        if not reason and idx < 0:
-            reason = "answer matches no single option"
+        options, idx, reason = _checked(it)
         answer_text = it.answer_text or ""
         mcq_id = content_id(image_id, it.question, options, answer_text)
         if not reason and mcq_id in seen:
@@ -145,81 +144,114 @@ def mcq_rows(image_id: str, items: list[ParsedItem], *, model: str, raw_response
     return rows
 
 
-def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], None]:
-    """Stage 1's inputs: ``(image_id, source row)`` for every source image; no context."""
-    source = usable_inputs(run, SPEC)
-    if not source:
-        raise FileNotFoundError(f"{run.path / 'source'}: no source rows; write the source first")
-    return [(r["image_id"], r) for r in source], None
+@dataclass
+class McqSettings(ModelConfig):
+    """Stage 1 (``stage1``): one generating call per image, then an optional re-formatting call (T=0)."""
+
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    temperature: float = 0.7
+    max_new_tokens: int = 2048
+    reformat: bool = True  # second call that rewrites the reply into the strict tagged structure
+    reformat_model: str | None = None  # None: the generating engine re-formats too
+    reformat_engine: str | None = None  # None: same kind as ``engine``
+    reformat_temperature: float = 0.0
+    reformat_max_new_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.reformat_temperature >= 0, "reformat_temperature", self.reformat_temperature, "at least 0")
+        check(self.reformat_max_new_tokens >= 1, "reformat_max_new_tokens", self.reformat_max_new_tokens,
+              "at least 1")
+
+    def reformat_model_config(self) -> ModelConfig:
+        """The model of the re-formatting call (when ``reformat_model`` is set; else the generating one)."""
+        return ModelConfig(model=self.reformat_model or self.model, engine=self.reformat_engine or self.engine,
+                           engine_options=self.engine_options, temperature=self.reformat_temperature,
+                           max_new_tokens=self.reformat_max_new_tokens)
 
 
-def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
-              context: None = None, *, reformat_engine: Engine | None = None) -> list[dict[str, Any]]:
-    """The MCQ rows of a chunk of source images: one generating call per image, then (``stage1.reformat``)
-    one re-formatting call on ``reformat_engine`` (default: ``engine``)."""
-    cfg = config.stage1
-    ref_engine = reformat_engine or engine
-    requests = [Request(prompts.mcq_generation(r["description"]),
-                        params=cfg.params(seed=request_seed(config.seed, SPEC.name, image_id), n=1))
-                for image_id, r in chunk]
-    raw = [out[0].text if out else "" for out in engine.generate(requests)]
-    formatted = [""] * len(chunk)
-    if cfg.reformat:
-        ref = [Request(prompts.mcq_reformat(text), params=SamplingParams(
-            n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
-            seed=request_seed(config.seed, SPEC.name + "/reformat", image_id)))
-            for (image_id, _), text in zip(chunk, raw)]
-        formatted = [out[0].text if out else "" for out in ref_engine.generate(ref)]
-    rows = []
-    for (image_id, _), r_text, f_text in zip(chunk, raw, formatted):
-        items = parse_mcq_response(f_text) or parse_mcq_response(r_text)  # fall back to the raw reply
-        rows += mcq_rows(image_id, items, model=engine.model_id, raw_response=r_text, formatted_response=f_text)
-    return rows
+_STR, _BOOL, _INT = pa.string(), pa.bool_(), pa.int32()
+
+# Multiple-choice questions (valid and invalid ones; invalid ones say why). An image whose reply holds no question
+# at all has one invalid placeholder row (item_index -1, empty question) that keeps the replies.
+SCHEMA = pa.schema(
+    [
+        ("mcq_id", _STR),  # content_id(image_id, question, options, answer_text)
+        ("image_id", _STR),
+        ("item_index", _INT),  # position of the question in the LLM's reply (-1: the no-question placeholder)
+        ("question", _STR),
+        ("options", pa.list_(_STR)),  # option texts in the order the LLM wrote them (letters A, B, ... by position)
+        ("answer_text", _STR),  # the answer as the LLM wrote it
+        ("answer_index", _INT),  # index into options, -1 when it does not resolve to exactly one option
+        ("question_type", _STR),
+        ("valid", _BOOL),
+        ("invalid_reason", _STR),  # "" when valid
+        ("model", _STR),
+        ("raw_response", _STR),  # the generating call's reply
+        ("formatted_response", _STR),  # the re-formatting call's reply ("" when not used)
+    ]
+)
+TABLE = TableSpec("mcq", SCHEMA, ("image_id", "item_index", "mcq_id"), input_column="image_id", repeated=(
+    "image_id", "question_type", "invalid_reason", "model", "raw_response", "formatted_response"))
+REFORMAT = "mcq_reformat"  # the re-formatting round: its answers' and its model's name
 
 
-def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
-           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
-    """Stage 1's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
-    t = tally(pa.Table.from_pylist(rows, schema=MCQ))
-    counts = {"items_in": items_in, "items_already_done": skipped, "images_without_questions": t["placeholders"],
-              "questions": t["questions"], "valid": t["valid"]}
+def requests(items: list[Item], settings: Any, prompts: Any) -> list[Request]:
+    """One generating request per source image."""
+    cfg = settings.stage1
+    return [Request(prompts.mcq_generation(r["description"]),
+                    params=cfg.params(seed=request_seed(settings.seed, TABLE.name, image_id), n=1))
+            for image_id, r in items]
+
+
+def reformat_requests(items: list[Item], answers: dict[str, Answers], settings: Any, prompts: Any) -> list[Request]:
+    """One re-formatting request per image, on its generating call's reply."""
+    cfg = settings.stage1
+    return [Request(prompts.mcq_reformat(text), params=SamplingParams(
+        n=1, temperature=cfg.reformat_temperature, max_new_tokens=cfg.reformat_max_new_tokens,
+        seed=request_seed(settings.seed, TABLE.name + "/reformat", image_id)))
+        for (image_id, _), text in zip(items, answers[TABLE.name].first_texts())]
+
+
+def _reformat_model(settings: Any) -> ModelConfig:
+    """The re-formatting call's own model, when it has one (else the generating model re-formats)."""
+    cfg = settings.stage1
+    return cfg.reformat_model_config() if cfg.reformat_model else cfg
+
+
+def _reformats(settings: Any) -> bool:
+    """Whether the re-formatting round is made (``stage1.reformat``)."""
+    return settings.stage1.reformat
+
+
+def rows(items: list[Item], answers: dict[str, Answers], settings: Any) -> list[dict[str, Any]]:
+    """The MCQ rows of a chunk of source images, from the replies (the re-formatted one first, else the raw)."""
+    generated = answers[TABLE.name]
+    raw = generated.first_texts()
+    formatted = answers[REFORMAT].first_texts() if REFORMAT in answers else [""] * len(items)
+    out = []
+    for (image_id, _), r_text, f_text in zip(items, raw, formatted):
+        parsed = parse_mcq_response(f_text) or parse_mcq_response(r_text)  # fall back to the raw reply
+        out += mcq_rows(image_id, parsed, model=generated.model, raw_response=r_text, formatted_response=f_text)
+    return out
+
+
+def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Images without questions, questions, valid ones; the invalid questions by reason."""
+    t = tally(pa.Table.from_pylist(rows, schema=SCHEMA))
+    counts = {"images_without_questions": t["placeholders"], "questions": t["questions"], "valid": t["valid"]}
     dropped = Counter(r["invalid_reason"] for r in rows if not r["valid"] and not is_placeholder(r))
-    summary = StageSummary(stage=SPEC.name, shard=parse_shard(shard), counts=counts, dropped=dict(dropped))
-    models = {"mcq": model_ids["engine"]}
-    if config.stage1.reformat:
-        models["mcq_reformat"] = model_ids.get("reformat_engine", model_ids["engine"])
-    return report(summary, run, progress, config=config.to_dict(), models=models, seed=config.seed)
+    return counts, dict(dropped)
 
 
-def run(
-    run: RunDir,
-    engine: Engine,
-    config: PipelineConfig,
-    *,
-    shard: tuple[int, int] | str = (0, 1),
-    progress: bool = True,
-    chunk_size: int | None = None,
-    reformat_engine: Engine | None = None,
-    prompts: Prompts | None = None,
-) -> StageSummary:
-    """Write stage-1 MCQs for this shard's source images that are not done yet; return the summary.
+SPEC = StageSpec(1, TABLE, reads="source", settings=McqSettings, requests=requests, rows=rows, summary=summary,
+                 summary_columns=("item_index", "valid", "invalid_reason"),
+                 description="MCQs from the source's descriptions", when_empty="the run has no source images",
+                 role="question", input_columns=("description",),
+                 follow_ups=(Round(REFORMAT, reformat_requests, _reformat_model, when=_reformats),),
+                 # the authors' code: GPT-4o writes, GPT-4o-mini re-formats at T=0
+                 presets={"authors": {"model": "gpt-4o-2024-08-06", "engine": "openai",
+                                      "reformat_model": "gpt-4o-mini-2024-07-18", "reformat_engine": "openai"}})
 
-    ``reformat_engine`` does the re-formatting call when ``config.stage1.reformat`` (default: ``engine``).
-    """
-    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
-                             prompts=prompts, reformat_engine=reformat_engine)
-
-
-def _reformat_engine(config: PipelineConfig) -> dict[str, Any]:
-    """The re-formatting call's own model, when it has one (else the generating engine re-formats)."""
-    cfg = config.stage1
-    return {"reformat_engine": cfg.reformat_model_config()} if cfg.reformat and cfg.reformat_model else {}
-
-
-SPEC = StageSpec(1, "mcq", input="source", usable=None, run=run, extra_engines=_reformat_engine,
-                 what="MCQs from the source's descriptions", no_input="the run has no source images",
-                 prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("item_index", "valid", "invalid_reason"), role="question")
-
-__all__ = ["NO_QUESTION", "SPEC", "ParsedItem", "finish", "make_rows", "mcq_rows", "parse_mcq_response", "prepare",
-           "resolve_answer", "run"]
+__all__ = ["NO_QUESTION", "REFORMAT", "SCHEMA", "SPEC", "TABLE", "McqSettings", "ParsedItem", "mcq_rows",
+           "parse_mcq_response", "requests", "resolve_answer", "rows", "summary"]

@@ -10,19 +10,73 @@ letter); unparseable samples and exact duplicates are kept as rows with ``keep=F
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from builder.answers import ANSWER_FORMATS, OPTION_STYLES, match_option, parse_thought, shuffle_options
-from builder.settings import PipelineConfig
-from builder.engines.base import Engine, Request
-from builder.prompts import THINK_PREFILL, Prompts
-from builder.records import content_id, rng_for
-from builder.store import RunDir
+import pyarrow as pa
 
-from .common import (StageSpec, StageSummary, keyed_inputs, load_image, report, request_seed, run_stage_locally,
-                     source_values, summarise)
+from builder.answers import ANSWER_FORMATS, OPTION_STYLES, match_option, parse_thought, shuffle_options
+from builder.engines.base import Request
+from builder.method import MAX_PIXELS
+from builder.prompts import THINK_PREFILL
+from builder.records import TableSpec, content_id, rng_for
+
+from .contract import Answers, Item, ModelConfig, StageSpec, check, load_image, request_seed, sample_counts
 
 STAGE = "simple_cot"  # its table, and the name its seeds are drawn under
+
+
+@dataclass
+class SimpleCotSettings(ModelConfig):
+    """Stage 2 (``stage2``): simple CoTs from the VLM with a forced ``<think>``."""
+
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    n: int = 3
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 1024
+    max_pixels: int | None = MAX_PIXELS  # cap on an image's area (w*h)
+    system_variant: str = "think"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_pixels is None or self.max_pixels >= 28 * 28, "max_pixels", self.max_pixels,
+              "at least 784 (28×28) or null for no cap")
+
+
+_STR, _BOOL, _INT = pa.string(), pa.bool_(), pa.int32()
+
+# Simple chain-of-thought samples from the VLM (every sample, parsed and labelled).
+SCHEMA = pa.schema(
+    [
+        ("sample_id", _STR),  # content_id(mcq_id, sample_index, response)
+        ("mcq_id", _STR),
+        ("image_id", _STR),
+        ("sample_index", _INT),
+        ("question", _STR),
+        ("question_type", _STR),
+        ("options", pa.list_(_STR)),  # shuffled, as shown
+        ("answer_index", _INT),  # gold index into the shuffled options
+        ("option_style", _STR),  # "paren" -> "(A) text", "dot" -> "A. text"
+        ("answer_format", _STR),  # "paren" -> "(X)", "dot" -> "X.", "text" -> option text
+        ("system_prompt", _STR),
+        ("user_text", _STR),
+        ("response", _STR),  # full assistant text including the forced "<think>"
+        ("thought", _STR),  # text inside <think> ... </think>
+        ("answer", _STR),  # text inside <answer> ... </answer> (or the fallback)
+        ("pred_index", _INT),  # -1 when the answer matches no option
+        ("parsed", _BOOL),
+        ("correct", _BOOL),
+        ("keep", _BOOL),
+        ("drop_reason", _STR),  # "", "unparseable", "duplicate"
+        ("model", _STR),
+        ("seed", pa.int64()),
+    ]
+)
+TABLE = TableSpec(STAGE, SCHEMA, ("mcq_id", "sample_index", "sample_id"), input_column="mcq_id", repeated=(
+    "mcq_id", "image_id", "question", "question_type", "option_style", "answer_format", "system_prompt", "user_text",
+    "answer", "drop_reason", "model"))
 # the columns of an MCQ that stage 2 reads (with its keys: not the stage-1 replies)
 INPUT_COLUMNS = ("question", "options", "answer_index", "question_type")
 
@@ -68,74 +122,51 @@ def sample_rows(mcq: dict[str, Any], shown: dict[str, Any], responses: Sequence[
     return rows
 
 
-def build_request(mcq: dict[str, Any], shown: dict[str, Any], image: Any, config: PipelineConfig,
-                  prompts: Prompts) -> Request:
+def build_request(mcq: dict[str, Any], shown: dict[str, Any], image: Any, settings: Any,
+                  prompts: Any) -> Request:
     """The stage-2 request of one MCQ (continues the assistant turn ``<think>``)."""
-    cfg = config.stage2
+    cfg = settings.stage2
     messages = prompts.vlm_messages(
         mcq["question"], shown["options"], image=image, question_type=mcq["question_type"],
         option_style=shown["option_style"], answer_format=shown["answer_format"], variant=cfg.system_variant,
         prefill=THINK_PREFILL)
-    return Request(messages, params=cfg.params(seed=request_seed(config.seed, STAGE, mcq["mcq_id"])),
+    return Request(messages, params=cfg.params(seed=request_seed(settings.seed, STAGE, mcq["mcq_id"])),
                    continue_final_message=True, max_pixels=cfg.max_pixels)
 
 
-def prepare(run: RunDir, config: PipelineConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
-    """Stage 2's inputs, ``(mcq_id, MCQ row)`` for every valid MCQ, and its context: image id -> image path."""
-    return (keyed_inputs(run, SPEC, INPUT_COLUMNS, missing="no stage-1 MCQs; run stage 1 first"),
-            source_values(run, "image_path"))
-
-
-def make_rows(chunk: list[tuple[str, dict]], engine: Engine, config: PipelineConfig, prompts: Prompts,
-              context: dict[str, str]) -> list[dict[str, Any]]:
-    """The SIMPLE_COT rows of a chunk of MCQs (``context``: image id -> image path, from :func:`prepare`)."""
-    images = context
+def requests(items: list[Item], settings: Any, prompts: Any) -> list[Request]:
+    """One request per MCQ of the chunk (its image loaded once per chunk)."""
     loaded: dict[str, Any] = {}
-    plans, requests = [], []
-    for mcq_id, m in chunk:
+    out = []
+    for mcq_id, m in items:
         if m["image_id"] not in loaded:
-            if m["image_id"] not in images:
-                raise KeyError(f"mcq {mcq_id}: image_id {m['image_id']!r} is not in the run's source")
-            loaded[m["image_id"]] = load_image(images[m["image_id"]], f"mcq {mcq_id} (image {m['image_id']})")
-        shown = presentation(m, config.seed)
-        req = build_request(m, shown, loaded[m["image_id"]], config, prompts)
-        plans.append((m, shown, req))
-        requests.append(req)
-    outputs = engine.generate(requests)
-    rows = []
-    for (m, shown, req), samples in zip(plans, outputs):
-        rows += sample_rows(
-            m, shown, [THINK_PREFILL + s.text for s in samples], system_prompt=req.messages[0]["content"],
-            user_text=req.messages[1]["content"][1]["text"], model=engine.model_id, seed=req.params.seed)
-    return rows
+            loaded[m["image_id"]] = load_image(m["image_path"], f"mcq {mcq_id} (image {m['image_id']})")
+        out.append(build_request(m, presentation(m, settings.seed), loaded[m["image_id"]], settings, prompts))
+    return out
 
 
-def finish(run: RunDir, config: PipelineConfig, rows: list[dict[str, Any]], *, shard: tuple[int, int] | str,
-           progress: bool, items_in: int, skipped: int, model_ids: dict[str, str]) -> StageSummary:
-    """Stage 2's summary of this shard's rows, recorded in the manifest (and printed when ``progress``)."""
-    summary = summarise(STAGE, shard, rows, items_in=items_in, skipped=skipped)
-    return report(summary, run, progress, config=config.to_dict(), models={STAGE: model_ids["engine"]},
-                  seed=config.seed)
+def rows(items: list[Item], answers: dict[str, Answers], settings: Any) -> list[dict[str, Any]]:
+    """The SIMPLE_COT rows of a chunk of MCQs, from the samples of each MCQ's request."""
+    answered = answers[STAGE]
+    out = []
+    for (_, m), req, samples in zip(items, answered.requests, answered.samples):
+        out += sample_rows(
+            m, presentation(m, settings.seed), [THINK_PREFILL + s.text for s in samples],
+            system_prompt=req.messages[0]["content"], user_text=req.messages[1]["content"][1]["text"],
+            model=answered.model, seed=req.params.seed)
+    return out
 
 
-def run(
-    run: RunDir,
-    engine: Engine,
-    config: PipelineConfig,
-    *,
-    shard: tuple[int, int] | str = (0, 1),
-    progress: bool = True,
-    chunk_size: int | None = None,
-    prompts: Prompts | None = None,
-) -> StageSummary:
-    """Write simple CoTs for this shard's valid MCQs that are not done yet; return the summary."""
-    return run_stage_locally(SPEC, run, engine, config, shard=shard, progress=progress, chunk_size=chunk_size,
-                             prompts=prompts)
+def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Samples out, parsed, correct, kept; the dropped samples by reason."""
+    return sample_counts(rows, SCHEMA)
 
 
-SPEC = StageSpec(2, STAGE, input="mcq", usable="valid", run=run, what="simple CoTs from the VLM for the valid MCQs",
-                 no_input="stage 1 wrote no valid MCQ", prepare=prepare, make_rows=make_rows, finish=finish,
-                 summary_columns=("parsed", "correct", "keep", "drop_reason"), role="short_thought")
+SPEC = StageSpec(2, TABLE, reads="question", settings=SimpleCotSettings, requests=requests, rows=rows,
+                 summary=summary, summary_columns=("parsed", "correct", "keep", "drop_reason"),
+                 description="simple CoTs from the VLM for the valid MCQs", when_empty="stage 1 wrote no valid MCQ",
+                 role="short_thought", select="valid", input_columns=INPUT_COLUMNS, source_columns=("image_path",),
+                 presets={"authors": {"n": 10}})  # the authors' code: ten samples per MCQ
 
-__all__ = ["SPEC", "build_request", "finish", "label_response", "make_rows", "prepare", "presentation", "run",
-           "sample_rows"]
+__all__ = ["SCHEMA", "SPEC", "TABLE", "SimpleCotSettings", "build_request", "label_response", "presentation",
+           "requests", "rows", "sample_rows", "summary"]
