@@ -255,7 +255,7 @@ def import_upstream(
                         input_ids=[m["mcq_id"] for m in mcq_rows.values() if m["valid"]])
         run.write_table(expansion_stage.TABLE.name, pa.Table.from_pylist(expansions, schema=expansion_stage.SCHEMA),
                         input_ids=[s["sample_id"] for s in samples if s["keep"]])
-        stage1_model = ", ".join(sorted(set(mcq.column("model").to_pylist())))  # the authors' (GPT-4o)
+        stage1_model = ", ".join(sorted(set(questions.column("model").to_pylist())))  # the authors' (GPT-4o)
         run.update_manifest(imported_from=str(src.resolve()), stage1_model=stage1_model,
                             stage2_model=stage2_model, stage3_model=stage3_model,
                             bad_words=list(bad_words))

@@ -13,16 +13,22 @@ import pyarrow as pa
 
 from builder.engines.base import Request
 from builder.records import TableSpec, content_id
-from builder.stages import register
+from builder.stages import register, table_for
 from builder.stages.contract import ModelConfig, StageSpec, request_seed, sample_counts
 
 NAME = "rewrite"
-INPUT = ("sample_id", "mcq_id", "image_id", "long_thought", "answer", "pred_index", "correct")
-SCHEMA = pa.schema([("expansion_id", pa.string()), ("source_expansion_id", pa.string()), ("sample_id", pa.string()),
-                    ("mcq_id", pa.string()), ("image_id", pa.string()), ("long_thought", pa.string()),
-                    ("answer", pa.string()), ("pred_index", pa.int32()), ("correct", pa.bool_()),
-                    ("keep", pa.bool_()), ("drop_reason", pa.string()), ("model", pa.string()),
-                    ("seed", pa.int64())])
+
+
+def long_thought_schema() -> pa.Schema:
+    """The schema of the table that plays "long_thought" before this stage registers (stage 3's)."""
+    from builder.records import TABLES
+
+    return TABLES[table_for("long_thought")].schema
+
+# a long thought's columns (what the products read of the role), from stage 3's declaration, plus the one it rewrote
+LONG = long_thought_schema()
+INPUT = tuple(LONG.names)
+SCHEMA = pa.schema([*LONG, pa.field("source_expansion_id", pa.string())])
 
 
 @dataclass
@@ -45,16 +51,14 @@ def rows(items: list, answers: dict, settings: Any) -> list[dict[str, Any]]:
     out = []
     for (key, row), req, text in zip(items, answered.requests, answered.first_texts()):
         rewritten = text.strip()
-        out.append({"expansion_id": content_id(key, NAME, rewritten), "source_expansion_id": key,
-                    **{c: row[c] for c in ("sample_id", "mcq_id", "image_id", "answer", "pred_index", "correct")},
-                    "long_thought": rewritten or row["long_thought"], "keep": True,
-                    "drop_reason": "", "model": answered.model, "seed": req.params.seed})
+        out.append({**{c: row[c] for c in INPUT}, "expansion_id": content_id(key, NAME, rewritten),
+                    "source_expansion_id": key, "long_thought": rewritten or row["long_thought"],
+                    "model": answered.model, "seed": req.params.seed})
     return out
 
 
 def summary(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, int], dict[str, int]]:
-    counts, dropped = sample_counts([{**r, "parsed": True} for r in rows], SCHEMA.append(pa.field("parsed", pa.bool_())))
-    return counts, dropped
+    return sample_counts(rows, SCHEMA)
 
 
 SPEC = register(StageSpec(
