@@ -3,7 +3,7 @@
 
 Commands::
 
-    lpt generate RUN --source SPEC [--preset paper|authors] [--config FILE]... [--set k=v]... [--shard i/N]
+    lpt generate RUN --source SPEC [--preset paper|authors] [--prompts project|authors] [--config FILE]... [--set k=v]... [--shard i/N]
                      [--stages 1,2,3] [--engine KIND] [--limit N] [--runner local|ray [--address ADDR]]
     lpt stage1|stage2|stage3 RUN ...      one stage (same options); lpt --plugin MODULE ... adds a stage
     lpt status RUN                         rows per stage, shards, models (a table; --json for a dict)
@@ -38,6 +38,7 @@ from rich.table import Table
 
 from builder.answers import MATCHER_VERSION
 from builder.assemble import DEFAULT_PAIR_KINDS, DPO_PAIR_RULES, AssembleOptions
+from builder.prompts import WORDINGS
 from builder.settings import PRESETS, load_config
 from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
@@ -246,6 +247,9 @@ _common_run_options = [
     click.option("--skip-bad", is_flag=True, help="Skip bad source records (counted, named) instead of stopping."),
     click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
                  help="Settings of the paper (SPEC) or of the authors' released code."),
+    click.option("--prompts", "wording", type=click.Choice(WORDINGS), default=None,
+                 help="Whose words the prompts use: project (ours) or authors (read from the authors' published "
+                      "files). Default: the preset's (authors for --preset authors, else project)."),
     click.option("--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
                  help="YAML/JSON file of settings applied over the preset (repeatable)."),
     click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -280,10 +284,12 @@ def common_run_options(fn: Callable) -> Callable:
 def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, split: str | None,
               subset: int | None, limit: int | None, skip_bad: bool, preset: str, config_files: tuple[str, ...],
               overrides: tuple[str, ...], engine: str | None, shard: tuple[int, int], chunk_size: int | None,
-              wait: float, quiet: bool, runner: str = "local", address: str | None = None) -> None:
+              wait: float, quiet: bool, runner: str = "local", address: str | None = None,
+              wording: str | None = None) -> None:
     if address is not None and runner != "ray":
         raise click.UsageError("--address is for --runner ray")
-    config = load_config(preset, files=config_files, overrides=overrides, engine=engine)
+    config = load_config(preset, files=config_files, overrides=[*([f"prompts={wording}"] if wording else []),
+                                                                 *overrides], engine=engine)
     run = RunDir(run_dir)
     console = _console()
     try:

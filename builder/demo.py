@@ -36,7 +36,7 @@ from builder.settings import PipelineConfig
 from builder.dataset_configs import run_configs
 from builder.export import export, read_report
 from builder.pipeline import EngineCache, prepare_source, run_stage
-from builder.prompts import THINK_PREFILL, Prompts
+from builder.prompts import THINK_PREFILL
 from builder.records import tally
 from builder.stages import STAGES, TABLES, table_for
 from builder.stages.contract import load_image
@@ -165,7 +165,7 @@ def add_fallback_thoughts(run: Any, config: Any) -> int:
     """Add the hand-written simple thoughts of the hand-written MCQs to the ``simple_cot`` stage, presented
     exactly as stage 2 presents an MCQ (seeded shuffle, option style, answer format); returns how many."""
     add_fallback_mcqs(run)
-    prompts = Prompts(config.template_dir)
+    prompts = config.make_prompts()
     thoughts = {(m["image_id"], m["question"]): m for m in sample_mcqs()}
     images = {r["image_id"]: r["image_path"] for r in run.read("source").to_pylist()}
     rows = run.read(table_for("short_thought")).to_pylist()

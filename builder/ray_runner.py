@@ -43,7 +43,6 @@ from builder.engines.base import MissingPackage, Request, Sample
 from builder.engines.pool import EngineCache
 from builder.engines.transformers_engine import _row_seed
 from builder.engines.vllm_engine import sampling_kwargs, vllm_messages
-from builder.prompts import Prompts
 from builder.runtime import ChunkPlan, StagePlan, chunk_loop, chunk_rows, finish
 from builder.stages import Answers, ModelConfig, StageSpec, StageSummary
 
@@ -164,7 +163,7 @@ class ChunkWorker:
         self.error = b""
         self.model_ids = "{}"
         try:
-            self.prompts = Prompts(settings.template_dir)
+            self.prompts = settings.make_prompts()
             models = stage_models(spec, settings)
             self.engines = dict(zip(models, self.cache.get_all(list(models.values()))))
         except Exception as e:  # a bad engine option, a missing model: the driver says so, once
@@ -282,7 +281,7 @@ class RayRunner:
         """Run one planned stage (this shard's pending inputs) on the cluster; returns its summary, as the local
         runner does."""
         spec, settings = plan.spec, plan.settings
-        Prompts(settings.template_dir)  # a bad template folder fails here, before any work, as locally
+        settings.make_prompts()  # a bad template folder fails here, before any work, as locally
         models = stage_models(spec, settings)
         model_ids = {k: m.model for k, m in models.items()}  # what load_engine names them; actors report theirs
         with chunk_loop(plan, shard=shard, chunk_size=chunk_size, progress=progress) as (chunks, bar):
@@ -326,7 +325,7 @@ class RayRunner:
         """A stage with ray-vllm engines: round by round, the requests of every pending chunk in one pass through
         the processor (engines of other kinds are loaded here and called directly), then each chunk's rows."""
         spec, settings = plan.spec, plan.settings
-        prompts = Prompts(settings.template_dir)
+        prompts = settings.make_prompts()
         local = EngineCache()
         direct = {k: m for k, m in models.items() if m.engine != RAY_VLLM}
         engines = dict(zip(direct, local.get_all(list(direct.values()))))

@@ -138,7 +138,7 @@ def stage_settings(settings: Any, section: str) -> dict[str, Any]:
     d = settings.to_dict()
     sec = {k: v for k, v in d[section].items() if k not in ("engine", "engine_options")}
     return {"seed": d["seed"], "template_dir": d["template_dir"], section: sec,
-            "templates": Prompts(settings.template_dir).fingerprint()}
+            "templates": settings.make_prompts().fingerprint()}
 
 
 @dataclass
@@ -235,7 +235,7 @@ def run_locally(plan: StagePlan, *, engines: EngineCache, shard: tuple[int, int]
     spec, settings = plan.spec, plan.settings
     rounds = spec.rounds(settings)
     loaded = dict(zip([r.name for r in rounds], engines.get_all([r.model(settings) for r in rounds])))
-    prompts = Prompts(settings.template_dir)
+    prompts = settings.make_prompts()
     return _chunks_through(plan, loaded, prompts, shard=shard, progress=progress, chunk_size=chunk_size)
 
 
@@ -255,7 +255,7 @@ def run_with(spec: StageSpec, run: RunDir, engine: Any, settings: Any, *, shard:
     """The local runner on engine objects given here (tests, benchmarks): ``engine`` answers the stage's own
     round and every round not named in ``round_engines`` (round name -> engine, e.g. ``mcq_reformat=``)."""
     engines = {r.name: round_engines.get(r.name) or engine for r in spec.rounds(settings)}
-    return _chunks_through(plan_stage(run, spec, settings), engines, prompts or Prompts(settings.template_dir),
+    return _chunks_through(plan_stage(run, spec, settings), engines, prompts or settings.make_prompts(),
                            shard=shard, progress=progress, chunk_size=chunk_size)
 
 

@@ -26,26 +26,29 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from builder.method import BAD_WORDS, DEFAULT_SEED  # noqa: F401  (BAD_WORDS: read from here by the benchmarks)
+from builder.prompts import WORDINGS, Prompts
 from builder.stages import STAGES
 from builder.stages.contract import ModelConfig, check as _check
 
-_TOP = ("seed", "chunk_size", "template_dir")  # the run-wide settings; the stage sections follow them
+_TOP = ("seed", "chunk_size", "template_dir", "prompts")  # the run-wide settings; the stage sections follow them
 
 
 class PipelineConfig:
     """The run settings: ``seed``, ``chunk_size`` (inputs per written chunk: a crash loses at most one chunk),
-    ``template_dir`` (a folder of *.j2 files overriding the built-in prompts by name), and one section per
+    ``template_dir`` (a folder of *.j2 files overriding the built-in prompts by name), ``prompts`` (whose words:
+    ``project`` or ``authors``, read from the authors' published files), and one section per
     registered stage (``stage1`` ...: that stage's settings dataclass, :attr:`StageSpec.settings`)."""
 
     def __init__(self, seed: int = DEFAULT_SEED, chunk_size: int = 64, template_dir: str | None = None,
-                 **sections: Any) -> None:
-        self.seed, self.chunk_size, self.template_dir = seed, chunk_size, template_dir
+                 prompts: str = "project", **sections: Any) -> None:
+        self.seed, self.chunk_size, self.template_dir, self.prompts = seed, chunk_size, template_dir, prompts
         known = {spec.section: spec.settings for spec in STAGES}
         unknown = sorted(set(sections) - set(known))
         if unknown:
             raise TypeError(f"unknown settings section {unknown[0]!r}; known: {sorted(known)}")
         self.sections = {name: sections.get(name) or cls() for name, cls in known.items()}
         _check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "at least 1")
+        _check(self.prompts in WORDINGS, "prompts", self.prompts, f"one of {', '.join(WORDINGS)}")
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -56,6 +59,11 @@ class PipelineConfig:
             if spec is not None:
                 return sections.setdefault(name, spec.settings())
         raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+    def make_prompts(self) -> Prompts:
+        """The prompts these settings render: ``template_dir``'s files over the ``prompts`` wording (``project``:
+        ours; ``authors``: the authors' words, :mod:`builder.prompts.authors`)."""
+        return Prompts(self.template_dir, self.prompts)
 
     def field_names(self) -> list[str]:
         """Its settings' names: the run-wide ones, then the stage sections in pipeline order."""
@@ -208,9 +216,14 @@ PRESETS: dict[str, str] = {
 """The presets by name; a stage declares what a preset changes in its section (``StageSpec.presets``)."""
 
 
+PRESET_WORDING = {"authors": "authors"}
+"""The prompt wording a preset implies (the ``authors`` preset speaks the authors' words); others keep ours."""
+
+
 def preset_values(name: str) -> dict[str, Any]:
-    """The settings preset ``name`` changes: per section, its stage's ``presets[name]``."""
-    return {spec.section: dict(spec.presets[name]) for spec in STAGES if name in spec.presets}
+    """The settings preset ``name`` changes: its prompt wording, and per section its stage's ``presets[name]``."""
+    top = {"prompts": PRESET_WORDING[name]} if name in PRESET_WORDING else {}
+    return {**top, **{spec.section: dict(spec.presets[name]) for spec in STAGES if name in spec.presets}}
 
 
 __all__ = ["ModelConfig", "PRESETS", "PipelineConfig", "load_config", "load_mapping", "preset_values"]

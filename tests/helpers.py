@@ -62,8 +62,10 @@ class ReplayEngine(Engine):
     def _reply(self, req: Request, k: int) -> str:
         text = _text_of(req.messages[-1]) if not req.continue_final_message else _text_of(req.messages[-2])
         rng = random.Random(stable_int(req.params.seed, k, text))
-        if req.messages[-1]["role"] == "user" and "Image description:" in text:  # stage 1 generation
-            desc = text.split("Image description:")[1].strip()
+        reply_head = "Here are the questions:\n\n"
+        described = next((m for m in ("Image description:", "Image Description:") if m in text), None)  # ours, theirs
+        if req.messages[-1]["role"] == "user" and described and reply_head not in text:  # stage 1 generation
+            desc = text.split(described)[1].strip()
             items = []
             for i, word in enumerate(w for w in COLOURS if w in desc):
                 wrong = [c.capitalize() for c in COLOURS if c != word][:3]
@@ -73,9 +75,9 @@ class ReplayEngine(Engine):
                              f"</choices> <answer> {word.capitalize()} </answer> <type> Recognition </type>")
             items.append(f"{len(items) + 1}. <question> A broken one? </question> <choices> (A) Yes (B) No "
                          "</choices> <answer> Maybe </answer> <type> Recognition </type>")
-            return "Here are the questions:\n\n" + "\n\n".join(items)
-        if req.messages[-1]["role"] == "user":  # stage 1 re-format: echo the list
-            return text.split("Text:\n", 1)[1]
+            return reply_head + "\n\n".join(items)
+        if req.messages[-1]["role"] == "user":  # stage 1 re-format: echo the list of the reply it was given
+            return text.split("Text:\n", 1)[1] if "Text:\n" in text else text[text.index(reply_head):]
         if req.messages[-1]["content"] == "<think>":  # stage 2
             letter = rng.choice("ABCD")
             if rng.random() < 0.15:

@@ -126,3 +126,37 @@ def test_a_folder_whose_words_disagree_is_refused_naming_the_file_and_line(tmp_p
         authors_templates(folder)
     with pytest.raises(AuthorsWordsError, match="not the authors' published example outputs"):
         authors_templates(tmp_path)
+
+
+def _generate(tmp_path, name, *flags):
+    from click.testing import CliRunner
+
+    from builder.cli import main
+    from builder.store import RunDir
+    from helpers import make_source
+
+    run = RunDir(tmp_path / name)
+    make_source(run, tmp_path, n=2)
+    res = CliRunner().invoke(main, ["generate", str(run.path), "-q", *flags, "--set", "stage2.n=2", "--set",
+                                    "stage3.n=1", *[a for k in (1, 2, 3) for a in ("--set",
+                                                                                     f"stage{k}.engine=helpers:ReplayEngine")],
+                                    "--set", "stage1.reformat_engine=helpers:ReplayEngine"])
+    return run, res
+
+
+def test_generate_speaks_the_authors_words_when_asked_and_the_authors_preset_implies_it(tmp_path):
+    ours = Prompts().system("think", "Recognition", "paren")[:40]
+    for name, flags, authors_words in (("asked", ["--prompts", "authors"], True), ("preset", ["--preset", "authors"], True),
+                                       ("preset-ours", ["--preset", "authors", "--prompts", "project"], False),
+                                       ("default", [], False)):
+        run, res = _generate(tmp_path, name, *flags)
+        assert res.exit_code == 0, res.output
+        systems = set(run.read("simple_cot").column("system_prompt").to_pylist())
+        users = set(run.read("expansion").column("user_text").to_pylist())
+        assert systems and users
+        theirs = all(s.startswith("A conversation between User and Assistant") for s in systems)
+        assert theirs == authors_words and all(s.startswith(ours) for s in systems) == (not authors_words)
+        assert all(u.startswith("You are a large language model that answers visual questions") for u in users) \
+            == authors_words
+    run, res = _generate(tmp_path, "default", "--prompts", "authors")  # resuming with other words: refused
+    assert res.exit_code == 1 and "made with other" in res.output and "templates" in res.output
