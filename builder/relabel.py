@@ -11,6 +11,7 @@ decides which questions exist, which relabelling must not change under a finishe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -64,6 +65,19 @@ def _relabel_stage(run: RunDir, stage: str, rebuild: Callable[[list[dict], dict]
     return total
 
 
+def _checked_words(value: Any, where: Any) -> tuple[str, ...]:
+    """Bad words read back from a run, through the settings' own check (a list of strings)."""
+    from builder.settings import PipelineConfig
+
+    if not isinstance(value, (list, tuple)):  # written by the project as a list: anything else was edited
+        raise StoreError(f"{where}: bad_words must be a list of strings, got {value!r}")
+    try:
+        section = expansion.SPEC.section
+        return getattr(PipelineConfig().merge({section: {"bad_words": value}}), section).bad_words
+    except ValueError as e:
+        raise StoreError(f"{where}: {e}") from None
+
+
 def relabel(run: RunDir) -> dict[str, dict[str, int]]:
     """Re-grade stages 2 and 3 of ``run`` with the current answer matcher; returns, per stage, how many rows
     changed their label, their ``keep``, or any parsed field."""
@@ -76,7 +90,7 @@ def relabel(run: RunDir) -> dict[str, dict[str, int]]:
 
     counts = {SIMPLE: _relabel_stage(run, SIMPLE, simple)}
     simples = {r["sample_id"]: r for r in run.read(SIMPLE).to_pylist()}
-    manifest_words = run.manifest.get("bad_words") or BAD_WORDS
+    manifest_words = _checked_words(run.manifest.get("bad_words") or BAD_WORDS, run.manifest_path)
 
     def expanded(rows: list[dict], settings: dict) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["expansion_index"])
@@ -87,7 +101,8 @@ def relabel(run: RunDir) -> dict[str, dict[str, int]]:
         conts = [Continuation(r["expansion_index"], r["cue"], r["separator"], r["user_text"], r["prefill"],
                               r["continuation"], r["seed"]) for r in rows]
         return expansion_rows(simples[rows[0]["sample_id"]], conts, model=rows[0]["model"],
-                              bad_words=section.get("bad_words", manifest_words),
+                              bad_words=_checked_words(section.get("bad_words", manifest_words),
+                                                       f"{run.path / EXPANDED} (its chunks' settings)"),
                               substring=bool(section.get("substring_bad_word_filter", False)))
 
     counts[EXPANDED] = _relabel_stage(run, EXPANDED, expanded)

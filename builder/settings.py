@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from builder.method import BAD_WORDS, DEFAULT_SEED  # noqa: F401  (BAD_WORDS: read from here by the benchmarks)
+from builder.credentials import refuse_credentials
 from builder.prompts import WORDINGS, Prompts
 from builder.stages import STAGES
 from builder.stages.contract import ModelConfig, check as _check
@@ -49,6 +50,9 @@ class PipelineConfig:
         self.sections = {name: sections.get(name) or cls() for name, cls in known.items()}
         _check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "at least 1")
         _check(self.prompts in WORDINGS, "prompts", self.prompts, f"one of {', '.join(WORDINGS)}")
+        _check(self.template_dir is None or isinstance(self.template_dir, str), "template_dir", self.template_dir,
+               "a folder path (a string) or null")
+        refuse_credentials(self.to_dict(), "settings")  # anywhere in the tree: keys, token values, URL user-info
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -169,7 +173,11 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
     """``value`` for a setting whose value is now ``current``: a tuple from a list (or one string), a bool only
     from a bool, a number of the same type (a whole one for an int); anything else as it is."""
     if isinstance(current, tuple):
-        return tuple([value] if isinstance(value, str) else value)
+        items = tuple([value] if isinstance(value, str) else value) if isinstance(value, (str, list, tuple)) else None
+        if items is None or (current and all(isinstance(c, str) for c in current)
+                             and not all(isinstance(v, str) for v in items)):
+            raise ValueError(f"{name} must be a list of strings, got {value!r}")
+        return items
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -243,7 +243,7 @@ def test_a_module_class_engine_must_be_an_engine(tmp_path, capfd):
 
 
 def test_credentials_are_refused_in_settings():
-    with pytest.raises(ValueError, match="engine_options must be free of credentials"):
+    with pytest.raises(ValueError, match="engine_options: api_key: a key that names a credential"):
         load_config(overrides=["stage1.engine_options={api_key: sk-123}"])
     load_config(overrides=["stage2.engine_options={max_num_batched_tokens: 8192}"])  # not a credential
 

@@ -22,18 +22,18 @@ engines, hands the outputs to ``rows`` and writes them; a stage never opens a fi
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
+from builder.credentials import refuse_credentials
 from builder.engines import load_engine
 from builder.engines.base import Request, Sample, SamplingParams
 from builder.records import TableSpec, stable_int, tally
 
 Item = tuple[str, dict[str, Any]]  # (input id, the input row the stage reads)
-SECRET = re.compile(r"(?:^|_)(?:api_?key|token|secret|password)(?:$|_)", re.I)  # hf_token, api_key; not max_num_batched_tokens
 
 
 def check(ok: bool, name: str, value: Any, what: str) -> None:
@@ -61,15 +61,20 @@ class ModelConfig:
     max_new_tokens: int = 1024
 
     def __post_init__(self) -> None:
+        check(isinstance(self.model, str), "model", self.model, "a model name or path (a string)")
+        check(isinstance(self.engine, str), "engine", self.engine, "an engine name (a string)")
+        check(isinstance(self.engine_options, dict), "engine_options", self.engine_options,
+              "a mapping of option names to values")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and math.isfinite(value), name, value, "a finite number")
         check(self.n >= 1, "n", self.n, "at least 1")
         check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
         check(self.top_k >= 0, "top_k", self.top_k, "at least 0 (0: no top-k cut)")
         check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "above 0")
         check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "at least 1")
-        secret = [k for k in self.engine_options if SECRET.search(k)]
-        check(not secret, "engine_options", secret, "free of credentials: give them through the environment "
-              "(OPENAI_API_KEY, HF_TOKEN), they are never written into a run")
+        refuse_credentials(self.engine_options, "engine_options")
 
     def params(self, *, seed: int | None = None, **extra: Any) -> SamplingParams:
         """These settings as engine sampling parameters (``extra`` overrides, e.g. ``n=1``)."""
