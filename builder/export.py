@@ -336,9 +336,8 @@ def card_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _size_of(configs: list[dict[str, Any]]) -> str:
-    """The Hub size category: by the SFT and DPO rows, else by the biggest config."""
-    trace_rows = sum(c["rows"] for c in configs if c["name"] in ("sft", "dpo"))
-    return _size_category(trace_rows or max([c["rows"] for c in configs] or [0]))
+    """The Hub size category, by the rows of every config (the raw records included)."""
+    return _size_category(sum(c["rows"] for c in configs))
 
 
 def _example_of(out: Path, config: str | None) -> dict[str, Any]:
@@ -462,12 +461,19 @@ def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         size = sum(f.stat().st_size for f in files)
         splits = SplitDict()
-        splits.add(SplitInfo(name="train", num_bytes=size, num_examples=rows))
-        infos[name] = DatasetInfo(features=features, splits=splits, download_size=size, dataset_size=size)
+        # num_bytes / dataset_size are the Arrow data's size to `datasets`, which only a full read would give:
+        # left out; download_size is what it means, the parquet files' size
+        splits.add(SplitInfo(name="train", num_examples=rows))
+        infos[name] = DatasetInfo(features=features, splits=splits, download_size=size)
         metadata[name] = {"data_files": [{"split": "train", "path": f"{name}/train-*"}]}
         if name == default:
             metadata[name]["default"] = True
     DatasetInfosDict(infos).to_dataset_card_data(card)
+    infos_yaml = card.dataset_info if isinstance(card.dataset_info, list) else [card.dataset_info or {}]
+    for info in infos_yaml:  # no "num_bytes: 0" for a size that was not measured
+        for split in info.get("splits", []):
+            split.pop("num_bytes", None)
+        info.pop("dataset_size", None)
     MetadataConfigs(metadata).to_dataset_card_data(card)
     return card.to_yaml()
 

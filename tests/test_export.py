@@ -75,6 +75,9 @@ def test_card_numbers_are_computed_from_the_data(built):
     # the imported example: the authors' MIT generations on DOCCI (the card used to say Apache-2.0 for any run)
     assert meta["license"] == ["mit", "cc-by-4.0"] and meta["source_datasets"] == ["google/docci"]
     assert "visual-question-answering" in meta["task_categories"] and "@inproceedings{OnoeDocci2024" in card.text
+    # the size over every config (raw_expansion alone has 1,200 rows), and no size that was never measured
+    assert meta["size_categories"] == ["1K<n<10K"] and "num_bytes" not in card.content
+    assert "dataset_size" not in card.content and "download_size" in card.content
     assert {c["config_name"] for c in meta["configs"]} == set(lpt.run_configs())
     stats = card_stats(out)
     dpo = datasets.load_dataset(str(out), "dpo", split="train")
