@@ -142,7 +142,7 @@ def test_stats_command(made, tmp_path):
     assert r.exit_code == 1 and "neither a run directory" in r.output
 
 
-def test_stats_and_view_read_the_table_the_registry_names_for_a_role(made, tmp_path, monkeypatch):
+def test_stats_and_view_read_the_table_the_registry_names_for_a_role(made, tmp_path):
     """The products ask the stage registry for the long-thought table (builder.stages.table_for): a later stage
     that provides the role (here a stage 4 whose table is a copy of the expansions) is what they count and
     show, under its own name and number."""
@@ -150,17 +150,21 @@ def test_stats_and_view_read_the_table_the_registry_names_for_a_role(made, tmp_p
     import shutil
 
     import builder.stages as stages
-    from builder.records import TABLES
-    from builder.stages import common
     from builder.view import collect
 
     run = tmp_path / "run"
     shutil.copytree(made / "run", run)
     shutil.copytree(run / "expansion", run / "rewrite")
-    monkeypatch.setitem(TABLES, "rewrite", dataclasses.replace(TABLES["expansion"], name="rewrite"))
-    monkeypatch.setattr(common, "_SPECS", dict(common._SPECS))
-    rewrite = dataclasses.replace(stages.get_stage("expansion"), number=4, name="rewrite", input="expansion")
-    monkeypatch.setattr(stages, "STAGES", (*stages.STAGES, rewrite))
+    three = stages.get_stage("expansion")
+    stages.register(dataclasses.replace(three, number=4, table=dataclasses.replace(three.table, name="rewrite"),
+                                        reads="long_thought"))
+    try:
+        _counted_and_shown_as_stage_4(run, stages, collect)
+    finally:
+        stages.unregister("rewrite")
+
+
+def _counted_and_shown_as_stage_4(run, stages, collect):
     assert stages.table_for("long_thought") == "rewrite"
 
     s = compute(RunDir(run))
