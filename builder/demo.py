@@ -106,13 +106,13 @@ def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dic
 
 
 def fit_threads_to_load(echo=print) -> int:
-    """On a machine already busier than its cores, torch's intra-op threads spin-wait for one another and a
-    small model writes several times slower than with one thread; there the demo uses one. A quiet machine keeps
-    torch's default. Returns the thread count before, for ``torch.set_num_threads`` afterwards."""
+    """On a machine with other work (load average at least half its cores), torch's intra-op threads spin-wait
+    for one another and a small model writes several times slower than with one thread; there the demo uses one.
+    A quiet machine keeps torch's default. Returns the thread count before, for ``torch.set_num_threads``."""
     import torch
 
     cores, load, threads = os.cpu_count() or 1, os.getloadavg()[0], torch.get_num_threads()
-    if load >= cores and threads > 1:
+    if load >= cores / 2 and threads > 1:
         torch.set_num_threads(1)
         echo(f"the machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
     return threads

@@ -149,7 +149,7 @@ def test_load_and_the_builder_on_a_missing_config_or_folder(tmp_path):
 
 
 def test_the_demo_runs_torch_on_one_thread_on_a_busy_machine(monkeypatch):
-    """Not an error, but the first hour's worst moment: on a machine busier than its cores torch's threads
+    """Not an error, but the first hour's worst moment: on a machine with other work torch's threads
     spin-wait for one another and the demo seemed stuck. A busy machine is played by os.getloadavg (named)."""
     import torch
 
