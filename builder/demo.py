@@ -124,11 +124,11 @@ def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
     return PipelineConfig.preset("paper").merge({
         "chunk_size": 8,
         "stage1": {"engine": "transformers", "model": models["stage1"]["path"], "reformat": False,
-                   "max_new_tokens": short or 256},
+                   "max_new_tokens": short or 192},
         "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
                    "max_new_tokens": short or 48},
         "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
-                   "max_new_tokens": short or 224},  # 7 kept thoughts x 2: as many tokens as 6 x 256
+                   "max_new_tokens": short or 128},  # 14 expansions: short ones keep the demo short
     })
 
 
