@@ -105,16 +105,17 @@ def prepare_models(models_dir: Path, *, tiny: bool, echo=print) -> dict[str, dic
             "stage3": {"path": text, "note": note}}
 
 
-def fit_threads_to_load(echo=print) -> None:
-    """On a machine already busier than its cores, torch's intra-op threads spin-wait for one another and a
-    small model writes several times slower than with one thread; there the demo uses one. A quiet machine keeps
-    torch's default."""
+def fit_threads_to_load(echo=print) -> int:
+    """On a machine with other work (load average at least half its cores), torch's intra-op threads spin-wait
+    for one another and a small model writes several times slower than with one thread; there the demo uses one.
+    A quiet machine keeps torch's default. Returns the thread count before, for ``torch.set_num_threads``."""
     import torch
 
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load >= cores and torch.get_num_threads() > 1:
+    cores, load, threads = os.cpu_count() or 1, os.getloadavg()[0], torch.get_num_threads()
+    if load >= cores / 2 and threads > 1:
         torch.set_num_threads(1)
         echo(f"the machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
+    return threads
 
 
 def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
@@ -123,11 +124,11 @@ def demo_config(models: dict[str, dict[str, str]], *, tiny: bool):
     return PipelineConfig.preset("paper").merge({
         "chunk_size": 8,
         "stage1": {"engine": "transformers", "model": models["stage1"]["path"], "reformat": False,
-                   "max_new_tokens": short or 256},
+                   "max_new_tokens": short or 192},
         "stage2": {"engine": "transformers", "model": models["stage2"]["path"], "n": 2,
                    "max_new_tokens": short or 48},
         "stage3": {"engine": "transformers", "model": models["stage3"]["path"], "n": 2,
-                   "max_new_tokens": short or 224},  # 7 kept thoughts x 2: as many tokens as 6 x 256
+                   "max_new_tokens": short or 128},  # 14 expansions: short ones keep the demo short
     })
 
 
@@ -298,7 +299,7 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     run = RunDir(run_path)
     run.update_manifest(demo=True)
 
-    fit_threads_to_load(echo)
+    threads = fit_threads_to_load(echo)
     models = prepare_models(out / "models", tiny=tiny, echo=echo)
     config = demo_config(models, tiny=tiny)
     n = prepare_source(run, str(SAMPLE_DIR), limit=images, echo=echo)
@@ -324,6 +325,9 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
                 echo(f"[yellow]{fallbacks[-1]}[/]")
     finally:
         engines.close()
+        import torch
+
+        torch.set_num_threads(threads)  # the caller's setting again
     run.update_manifest(demo=True, demo_models={k: v["note"] for k, v in models.items()}, demo_fallbacks=fallbacks)
 
     exported = _export(run, Path(dataset)) if export else {"skipped": True}

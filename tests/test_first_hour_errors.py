@@ -146,3 +146,23 @@ def test_load_and_the_builder_on_a_missing_config_or_folder(tmp_path):
     message = _assert_one_line(_exception_of(
         'import longperceptualthoughts as lpt; lpt.LongPerceptualThoughts(config_name="no_such_config")', tmp_path))
     assert "no_such_config" in message and "sft" in message  # names it and lists the configs there are
+
+
+def test_the_demo_runs_torch_on_one_thread_on_a_busy_machine(monkeypatch):
+    """Not an error, but the first hour's worst moment: on a machine with other work torch's threads
+    spin-wait for one another and the demo seemed stuck. A busy machine is played by os.getloadavg (named)."""
+    import torch
+
+    from builder.demo import fit_threads_to_load
+
+    before = torch.get_num_threads()
+    said = []
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # quiet: torch's setting stays
+        assert fit_threads_to_load(said.append) == 2 and torch.get_num_threads() == 2 and not said
+        monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))  # busy
+        assert fit_threads_to_load(said.append) == 2 and torch.get_num_threads() == 1
+        assert said and "1 thread" in said[0]
+    finally:
+        torch.set_num_threads(before)
