@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the project and its CPU stack.
 #   bash scripts/setup.sh                # runtime only (enough for `lpt demo`)
-#   bash scripts/setup.sh dev,eval,ray   # plus the test, evaluation and Ray extras (what CI runs)
+#   bash scripts/setup.sh dev,eval,ray,train   # plus the test, evaluation, Ray and training extras (what CI runs)
 # Every install goes through constraints.txt (one tested set of versions), so adding an extra later never
 # changes what an earlier run installed. CPU torch goes in first; a CUDA machine: README, "GPU machines".
 set -euo pipefail
