@@ -24,11 +24,10 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 
-from builder.answers import parse_options
 from builder.atomic import replace_dir, temp_dir_beside
 from builder.method import BAD_WORDS, CUES
 from builder.records import SOURCE, SOURCE_TABLE
@@ -37,18 +36,12 @@ from builder.stages.expansion import Continuation, expansion_rows
 from builder.stages.mcq import ParsedItem, mcq_rows
 from builder.stages.simple_cot import sample_rows
 from builder.store import RunDir
+from builder.upstream import EXAMPLE_DIR, between as _between, parse_qwen_prompt  # noqa: F401  (EXAMPLE_DIR: the CLI takes it from here)
 
-EXAMPLE_DIR = Path(__file__).parent / "data" / "upstream_example"
-"""The authors' published example outputs (MIT), shipped with the package: ``import_upstream(EXAMPLE_DIR, run)``."""
 STAGE2_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 STAGE3_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
 IMPORTED_SEED = -1  # the authors' sampling seeds are not published
 
-_FORMAT_PHRASES = {  # the authors' answer-format sentences -> our answer formats
-    "provide your answer as (X)": "paren",
-    "provide your answer as X.": "dot",
-    "answer with the full text of the correct option": "text",
-}
 
 
 class UpstreamFormatError(ValueError):
@@ -57,14 +50,6 @@ class UpstreamFormatError(ValueError):
 
 def _fail(path: Path, where: str, field: str, why: str) -> UpstreamFormatError:
     return UpstreamFormatError(f"{path}: {where}: field {field!r}: {why}")
-
-
-def _between(text: str, start: str, end: str) -> str | None:
-    i = text.find(start)
-    if i < 0:
-        return None
-    j = text.find(end, i + len(start))
-    return text[i + len(start): j if j >= 0 else None]
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -126,27 +111,6 @@ def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table,
 
 
 # ------------------------------------------------------------------------------------------------- stage 2
-
-
-def parse_qwen_prompt(prompt: str) -> dict[str, Any]:
-    """System prompt, user text, shown options, option style and answer format of a decoded Qwen prompt."""
-    system = _between(prompt, "<|im_start|>system\n", "<|im_end|>")
-    user = _between(prompt, "<|im_start|>user\n", "<|im_end|>")
-    if system is None or user is None:
-        raise ValueError("no system or user turn in the prompt")
-    user = re.sub(r"<\|vision_start\|>.*?<\|vision_end\|>", "", user, flags=re.S).strip()
-    return {"system_prompt": system.strip(), "user_text": user, **_options_of(user, system)}
-
-
-def _options_of(user_text: str, instructions: str) -> dict[str, Any]:
-    head, sep, tail = user_text.partition("Select from the following choices.")
-    if not sep:
-        raise ValueError("no 'Select from the following choices.' line")
-    formats = [f for phrase, f in _FORMAT_PHRASES.items() if phrase in instructions]
-    if len(formats) != 1:
-        raise ValueError("answer format sentence not recognised")
-    return {"question": head.strip(), "options": parse_options(tail),
-            "option_style": "paren" if tail.strip().startswith("(") else "dot", "answer_format": formats[0]}
 
 
 def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str) -> tuple[list[dict], dict[str, dict]]:

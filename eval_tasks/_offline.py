@@ -88,6 +88,24 @@ def data_dir_hint(bench: str = "<task>") -> str:
             "`lpt eval --sample-data DIR` writes offline stand-ins")
 
 
+def check_data(benches: list[str], data_dir: str | os.PathLike | None = None, protocol: str = "authors") -> None:
+    """Raise :class:`DataUnavailable` when a benchmark has no local copy in ``data_dir`` and its Hub dataset
+    cannot be loaded now (offline and not cached, or the Hub unreachable); seconds, not a minute of retries."""
+    from eval_tasks.catalog import DataUnavailable, _catalog, base_name, hub_repo
+
+    problems = []
+    for bench in dict.fromkeys(base_name(b) for b in benches):
+        if bench in _catalog() and not (data_dir and (Path(data_dir) / bench).is_dir()):
+            why = hub_dataset_problem(hub_repo(bench, protocol))
+            if why:
+                problems.append((bench, why))
+    if problems:
+        listed = ", ".join(f"{b} ({hub_repo(b, protocol)})" for b, _ in problems)
+        where = f" ({data_dir} has no folder {' or '.join(b for b, _ in problems)})" if data_dir else ""
+        raise DataUnavailable(f"cannot load the Hub dataset{'s' if len(problems) > 1 else ''} of {listed}: "
+                              f"{problems[0][1]}{where}; {data_dir_hint()}")
+
+
 def _task_file_loader(task) -> Callable | None:
     """The ``load(task, setup)`` of the task's own file (:mod:`eval_tasks.benchmarks`), when it has one."""
     from eval_tasks import catalog

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -92,23 +91,5 @@ def hub_repo(bench: str, protocol: str = "project") -> str:
         else consts["HF_REPO"]
 
 
-def check_data(benches: list[str], data_dir: str | os.PathLike | None = None, protocol: str = "authors") -> None:
-    """Raise :class:`DataUnavailable` when a benchmark has no local copy in ``data_dir`` and its Hub dataset
-    cannot be loaded now (offline and not cached, or the Hub unreachable); seconds, not a minute of retries."""
-    from eval_tasks._offline import data_dir_hint, hub_dataset_problem
-
-    problems = []
-    for bench in dict.fromkeys(base_name(b) for b in benches):
-        if bench in _catalog() and not (data_dir and (Path(data_dir) / bench).is_dir()):
-            why = hub_dataset_problem(hub_repo(bench, protocol))
-            if why:
-                problems.append((bench, why))
-    if problems:
-        listed = ", ".join(f"{b} ({hub_repo(b, protocol)})" for b, _ in problems)
-        where = f" ({data_dir} has no folder {' or '.join(b for b, _ in problems)})" if data_dir else ""
-        raise DataUnavailable(f"cannot load the Hub dataset{'s' if len(problems) > 1 else ''} of {listed}: "
-                              f"{problems[0][1]}{where}; {data_dir_hint()}")
-
-
-__all__ = ["DataUnavailable", "base_name", "check_data", "hub_repo", "info", "names", "paper_scores",
+__all__ = ["DataUnavailable", "base_name", "hub_repo", "info", "names", "paper_scores",
            "task_string", "titles"]

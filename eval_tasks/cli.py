@@ -66,7 +66,7 @@ def check_inputs(tasks: str, data_dir: str | None, protocol: str) -> None:
     """Everything a run reads that can be missing, checked before the heavy stack loads: the benchmarks' data
     (:class:`eval_tasks.catalog.DataUnavailable`) and, under ``authors``, the authors' files
     (:class:`eval_tasks.protocols.AuthorsFilesUnavailable`)."""
-    from eval_tasks.catalog import check_data
+    from eval_tasks._offline import check_data
     from eval_tasks.protocols import check_authors_files, get
 
     check_data([t for t in tasks.split(",") if t.strip()], data_dir, protocol)

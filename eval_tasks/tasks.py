@@ -23,7 +23,8 @@ import types
 from typing import Any
 
 from eval_tasks import catalog
-from eval_tasks.catalog import DataUnavailable, base_name, check_data, task_string
+from eval_tasks._offline import check_data
+from eval_tasks.catalog import DataUnavailable, base_name, task_string
 from eval_tasks.protocols import DEFAULT_PROTOCOL
 
 DATA_DIR_ENV = "LPT_EVAL_DATA_DIR"

@@ -2,7 +2,7 @@
 
 The ``authors`` wording renders the prompts with the words Liao et al. used, and those words are never typed into
 this project: they are read, at first use, from the decoded prompts the authors published with their example run
-(the files :data:`builder.importer.EXAMPLE_DIR` ships, licence in its ``LICENSE``; another folder of the same files
+(the files :data:`builder.upstream.EXAMPLE_DIR` ships, licence in its ``LICENSE``; another folder of the same files
 works too). Each prompt of the authors' files is a known text with known slots (the description, the question,
 the options as shown, the reasoning type); cutting the slots out of it leaves the authors' template, and every
 example that shares the template's key (variant, answer format) must leave the same one, else the folder is
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from builder.answers import format_options
+from builder.upstream import EXAMPLE_DIR, parse_qwen_prompt
 
 from . import options_inline
 
@@ -97,9 +98,7 @@ def _stage1(folder: Path) -> tuple[dict[str, dict], _Cut, _Cut]:
 
 
 def _shown(record: dict, where: str) -> dict[str, Any]:
-    """What a decoded Qwen prompt shows (:func:`builder.importer.parse_qwen_prompt`), as an error naming it."""
-    from builder.importer import parse_qwen_prompt
-
+    """What a decoded Qwen prompt shows (:func:`builder.upstream.parse_qwen_prompt`), as an error naming it."""
     try:
         return parse_qwen_prompt(record["prompt"])
     except (KeyError, ValueError) as e:
@@ -161,8 +160,6 @@ def _stage3(folder: Path, mcqs: dict[str, dict], shown_by_mcq: dict[str, dict], 
 def authors_templates(folder: str | Path | None = None) -> dict[str, str]:
     """Our template names -> Jinja sources holding the authors' words, learnt from the authors' files in
     ``folder`` (default: the example outputs the package ships)."""
-    from builder.importer import EXAMPLE_DIR
-
     folder = Path(folder or EXAMPLE_DIR)
     system, vlm_user = _Cut("system"), _Cut("vlm_user")
     reasoning_user, opening = _Cut("reasoning_user"), _Cut("reasoning_prefill")
