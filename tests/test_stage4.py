@@ -152,3 +152,13 @@ def test_the_viewer_shows_its_long_thoughts(tmp_path, stage4):
     page = write_html(run.path, tmp_path / "view.html", images=False).read_text(encoding="utf-8")
     assert "LOOKING AGAIN" in page  # the rewrites (upper-cased) are shown as the run's long thoughts
     assert "looking again, the description says" not in page  # not stage 3's, which they took over from
+
+
+def test_the_readme_shows_this_stage_file_and_nothing_else():
+    """README's "Extend: add a stage" is this file, to the letter (so the example cannot drift from the test)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Extend: add a stage"):]
+    head = "```python\n# stage4_rewrite.py\n"
+    start = section.index(head) + len(head)
+    assert section[start:section.index("```", start)] == (Path(__file__).parent / "stage4_rewrite.py").read_text()
