@@ -454,6 +454,32 @@ def parse_spec(spec: str | os.PathLike) -> tuple[str, Path]:
     return detect_kind(Path(text).expanduser().resolve())
 
 
+def _check_options(kind: str, path: Path, subset: int | None, limit: int | None) -> None:
+    """``subset`` is for DOCCI only (a folder without DOCCI's descriptions is said to be one), ``limit`` >= 0."""
+    if subset is not None and kind != "docci":
+        if kind == "folder":  # an empty or half-downloaded DOCCI folder lands here
+            raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here, so not a DOCCI folder (empty or incomplete "
+                              f"download? `lpt download-docci {path}`); subset= is for DOCCI, limit= for a folder")
+        raise SourceError(f"{path}: subset= is the paper's DOCCI selection; use limit= for a {kind} source")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+
+def _raw_rows(kind: str, path: Path, *, split: str | None, subset: int | None, seed: int, verify_images: bool,
+              on_bad) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
+    """``(file, line, record)`` of a source of ``kind``, before images and ids are checked."""
+    if kind == "docci":
+        if not (path / DOCCI_DESCRIPTIONS).is_file():
+            raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here (download_docci() fetches it)")
+        if verify_images and not (path / "images").is_dir():
+            raise SourceError(f"{path}: {DOCCI_DESCRIPTIONS} but no images/ folder, an incomplete DOCCI download "
+                              f"(`lpt download-docci {path}` fetches and extracts docci_images.tar.gz)")
+        return _docci_rows(path, split=split, subset=subset, seed=seed, on_bad=on_bad)
+    if kind == "folder":
+        return _txt_folder_rows(path, on_bad)
+    return (r for r in _generic_rows(path, kind, on_bad) if split is None or r[2]["split"] == split)
+
+
 def load_source(
     spec: str | os.PathLike,
     *,
@@ -474,13 +500,7 @@ def load_source(
     raising :class:`SourceError`. ``verify_images``: open every image with PIL (``Image.verify``).
     """
     kind, path = parse_spec(spec)
-    if subset is not None and kind != "docci":
-        if kind == "folder":  # an empty or half-downloaded DOCCI folder lands here
-            raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here, so not a DOCCI folder (empty or incomplete "
-                              f"download? `lpt download-docci {path}`); subset= is for DOCCI, limit= for a folder")
-        raise SourceError(f"{path}: subset= is the paper's DOCCI selection; use limit= for a {kind} source")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+    _check_options(kind, path, subset, limit)
     skips = skips if skips is not None else Skips()
 
     def on_bad(file: str, line: int | None, bad: _Bad) -> None:
@@ -489,18 +509,7 @@ def load_source(
             raise SourceError(str(rec))
         skips.add(rec)
 
-    if kind == "docci":
-        if not (path / DOCCI_DESCRIPTIONS).is_file():
-            raise SourceError(f"{path}: no {DOCCI_DESCRIPTIONS} here (download_docci() fetches it)")
-        if verify_images and not (path / "images").is_dir():
-            raise SourceError(f"{path}: {DOCCI_DESCRIPTIONS} but no images/ folder, an incomplete DOCCI download "
-                              f"(`lpt download-docci {path}` fetches and extracts docci_images.tar.gz)")
-        raw = _docci_rows(path, split=split, subset=subset, seed=seed, on_bad=on_bad)
-    elif kind == "folder":
-        raw = _txt_folder_rows(path, on_bad)
-    else:
-        raw = (r for r in _generic_rows(path, kind, on_bad) if split is None or r[2]["split"] == split)
-
+    raw = _raw_rows(kind, path, split=split, subset=subset, seed=seed, verify_images=verify_images, on_bad=on_bad)
     seen: dict[str, str] = {}
     emitted = 0
     for file, line_no, rec in raw:

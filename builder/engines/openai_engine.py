@@ -323,13 +323,7 @@ class OpenAIEngine(Engine):
                 ) from e
             except (openai.APIResponseValidationError, ValueError) as e:  # a 200 whose body is not JSON
                 raise self._not_a_completion(index, f"{type(e).__name__}: {e}") from None
-        if isinstance(response, (str, bytes)) or not isinstance(getattr(response, "choices", None), list):
-            raise self._not_a_completion(index, f"got {_preview(response)}")
-        if not response.choices:
-            raise OpenAIEngineError(f"request {index}: {self.base_url or 'the OpenAI API'} returned no choices")
-        if any(not isinstance(getattr(getattr(c, "message", None), "content", None), (str, type(None)))
-               for c in response.choices):
-            raise self._not_a_completion(index, "a choice without a message text")
+        self._check_completion(index, response)
         stop = request.params.stop
         usage = getattr(response, "usage", None)
         tokens = usage.completion_tokens if usage is not None and len(response.choices) == 1 else None
@@ -342,6 +336,16 @@ class OpenAIEngine(Engine):
             )
             for c in choices
         ]
+
+    def _check_completion(self, index: int, response: Any) -> None:
+        """Refuse a reply that is not a chat completion with choices that each hold a message text."""
+        if isinstance(response, (str, bytes)) or not isinstance(getattr(response, "choices", None), list):
+            raise self._not_a_completion(index, f"got {_preview(response)}")
+        if not response.choices:
+            raise OpenAIEngineError(f"request {index}: {self.base_url or 'the OpenAI API'} returned no choices")
+        if any(not isinstance(getattr(getattr(c, "message", None), "content", None), (str, type(None)))
+               for c in response.choices):
+            raise self._not_a_completion(index, "a choice without a message text")
 
     def _not_a_completion(self, index: int, what: str) -> "OpenAIEngineError":
         return OpenAIEngineError(f"request {index} to {self.base_url or 'the OpenAI API'} (model {self.model_id!r}): "
