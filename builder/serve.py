@@ -134,10 +134,9 @@ class Index:
 
 
 def _questions(o: Opened, rows: _Rows) -> pa.Table:
-    t = rows.scan(["mcq_id", "image_id", "question_type", "valid"])
-    if o.kind == RUN:
-        t = t.sort_by([(k, "ascending") for k in TABLES[rows.stage].sort_keys if k in t.column_names] + [("_at", "ascending")])
-    return t
+    keys = list(TABLES[rows.stage].sort_keys) if o.kind == RUN else []  # as Opened.read orders them
+    t = rows.scan(list(dict.fromkeys(["mcq_id", "image_id", "question_type", "valid", *keys])))
+    return t.sort_by([(k, "ascending") for k in keys] + [("_at", "ascending")])
 
 
 def _simple(o: Opened, rows: _Rows, mcq_ids: pa.Array) -> tuple[pa.Table, pa.Array]:

@@ -38,6 +38,10 @@ from builder.stats import (EXPORT, KIND_LABELS, Opened, added_texts, config_file
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
+STATIC_MAX_TRACES = 200_000
+"""The most traces (simple thoughts + expansions) one static page holds (``LPT_VIEW_STATIC_MAX`` overrides it): a
+page is about 0.7 KB per trace and a browser reads one JSON string of at most a few hundred MB; above it, serve
+the run (``lpt view RUN --serve``)."""
 ID_CHARS = 12  # ids are shown (and searched) by their first characters
 
 QUESTION_COLUMNS = ["mcq_id", "image_id", "item_index", "question", "options", "answer_index", "answer_text",
@@ -441,11 +445,30 @@ def default_output(path: str | os.PathLike) -> Path:
     return Path(f"{Path(path).resolve().name}-view.html")
 
 
+class TooBigForOneFile(ValueError):
+    """A run with more traces than one static page holds (:data:`STATIC_MAX_TRACES`)."""
+
+
+def static_limit() -> int:
+    return int(os.environ.get("LPT_VIEW_STATIC_MAX") or STATIC_MAX_TRACES)
+
+
+def count_traces(o: Opened) -> int:
+    """The simple thoughts and expansions of a run or an export, from its files' footers (nothing else read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for role in ("short_thought", "long_thought")
+               for f in o.files(table_for(role)))
+
+
 def write_html(path_or_run: Any, out_file: str | os.PathLike | None = None, **kwargs: Any) -> Path:
-    """Write the report; returns its path (default :func:`default_output`)."""
+    """Write the report; returns its path (default :func:`default_output`). Refuses (:class:`TooBigForOneFile`)
+    a run with more traces than :func:`static_limit`, before reading it."""
     from builder.atomic import write_text
 
     o = open_input(path_or_run)
+    n, limit = count_traces(o), static_limit()
+    if n > limit:
+        raise TooBigForOneFile(f"{o.path}: {n:,} traces, more than one page file holds ({limit:,}); "
+                               f"serve it instead: lpt view {o.path} --serve")
     out = Path(out_file) if out_file else default_output(o.path)
     write_text(out, build_html(o, **kwargs))
     return out
