@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from builder.records import TABLES
 from builder.stages import table_for
-from builder.stats import RUN, Opened, open_input
+from builder.stats import RUN, Opened, config_files, open_input
 from builder.view import (CORRECT, EXPANSION_COLUMNS, FLAGS, ID_CHARS, IN_SFT, KEEP, PAGE_SIZE, PARSED,
                           QUESTION_COLUMNS, SIMPLE_COLUMNS, SIMPLE_CORRECT, THUMB_SIDE, _asset, _escape,
                           _json_for_script, _Page, page_meta, plugin_sets)
@@ -172,11 +172,7 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
         e = e.filter(pc.greater_equal(e.column("_s"), 0))
     e = e.sort_by([("_s", "ascending"), ("expansion_index", "ascending"), ("expansion_id", "ascending")])
     say("reading the SFT and DPO sets …", flush=True)
-    sft_rows, sft_from = o.sft()
-    in_sft = pa.array(sorted({r["expansion_id"] or r["sample_id"] for r in sft_rows}), pa.string())
-    n_sft = len(sft_rows)
-    del sft_rows
-    dpo_rows, dpo_from = o.dpo()
+    in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
     names: dict[str, list[str]] = {}
     M = _mcq_arrays(q, s, mcq_ids, names)
     S = {"id": sample_ids, "m": s.column("_m").to_numpy(), "f": _flags(s, in_sft, "sample_id"),
@@ -185,7 +181,7 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
          "f": _flags(e, in_sft, "expansion_id"), "at": e.column("_at").to_numpy()}
     S["r"], E["r"], names["reason"] = _shared_codes(s.column("drop_reason"), e.column("drop_reason"))
     E["c"], names["cue"] = _codes(e.column("cue"))
-    P = _pair_arrays(dpo_rows, M, S, E, names)
+    P = _pair_arrays(dpo, M, S, E, names)
     sets, set_notes = _sets(o, S, E)
     notes += set_notes
     _counts_per_record(M, S, E, P)
@@ -221,13 +217,43 @@ def _shared_codes(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[np.ndarray, n
     return codes[:len(a)], codes[len(a):], names
 
 
-def _pair_arrays(dpo_rows: list[dict[str, Any]], M: dict, S: dict, E: dict, names: dict) -> dict[str, Any]:
-    t = pa.Table.from_pylist(dpo_rows, pa.schema([(c, pa.string()) for c in (
-        "kind", "mcq_id", "chosen_id", "rejected_id")])) if dpo_rows else None
-    if t is None:
+def _set_ids(o: Opened) -> tuple[pa.Array, int, str, pa.Table | None, str]:
+    """``(ids of the SFT traces, SFT rows, where from, the DPO pairs' kind / mcq_id / side ids, where from)``:
+    an export's sft and dpo configs (only these columns), or the sets :mod:`builder.assemble` builds from a run
+    with the default options, as columns (no trace becomes a Python object)."""
+    from builder import assemble
+
+    if o.kind == RUN:
+        opts = assemble.AssembleOptions()
+        tr = assemble._run_traces(o)
+        sft = tr.trace_id.take(pa.array(assemble._sft_plan(tr, opts), pa.int64()))
+        kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, int),) * 3
+        dpo = pa.table({"kind": pa.array([opts.pair_kinds[k] for k in kind], pa.string()),
+                        "mcq_id": tr.mcq_names.take(pa.array(tr.mcq[c])), "chosen_id": tr.trace_id.take(pa.array(c)),
+                        "rejected_id": tr.trace_id.take(pa.array(r))})
+        where = "assembled from the run ({} with the default options)"
+        return pc.unique(sft), len(sft), where.format("sft"), dpo, where.format("dpo")
+    out: list[Any] = []
+    for name, columns in (("sft", ["sample_id", "expansion_id"]),
+                          ("dpo", ["kind", "mcq_id", "image_id", "question_type", "chosen_id", "rejected_id"])):
+        if o.has_config(name):
+            have = set(pq.read_schema(config_files(o.path, name)[0]).names)
+            out += [o.config(name, [c for c in columns if c in have]), f"the export's {name} config"]
+        else:
+            out += [None, (o.sft() if name == "sft" else o.dpo())[1]]  # why it is missing
+    sft = out[0]
+    if sft is None:
+        return pa.array([], pa.string()), 0, out[1], out[2], out[3]
+    e = pc.fill_null(sft.column("expansion_id"), "") if "expansion_id" in sft.column_names else None
+    ids = sft.column("sample_id") if e is None else pc.if_else(pc.equal(e, ""), sft.column("sample_id"), e)
+    return pc.unique(ids.combine_chunks()), sft.num_rows, out[1], out[2], out[3]
+
+
+def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> dict[str, Any]:
+    if t is None or not t.num_rows:
         names["kind"] = []
         return {"k": np.zeros(0, np.int32), "m": np.zeros(0, np.int64), "c": np.zeros(0, np.int64),
-                "r": np.zeros(0, np.int64), "order": np.zeros(0, np.int64), "rows": []}
+                "r": np.zeros(0, np.int64), "order": np.zeros(0, np.int64), "rows": None}
 
     def ref(col: str) -> np.ndarray:
         i, j = _index_in(t.column(col), S["id"]), _index_in(t.column(col), E["id"])
@@ -236,7 +262,7 @@ def _pair_arrays(dpo_rows: list[dict[str, Any]], M: dict, S: dict, E: dict, name
     k, names["kind"] = _codes(t.column("kind"))
     m = _index_in(t.column("mcq_id"), M["id"])
     order = np.lexsort((np.arange(len(k)), k, m))  # as the page: by question (its place), kind, then as listed
-    return {"k": k, "m": m, "c": ref("chosen_id"), "r": ref("rejected_id"), "order": order, "rows": dpo_rows}
+    return {"k": k, "m": m, "c": ref("chosen_id"), "r": ref("rejected_id"), "order": order, "rows": t}
 
 
 def _sets(o: Opened, S: dict, E: dict) -> tuple[list[dict[str, Any]], list[str]]:
@@ -474,7 +500,8 @@ class Viewer:
             ix.E["id"][int(j)].as_py() for j in e_idx if ix.E["f"][j] & IN_SFT}
         page.add_simple_thoughts(ix.o, in_sft, ix.rows["short_thought"].take(ix.S["at"][s_idx], SIMPLE_COLUMNS))
         page.add_long_thoughts(ix.o, in_sft, ix.rows["long_thought"].take(ix.E["at"][e_idx], EXPANSION_COLUMNS))
-        page.add_pairs(ix.o, [ix.P["rows"][p] for p in pairs], [int(p) for p in pairs])
+        rows = ix.P["rows"].take(pa.array(pairs)).to_pylist() if len(pairs) else []
+        page.add_pairs(ix.o, rows, [int(p) for p in pairs])
         local_s = {int(i): page.sample_index[ix.S["id"][int(i)].as_py()] for i in s_idx}
         local_e = {int(j): page.expansion_index[ix.E["id"][int(j)].as_py()] for j in e_idx}
         for x in ix.sets:
