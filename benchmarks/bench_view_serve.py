@@ -2,7 +2,7 @@
 per copy), served in a subprocess; time to index, time of the first page (the API and a headless Chromium),
 a filter, a search, and the server's peak RSS (VmHWM).
 
-    python benchmarks/bench_view_serve.py --traces 1000000 --dir /tmp/lpt-view-bench
+    python benchmarks/bench_view_serve.py --traces 1000000 --dir /tmp/lpt-view-bench [--export]
 
 The replicated run is written once (``--dir``) and reused."""
 
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lpt-view-bench"))
     ap.add_argument("--port", type=int, default=8799)
+    ap.add_argument("--export", action="store_true", help="serve `lpt export`'s folder of the run instead")
     args = ap.parse_args()
     copies = max(1, args.traces // PER_COPY)
     example, run = args.dir / "example", args.dir / f"run-{copies}"
@@ -58,6 +59,11 @@ def main() -> None:
         t = time.time()
         replicate(example, run, copies)
         print(f"replicated {copies} copies ({copies * PER_COPY:,} traces) in {time.time() - t:.1f} s")
+    if args.export:
+        hub = args.dir / f"hub-{copies}"
+        if not hub.exists():
+            subprocess.run([*py, "export", str(run), str(hub)], check=True, cwd=ROOT, capture_output=True)
+        run = hub
     t0 = time.time()
     server = subprocess.Popen([*py, "view", str(run), "--serve", "--port", str(args.port), "--no-images"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -67,7 +73,7 @@ def main() -> None:
                 break
         ready = time.time() - t0
         url = f"http://127.0.0.1:{args.port}/"
-        out = {"traces": copies * PER_COPY, "index_s": round(ready, 2)}
+        out = {"input": run.name, "traces": copies * PER_COPY, "index_s": round(ready, 2)}
         for name, query in (("first_page", ""), ("page_1000", "page=1000"),
                             ("filter", "stage=expansion&label=wrong&kept=kept"), ("search", "q=sclera"),
                             ("search_again_page_2", "q=sclera&page=2"), ("pairs", "view=pairs")):

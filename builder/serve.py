@@ -48,11 +48,17 @@ class _Rows:
         self.files = [str(f) for f in o.files(stage)]
         self.schema = TABLES[stage].schema
 
-    def scan(self, columns: list[str]) -> pa.Table:
-        """``columns`` of every row, file after file, with ``_at`` = the row's place in the scan."""
-        parts = [pq.read_table(f, columns=columns) for f in self.files]
-        t = pa.concat_tables([p.cast(pa.schema([self.schema.field(c) for c in columns])) for p in parts]) if parts \
-            else pa.schema([self.schema.field(c) for c in columns]).empty_table()
+    def scan(self, columns: list[str], hashed: tuple[str, ...] = ()) -> pa.Table:
+        """``columns`` of every row, file after file (one row group at a time), with ``_at`` = the row's place
+        in the scan; a ``hashed`` column is kept as :func:`id_hash` of its ids (8 bytes a row, not the text)."""
+        parts = []
+        for b in self.batches(columns):
+            parts.append(pa.table([pa.array(id_hash(b.column(c))) if c in hashed else b.column(c).combine_chunks()
+                                   for c in columns], names=columns))
+        if not parts:
+            parts = [pa.table([pa.array([], pa.uint64() if c in hashed else self.schema.field(c).type)
+                               for c in columns], names=columns)]
+        t = pa.concat_tables(parts).combine_chunks()
         return t.append_column("_at", pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
     def batches(self, columns: list[str]):
@@ -84,6 +90,29 @@ class _Rows:
         return t.take(pa.array(order[pos]))
 
 
+def id_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit FNV-1a hash of each id (a null as the empty id), computed on the Arrow buffers, ids of one length
+    together: the index keeps these instead of the ids' text."""
+    ids = pc.cast(pc.fill_null(ids, ""), pa.large_string())
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    out = np.full(len(ids), 0xCBF29CE484222325, np.uint64)
+    if not len(ids):
+        return out
+    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
+    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for n in np.unique(lengths):
+            rows = np.flatnonzero(lengths == n)
+            chars = data[offsets[rows][:, None] + np.arange(n)] if n else np.zeros((len(rows), 0), np.uint8)
+            h = out[rows]
+            for k in range(int(n)):
+                h = (h ^ chars[:, k].astype(np.uint64)) * prime
+            out[rows] = h
+    return out
+
+
 def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """``(a code per value, the names)``: names in the order they first appear (as the page interns them)."""
     if isinstance(values, pa.ChunkedArray):
@@ -97,9 +126,9 @@ def _np(t: pa.Table, col: str, dtype: Any = np.int64) -> np.ndarray:
         .to_numpy().astype(dtype)
 
 
-def _flags(t: pa.Table, ids_in_sft: pa.Array, id_col: str) -> np.ndarray:
+def _flags(t: pa.Table, ids_in_sft: np.ndarray, id_col: str) -> np.ndarray:
     f = PARSED * _np(t, "parsed", np.uint8) | CORRECT * _np(t, "correct", np.uint8) | KEEP * _np(t, "keep", np.uint8)
-    f |= IN_SFT * pc.is_in(t.column(id_col), value_set=ids_in_sft).to_numpy(zero_copy_only=False).astype(np.uint8)
+    f |= IN_SFT * np.isin(t.column(id_col).to_numpy(), ids_in_sft).astype(np.uint8)
     if "simple_correct" in t.column_names:
         f |= SIMPLE_CORRECT * _np(t, "simple_correct", np.uint8)
     return f.astype(np.uint8)
@@ -141,13 +170,13 @@ def _questions(o: Opened, rows: _Rows) -> pa.Table:
 
 def _simple(o: Opened, rows: _Rows, mcq_ids: pa.Array) -> tuple[pa.Table, pa.Array]:
     """The simple thoughts sorted as the page sorts them, and the questions' ids with those only they name."""
-    t = rows.scan(["sample_id", "mcq_id", "image_id", "sample_index", "question_type", "parsed", "correct", "keep",
-                   "drop_reason"])
-    m = _index_in(t.column("mcq_id"), mcq_ids)
-    extra = sorted(set(pc.filter(t.column("mcq_id"), pa.array(m < 0)).to_pylist()))
-    if extra:
-        mcq_ids = pa.concat_arrays([mcq_ids, pa.array(extra, pa.string())])
-        m = _index_in(t.column("mcq_id"), mcq_ids)
+    t = rows.scan(["sample_id", "mcq_id", "sample_index", "question_type", "parsed", "correct", "keep",
+                   "drop_reason"], hashed=("sample_id", "mcq_id"))
+    m = _index_in(t.column("mcq_id"), pa.array(id_hash(mcq_ids)))
+    if (m < 0).any():  # questions only the simple thoughts name: their ids are read again (a rare run)
+        named = rows.take(t.column("_at").to_numpy()[m < 0], ["mcq_id"]).column("mcq_id")
+        mcq_ids = pa.concat_arrays([mcq_ids, pa.array(sorted(set(named.to_pylist())), pa.string())])
+        m = _index_in(t.column("mcq_id"), pa.array(id_hash(mcq_ids)))
     t = t.append_column("_m", pa.array(m)).sort_by([("_m", "ascending"), ("sample_index", "ascending"),
                                                      ("sample_id", "ascending")])
     return t, mcq_ids
@@ -162,7 +191,7 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     q = _questions(o, rows["question"])
     s, mcq_ids = _simple(o, rows["short_thought"], q.column("mcq_id").combine_chunks())
     e = rows["long_thought"].scan(["expansion_id", "sample_id", "expansion_index", "cue", "parsed", "correct",
-                                   "simple_correct", "keep", "drop_reason"])
+                                   "simple_correct", "keep", "drop_reason"], hashed=("expansion_id", "sample_id"))
     sample_ids = s.column("sample_id").combine_chunks()
     e = e.append_column("_s", pa.array(_index_in(e.column("sample_id"), sample_ids)))
     notes: list[str] = []
@@ -217,7 +246,7 @@ def _shared_codes(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[np.ndarray, n
     return codes[:len(a)], codes[len(a):], names
 
 
-def _set_ids(o: Opened) -> tuple[pa.Array, int, str, pa.Table | None, str]:
+def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
     """``(ids of the SFT traces, SFT rows, where from, the DPO pairs' kind / mcq_id / side ids, where from)``:
     an export's sft and dpo configs (only these columns), or the sets :mod:`builder.assemble` builds from a run
     with the default options, as columns (no trace becomes a Python object)."""
@@ -232,7 +261,7 @@ def _set_ids(o: Opened) -> tuple[pa.Array, int, str, pa.Table | None, str]:
                         "mcq_id": tr.mcq_names.take(pa.array(tr.mcq[c])), "chosen_id": tr.trace_id.take(pa.array(c)),
                         "rejected_id": tr.trace_id.take(pa.array(r))})
         where = "assembled from the run ({} with the default options)"
-        return pc.unique(sft), len(sft), where.format("sft"), dpo, where.format("dpo")
+        return np.unique(id_hash(sft)), len(sft), where.format("sft"), dpo, where.format("dpo")
     out: list[Any] = []
     for name, columns in (("sft", ["sample_id", "expansion_id"]),
                           ("dpo", ["kind", "mcq_id", "image_id", "question_type", "chosen_id", "rejected_id"])):
@@ -243,10 +272,10 @@ def _set_ids(o: Opened) -> tuple[pa.Array, int, str, pa.Table | None, str]:
             out += [None, (o.sft() if name == "sft" else o.dpo())[1]]  # why it is missing
     sft = out[0]
     if sft is None:
-        return pa.array([], pa.string()), 0, out[1], out[2], out[3]
+        return np.zeros(0, np.uint64), 0, out[1], out[2], out[3]
     e = pc.fill_null(sft.column("expansion_id"), "") if "expansion_id" in sft.column_names else None
     ids = sft.column("sample_id") if e is None else pc.if_else(pc.equal(e, ""), sft.column("sample_id"), e)
-    return pc.unique(ids.combine_chunks()), sft.num_rows, out[1], out[2], out[3]
+    return np.unique(id_hash(ids)), sft.num_rows, out[1], out[2], out[3]
 
 
 def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> dict[str, Any]:
@@ -256,7 +285,8 @@ def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> 
                 "r": np.zeros(0, np.int64), "order": np.zeros(0, np.int64), "rows": None}
 
     def ref(col: str) -> np.ndarray:
-        i, j = _index_in(t.column(col), S["id"]), _index_in(t.column(col), E["id"])
+        h = pa.array(id_hash(t.column(col)))
+        i, j = _index_in(h, S["id"]), _index_in(h, E["id"])
         return np.where(i >= 0, 2 * i, np.where(j >= 0, 2 * j + 1, -1))
 
     k, names["kind"] = _codes(t.column("kind"))
@@ -269,10 +299,9 @@ def _sets(o: Opened, S: dict, E: dict) -> tuple[list[dict[str, Any]], list[str]]
     found, notes = plugin_sets(o)
     out = []
     for x in found:
-        ids = pa.array(sorted(x["traces"]), pa.string())
+        ids = np.unique(id_hash(pa.array(sorted(x["traces"]), pa.string())))
         out.append({"name": x["name"], "desc": x["description"], "rows": x["rows"],
-                    "s": pc.is_in(S["id"], value_set=ids).to_numpy(zero_copy_only=False),
-                    "e": pc.is_in(E["id"], value_set=ids).to_numpy(zero_copy_only=False)})
+                    "s": np.isin(S["id"].to_numpy(), ids), "e": np.isin(E["id"].to_numpy(), ids)})
     return out, notes
 
 
@@ -322,19 +351,21 @@ def search(ix: Index, q: str) -> dict[str, np.ndarray]:
 
     def simple_hit(b: pa.Table) -> np.ndarray:
         raw = _contains(b.column("response"), q) & ~_np(b, "parsed", bool)
-        return _contains(b.column("thought"), q) | _contains(b.column("answer"), q) | raw
+        return _contains(b.column("thought"), q) | _contains(b.column("answer"), q) | raw | _id_starts(
+            b.column("sample_id"), q)
 
     def exp_hit(b: pa.Table) -> np.ndarray:
-        return _contains(b.column("long_thought"), q) | _contains(b.column("answer"), q)
+        return _contains(b.column("long_thought"), q) | _contains(b.column("answer"), q) | _id_starts(
+            b.column("expansion_id"), q)
 
     mq = _scan_hits(ix.rows["question"], ["question", "options", "image_id"], mcq_hit)
     m = np.zeros(len(ix.M["id"]), bool)
     has = ix.M["at"] >= 0
     m[has] = mq[ix.M["at"][has]] if len(mq) else False
     m |= _id_starts(ix.M["id"], q)
-    sq = _scan_hits(ix.rows["short_thought"], ["thought", "answer", "response", "parsed"], simple_hit)
-    eq = _scan_hits(ix.rows["long_thought"], ["long_thought", "answer"], exp_hit)
-    return {"m": m, "s": sq[ix.S["at"]] | _id_starts(ix.S["id"], q), "e": eq[ix.E["at"]] | _id_starts(ix.E["id"], q)}
+    sq = _scan_hits(ix.rows["short_thought"], ["thought", "answer", "response", "parsed", "sample_id"], simple_hit)
+    eq = _scan_hits(ix.rows["long_thought"], ["long_thought", "answer", "expansion_id"], exp_hit)
+    return {"m": m, "s": sq[ix.S["at"]], "e": eq[ix.E["at"]]}
 
 
 # ------------------------------------------------------------------------------------------------ filters
@@ -496,14 +527,17 @@ class Viewer:
         s_idx, e_idx, m_idx, pairs = _needed(ix, view, chosen)
         page = _Page()
         page.add_questions(ix.o, ix.rows["question"].take(ix.M["at"][m_idx[ix.M["at"][m_idx] >= 0]], QUESTION_COLUMNS))
-        in_sft = {ix.S["id"][int(i)].as_py() for i in s_idx if ix.S["f"][i] & IN_SFT} | {
-            ix.E["id"][int(j)].as_py() for j in e_idx if ix.E["f"][j] & IN_SFT}
-        page.add_simple_thoughts(ix.o, in_sft, ix.rows["short_thought"].take(ix.S["at"][s_idx], SIMPLE_COLUMNS))
-        page.add_long_thoughts(ix.o, in_sft, ix.rows["long_thought"].take(ix.E["at"][e_idx], EXPANSION_COLUMNS))
+        s_rows = ix.rows["short_thought"].take(ix.S["at"][s_idx], SIMPLE_COLUMNS)
+        e_rows = ix.rows["long_thought"].take(ix.E["at"][e_idx], EXPANSION_COLUMNS)
+        s_ids, e_ids = s_rows.column("sample_id").to_pylist(), e_rows.column("expansion_id").to_pylist()
+        in_sft = {t for k, t in zip(s_idx, s_ids) if ix.S["f"][k] & IN_SFT} | {
+            t for k, t in zip(e_idx, e_ids) if ix.E["f"][k] & IN_SFT}
+        page.add_simple_thoughts(ix.o, in_sft, s_rows)
+        page.add_long_thoughts(ix.o, in_sft, e_rows)
         rows = ix.P["rows"].take(pa.array(pairs)).to_pylist() if len(pairs) else []
         page.add_pairs(ix.o, rows, [int(p) for p in pairs])
-        local_s = {int(i): page.sample_index[ix.S["id"][int(i)].as_py()] for i in s_idx}
-        local_e = {int(j): page.expansion_index[ix.E["id"][int(j)].as_py()] for j in e_idx}
+        local_s = {int(i): page.sample_index[t] for i, t in zip(s_idx, s_ids)}
+        local_e = {int(j): page.expansion_index[t] for j, t in zip(e_idx, e_ids)}
         for x in ix.sets:
             page.X["name"].append(x["name"])
             page.X["desc"].append(x["desc"])

@@ -124,3 +124,16 @@ def test_the_static_file_refuses_a_run_above_its_limit(made, tmp_path, monkeypat
     monkeypatch.setenv("LPT_VIEW_STATIC_MAX", "1600")
     r = CliRunner().invoke(view_cmd, [str(made / "run"), "-o", str(out), "--no-images"])
     assert r.exit_code == 0 and out.is_file()
+
+
+def test_id_hash_is_the_same_for_the_same_id_whatever_the_array():
+    import pyarrow as pa
+
+    from builder.serve import id_hash
+
+    ids = [f"{i:064x}" for i in range(500)] + ["short", "", "ünï", None]
+    whole = id_hash(pa.array(ids, pa.string()))
+    assert len(set(whole.tolist())) == len(ids) - 1  # None hashes as ""
+    assert whole[-1] == whole[-3]
+    sliced = id_hash(pa.chunked_array([pa.array(ids[:7]), pa.array(ids[7:])]).slice(3, 400))
+    assert sliced.tolist() == whole[3:403].tolist()
