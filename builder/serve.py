@@ -48,17 +48,11 @@ class _Rows:
         self.files = [str(f) for f in o.files(stage)]
         self.schema = TABLES[stage].schema
 
-    def scan(self, columns: list[str], hashed: tuple[str, ...] = ()) -> pa.Table:
-        """``columns`` of every row, file after file (one row group at a time), with ``_at`` = the row's place
-        in the scan; a ``hashed`` column is kept as :func:`id_hash` of its ids (8 bytes a row, not the text)."""
-        parts = []
-        for b in self.batches(columns):
-            parts.append(pa.table([pa.array(id_hash(b.column(c))) if c in hashed else b.column(c).combine_chunks()
-                                   for c in columns], names=columns))
-        if not parts:
-            parts = [pa.table([pa.array([], pa.uint64() if c in hashed else self.schema.field(c).type)
-                               for c in columns], names=columns)]
-        t = pa.concat_tables(parts).combine_chunks()
+    def scan(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every row, file after file, with ``_at`` = the row's place in the scan (for the
+        questions, a small table; the traces are read by :func:`_arrays`)."""
+        schema = pa.schema([self.schema.field(c) for c in columns])
+        t = pa.concat_tables([schema.empty_table(), *self.batches(columns)]).combine_chunks()
         return t.append_column("_at", pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
     def batches(self, columns: list[str]):
@@ -67,7 +61,7 @@ class _Rows:
         for f in self.files:
             pf = pq.ParquetFile(f)
             for g in range(pf.num_row_groups):
-                yield pf.read_row_group(g, columns=columns).cast(schema)
+                yield pf.read_row_group(g, columns=columns, use_threads=False).cast(schema)
 
     def take(self, at: np.ndarray, columns: list[str]) -> pa.Table:
         """The rows at scan places ``at`` (in that order), reading only their row groups."""
@@ -101,16 +95,24 @@ def id_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
     data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
+    if (lengths == lengths[0]).all():  # ids of one length (content hashes): the bytes as a matrix, no copy
+        _fnv(out, data[offsets[0]:offsets[-1]].reshape(len(ids), int(lengths[0])), slice(None))
+        return out
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        for k in range(0, len(rows), 8192):  # a bounded index matrix at a time
+            part = rows[k:k + 8192]
+            _fnv(out, data[offsets[part][:, None] + np.arange(n)], part)
+    return out
+
+
+def _fnv(out: np.ndarray, chars: np.ndarray, rows: Any) -> None:
+    h = out[rows]
     prime = np.uint64(0x100000001B3)
     with np.errstate(over="ignore"):
-        for n in np.unique(lengths):
-            rows = np.flatnonzero(lengths == n)
-            chars = data[offsets[rows][:, None] + np.arange(n)] if n else np.zeros((len(rows), 0), np.uint8)
-            h = out[rows]
-            for k in range(int(n)):
-                h = (h ^ chars[:, k].astype(np.uint64)) * prime
-            out[rows] = h
-    return out
+        for k in range(chars.shape[1]):
+            h = (h ^ chars[:, k].astype(np.uint64)) * prime
+    out[rows] = h
 
 
 def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -126,11 +128,10 @@ def _np(t: pa.Table, col: str, dtype: Any = np.int64) -> np.ndarray:
         .to_numpy().astype(dtype)
 
 
-def _flags(t: pa.Table, ids_in_sft: np.ndarray, id_col: str) -> np.ndarray:
-    f = PARSED * _np(t, "parsed", np.uint8) | CORRECT * _np(t, "correct", np.uint8) | KEEP * _np(t, "keep", np.uint8)
-    f |= IN_SFT * np.isin(t.column(id_col).to_numpy(), ids_in_sft).astype(np.uint8)
-    if "simple_correct" in t.column_names:
-        f |= SIMPLE_CORRECT * _np(t, "simple_correct", np.uint8)
+def _flags(t: dict[str, np.ndarray], ids_in_sft: np.ndarray, id_col: str) -> np.ndarray:
+    f = (PARSED * t["parsed"]) | (CORRECT * t["correct"]) | (KEEP * t["keep"]) | (IN_SFT * np.isin(t[id_col], ids_in_sft))
+    if "simple_correct" in t:
+        f |= SIMPLE_CORRECT * t["simple_correct"]
     return f.astype(np.uint8)
 
 
@@ -159,7 +160,59 @@ class Index:
         parent = np.concatenate([np.arange(len(self.S["m"])), self.E["s"]])
         order = np.argsort(parent, kind="stable")  # each simple thought, then its expansions in order
         refs = np.concatenate([2 * np.arange(len(self.S["m"])), 2 * np.arange(len(self.E["s"])) + 1])
-        self.stream = refs[order]
+        self.stream = refs[order].astype(np.int32 if len(refs) < 2 ** 30 else np.int64)
+
+
+class _Names:
+    """Repeated strings (cues, drop reasons, question types) as codes, one list of names for the whole run."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._code: dict[str, int] = {}
+
+    def codes(self, col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        d = pc.dictionary_encode(pc.fill_null(col, ""))
+        local = np.array([self._code.setdefault(n, len(self._code)) for n in d.dictionary.to_pylist()], np.int32)
+        self.names = list(self._code)
+        return local[d.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(len(col), np.int32)
+
+
+def _arrays(rows: _Rows, kinds: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Columns of every row as NumPy arrays, read one row group at a time: ``"hash"`` (:func:`id_hash`),
+    ``int``, ``bool``, or a :class:`_Names` (codes); ``_at`` = the row's place in the scan."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in kinds}
+    for b in rows.batches(list(kinds)):
+        for c, kind in kinds.items():
+            col = b.column(c)
+            if kind == "hash":
+                parts[c].append(id_hash(col))
+            elif isinstance(kind, _Names):
+                parts[c].append(kind.codes(col))
+            else:
+                parts[c].append(pc.fill_null(col, False if kind is bool else -1).to_numpy().astype(
+                    np.bool_ if kind is bool else np.int32))
+    out = {c: np.concatenate(v) if v else np.zeros(0, np.uint64 if kinds[c] == "hash" else np.int32)
+           for c, v in parts.items()}
+    n = len(next(iter(out.values()))) if out else 0
+    out["_at"] = np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64)
+    return out
+
+
+def _sorted(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    for c in list(arrays):  # one column at a time: the unsorted one is freed before the next is sorted
+        arrays[c] = arrays[c][order]
+    return arrays
+
+
+def _find(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """The place of each value in ``among`` (``-1`` where absent)."""
+    if not len(among):
+        return np.full(len(values), -1, np.int64)
+    order = np.argsort(among, kind="stable")
+    at = np.minimum(np.searchsorted(among, values, sorter=order), len(among) - 1)
+    found = order[at]
+    return np.where(among[found] == values, found, -1)
 
 
 def _questions(o: Opened, rows: _Rows) -> pa.Table:
@@ -168,18 +221,31 @@ def _questions(o: Opened, rows: _Rows) -> pa.Table:
     return t.sort_by([(k, "ascending") for k in keys] + [("_at", "ascending")])
 
 
-def _simple(o: Opened, rows: _Rows, mcq_ids: pa.Array) -> tuple[pa.Table, pa.Array]:
+def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], pa.Array]:
     """The simple thoughts sorted as the page sorts them, and the questions' ids with those only they name."""
-    t = rows.scan(["sample_id", "mcq_id", "sample_index", "question_type", "parsed", "correct", "keep",
-                   "drop_reason"], hashed=("sample_id", "mcq_id"))
-    m = _index_in(t.column("mcq_id"), pa.array(id_hash(mcq_ids)))
+    s = _arrays(rows, {"sample_id": "hash", "mcq_id": "hash", "sample_index": int, "question_type": names["qt_s"],
+                       "parsed": bool, "correct": bool, "keep": bool, "drop_reason": names["reason"]})
+    m = _find(s["mcq_id"], id_hash(mcq_ids))
     if (m < 0).any():  # questions only the simple thoughts name: their ids are read again (a rare run)
-        named = rows.take(t.column("_at").to_numpy()[m < 0], ["mcq_id"]).column("mcq_id")
+        named = rows.take(s["_at"][m < 0], ["mcq_id"]).column("mcq_id")
         mcq_ids = pa.concat_arrays([mcq_ids, pa.array(sorted(set(named.to_pylist())), pa.string())])
-        m = _index_in(t.column("mcq_id"), pa.array(id_hash(mcq_ids)))
-    t = t.append_column("_m", pa.array(m)).sort_by([("_m", "ascending"), ("sample_index", "ascending"),
-                                                     ("sample_id", "ascending")])
-    return t, mcq_ids
+        m = _find(s["mcq_id"], id_hash(mcq_ids))
+    s["m"] = m.astype(np.int32)
+    del s["mcq_id"]
+    return _sorted(s, np.lexsort((s["sample_id"], s["sample_index"], s["m"]))), mcq_ids
+
+
+def _expansions(rows: _Rows, sample_ids: np.ndarray, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], int]:
+    """The expansions sorted as the page sorts them (after their simple thought), and how many have none."""
+    e = _arrays(rows, {"expansion_id": "hash", "sample_id": "hash", "expansion_index": int, "cue": names["cue"],
+                       "parsed": bool, "correct": bool, "simple_correct": bool, "keep": bool,
+                       "drop_reason": names["reason"]})
+    e["s"] = _find(e.pop("sample_id"), sample_ids).astype(np.int32)
+    has = e["s"] >= 0
+    orphans = int((~has).sum())
+    if orphans:
+        e = {c: v[has] for c, v in e.items()}
+    return _sorted(e, np.lexsort((e["expansion_id"], e["expansion_index"], e["s"]))), orphans
 
 
 def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
@@ -188,28 +254,20 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     rows = {r: _Rows(o, table_for(r)) for r in ("question", "short_thought", "long_thought")}
     say = print if progress else (lambda *a, **k: None)
     say("indexing the questions, simple thoughts and expansions …", flush=True)
+    codes = {k: _Names() for k in ("qt_s", "reason", "cue")}
     q = _questions(o, rows["question"])
-    s, mcq_ids = _simple(o, rows["short_thought"], q.column("mcq_id").combine_chunks())
-    e = rows["long_thought"].scan(["expansion_id", "sample_id", "expansion_index", "cue", "parsed", "correct",
-                                   "simple_correct", "keep", "drop_reason"], hashed=("expansion_id", "sample_id"))
-    sample_ids = s.column("sample_id").combine_chunks()
-    e = e.append_column("_s", pa.array(_index_in(e.column("sample_id"), sample_ids)))
-    notes: list[str] = []
-    orphans = pc.sum(pc.less(e.column("_s"), 0)).as_py() or 0
-    if orphans:
-        notes.append(f"{orphans} expansions whose simple thought is not in the records are not shown")
-        e = e.filter(pc.greater_equal(e.column("_s"), 0))
-    e = e.sort_by([("_s", "ascending"), ("expansion_index", "ascending"), ("expansion_id", "ascending")])
+    s, mcq_ids = _simple(rows["short_thought"], q.column("mcq_id").combine_chunks(), codes)
+    e, orphans = _expansions(rows["long_thought"], s["sample_id"], codes)
+    notes = [f"{orphans} expansions whose simple thought is not in the records are not shown"] if orphans else []
     say("reading the SFT and DPO sets …", flush=True)
     in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
-    names: dict[str, list[str]] = {}
-    M = _mcq_arrays(q, s, mcq_ids, names)
-    S = {"id": sample_ids, "m": s.column("_m").to_numpy(), "f": _flags(s, in_sft, "sample_id"),
-         "at": s.column("_at").to_numpy()}
-    E = {"id": e.column("expansion_id").combine_chunks(), "s": e.column("_s").to_numpy(),
-         "f": _flags(e, in_sft, "expansion_id"), "at": e.column("_at").to_numpy()}
-    S["r"], E["r"], names["reason"] = _shared_codes(s.column("drop_reason"), e.column("drop_reason"))
-    E["c"], names["cue"] = _codes(e.column("cue"))
+    names = {"reason": codes["reason"].names, "cue": codes["cue"].names}
+    M = _mcq_arrays(q, s, mcq_ids, codes["qt_s"].names, names)
+    S = {"id": s["sample_id"], "m": s["m"], "f": _flags(s, in_sft, "sample_id"), "at": s["_at"],
+         "r": s["drop_reason"]}
+    E = {"id": e["expansion_id"], "s": e["s"], "f": _flags(e, in_sft, "expansion_id"), "at": e["_at"],
+         "r": e["drop_reason"], "c": e["cue"]}
+    del s, e
     P = _pair_arrays(dpo, M, S, E, names)
     sets, set_notes = _sets(o, S, E)
     notes += set_notes
@@ -218,14 +276,13 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     return Index(o, rows, M, S, E, P, sets, notes, meta, names)
 
 
-def _mcq_arrays(q: pa.Table, s: pa.Table, mcq_ids: pa.Array, names: dict[str, list[str]]) -> dict[str, Any]:
+def _mcq_arrays(q: pa.Table, s: dict[str, np.ndarray], mcq_ids: pa.Array, s_qt: list[str],
+                names: dict[str, list[str]]) -> dict[str, Any]:
     n, nq = len(mcq_ids), q.num_rows
-    qt = pa.concat_arrays([pc.fill_null(q.column("question_type").combine_chunks(), ""),
-                           pa.array([""] * (n - nq), pa.string())])
+    qt = pc.fill_null(q.column("question_type").combine_chunks(), "")
     if n > nq:  # questions only the simple thoughts name: their type as the first simple thought says
-        first = _first_of(s.column("_m").to_numpy(), n)
-        extra_qt = s.column("question_type").take(pa.array(first[nq:])).to_pylist()
-        qt = pa.concat_arrays([qt.slice(0, nq), pa.array([x or "" for x in extra_qt], pa.string())])
+        first = _first_of(s["m"], n)
+        qt = pa.concat_arrays([qt, pa.array([s_qt[c] for c in s["question_type"][first[nq:]]], pa.string())])
     codes, names["qt"] = _codes(qt)
     valid = np.ones(n, bool)
     valid[:nq] = _np(q, "valid", bool)
@@ -239,11 +296,6 @@ def _first_of(groups: np.ndarray, n: int) -> np.ndarray:
     idx = np.arange(len(groups))[::-1]
     first[groups[::-1]] = idx
     return first
-
-
-def _shared_codes(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    codes, names = _codes(pa.chunked_array(a.chunks + b.chunks, a.type))
-    return codes[:len(a)], codes[len(a):], names
 
 
 def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
@@ -262,20 +314,34 @@ def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
                         "rejected_id": tr.trace_id.take(pa.array(r))})
         where = "assembled from the run ({} with the default options)"
         return np.unique(id_hash(sft)), len(sft), where.format("sft"), dpo, where.format("dpo")
-    out: list[Any] = []
-    for name, columns in (("sft", ["sample_id", "expansion_id"]),
-                          ("dpo", ["kind", "mcq_id", "image_id", "question_type", "chosen_id", "rejected_id"])):
-        if o.has_config(name):
-            have = set(pq.read_schema(config_files(o.path, name)[0]).names)
-            out += [o.config(name, [c for c in columns if c in have]), f"the export's {name} config"]
-        else:
-            out += [None, (o.sft() if name == "sft" else o.dpo())[1]]  # why it is missing
-    sft = out[0]
-    if sft is None:
-        return np.zeros(0, np.uint64), 0, out[1], out[2], out[3]
-    e = pc.fill_null(sft.column("expansion_id"), "") if "expansion_id" in sft.column_names else None
-    ids = sft.column("sample_id") if e is None else pc.if_else(pc.equal(e, ""), sft.column("sample_id"), e)
-    return np.unique(id_hash(ids)), sft.num_rows, out[1], out[2], out[3]
+    sft, sft_from = _export_sft(o)
+    if o.has_config("dpo"):
+        have = set(pq.read_schema(config_files(o.path, "dpo")[0]).names)
+        columns = ["kind", "mcq_id", "image_id", "question_type", "chosen_id", "rejected_id"]
+        dpo, dpo_from = o.config("dpo", [c for c in columns if c in have]), "the export's dpo config"
+    else:
+        dpo, dpo_from = None, o.dpo()[1]  # why it is missing
+    return (*sft, sft_from, dpo, dpo_from)
+
+
+def _export_sft(o: Opened) -> tuple[tuple[np.ndarray, int], str]:
+    """``((hashes of the ids of an export's SFT traces, its rows), where from)``, one row group at a time."""
+    if not o.has_config("sft"):
+        return (np.zeros(0, np.uint64), 0), o.sft()[1]  # why it is missing
+    files = config_files(o.path, "sft")
+    columns = [c for c in ("sample_id", "expansion_id") if c in pq.read_schema(files[0]).names]
+    hashes, n = [], 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            b = pf.read_row_group(g, columns=columns, use_threads=False)
+            ids = b.column("sample_id")
+            if "expansion_id" in columns:
+                e = pc.fill_null(b.column("expansion_id"), "")
+                ids = pc.if_else(pc.equal(e, ""), ids, e)
+            hashes.append(np.unique(id_hash(ids)))
+            n += b.num_rows
+    return (np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64), n), "the export's sft config"
 
 
 def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> dict[str, Any]:
@@ -285,8 +351,8 @@ def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> 
                 "r": np.zeros(0, np.int64), "order": np.zeros(0, np.int64), "rows": None}
 
     def ref(col: str) -> np.ndarray:
-        h = pa.array(id_hash(t.column(col)))
-        i, j = _index_in(h, S["id"]), _index_in(h, E["id"])
+        h = id_hash(t.column(col))
+        i, j = _find(h, S["id"]), _find(h, E["id"])
         return np.where(i >= 0, 2 * i, np.where(j >= 0, 2 * j + 1, -1))
 
     k, names["kind"] = _codes(t.column("kind"))
@@ -301,7 +367,7 @@ def _sets(o: Opened, S: dict, E: dict) -> tuple[list[dict[str, Any]], list[str]]
     for x in found:
         ids = np.unique(id_hash(pa.array(sorted(x["traces"]), pa.string())))
         out.append({"name": x["name"], "desc": x["description"], "rows": x["rows"],
-                    "s": np.isin(S["id"].to_numpy(), ids), "e": np.isin(E["id"].to_numpy(), ids)})
+                    "s": np.isin(S["id"], ids), "e": np.isin(E["id"], ids)})
     return out, notes
 
 
@@ -310,8 +376,8 @@ def _counts_per_record(M: dict, S: dict, E: dict, P: dict) -> None:
     nM, nS, nE = len(M["id"]), len(S["m"]), len(E["s"])
     sides = np.concatenate([P["c"], P["r"]])
     sides = sides[sides >= 0]
-    S["pairs"] = np.bincount(sides[sides % 2 == 0] // 2, minlength=nS)
-    E["pairs"] = np.bincount(sides[sides % 2 == 1] // 2, minlength=nE)
+    S["pairs"] = np.bincount(sides[sides % 2 == 0] // 2, minlength=nS).astype(np.int32)
+    E["pairs"] = np.bincount(sides[sides % 2 == 1] // 2, minlength=nE).astype(np.int32)
     M["pairs"] = np.bincount(P["m"][P["m"] >= 0], minlength=nM)
     em = S["m"][E["s"]]
     kept = (E["f"] & KEEP) > 0
@@ -615,9 +681,11 @@ def _needed(ix: Index, view: str, chosen: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def bar_counts(ix: Index) -> dict[str, Any]:
     """The counts of the filter bar, by name (``barCounts`` in the page)."""
-    def named(codes: np.ndarray, names: list[str]) -> list[list]:
+    def named(codes: np.ndarray, names: list[str]) -> list[list]:  # in the order the values first appear
         n = np.bincount(codes, minlength=len(names)) if len(codes) else np.zeros(len(names), np.int64)
-        return [[names[c], int(n[c])] for c in range(len(names)) if n[c]]
+        first = np.full(len(names), len(codes), np.int64)
+        np.minimum.at(first, codes, np.arange(len(codes)))
+        return [[names[c], int(n[c])] for c in np.argsort(first, kind="stable") if n[c]]
 
     ts, te = _types(ix)
     types = np.bincount(np.concatenate([ts, te]), minlength=len(TYPES))
