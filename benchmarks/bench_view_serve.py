@@ -2,7 +2,7 @@
 per copy), served in a subprocess; time to index, time of the first page (the API and a headless Chromium),
 a filter, a search, and the server's peak RSS (VmHWM).
 
-    python benchmarks/bench_view_serve.py --traces 1000000 --dir /tmp/lpt-view-bench [--export]
+    python benchmarks/bench_view_serve.py --traces 1000000 --dir /tmp/lpt-view-bench [--export [--export-copies 3]]
 
 The replicated run is written once (``--dir``) and reused."""
 
@@ -43,12 +43,31 @@ def replicate(example: Path, out: Path, copies: int) -> None:
                 w.write_table(pa.table(cols, schema=t.schema), row_group_size=20_000)
 
 
+def replicate_export(hub: Path, out: Path, copies: int) -> None:
+    """An export whose raw configs are ``copies`` copies of ``hub``'s (ids suffixed ``-k``), its other configs as
+    they are: a bigger export without exporting a bigger run (its sets name the first copy's traces)."""
+    shutil.copytree(hub, out, ignore=lambda d, names: [n for n in names if n.endswith(".parquet")
+                                                       and Path(d).name.startswith("raw_")])
+    for f in sorted(hub.glob("raw_*/*.parquet")):
+        pf = pq.ParquetFile(f)
+        target = out / f.relative_to(hub)
+        with pq.ParquetWriter(target, pf.schema_arrow) as w:
+            for k in range(copies):
+                for g in range(pf.num_row_groups):
+                    t = pf.read_row_group(g)
+                    cols = [pc.binary_join_element_wise(t[c], pa.scalar(f"-x{k}"), "") if c in ID_COLUMNS else t[c]
+                            for c in t.column_names]
+                    w.write_table(pa.table(cols, schema=t.schema))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--traces", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lpt-view-bench"))
     ap.add_argument("--port", type=int, default=8799)
     ap.add_argument("--export", action="store_true", help="serve `lpt export`'s folder of the run instead")
+    ap.add_argument("--export-copies", type=int, default=1,
+                    help="with --export: serve that export's raw configs copied this many times")
     args = ap.parse_args()
     copies = max(1, args.traces // PER_COPY)
     example, run = args.dir / "example", args.dir / f"run-{copies}"
@@ -64,6 +83,10 @@ def main() -> None:
         if not hub.exists():
             subprocess.run([*py, "export", str(run), str(hub)], check=True, cwd=ROOT, capture_output=True)
         run = hub
+        if args.export_copies > 1:
+            run = args.dir / f"hub-{copies}-x{args.export_copies}"
+            if not run.exists():
+                replicate_export(hub, run, args.export_copies)
     t0 = time.time()
     server = subprocess.Popen([*py, "view", str(run), "--serve", "--port", str(args.port), "--no-images"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -73,7 +96,7 @@ def main() -> None:
                 break
         ready = time.time() - t0
         url = f"http://127.0.0.1:{args.port}/"
-        out = {"input": run.name, "traces": copies * PER_COPY, "index_s": round(ready, 2)}
+        out = {"input": run.name, "traces": copies * PER_COPY * args.export_copies, "index_s": round(ready, 2)}
         for name, query in (("first_page", ""), ("page_1000", "page=1000"),
                             ("filter", "stage=expansion&label=wrong&kept=kept"), ("search", "q=sclera"),
                             ("search_again_page_2", "q=sclera&page=2"), ("pairs", "view=pairs")):

@@ -47,6 +47,13 @@ class _Rows:
         self.stage = stage
         self.files = [str(f) for f in o.files(stage)]
         self.schema = TABLES[stage].schema
+        self.groups: list[tuple[str, int, int, int]] = []  # (file, row group, first row in the scan, rows)
+        start = 0
+        for f in self.files:
+            meta = pq.read_metadata(f)
+            for g in range(meta.num_row_groups):
+                self.groups.append((f, g, start, meta.row_group(g).num_rows))
+                start += meta.row_group(g).num_rows
 
     def scan(self, columns: list[str]) -> pa.Table:
         """``columns`` of every row, file after file, with ``_at`` = the row's place in the scan (for the
@@ -68,16 +75,13 @@ class _Rows:
         schema = pa.schema([self.schema.field(c) for c in columns])
         if not len(at):
             return schema.empty_table()
-        parts, places, start = [], [], 0
-        for f in self.files:
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                inside = at[(at >= start) & (at < start + n)]
-                if len(inside):
-                    parts.append(pf.read_row_group(g, columns=columns).cast(schema).take(pa.array(inside - start)))
-                    places.append(inside)
-                start += n
+        parts, places = [], []
+        for f, g, start, n in self.groups:
+            inside = at[(at >= start) & (at < start + n)]
+            if len(inside):
+                group = pq.ParquetFile(f).read_row_group(g, columns=columns, use_threads=False)
+                parts.append(group.cast(schema).take(pa.array(inside - start)))
+                places.append(inside)
         t = pa.concat_tables(parts)
         order = np.argsort(np.concatenate(places), kind="stable")
         pos = np.searchsorted(np.concatenate(places)[order], at)
@@ -129,10 +133,11 @@ def _np(t: pa.Table, col: str, dtype: Any = np.int64) -> np.ndarray:
 
 
 def _flags(t: dict[str, np.ndarray], ids_in_sft: np.ndarray, id_col: str) -> np.ndarray:
-    f = (PARSED * t["parsed"]) | (CORRECT * t["correct"]) | (KEEP * t["keep"]) | (IN_SFT * np.isin(t[id_col], ids_in_sft))
-    if "simple_correct" in t:
-        f |= SIMPLE_CORRECT * t["simple_correct"]
-    return f.astype(np.uint8)
+    """The record's flags (:func:`_arrays`) and whether it is in SFT."""
+    f = t.pop("f")
+    for k in range(0, len(f), 1 << 20):
+        f[k:k + (1 << 20)] |= IN_SFT * np.isin(t[id_col][k:k + (1 << 20)], ids_in_sft).astype(np.uint8)
+    return f
 
 
 def _index_in(values: pa.ChunkedArray | pa.Array, of: pa.Array) -> np.ndarray:
@@ -157,10 +162,15 @@ class Index:
     stream: np.ndarray = field(init=False)  # the trace list: 2*i simple thought i, 2*j+1 expansion j
 
     def __post_init__(self) -> None:
-        parent = np.concatenate([np.arange(len(self.S["m"])), self.E["s"]])
-        order = np.argsort(parent, kind="stable")  # each simple thought, then its expansions in order
-        refs = np.concatenate([2 * np.arange(len(self.S["m"])), 2 * np.arange(len(self.E["s"])) + 1])
-        self.stream = refs[order].astype(np.int32 if len(refs) < 2 ** 30 else np.int64)
+        # each simple thought, then its expansions in order (they are sorted by it): simple thought i stands
+        # after the expansions of those before it, expansion j after its simple thought and the j before it
+        n_s, n_e = len(self.S["m"]), len(self.E["s"])
+        self.stream = np.empty(n_s + n_e, np.int32 if n_s + n_e < 2 ** 30 else np.int64)
+        i = np.arange(n_s)
+        self.stream[i + np.searchsorted(self.E["s"], i)] = 2 * i
+        del i
+        j = np.arange(n_e)
+        self.stream[self.E["s"] + 1 + j] = 2 * j + 1
 
 
 class _Names:
@@ -173,28 +183,38 @@ class _Names:
     def codes(self, col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
         d = pc.dictionary_encode(pc.fill_null(col, ""))
-        local = np.array([self._code.setdefault(n, len(self._code)) for n in d.dictionary.to_pylist()], np.int32)
+        local = [self._code.setdefault(n, len(self._code)) for n in d.dictionary.to_pylist()]
+        local = np.array(local, np.int16 if len(self._code) < 2 ** 15 else np.int32)  # a few names, as a rule
         self.names = list(self._code)
-        return local[d.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(len(col), np.int32)
+        return local[d.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(len(col), np.int16)
+
+
+_FLAG_BITS = {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "simple_correct": SIMPLE_CORRECT}
 
 
 def _arrays(rows: _Rows, kinds: dict[str, Any]) -> dict[str, np.ndarray]:
     """Columns of every row as NumPy arrays, read one row group at a time: ``"hash"`` (:func:`id_hash`),
-    ``int``, ``bool``, or a :class:`_Names` (codes); ``_at`` = the row's place in the scan."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in kinds}
+    ``int``, ``"flag"`` (the columns of :data:`_FLAG_BITS`, together in ``f``, one byte a row), or a
+    :class:`_Names` (codes); ``_at`` = the row's place in the scan."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in kinds if kinds[c] != "flag"} | {"f": []}
     for b in rows.batches(list(kinds)):
+        f = np.zeros(b.num_rows, np.uint8)
         for c, kind in kinds.items():
             col = b.column(c)
             if kind == "hash":
                 parts[c].append(id_hash(col))
+            elif kind == "flag":
+                f |= (_FLAG_BITS[c] * pc.fill_null(col, False).to_numpy(zero_copy_only=False)).astype(np.uint8)
             elif isinstance(kind, _Names):
                 parts[c].append(kind.codes(col))
             else:
-                parts[c].append(pc.fill_null(col, False if kind is bool else -1).to_numpy().astype(
-                    np.bool_ if kind is bool else np.int32))
-    out = {c: np.concatenate(v) if v else np.zeros(0, np.uint64 if kinds[c] == "hash" else np.int32)
-           for c, v in parts.items()}
-    n = len(next(iter(out.values()))) if out else 0
+                parts[c].append(pc.fill_null(col, -1).to_numpy().astype(np.int32))
+        parts["f"].append(f)
+    out: dict[str, np.ndarray] = {}
+    for c in list(parts):  # one column at a time: its parts are freed as it is joined
+        v = parts.pop(c)
+        out[c] = np.concatenate(v) if v else np.zeros(0, np.uint64 if kinds.get(c) == "hash" else np.int32)
+    n = len(out["f"])
     out["_at"] = np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64)
     return out
 
@@ -205,14 +225,17 @@ def _sorted(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.nd
     return arrays
 
 
-def _find(values: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """The place of each value in ``among`` (``-1`` where absent)."""
+def _find(values: np.ndarray, among: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """The place of each value in ``among`` (``-1`` where absent), ``step`` values at a time."""
+    out = np.full(len(values), -1, np.int32 if len(among) < 2 ** 31 else np.int64)
     if not len(among):
-        return np.full(len(values), -1, np.int64)
+        return out
     order = np.argsort(among, kind="stable")
-    at = np.minimum(np.searchsorted(among, values, sorter=order), len(among) - 1)
-    found = order[at]
-    return np.where(among[found] == values, found, -1)
+    for k in range(0, len(values), step):
+        v = values[k:k + step]
+        found = order[np.minimum(np.searchsorted(among, v, sorter=order), len(among) - 1)]
+        out[k:k + step] = np.where(among[found] == v, found, -1)
+    return out
 
 
 def _questions(o: Opened, rows: _Rows) -> pa.Table:
@@ -224,7 +247,7 @@ def _questions(o: Opened, rows: _Rows) -> pa.Table:
 def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], pa.Array]:
     """The simple thoughts sorted as the page sorts them, and the questions' ids with those only they name."""
     s = _arrays(rows, {"sample_id": "hash", "mcq_id": "hash", "sample_index": int, "question_type": names["qt_s"],
-                       "parsed": bool, "correct": bool, "keep": bool, "drop_reason": names["reason"]})
+                       "parsed": "flag", "correct": "flag", "keep": "flag", "drop_reason": names["reason"]})
     m = _find(s["mcq_id"], id_hash(mcq_ids))
     if (m < 0).any():  # questions only the simple thoughts name: their ids are read again (a rare run)
         named = rows.take(s["_at"][m < 0], ["mcq_id"]).column("mcq_id")
@@ -232,20 +255,22 @@ def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[d
         m = _find(s["mcq_id"], id_hash(mcq_ids))
     s["m"] = m.astype(np.int32)
     del s["mcq_id"]
-    return _sorted(s, np.lexsort((s["sample_id"], s["sample_index"], s["m"]))), mcq_ids
+    order = np.lexsort((s["sample_id"], s.pop("sample_index"), s["m"]))
+    return _sorted(s, order), mcq_ids
 
 
 def _expansions(rows: _Rows, sample_ids: np.ndarray, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], int]:
     """The expansions sorted as the page sorts them (after their simple thought), and how many have none."""
     e = _arrays(rows, {"expansion_id": "hash", "sample_id": "hash", "expansion_index": int, "cue": names["cue"],
-                       "parsed": bool, "correct": bool, "simple_correct": bool, "keep": bool,
+                       "parsed": "flag", "correct": "flag", "simple_correct": "flag", "keep": "flag",
                        "drop_reason": names["reason"]})
     e["s"] = _find(e.pop("sample_id"), sample_ids).astype(np.int32)
     has = e["s"] >= 0
     orphans = int((~has).sum())
     if orphans:
         e = {c: v[has] for c, v in e.items()}
-    return _sorted(e, np.lexsort((e["expansion_id"], e["expansion_index"], e["s"]))), orphans
+    order = np.lexsort((e["expansion_id"], e.pop("expansion_index"), e["s"]))
+    return _sorted(e, order), orphans
 
 
 def build_index(path_or_run: Any, *, progress: bool = False) -> Index:

@@ -137,3 +137,33 @@ def test_id_hash_is_the_same_for_the_same_id_whatever_the_array():
     assert whole[-1] == whole[-3]
     sliced = id_hash(pa.chunked_array([pa.array(ids[:7]), pa.array(ids[7:])]).slice(3, 400))
     assert sliced.tolist() == whole[3:403].tolist()
+
+
+def _static_order(data: dict) -> list[str]:
+    """The trace list of the single file, as its traceStream orders it (unfiltered)."""
+    S, E = data["simple"], data["exp"]
+    after: dict[int, list[str]] = {}
+    for j, i in enumerate(E["s"]):
+        after.setdefault(i, []).append(E["id"][j])
+    return [x for i in range(len(S["id"])) for x in [S["id"][i], *after.get(i, [])]]
+
+
+@pytest.mark.parametrize("name", ["run", "hub"])
+def test_the_served_trace_list_is_the_single_files(made, name):
+    """Page after page, the server lists the traces in the single file's order, with the same flags."""
+    from builder.view import collect
+
+    static = collect(made / name, images=False)
+    viewer = Viewer(build_index(made / name), images=False)
+    served, flags = [], {}
+    for page in range(1, 9):
+        got = viewer.page({"page": str(page), "size": "200"})
+        d = got["data"]
+        for ref in got["refs"]:
+            part = d["exp"] if ref % 2 else d["simple"]
+            served.append(part["id"][ref // 2])
+            flags[served[-1]] = part["f"][ref // 2]
+    assert served == _static_order(static)
+    S, E = static["simple"], static["exp"]
+    assert flags == dict(zip(S["id"], S["f"])) | dict(zip(E["id"], E["f"]))
+    assert got["data"]["agg"]["sOfM"] and viewer.page({"view": "mcqs"})["matches"] == 40
