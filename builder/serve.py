@@ -36,6 +36,8 @@ from builder.view import (CORRECT, EXPANSION_COLUMNS, FLAGS, ID_CHARS, IN_SFT, K
 
 HOST = "127.0.0.1"
 MAX_PAGE_SIZE = 200
+BATCH_ROWS = 8192  # rows decoded at a time by a pass over a stage (the index, a search)
+PAGE_BATCH_ROWS = 1024  # … and to find a page's rows in their row group
 """The most items one request returns (a larger ``size`` is cut to it)."""
 TYPES = ["O", "X", "O_O", "O_X", "X_O", "X_X"]
 
@@ -62,13 +64,13 @@ class _Rows:
         t = pa.concat_tables([schema.empty_table(), *self.batches(columns)]).combine_chunks()
         return t.append_column("_at", pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
-    def batches(self, columns: list[str]):
-        """``columns`` one row group at a time (a search's pass)."""
+    def batches(self, columns: list[str], rows: int = BATCH_ROWS):
+        """``columns`` of every row, ``rows`` at a time (decoded page by page: a big row group is never held
+        whole), in the scan's order."""
         schema = pa.schema([self.schema.field(c) for c in columns])
         for f in self.files:
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):
-                yield pf.read_row_group(g, columns=columns, use_threads=False).cast(schema)
+            for b in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns, use_threads=False):
+                yield pa.Table.from_batches([b]).cast(schema)
 
     def take(self, at: np.ndarray, columns: list[str]) -> pa.Table:
         """The rows at scan places ``at`` (in that order), reading only their row groups."""
@@ -77,11 +79,20 @@ class _Rows:
             return schema.empty_table()
         parts, places = [], []
         for f, g, start, n in self.groups:
-            inside = at[(at >= start) & (at < start + n)]
-            if len(inside):
-                group = pq.ParquetFile(f).read_row_group(g, columns=columns, use_threads=False)
-                parts.append(group.cast(schema).take(pa.array(inside - start)))
-                places.append(inside)
+            inside = np.sort(at[(at >= start) & (at < start + n)]) - start
+            if not len(inside):
+                continue
+            batches = pq.ParquetFile(f).iter_batches(batch_size=PAGE_BATCH_ROWS, row_groups=[g], columns=columns,
+                                                     use_threads=False)
+            first = 0
+            for b in batches:  # up to the last row needed; a batch at a time
+                mine = inside[(inside >= first) & (inside < first + b.num_rows)]
+                if len(mine):
+                    parts.append(pa.Table.from_batches([b]).cast(schema).take(pa.array(mine - first)))
+                    places.append(mine + start)
+                first += b.num_rows
+                if first > inside[-1]:
+                    break
         t = pa.concat_tables(parts)
         order = np.argsort(np.concatenate(places), kind="stable")
         pos = np.searchsorted(np.concatenate(places)[order], at)
@@ -194,8 +205,8 @@ _FLAG_BITS = {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "simple_correc
 
 def _arrays(rows: _Rows, kinds: dict[str, Any]) -> dict[str, np.ndarray]:
     """Columns of every row as NumPy arrays, read one row group at a time: ``"hash"`` (:func:`id_hash`),
-    ``int``, ``"flag"`` (the columns of :data:`_FLAG_BITS`, together in ``f``, one byte a row), or a
-    :class:`_Names` (codes); ``_at`` = the row's place in the scan."""
+    ``int``, ``"flag"`` (the columns of :data:`_FLAG_BITS`, together in ``f``, one byte a row), a
+    :class:`_Names` (codes), or a function of the column; ``_at`` = the row's place in the scan."""
     parts: dict[str, list[np.ndarray]] = {c: [] for c in kinds if kinds[c] != "flag"} | {"f": []}
     for b in rows.batches(list(kinds)):
         f = np.zeros(b.num_rows, np.uint8)
@@ -207,6 +218,8 @@ def _arrays(rows: _Rows, kinds: dict[str, Any]) -> dict[str, np.ndarray]:
                 f |= (_FLAG_BITS[c] * pc.fill_null(col, False).to_numpy(zero_copy_only=False)).astype(np.uint8)
             elif isinstance(kind, _Names):
                 parts[c].append(kind.codes(col))
+            elif callable(kind) and kind is not int:  # a lookup made while reading (no column kept for it)
+                parts[c].append(kind(col))
             else:
                 parts[c].append(pc.fill_null(col, -1).to_numpy().astype(np.int32))
         parts["f"].append(f)
@@ -225,12 +238,13 @@ def _sorted(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.nd
     return arrays
 
 
-def _find(values: np.ndarray, among: np.ndarray, step: int = 1 << 20) -> np.ndarray:
-    """The place of each value in ``among`` (``-1`` where absent), ``step`` values at a time."""
+def _find(values: np.ndarray, among: np.ndarray, step: int = 1 << 20, order: np.ndarray | None = None) -> np.ndarray:
+    """The place of each value in ``among`` (``-1`` where absent), ``step`` values at a time (``order``:
+    ``among``'s argsort, when already made)."""
     out = np.full(len(values), -1, np.int32 if len(among) < 2 ** 31 else np.int64)
     if not len(among):
         return out
-    order = np.argsort(among, kind="stable")
+    order = np.argsort(among, kind="stable") if order is None else order
     for k in range(0, len(values), step):
         v = values[k:k + step]
         found = order[np.minimum(np.searchsorted(among, v, sorter=order), len(among) - 1)]
@@ -261,10 +275,12 @@ def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[d
 
 def _expansions(rows: _Rows, sample_ids: np.ndarray, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], int]:
     """The expansions sorted as the page sorts them (after their simple thought), and how many have none."""
-    e = _arrays(rows, {"expansion_id": "hash", "sample_id": "hash", "expansion_index": int, "cue": names["cue"],
-                       "parsed": "flag", "correct": "flag", "simple_correct": "flag", "keep": "flag",
-                       "drop_reason": names["reason"]})
-    e["s"] = _find(e.pop("sample_id"), sample_ids).astype(np.int32)
+    order = np.argsort(sample_ids, kind="stable")
+    e = _arrays(rows, {"expansion_id": "hash", "sample_id": lambda col: _find(id_hash(col), sample_ids, order=order),
+                       "expansion_index": int, "cue": names["cue"], "parsed": "flag", "correct": "flag",
+                       "simple_correct": "flag", "keep": "flag", "drop_reason": names["reason"]})
+    del order
+    e["s"] = e.pop("sample_id")
     has = e["s"] >= 0
     orphans = int((~has).sum())
     if orphans:
@@ -407,10 +423,10 @@ def _counts_per_record(M: dict, S: dict, E: dict, P: dict) -> None:
     em = S["m"][E["s"]]
     kept = (E["f"] & KEEP) > 0
     M["s"] = np.bincount(S["m"], minlength=nM)
-    M["s_ok"] = np.bincount(S["m"], weights=(S["f"] & CORRECT) > 0, minlength=nM).astype(np.int64)
+    M["s_ok"] = np.bincount(S["m"][(S["f"] & CORRECT) > 0], minlength=nM)
     M["e"] = np.bincount(em, minlength=nM)
-    M["e_kept"] = np.bincount(em, weights=kept, minlength=nM).astype(np.int64)
-    M["e_ok"] = np.bincount(em, weights=kept & ((E["f"] & CORRECT) > 0), minlength=nM).astype(np.int64)
+    M["e_kept"] = np.bincount(em[kept], minlength=nM)
+    M["e_ok"] = np.bincount(em[kept & ((E["f"] & CORRECT) > 0)], minlength=nM)
 
 
 # ------------------------------------------------------------------------------------------------ search

@@ -20,7 +20,7 @@ from builder.serve import HOST, MAX_PAGE_SIZE, Viewer, build_index, make_server
 from builder.store import RunDir
 
 from helpers import UPSTREAM  # noqa: E402
-from test_view import CHROMIUM, _chromium, make_images, needs_browser  # noqa: E402
+from test_view import _chromium, make_images, needs_browser  # noqa: E402
 
 
 @pytest.fixture(scope="module")
