@@ -522,21 +522,23 @@ def _trace_ok(ix: Index, st: dict[str, str], f: np.ndarray, r: np.ndarray, pairs
 
 def _types(ix: Index) -> tuple[np.ndarray, np.ndarray]:
     """The trace type of each simple thought and expansion, as an index into :data:`TYPES`."""
-    s = np.where((ix.S["f"] & CORRECT) > 0, 0, 1)
-    e = 2 + 2 * ((ix.E["f"] & SIMPLE_CORRECT) == 0) + ((ix.E["f"] & CORRECT) == 0)
+    s = ((ix.S["f"] & CORRECT) == 0).astype(np.int8)
+    e = (2 + 2 * ((ix.E["f"] & SIMPLE_CORRECT) == 0) + ((ix.E["f"] & CORRECT) == 0)).astype(np.int8)
     return s, e
 
 
 def trace_matches(ix: Index, st: dict[str, str], hits: dict[str, np.ndarray] | None) -> np.ndarray:
     """The trace list's refs that pass the filters, in the page's order (``traceStream``)."""
+    if hits is None and all(st[k] == DEFAULT_STATE[k] for k in TRACE_FILTERS):
+        return ix.stream  # every trace: nothing to compute
     m_ok = _mcq_ok(ix, st)
     want_s = st["stage"] != "expansion" and not st["cue"] and (not st["type"] or len(st["type"]) == 1)
     want_e = st["stage"] != "simple" and (not st["type"] or len(st["type"]) == 3)
-    ts, te = _types(ix)
     s_ok = m_ok[ix.S["m"]] & want_s & _trace_ok(ix, st, ix.S["f"], ix.S["r"], ix.S["pairs"], [x["s"] for x in ix.sets])
     e_ok = m_ok[ix.S["m"][ix.E["s"]]] & want_e & _trace_ok(ix, st, ix.E["f"], ix.E["r"], ix.E["pairs"],
                                                             [x["e"] for x in ix.sets])
     if st["type"]:
+        ts, te = _types(ix)
         code = TYPES.index(st["type"]) if st["type"] in TYPES else -1
         s_ok &= ts == code
         e_ok &= te == code
@@ -584,6 +586,7 @@ def mcq_matches(ix: Index, st: dict[str, str], hits: dict[str, np.ndarray] | Non
 
 # --------------------------------------------------------------------------------------------------- pages
 
+TRACE_FILTERS = ("stage", "type", "label", "kept", "cue", "qt", "set", "mcq")
 DEFAULT_STATE = {"view": "traces", "stage": "all", "type": "", "label": "", "kept": "", "cue": "", "qt": "", "kind": "",
                  "set": "", "valid": "", "q": "", "mcq": "", "page": "1"}
 
