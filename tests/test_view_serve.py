@@ -167,3 +167,31 @@ def test_the_served_trace_list_is_the_single_files(made, name):
     S, E = static["simple"], static["exp"]
     assert flags == dict(zip(S["id"], S["f"])) | dict(zip(E["id"], E["f"]))
     assert got["data"]["agg"]["sOfM"] and viewer.page({"view": "mcqs"})["matches"] == 40
+
+
+def test_lpt_view_serve_prints_its_url_answers_and_stops_on_ctrl_c(made):
+    """The command itself, in a subprocess: the URL on 127.0.0.1, a page as JSON, Ctrl-C (SIGINT) stops it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "view", str(made / "run"), "--serve", "--port", "0",
+                             "--no-images"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = next(line for line in proc.stdout if line.startswith("serving") or "Error" in line)
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        with urllib.request.urlopen(url + "api/page?view=pairs&size=5", timeout=60) as r:
+            got = json.loads(r.read())
+        assert got["matches"] == 356 and len(got["refs"]) == 5
+        with urllib.request.urlopen(url, timeout=60) as r:
+            assert b'"serve":{"api":"/api/page"' in r.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0 and "stopped" in proc.stdout.read()
+    finally:
+        proc.kill()
