@@ -310,6 +310,10 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
          "r": e["drop_reason"], "c": e["cue"]}
     del s, e
     P = _pair_arrays(dpo, M, S, E, names)
+    if not len(S["m"]):  # an export without the raw thought configs: the page says why no trace is shown
+        empty = _Page()
+        empty.note_no_traces(o)
+        notes += empty.notes
     sets, set_notes = _sets(o, S, E)
     notes += set_notes
     _counts_per_record(M, S, E, P)
@@ -555,6 +559,13 @@ def trace_matches(ix: Index, st: dict[str, str], hits: dict[str, np.ndarray] | N
     return refs[keep]
 
 
+def _at(values: np.ndarray, at: np.ndarray, missing: bool) -> np.ndarray:
+    """``values[at]``, ``missing`` where ``at`` is -1."""
+    if not len(values):
+        return np.full(len(at), missing)
+    return np.where(at >= 0, values[np.maximum(at, 0)], missing)
+
+
 def pair_matches(ix: Index, st: dict[str, str], hits: dict[str, np.ndarray] | None) -> np.ndarray:
     P = ix.P
     order = P["order"]
@@ -562,14 +573,14 @@ def pair_matches(ix: Index, st: dict[str, str], hits: dict[str, np.ndarray] | No
     if st["kind"]:
         ok &= P["k"][order] == _code(ix.names["kind"], st["kind"])
     m = P["m"][order]
-    ok &= np.where(m >= 0, _mcq_ok(ix, st)[np.maximum(m, 0)], not st["qt"] and not st["mcq"])
+    ok &= _at(_mcq_ok(ix, st), m, not st["qt"] and not st["mcq"])  # a question not among the records: no filter
     if hits is not None:
         def side(ref: np.ndarray) -> np.ndarray:
             i = np.maximum(ref // 2, 0)
             s_hit = hits["s"][np.minimum(i, len(hits["s"]) - 1)] if len(hits["s"]) else np.zeros(len(ref), bool)
             e_hit = hits["e"][np.minimum(i, len(hits["e"]) - 1)] if len(hits["e"]) else np.zeros(len(ref), bool)
             return (ref >= 0) & np.where(ref % 2 == 1, e_hit, s_hit)
-        ok &= (m >= 0) & hits["m"][np.maximum(m, 0)] | side(P["c"][order]) | side(P["r"][order])
+        ok &= _at(hits["m"], m, False) | side(P["c"][order]) | side(P["r"][order])
     return order[ok]
 
 

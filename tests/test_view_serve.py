@@ -20,7 +20,7 @@ from builder.serve import HOST, MAX_PAGE_SIZE, Viewer, build_index, make_server
 from builder.store import RunDir
 
 from helpers import UPSTREAM  # noqa: E402
-from test_view import _chromium, make_images, needs_browser  # noqa: E402
+from test_view import _chromium, make_images, needs_browser, plugin  # noqa: E402,F401 (plugin: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,31 @@ def test_lpt_view_serve_prints_its_url_answers_and_stops_on_ctrl_c(made):
         assert proc.wait(timeout=60) == 0 and "stopped" in proc.stdout.read()
     finally:
         proc.kill()
+
+
+def test_an_export_with_only_its_sets_is_served_as_exported_text(made, tmp_path):
+    hub = tmp_path / "sets-only"
+    export(made / "run", hub, configs=["sft", "dpo"])
+    viewer = Viewer(build_index(hub), images=False)
+    assert viewer.page({})["matches"] == 0
+    got = viewer.page({"view": "pairs", "size": "5"})
+    assert got["matches"] == 356 and len(got["refs"]) == 5
+    pairs = got["data"]["pairs"]
+    assert min(pairs["c"] + pairs["r"]) == -1 and all(pairs["ct"]) and all(pairs["rt"])  # the exported texts
+    assert any("so no trace is shown" in n for n in viewer.ix.meta["notes"])
+
+
+def test_a_plugin_config_is_a_filter_of_the_served_view(made, plugin):
+    """`lpt view RUN --serve --plugin MODULE`: the plugin's config marks its traces and filters them."""
+    import importlib
+
+    importlib.import_module(plugin)
+    want = {r["expansion_id"][:12] for r in assemble.build_sft(RunDir(made / "run"), assemble.AssembleOptions())
+            if r["cot_type"] == "X_O"}
+    viewer = Viewer(build_index(made / "run"), images=False)
+    got = viewer.page({"set": "x:sft_x_o", "size": "200"})
+    exp = got["data"]["exp"]
+    assert got["matches"] == len(want) > 0 and all(r % 2 for r in got["refs"])
+    assert {exp["id"][r // 2] for r in got["refs"]} == want
+    assert got["data"]["sets"]["name"] == ["sft_x_o"]
+    assert sorted(got["data"]["sets"]["e"][0]) == sorted(r // 2 for r in got["refs"])
