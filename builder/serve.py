@@ -756,7 +756,7 @@ def bar_counts(ix: Index) -> dict[str, Any]:
 
 def make_server(viewer: Viewer, port: int = 0, *, page_size: int = PAGE_SIZE) -> ThreadingHTTPServer:
     """An HTTP server on 127.0.0.1 (``port`` 0: a free one): ``/`` the page, ``/api/page?…`` a page of items."""
-    shell = viewer.shell(page_size).encode("utf-8")
+    shell = viewer.shell(min(page_size, MAX_PAGE_SIZE)).encode("utf-8")  # the page asks what the server gives
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name

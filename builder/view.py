@@ -4,7 +4,8 @@ One file, no server and nothing fetched: the page's CSS and JavaScript (``builde
 records are embedded once as JSON (column arrays, repeated strings interned), and each image is a small base64
 JPEG thumbnail (from the run's source image paths, or the export's ``images`` config; a placeholder says when
 an image is not on this machine). The page renders one page of items at a time (50 by default), so it stays
-fast with 100K traces.
+fast with 100K traces; above :data:`STATIC_MAX_TRACES` the file is refused and :mod:`builder.serve` serves the
+same page from the parquet files (``lpt view RUN --serve``).
 
 What it shows: per MCQ the image, question, options and gold answer; every simple thought (stage 2) with its
 label (correct / wrong) and whether it was kept or why it was dropped; every expansion (stage 3) with the cue
@@ -589,5 +590,5 @@ def show_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
     return tables
 
 
-__all__ = ["PAGE_SIZE", "THUMB_SIDE", "build_html", "collect", "default_output", "fold", "read_rows", "render",
-           "show_rows", "thumbnail", "write_html"]
+__all__ = ["PAGE_SIZE", "STATIC_MAX_TRACES", "THUMB_SIDE", "TooBigForOneFile", "build_html", "collect", "count_traces",
+           "default_output", "fold", "read_rows", "render", "show_rows", "static_limit", "thumbnail", "write_html"]
