@@ -492,17 +492,29 @@ def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str |
 @click.option("--page-size", type=click.IntRange(min=1), default=50, show_default=True, help="Items per page.")
 @click.option("--thumb-size", type=click.IntRange(min=32, max=2048), default=384, show_default=True,
               help="Long side of the embedded image thumbnails, in pixels.")
+@click.option("--serve", is_flag=True,
+              help="Serve the viewer on 127.0.0.1 page by page from the parquet files, for a run of any size "
+                   "(the single file holds at most 200,000 traces).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True,
+              help="With --serve: the port (0: a free one).")
 @PLUGIN_OPTION
 @friendly_errors
-def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int,
-             plugins: tuple[str, ...]) -> None:
+def view_cmd(path: str, output: str | None, no_images: bool, page_size: int, thumb_size: int, serve: bool,
+             port: int, plugins: tuple[str, ...]) -> None:
     """A static HTML report of a run directory or an exported folder: every MCQ, simple thought, expansion and
     DPO pair, with labels, filters and search (one self-contained file; open it in a browser). A plugin's config
-    (an installed package's, or --plugin MODULE's; on an export, any config folder it holds) is a filter too."""
+    (an installed package's, or --plugin MODULE's; on an export, any config folder it holds) is a filter too.
+    Above 200,000 traces (simple thoughts + expansions) the file is refused: --serve serves the same page from a
+    local server (127.0.0.1 only) that reads one page of records at a time; Ctrl-C stops it."""
 
     load_plugins(plugins)
     source = open_input(path)
     click.echo(f"reading the {source.label}")
+    if serve:
+        from builder.serve import serve as serve_run
+
+        serve_run(source, port, images=not no_images, thumb_side=thumb_size, page_size=page_size, echo=click.echo)
+        return
     out = write_html(source, output, images=not no_images, page_size=page_size, thumb_side=thumb_size)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
 

@@ -4,7 +4,8 @@ One file, no server and nothing fetched: the page's CSS and JavaScript (``builde
 records are embedded once as JSON (column arrays, repeated strings interned), and each image is a small base64
 JPEG thumbnail (from the run's source image paths, or the export's ``images`` config; a placeholder says when
 an image is not on this machine). The page renders one page of items at a time (50 by default), so it stays
-fast with 100K traces.
+fast with 100K traces; above :data:`STATIC_MAX_TRACES` the file is refused and :mod:`builder.serve` serves the
+same page from the parquet files (``lpt view RUN --serve``).
 
 What it shows: per MCQ the image, question, options and gold answer; every simple thought (stage 2) with its
 label (correct / wrong) and whether it was kept or why it was dropped; every expansion (stage 3) with the cue
@@ -38,7 +39,21 @@ from builder.stats import (EXPORT, KIND_LABELS, Opened, added_texts, config_file
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
+STATIC_MAX_TRACES = 200_000
+"""The most traces (simple thoughts + expansions) one static page holds (``LPT_VIEW_STATIC_MAX`` overrides it): a
+page is about 0.7 KB per trace and a browser reads one JSON string of at most a few hundred MB; above it, serve
+the run (``lpt view RUN --serve``)."""
 ID_CHARS = 12  # ids are shown (and searched) by their first characters
+
+QUESTION_COLUMNS = ["mcq_id", "image_id", "item_index", "question", "options", "answer_index", "answer_text",
+                    "question_type", "valid", "invalid_reason"]
+SIMPLE_COLUMNS = ["sample_id", "mcq_id", "image_id", "sample_index", "question", "question_type", "options",
+                  "answer_index", "response", "thought", "answer", "pred_index", "parsed", "correct", "keep",
+                  "drop_reason"]
+EXPANSION_COLUMNS = ["expansion_id", "sample_id", "expansion_index", "cue", "separator", "continuation",
+                     "long_thought", "answer", "pred_index", "parsed", "correct", "simple_correct", "bad_word", "keep",
+                     "drop_reason"]
+"""The columns of each stage the page shows (only these are read)."""
 
 # flags of a trace (bit masks, the page reads the same numbers)
 PARSED, CORRECT, KEEP, IN_SFT, SIMPLE_CORRECT = 1, 2, 4, 8, 16
@@ -137,19 +152,15 @@ class _Page:
             self.M[k].append(v)
         return self.mcq_index[mcq_id]
 
-    def add_questions(self, o: Opened) -> None:
-        """Every MCQ of the question table, valid or not."""
-        for m in o.read(table_for("question"), [
-                "mcq_id", "image_id", "item_index", "question", "options", "answer_index", "answer_text",
-                "question_type", "valid", "invalid_reason"]).to_pylist():
+    def add_questions(self, o: Opened, table: Any = None) -> None:
+        """Every MCQ of the question table (or of ``table``, some of its rows), valid or not."""
+        for m in (o.read(table_for("question"), QUESTION_COLUMNS) if table is None else table).to_pylist():
             self.add_mcq(m["mcq_id"], m["image_id"], m["question"], m["options"] or [], m["answer_index"],
                          m["question_type"], m["valid"], m["invalid_reason"], m["item_index"], m["answer_text"])
 
-    def add_simple_thoughts(self, o: Opened, in_sft: set[str]) -> None:
-        """Every simple thought, in its question's order, with its flags."""
-        table = o.read(table_for("short_thought"), [
-            "sample_id", "mcq_id", "image_id", "sample_index", "question", "question_type", "options",
-            "answer_index", "response", "thought", "answer", "pred_index", "parsed", "correct", "keep", "drop_reason"])
+    def add_simple_thoughts(self, o: Opened, in_sft: set[str], table: Any = None) -> None:
+        """Every simple thought (or those of ``table``), in its question's order, with its flags."""
+        table = o.read(table_for("short_thought"), SIMPLE_COLUMNS) if table is None else table
         samples = sorted(table.to_pylist(), key=lambda r: (self.mcq_index.get(r["mcq_id"], len(self.mcq_index)),
                                                            r["mcq_id"], r["sample_index"], r["sample_id"]))
         for s in samples:
@@ -166,12 +177,10 @@ class _Page:
                          ("raw", None if s["parsed"] else s["response"] or "")):
                 self.S[k].append(v)
 
-    def add_long_thoughts(self, o: Opened, in_sft: set[str]) -> None:
-        """Every long thought after its simple thought, split into the simple thought and what was added; one
-        whose simple thought is not here is counted in a note."""
-        table = o.read(table_for("long_thought"), [
-            "expansion_id", "sample_id", "expansion_index", "cue", "separator", "continuation", "long_thought",
-            "answer", "pred_index", "parsed", "correct", "simple_correct", "bad_word", "keep", "drop_reason"])
+    def add_long_thoughts(self, o: Opened, in_sft: set[str], table: Any = None) -> None:
+        """Every long thought (or those of ``table``) after its simple thought, split into the simple thought and
+        what was added; one whose simple thought is not here is counted in a note."""
+        table = o.read(table_for("long_thought"), EXPANSION_COLUMNS) if table is None else table
         orphans = 0
         expansions = table.append_column("added", added_texts(table)).to_pylist()
         expansions.sort(key=lambda r: (self.sample_index.get(r["sample_id"], -1), r["expansion_index"],
@@ -206,8 +215,9 @@ class _Page:
             return 2 * self.expansion_index[trace_id] + 1
         return -1
 
-    def add_pairs(self, o: Opened, dpo_rows: list[dict[str, Any]]) -> None:
-        """The DPO pairs; a side (or a question) not among the records is read from the export's texts."""
+    def add_pairs(self, o: Opened, dpo_rows: list[dict[str, Any]], at: list[int] | None = None) -> None:
+        """The DPO pairs; a side (or a question) not among the records is read from the export's texts (``at``:
+        the rows' positions in the export's dpo config, when ``dpo_rows`` are some of its rows)."""
         refs = [(self.ref(d["chosen_id"]), self.ref(d["rejected_id"])) for d in dpo_rows]
         texts: dict[int, dict[str, Any]] = {}  # rows whose texts are needed: a side or a question not in the records
         need = [n for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs))
@@ -215,7 +225,7 @@ class _Page:
         if need:
             table = o.config("dpo", ["prompt", "chosen", "rejected"])
             if table is not None:
-                texts = dict(zip(need, table.take(need).to_pylist()))
+                texts = dict(zip(need, table.take([at[n] for n in need] if at else need).to_pylist()))
         unmatched = 0
         for n, (d, (c, r)) in enumerate(zip(dpo_rows, refs)):
             t = texts.get(n, {})
@@ -253,14 +263,16 @@ class _Page:
             self.X["s"].append(sorted(self.sample_index[t] for t in x["traces"] if t in self.sample_index))
             self.X["e"].append(sorted(self.expansion_index[t] for t in x["traces"] if t in self.expansion_index))
 
-    def thumbnails(self, o: Opened, images: bool, thumb_side: int) -> tuple[list[str | None], int]:
-        """``(a thumbnail URI or None per image, how many images are on this machine)``; a note when some are not."""
+    def thumbnails(self, o: Opened, images: bool, thumb_side: int,
+                   sources: dict[str, Any] | None = None) -> tuple[list[str | None], int]:
+        """``(a thumbnail URI or None per image, how many images are on this machine)``; a note when some are not
+        (``sources``: :meth:`builder.stats.Opened.image_sources`, when already read)."""
         thumbs: list[str | None] = [None] * len(self.image_ids)
         if not images:
             self.notes.append("images left out (--no-images)")
             return thumbs, 0
         have = 0
-        sources = o.image_sources()
+        sources = o.image_sources() if sources is None else sources
         todo = [i for i, image_id in enumerate(self.image_ids) if image_id in sources]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             for i, uri in zip(todo, pool.map(lambda i: thumbnail(sources[self.image_ids[i]], thumb_side), todo)):
@@ -272,6 +284,15 @@ class _Page:
         elif have < len(self.image_ids):
             self.notes.append(f"{len(self.image_ids) - have} of {len(self.image_ids)} images are not on this machine")
         return thumbs, have
+
+    def records(self, thumbs: list[str | None], desc_of: dict[str, str]) -> dict[str, Any]:
+        """The records as the page reads them (``D.tables``, ``D.images``, ``D.mcq`` …)."""
+        return {
+            "tables": {"qt": self.qtypes.values, "cue": self.cues.values, "reason": self.reasons.values,
+                       "opts": self.optsets.values, "kind": self.kinds.values, "sep": self.seps.values},
+            "images": {"id": self.image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in self.image_ids]},
+            "mcq": self.M, "simple": self.S, "exp": self.E, "pairs": self.P, "sets": self.X,
+        }
 
 
 def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SIDE) -> dict[str, Any]:
@@ -289,24 +310,25 @@ def collect(path_or_run: Any, *, images: bool = True, thumb_side: int = THUMB_SI
     page.add_plugin_sets(o)
     thumbs, have = page.thumbnails(o, images, thumb_side)
     desc_of = o.descriptions()
-    meta = {
+    meta = page_meta(o, page.notes, (len(sft_rows), sft_from), (len(dpo_rows), dpo_from), have)
+    return {"meta": meta, "flags": FLAGS, **page.records(thumbs, desc_of)}
+
+
+def page_meta(o: Opened, notes: list[str], sft: tuple[int, str], dpo: tuple[int, str], have: int) -> dict[str, Any]:
+    """What the page's header says: what was read, the counts of each stage, the sets (``(rows, where from)``)."""
+    return {
         "kind": o.kind, "label": o.label, "kind_label": KIND_LABELS[o.kind],
         "path": str(o.path), "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "counts": {s: tally(o.read(s, tally_columns(s))) for s in stage_tables()},
-        "sft_from": sft_from, "sft_rows": len(sft_rows), "dpo_from": dpo_from,
-        "dpo_rows": len(dpo_rows), "sets_from": ("the export's sft and dpo configs" if o.kind == EXPORT else
-                                                 "assembled from the run with the default options"),
-        "notes": page.notes, "models": _models(o), "images_on_machine": have,
+        "sft_from": sft[1], "sft_rows": sft[0], "dpo_from": dpo[1],
+        "dpo_rows": dpo[0], "sets_from": ("the export's sft and dpo configs" if o.kind == EXPORT else
+                                          "assembled from the run with the default options"),
+        "notes": notes, "models": _models(o), "images_on_machine": have,
         "id_chars": ID_CHARS,
     }
-    return {
-        "meta": meta,
-        "flags": {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "sft": IN_SFT, "simple_correct": SIMPLE_CORRECT},
-        "tables": {"qt": page.qtypes.values, "cue": page.cues.values, "reason": page.reasons.values,
-                   "opts": page.optsets.values, "kind": page.kinds.values, "sep": page.seps.values},
-        "images": {"id": page.image_ids, "src": thumbs, "desc": [desc_of.get(i, "") for i in page.image_ids]},
-        "mcq": page.M, "simple": page.S, "exp": page.E, "pairs": page.P, "sets": page.X,
-    }
+
+
+FLAGS = {"parsed": PARSED, "correct": CORRECT, "keep": KEEP, "sft": IN_SFT, "simple_correct": SIMPLE_CORRECT}
 
 
 def _models(o: Opened) -> dict[str, Any]:
@@ -424,11 +446,30 @@ def default_output(path: str | os.PathLike) -> Path:
     return Path(f"{Path(path).resolve().name}-view.html")
 
 
+class TooBigForOneFile(ValueError):
+    """A run with more traces than one static page holds (:data:`STATIC_MAX_TRACES`)."""
+
+
+def static_limit() -> int:
+    return int(os.environ.get("LPT_VIEW_STATIC_MAX") or STATIC_MAX_TRACES)
+
+
+def count_traces(o: Opened) -> int:
+    """The simple thoughts and expansions of a run or an export, from its files' footers (nothing else read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for role in ("short_thought", "long_thought")
+               for f in o.files(table_for(role)))
+
+
 def write_html(path_or_run: Any, out_file: str | os.PathLike | None = None, **kwargs: Any) -> Path:
-    """Write the report; returns its path (default :func:`default_output`)."""
+    """Write the report; returns its path (default :func:`default_output`). Refuses (:class:`TooBigForOneFile`)
+    a run with more traces than :func:`static_limit`, before reading it."""
     from builder.atomic import write_text
 
     o = open_input(path_or_run)
+    n, limit = count_traces(o), static_limit()
+    if n > limit:
+        raise TooBigForOneFile(f"{o.path}: {n:,} traces, more than one page file holds ({limit:,}); "
+                               f"serve it instead: lpt view {o.path} --serve")
     out = Path(out_file) if out_file else default_output(o.path)
     write_text(out, build_html(o, **kwargs))
     return out
@@ -549,5 +590,5 @@ def show_rows(out_dir: str | os.PathLike, config: str, *, rows: int = 3, start: 
     return tables
 
 
-__all__ = ["PAGE_SIZE", "THUMB_SIDE", "build_html", "collect", "default_output", "fold", "read_rows", "render",
-           "show_rows", "thumbnail", "write_html"]
+__all__ = ["PAGE_SIZE", "STATIC_MAX_TRACES", "THUMB_SIDE", "TooBigForOneFile", "build_html", "collect", "count_traces",
+           "default_output", "fold", "read_rows", "render", "show_rows", "static_limit", "thumbnail", "write_html"]

@@ -3,8 +3,10 @@
 // the URL hash, e.g. #view=traces&stage=expansion&label=wrong&q=texture&page=2 (read on load and on change).
 
 const D = JSON.parse(document.getElementById("lpt-data").textContent);
-const FL = D.flags, T = D.tables, M = D.mcq, S = D.simple, E = D.exp, P = D.pairs, IMG = D.images, META = D.meta;
-const nM = M.id.length, nS = S.id.length, nE = E.id.length, nP = P.k.length;
+// served (`lpt view RUN --serve`): D holds no records; each page of them is fetched from the server (SERVE.api)
+const SERVE = D.serve || null;
+const FL = D.flags, META = D.meta;
+let T, M, S, E, P, IMG, nM, nS, nE, nP;
 const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const TYPE_TITLE = {
   O: "a correct simple thought", X: "a wrong simple thought",
@@ -29,30 +31,38 @@ const typeOfS = i => (S.f[i] & FL.correct) ? "O" : "X";
 const typeOfE = j => ((E.f[j] & FL.simple_correct) ? "O" : "X") + "_" + ((E.f[j] & FL.correct) ? "O" : "X");
 const typeLabel = t => t.replace("_", "→");
 const kindLabel = k => k.split(">").map(typeLabel).join(" ≻ ");
-const expStart = new Int32Array(nS + 1);  // expansions are sorted by their simple thought: E[expStart[i]..expStart[i+1])
-{
+let expStart, pairsOfS, pairsOfE, pairsOfM, sOfM, sOkOfM, eOfM, eKeptOfM, eOkOfM, XS, nX, inXS, inXE, pairOrder;
+const member = (list, n) => { const u = new Uint8Array(n); for (const k of list) u[k] = 1; return u; };
+function useData(d) {  // the records (all of them, or a served page of them) and what is derived from them
+  T = d.tables; M = d.mcq; S = d.simple; E = d.exp; P = d.pairs; IMG = d.images;
+  nM = M.id.length; nS = S.id.length; nE = E.id.length; nP = P.k.length;
+  expStart = new Int32Array(nS + 1);  // expansions are sorted by their simple thought: E[expStart[i]..expStart[i+1])
   const cnt = new Int32Array(nS);
   for (let j = 0; j < nE; j++) cnt[E.s[j]]++;
   for (let i = 0; i < nS; i++) expStart[i + 1] = expStart[i] + cnt[i];
+  // configs of plugins (d.sets): which simple thoughts / expansions each one holds
+  XS = d.sets; nX = XS.name.length;
+  inXS = XS.s.map(l => member(l, nS)); inXE = XS.e.map(l => member(l, nE));
+  pairOrder = Array.from({length: nP}, (_, p) => p).sort((a, b) => P.m[a] - P.m[b] || P.k[a] - P.k[b] || a - b);
+  lcCache.clear(); hitCache = {q: null};
+  if (d.agg) {  // a served page: the counts over the whole run, per record of the page
+    ({pairsOfS, pairsOfE, pairsOfM, sOfM, sOkOfM, eOfM, eKeptOfM, eOkOfM} = d.agg);
+    return;
+  }
+  pairsOfS = new Int32Array(nS); pairsOfE = new Int32Array(nE); pairsOfM = new Int32Array(nM);
+  for (let p = 0; p < nP; p++) {
+    pairsOfM[P.m[p]]++;
+    for (const r of [P.c[p], P.r[p]]) if (r >= 0) (r & 1 ? pairsOfE : pairsOfS)[r >> 1]++;
+  }
+  sOfM = new Int32Array(nM); sOkOfM = new Int32Array(nM); eOfM = new Int32Array(nM); eKeptOfM = new Int32Array(nM);
+  eOkOfM = new Int32Array(nM);
+  for (let i = 0; i < nS; i++) { sOfM[S.m[i]]++; if (S.f[i] & FL.correct) sOkOfM[S.m[i]]++; }
+  for (let j = 0; j < nE; j++) {
+    const m = S.m[E.s[j]];
+    eOfM[m]++;
+    if (E.f[j] & FL.keep) { eKeptOfM[m]++; if (E.f[j] & FL.correct) eOkOfM[m]++; }
+  }
 }
-const pairsOfS = new Int32Array(nS), pairsOfE = new Int32Array(nE), pairsOfM = new Int32Array(nM);
-for (let p = 0; p < nP; p++) {
-  pairsOfM[P.m[p]]++;
-  for (const r of [P.c[p], P.r[p]]) if (r >= 0) (r & 1 ? pairsOfE : pairsOfS)[r >> 1]++;
-}
-const sOfM = new Int32Array(nM), sOkOfM = new Int32Array(nM), eOfM = new Int32Array(nM), eKeptOfM = new Int32Array(nM),
-      eOkOfM = new Int32Array(nM);
-for (let i = 0; i < nS; i++) { sOfM[S.m[i]]++; if (S.f[i] & FL.correct) sOkOfM[S.m[i]]++; }
-for (let j = 0; j < nE; j++) {
-  const m = S.m[E.s[j]];
-  eOfM[m]++;
-  if (E.f[j] & FL.keep) { eKeptOfM[m]++; if (E.f[j] & FL.correct) eOkOfM[m]++; }
-}
-// configs of plugins (D.sets): which simple thoughts / expansions each one holds
-const XS = D.sets, nX = XS.name.length;
-const member = (list, n) => { const u = new Uint8Array(n); for (const k of list) u[k] = 1; return u; };
-const inXS = XS.s.map(l => member(l, nS)), inXE = XS.e.map(l => member(l, nE));
-const pairOrder = Array.from({length: nP}, (_, p) => p).sort((a, b) => P.m[a] - P.m[b] || P.k[a] - P.k[b] || a - b);
 
 // ----------------------------------------------------------------------------------------------- helpers
 const $ = id => document.getElementById(id);
@@ -332,15 +342,45 @@ function writeState() {
   const h = link(st);
   if (location.hash !== h && !(h === "#" && !location.hash)) history.replaceState(null, "", h || "#");
 }
-let current = [];
+let current = [], total = 0;  // the matching items (here: all of them; served: the page's), how many match
+let served = null, asked = 0;  // served: the last page the server sent; asked: the number of the last request
 function render() {
   const t0 = performance.now();
   searchRe = st.q ? new RegExp(escRe(st.q), "gi") : null;
+  if (SERVE) { fetchPage(t0); return; }
   current = st.view === "pairs" ? pairStream() : st.view === "mcqs" ? mcqStream() : traceStream();
+  total = current.length;
   const pages = Math.max(1, Math.ceil(current.length / PAGE_SIZE));
   let page = Math.min(Math.max(1, parseInt(st.page, 10) || 1), pages);
   st.page = String(page);
   const slice = current.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE);
+  const before = current[(page - 1) * PAGE_SIZE - 1];
+  const mcqOfRef = ref => S.m[ref & 1 ? E.s[ref >> 1] : ref >> 1];
+  draw(slice, pages, page, before !== undefined && slice.length > 0 && st.view === "traces" && mcqOfRef(before) === mcqOfRef(slice[0]), t0);
+}
+function fetchPage(t0) {  // served: the server filters, searches and pages; the page's records come back
+  const n = ++asked, params = new URLSearchParams(link(st).slice(1));
+  params.set("size", String(PAGE_SIZE));
+  document.body.dataset.loading = "1";
+  fetch(SERVE.api + "?" + params).then(r => r.ok ? r.json() : r.text().then(t => { throw new Error(t); })).then(res => {
+    if (n !== asked) return;  // a later request is under way
+    served = res;
+    redraw(t0);
+  }).catch(e => {
+    if (n !== asked) return;
+    $("list").innerHTML = `<div class="empty"><p>The server did not answer: ${esc(e.message || e)}</p></div>`;
+    document.body.dataset.error = String(e.message || e);
+  }).finally(() => { if (n === asked) delete document.body.dataset.loading; });
+}
+function redraw(t0) {  // served: draw the last page again (e.g. a simple thought unfolded)
+  if (!SERVE) { render(); return; }
+  useData(served.data);
+  current = served.refs; total = served.matches;
+  st.page = String(served.page);
+  draw(current, served.pages, served.page, served.continued, t0 ?? performance.now());
+  document.body.dataset.ready = "1";
+}
+function draw(slice, pages, page, continuedFirst, t0) {
   let html = "";
   if (!slice.length) html = `<div class="empty"><p>Nothing matches these filters.</p><button onclick="location.hash=''">show everything</button></div>`;
   else if (st.view === "mcqs") html = slice.map(mcqCard).join("");
@@ -358,14 +398,12 @@ function render() {
     }
     html += "</section>";
   } else {
-    const mcqOfRef = ref => S.m[ref & 1 ? E.s[ref >> 1] : ref >> 1];
-    const before = current[(page - 1) * PAGE_SIZE - 1];
     let open = -1, lastSimple = -1, headOpts = -1;
     for (const ref of slice) {
       const isE = ref & 1, k = ref >> 1, i = isE ? E.s[k] : k, m = S.m[i];
       if (m !== open) {
         if (open >= 0) html += "</section>";
-        const continued = ref === slice[0] && before !== undefined && mcqOfRef(before) === m;
+        const continued = ref === slice[0] && continuedFirst;
         html += `<section class="group" data-mcq="${M.id[m]}">` + mcqHead(m, S.o[i], S.g[i], continued);
         open = m;
         lastSimple = -1;
@@ -381,16 +419,16 @@ function render() {
   renderBar(pages, page);
   writeState();
   document.body.dataset.view = st.view;
-  document.body.dataset.matches = String(current.length);
+  document.body.dataset.matches = String(total);
   document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);
 }
 
 const noun = () => st.view === "pairs" ? ["DPO pair", "DPO pairs"] : st.view === "mcqs" ? ["MCQ", "MCQs"] : ["trace", "traces"];
 function pagerHtml(pages, page) {
   const [one, many] = noun();
-  const from = current.length ? (page - 1) * PAGE_SIZE + 1 : 0, to = Math.min(page * PAGE_SIZE, current.length);
-  return `<span class="count"><b id="match-count">${fmt(current.length)}</b> ${current.length === 1 ? one : many} match` +
-    (current.length ? ` · showing ${fmt(from)}–${fmt(to)}` : "") + `</span>
+  const from = total ? (page - 1) * PAGE_SIZE + 1 : 0, to = Math.min(page * PAGE_SIZE, total);
+  return `<span class="count"><b id="match-count">${fmt(total)}</b> ${total === 1 ? one : many} match` +
+    (total ? ` · showing ${fmt(from)}–${fmt(to)}` : "") + `</span>
     <button data-page="1" ${page <= 1 ? "disabled" : ""} title="first page">«</button>
     <button data-page="${page - 1}" ${page <= 1 ? "disabled" : ""} title="previous page (←)">‹ prev</button>
     <span>page <b>${fmt(page)}</b> of ${fmt(pages)}</span>
@@ -401,27 +439,38 @@ function pagerHtml(pages, page) {
 // the bar: tabs, filters, search, pager (built once; values and visibility refreshed on each render)
 function countBy(n, key) { const c = new Map(); for (let i = 0; i < n; i++) { const k = key(i); c.set(k, (c.get(k) || 0) + 1); } return c; }
 const CONTROLS = {};
+function barCounts() {  // per filter value (by name), over all the records; served: the server's counts
+  if (SERVE) {
+    const b = SERVE.bar, m = k => new Map(b[k]);
+    return {n: b.n, type: m("type"), reason: m("reason"), cue: m("cue"), qt: m("qt"), kind: m("kind")};
+  }
+  const named = (c, names) => new Map([...c].map(([k, v]) => [names[k], v]));
+  const type = countBy(nS, typeOfS); for (const [k, v] of countBy(nE, typeOfE)) type.set(k, v);
+  const reason = new Map();
+  for (let i = 0; i < nS; i++) if (!(S.f[i] & FL.keep)) reason.set(S.r[i], (reason.get(S.r[i]) || 0) + 1);
+  for (let j = 0; j < nE; j++) if (!(E.f[j] & FL.keep)) reason.set(E.r[j], (reason.get(E.r[j]) || 0) + 1);
+  return {n: {S: nS, E: nE, M: nM, P: nP}, type, reason: named(reason, T.reason), cue: named(countBy(nE, j => E.c[j]), T.cue),
+          qt: named(countBy(nM, m => M.qt[m]), T.qt), kind: named(countBy(nP, p => P.k[p]), T.kind)};
+}
+let pairsTotal = 0;
 function buildBar() {
-  const typeCount = countBy(nS, typeOfS); for (const [k, v] of countBy(nE, typeOfE)) typeCount.set(k, v);
-  const reasonCount = new Map();
-  for (let i = 0; i < nS; i++) if (!(S.f[i] & FL.keep)) reasonCount.set(S.r[i], (reasonCount.get(S.r[i]) || 0) + 1);
-  for (let j = 0; j < nE; j++) if (!(E.f[j] & FL.keep)) reasonCount.set(E.r[j], (reasonCount.get(E.r[j]) || 0) + 1);
-  const cueCount = countBy(nE, j => E.c[j]), qtCount = countBy(nM, m => M.qt[m]), kindCount = countBy(nP, p => P.k[p]);
+  const c = barCounts(), typeCount = c.type, N = c.n;
+  pairsTotal = N.P;
   const sel = (name, label, opts, title) => ({name, label, opts, title});
   const defs = [
-    sel("stage", "stage", [["all", "all traces"], ["simple", `stage 2 · simple thoughts (${fmt(nS)})`], ["expansion", `stage 3 · expansions (${fmt(nE)})`]]),
+    sel("stage", "stage", [["all", "all traces"], ["simple", `stage 2 · simple thoughts (${fmt(N.S)})`], ["expansion", `stage 3 · expansions (${fmt(N.E)})`]]),
     sel("type", "type", [["", "any"], ...["O", "X", "O_O", "O_X", "X_O", "X_X"].filter(t => typeCount.get(t)).map(t => [t, `${typeLabel(t)} (${fmt(typeCount.get(t))})`])],
         "O correct, X wrong; A→B: an expansion of an A simple thought that ends B"),
     sel("label", "label", [["", "any"], ["correct", "correct"], ["wrong", "wrong"], ["unparsed", "no answer parsed"]]),
-    sel("kept", "kept", [["", "any"], ["kept", "kept"], ["dropped", "dropped"], ...[...reasonCount].filter(([r]) => T.reason[r]).map(([r, n]) => ["r:" + T.reason[r], `dropped · ${T.reason[r].replace(/_/g, " ")} (${fmt(n)})`])]),
-    sel("cue", "cue", [["", "any"], ...[...cueCount].map(([c, n]) => [T.cue[c], `${T.cue[c]} (${fmt(n)})`])], "the cue stage 3 continued from (only expansions have one)"),
-    sel("qt", "question type", [["", "any"], ...[...qtCount].sort((a, b) => b[1] - a[1]).map(([q, n]) => [T.qt[q], `${T.qt[q] || "(none)"} (${fmt(n)})`])]),
+    sel("kept", "kept", [["", "any"], ["kept", "kept"], ["dropped", "dropped"], ...[...c.reason].filter(([r]) => r).map(([r, n]) => ["r:" + r, `dropped · ${r.replace(/_/g, " ")} (${fmt(n)})`])]),
+    sel("cue", "cue", [["", "any"], ...[...c.cue].map(([cue, n]) => [cue, `${cue} (${fmt(n)})`])], "the cue stage 3 continued from (only expansions have one)"),
+    sel("qt", "question type", [["", "any"], ...[...c.qt].sort((a, b) => b[1] - a[1]).map(([q, n]) => [q, `${q || "(none)"} (${fmt(n)})`])]),
     sel("set", "in set", [["", "any"], ["sft", "in SFT"], ["dpo", "in a DPO pair"], ["none", "in neither"],
       ...XS.name.map((n, x) => ["x:" + n, `in ${n} (${plural(XS.rows[x], "row")})`])], META.sft_from + "; " + META.dpo_from),
-    sel("kind", "pair kind", [["", "any"], ...[...kindCount].map(([k, n]) => [T.kind[k], `${kindLabel(T.kind[k])} (${fmt(n)})`])], "chosen ≻ rejected"),
+    sel("kind", "pair kind", [["", "any"], ...[...c.kind].map(([k, n]) => [k, `${kindLabel(k)} (${fmt(n)})`])], "chosen ≻ rejected"),
     sel("valid", "stage 1", [["", "any"], ["valid", "valid"], ["invalid", "invalid"]]),
   ];
-  const tabs = [["traces", "Traces", nS + nE], ["pairs", "DPO pairs", nP], ["mcqs", "MCQs", nM]];
+  const tabs = [["traces", "Traces", N.S + N.E], ["pairs", "DPO pairs", N.P], ["mcqs", "MCQs", N.M]];
   let html = `<div class="inner"><div class="barline"><div class="tabs" role="tablist">` + tabs.map(([v, l, n]) =>
     `<button class="tab" role="tab" data-view="${v}">${l}<span class="n">${fmt(n)}</span></button>`).join("") + `</div>
     <div id="pager-top" class="pager"></div></div>
@@ -463,10 +512,10 @@ function renderBar(pages, page) {
     }
     el.classList.toggle("set", st[name] !== DEFAULTS[name]);
     const lab = $("l-" + name);
-    if (lab) lab.hidden = !shown.has(name) || (name === "mcq" && !st.mcq) || (name === "kind" && !nP);
+    if (lab) lab.hidden = !shown.has(name) || (name === "mcq" && !st.mcq) || (name === "kind" && !pairsTotal);
   }
   $("pager-top").innerHTML = pagerHtml(pages, page);
-  $("pager-bottom").innerHTML = current.length > PAGE_SIZE ? pagerHtml(pages, page) : "";
+  $("pager-bottom").innerHTML = total > PAGE_SIZE ? pagerHtml(pages, page) : "";
 }
 
 function header() {
@@ -492,7 +541,7 @@ function header() {
 // ------------------------------------------------------------------------------------------------- events
 $("list").addEventListener("click", ev => {
   const pre = ev.target.closest("[data-pre]");
-  if (pre) { openPre.add(+pre.dataset.pre); const scroll = window.scrollY; render(); window.scrollTo(0, scroll); return; }
+  if (pre) { openPre.add(+pre.dataset.pre); const scroll = window.scrollY; redraw(); window.scrollTo(0, scroll); return; }
   const img = ev.target.closest("img[data-img]");
   if (img) {
     const lb = $("lightbox");
@@ -511,15 +560,16 @@ document.addEventListener("keydown", ev => {
   if (ev.key === "Escape") { $("lightbox").hidden = true; if (typing) document.activeElement.blur(); }
   if (typing) return;
   if (ev.key === "/") { ev.preventDefault(); CONTROLS.q.focus(); }
-  const pages = Math.max(1, Math.ceil(current.length / PAGE_SIZE)), page = +st.page;
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE)), page = +st.page;
   if (ev.key === "ArrowRight" && page < pages) { st.page = String(page + 1); render(); window.scrollTo(0, 0); }
   if (ev.key === "ArrowLeft" && page > 1) { st.page = String(page - 1); render(); window.scrollTo(0, 0); }
 });
 window.addEventListener("hashchange", () => { readState(); render(); });
 
+useData(D);
 header();
 buildBar();
 readState();
 render();
-document.body.dataset.ready = "1";
+if (!SERVE) document.body.dataset.ready = "1";
 document.body.dataset.readyMs = performance.now().toFixed(0);  // since navigation start: parse + first page
