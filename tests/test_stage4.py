@@ -162,3 +162,15 @@ def test_the_readme_shows_this_stage_file_and_nothing_else():
     head = "```python\n# stage4_rewrite.py\n"
     start = section.index(head) + len(head)
     assert section[start:section.index("```", start)] == (Path(__file__).parent / "stage4_rewrite.py").read_text()
+
+
+def test_the_viewer_counts_a_stage_that_took_over_a_role_in_its_summary_boxes(tmp_path, stage4):
+    """The page's summary boxes take the three role tables in order (not by the names stage 3 has)."""
+    from builder.view import collect
+
+    run = _run(tmp_path, "run")
+    generate(run, _config(), [stage4.SPEC], progress=False, echo=lambda s: None)
+    counts = collect(run.path, images=False)["meta"]["counts"]
+    assert list(counts) == ["mcq", "simple_cot", "rewrite"] and counts["rewrite"]["rows"] > 0
+    script = (Path(__file__).resolve().parents[1] / "builder" / "data" / "viewer" / "viewer.js").read_text()
+    assert "Object.values(META.counts" in script and "c.expansion" not in script

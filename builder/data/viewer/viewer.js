@@ -519,7 +519,9 @@ function renderBar(pages, page) {
 }
 
 function header() {
-  const c = META.counts, mq = c.mcq || {}, s2 = c.simple_cot || {}, s3 = c.expansion || {};
+  // META.counts holds the question, short-thought and long-thought tables, in that order, under the names the
+  // stage registry gives them (a later stage that takes over a role is counted under its own name)
+  const [mq = {}, s2 = {}, s3 = {}] = Object.values(META.counts || {});
   const pct = (a, b) => b ? ` (${(100 * a / b).toFixed(1)}%)` : "";
   const box = (title, big, unit, parts) => `<div class="stagebox"><h2>${title}</h2><div class="big">${fmt(big)} <small>${unit}</small></div><div class="parts">${parts}</div></div>`;
   const models = Object.entries(META.models || {}).filter(([, v]) => typeof v === "string").map(([k, v]) => `${k.replace("_model", "")}: ${esc(v)}`).join(" · ");
