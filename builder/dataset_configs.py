@@ -7,9 +7,7 @@ the raw stage records, and ``lpt30k``, the authors' release). The ``datasets`` b
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import importlib.metadata
 import io
 import json
 import logging
@@ -26,7 +24,7 @@ from datasets import Features, Image, List, Value
 from huggingface_hub import snapshot_download
 from PIL import Image as PILImage
 
-from builder import assemble
+from builder import assemble, plugins
 from builder.assemble import AssembleOptions
 from builder.engines.base import cap_pixels
 from builder.method import MAX_PIXELS
@@ -164,16 +162,7 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
     """Register the configs of installed plugin packages (entry points of :data:`PLUGIN_GROUP`) and of the
     modules named (``--plugin MODULE``); returns the names of the configs added."""
     before = set(CONFIGS)
-    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            _use(ep.load())
-        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the package; it is named
-            log.warning("config plugin %s (%s) could not be loaded: %s: %s", ep.name, ep.value, type(e).__name__, e)
-    for name in modules:
-        try:
-            _use(importlib.import_module(name))
-        except ImportError as e:
-            raise ValueError(f"--plugin {name}: cannot be imported ({e})") from None
+    plugins.load_plugins(PLUGIN_GROUP, modules, _use, "config")
     return [c for c in CONFIGS if c not in before]
 
 

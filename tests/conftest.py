@@ -52,3 +52,13 @@ def tiny_lm(tmp_path_factory):
     from builder.tiny_models import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture
+def own_datasets_cache(monkeypatch, tmp_path):
+    """The authors' files from the test data (as a user's checkout would give), and a datasets cache of the
+    test's own (a shared cache can hand back another run's stand-ins for a local folder)."""
+    from datasets import config
+
+    monkeypatch.setenv("LPT_AUTHORS_DIR", os.path.join(os.path.dirname(__file__), "data", "authors_ab1a9a0"))
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")

@@ -31,14 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 AUTHORS_DIR = REPO / "tests" / "data" / "authors_ab1a9a0"  # the authors' files at the pinned commit (MIT)
 
 
-@pytest.fixture(autouse=True)
-def authors_files(monkeypatch, tmp_path):
-    """The authors' files from the test data (as a user's checkout would give), and a datasets cache of the
-    test's own (a shared cache can hand back another run's stand-ins for a local folder)."""
-    from datasets import config
-
-    monkeypatch.setenv("LPT_AUTHORS_DIR", str(AUTHORS_DIR))
-    monkeypatch.setattr(config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+pytestmark = pytest.mark.usefixtures("own_datasets_cache")  # conftest.py
 ENGINE = f"{__name__}:RecordingEngine"
 
 

@@ -18,11 +18,10 @@ MODULE``).
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import logging
 from typing import Any, Iterable
 
+from builder import plugins
 from builder.records import SOURCE_TABLE, TABLES
 
 from . import expansion, mcq, simple_cot
@@ -107,16 +106,7 @@ def load_stage_plugins(modules: Iterable[str] = ()) -> list[str]:
     ``StageSpec``) and of the modules named (each registers its stage on import, or has a ``SPEC``); returns the
     names of the stages added."""
     before = {s.name for s in STAGES}
-    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            _use(ep.load())
-        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the package; it is named
-            log.warning("stage plugin %s (%s) could not be loaded: %s: %s", ep.name, ep.value, type(e).__name__, e)
-    for name in modules:
-        try:
-            _use(getattr(importlib.import_module(name), "SPEC", None))
-        except ImportError as e:
-            raise ValueError(f"--plugin {name}: cannot be imported ({e})") from None
+    plugins.load_plugins(PLUGIN_GROUP, modules, _use, "stage", of_module=lambda module: getattr(module, "SPEC", None))
     return [s.name for s in STAGES if s.name not in before]
 
 
