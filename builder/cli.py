@@ -291,6 +291,15 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
     config = load_config(preset, files=config_files, overrides=[*([f"prompts={wording}"] if wording else []),
                                                                  *overrides], engine=engine)
     run = RunDir(run_dir)
+    with run.claim(shared=True):  # the run's writers share it; an import --overwrite or relabel waits for them
+        _generate_held(run, stages, config, source=source, split=split, subset=subset, limit=limit,
+                       skip_bad=skip_bad, shard=shard, chunk_size=chunk_size, wait=wait, quiet=quiet, runner=runner,
+                       address=address)
+
+
+def _generate_held(run: RunDir, stages: list[StageSpec], config: Any, *, source: str | None, split: str | None,
+                   subset: int | None, limit: int | None, skip_bad: bool, shard: tuple[int, int],
+                   chunk_size: int | None, wait: float, quiet: bool, runner: str, address: str | None) -> None:
     console = _console()
     try:
         n = prepare_source(run, source, split=split, subset=subset, limit=limit, skip_bad=skip_bad, echo=click.echo)
