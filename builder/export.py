@@ -49,7 +49,7 @@ from builder.dataset_configs import (CONFIGS, FIELD_DOCS, LPTConfig, config_batc
                                      why_empty)
 from builder.provenance import origin
 from builder.parquet_out import write_parquet
-from builder.pipeline import check_run, incomplete_stages
+from builder.pipeline import incomplete_stages
 from builder.records import tally
 from builder.stats import FIGURES as FIGURE_TITLES
 from builder.stages import get_stage, table_for
@@ -167,7 +167,7 @@ def export(
     with hold(out, what="exported"), run_held:
         _check_target(Path(run_dir), out)  # again, now that nobody else writes it
         if Path(run_dir).is_dir():
-            check_run(RunDir(run_dir))  # the reader rule, as status checks it
+            RunDir(run_dir).check()  # the store's reader rule, as status checks it
             if not allow_incomplete:
                 _check_complete(run_dir)
         return _export_held(run_dir, out, fmt, names, kwargs, repo_id, overwrite)

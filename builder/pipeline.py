@@ -183,24 +183,8 @@ def shard_progress(run: RunDir, spec: StageSpec, counted: tuple[set[str], set[st
             "shards": {s: f"{d}/{e}" for s, (d, e) in per.items()}}
 
 
-def check_run(run: RunDir) -> None:
-    """What every reader of a whole run checks first (status and export alike): each table's files pass the
-    store's reader rule (:meth:`builder.store.RunDir.chunks`: no chunk twice, no foreign columns or types, no
-    chunk covering an input its input stage does not hold); a problem is a StoreError naming the file."""
-    specs = {s.name: s for s in STAGES}
-    for name, table in TABLES.items():
-        known = None
-        if name in specs and table.input_column and run.has(input_of(specs[name])):
-            before = input_of(specs[name])
-            col = TABLES[before].id_column
-            known = {i for t in run.tables(before, [col]) for i in t.column(col).to_pylist()}
-        run.chunks(name, known)
-
-
 def incomplete_stages(run: RunDir) -> list[str]:
-    """The stages that were started but have not covered all their inputs (in words), for export to refuse;
-    first, the run passes :func:`check_run`."""
-    check_run(run)
+    """The stages that were started but have not covered all their inputs (in words), for export to refuse."""
     out = []
     for spec in STAGES:
         if run.has(spec.name):
@@ -215,7 +199,7 @@ def incomplete_stages(run: RunDir) -> list[str]:
 def status_rows(run: RunDir) -> list[dict[str, Any]]:
     """Per table: files, shards present, :func:`builder.records.tally` counts, inputs done and completeness."""
     specs = {s.name: s for s in STAGES}
-    check_run(run)  # what export checks
+    run.check()  # the store's reader rule over the whole run: what export checks
     out = []
     for name, table in TABLES.items():
         files = run.files(name)
@@ -233,7 +217,6 @@ def status_rows(run: RunDir) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["RAY_VLLM", "RUNNERS", "EngineCache", "NoSource", "PipelineError", "StagePlan", "check_engines", "check_run",
-           "generate",
+__all__ = ["RAY_VLLM", "RUNNERS", "EngineCache", "NoSource", "PipelineError", "StagePlan", "check_engines", "generate",
            "incomplete_stages", "make_runner", "prepare_source", "require_input", "run_stage", "shard_progress",
            "status_rows", "wait_for_input"]

@@ -86,6 +86,7 @@ def relabel(run: RunDir) -> dict[str, dict[str, int]]:
 
 
 def _relabel(run: RunDir) -> dict[str, dict[str, int]]:
+    run.check()  # the reader rule over the whole run, as status and export check it
     def simple(rows: list[dict], _settings: dict) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["sample_index"])
         first = rows[0]

@@ -15,6 +15,14 @@ rerun skips them (:meth:`RunDir.done_inputs`) and never writes a row twice. A ch
 (``shard-i-of-n``) and a hash of its input ids: N machines can write into one run directory, and reading all
 files is the merge. :meth:`RunDir.read` returns rows in a deterministic order (sorted by the stage's key
 columns), whatever the chunking, sharding or interruptions were.
+
+Locks (:meth:`RunDir.claim`, :func:`builder.atomic.hold`): a run is held shared by the commands that add chunks to
+it and exclusively by those that replace or rewrite it; a second command in the other mode refuses in one line
+naming the holder. A stage's shard count N is fixed by its first writer (``<stage>/.shards``).
+
+The reader rule (:meth:`RunDir.chunks`, :meth:`RunDir.check`): every reader takes a stage's files through one
+check of their footers: the stage's columns and types, no input covered by two files, none outside the input
+stage; a file that breaks it is a :class:`StoreError` naming it, for status as for export, view or the stages.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import pyarrow.parquet as pq
 from builder.answers import MATCHER_VERSION
 from builder.atomic import TMP_PREFIX, atomic_write, foreign_entries, hold, remove_orphans, write_text
 from builder.records import content_id
-from builder.stages import TABLES  # the run directory's tables: the source and every registered stage's output
+from builder.stages import STAGES, TABLES, input_of  # the run directory's tables: the source and every registered stage's output
 
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
@@ -320,6 +328,18 @@ class RunDir:
                 raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
         t = table if table is not None else self.read_file(stage, p)
         return list(dict.fromkeys(t.column(TABLES[stage].input_column).to_pylist()))
+
+    def check(self) -> None:
+        """The reader rule over the whole run (what status, export and relabel check first): every table's files
+        pass :meth:`chunks`, each stage's against the ids its input stage holds (no chunk from another run)."""
+        specs = {s.name: s for s in STAGES}
+        for name, table in TABLES.items():
+            known = None
+            if name in specs and table.input_column and self.has(input_of(specs[name])):
+                before = input_of(specs[name])
+                col = TABLES[before].id_column
+                known = {i for t in self.tables(before, [col]) for i in t.column(col).to_pylist()}
+            self.chunks(name, known)
 
     def done_inputs(self, stage: str) -> set[str]:
         """Ids of the inputs already covered by a chunk of ``stage`` (read from the files' metadata)."""

@@ -115,6 +115,17 @@ def test_shard_counts_started_together_cannot_both_write_a_stage(slow_run):
     finally:
         _stop(first)
     assert slow_run.shard_counts("mcq") <= {1}  # nothing written in 2 shards
+    fast = [s for s in SLOW if "delay" not in s]  # two writers of one N share the run: the union, each input once
+    procs = [subprocess.Popen([sys.executable, "-m", "builder.cli", "generate", str(slow_run.path), "-q", "--stages",
+                               "1", *[a for x in fast for a in ("--set", x)]], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0 or "being written by" in out, out[-2000:]
+    mcq = slow_run.read("mcq")
+    assert slow_run.done_inputs("mcq") == set(slow_run.read("source").column("image_id").to_pylist())
+    assert pc.count_distinct(mcq.column("mcq_id")).as_py() == mcq.num_rows
+    assert not lock_path(slow_run.path).exists()
 
 
 def test_two_exports_into_one_out_end_with_the_union_or_one_refuses(tmp_path):
@@ -160,18 +171,3 @@ def test_a_killed_relabels_temp_files_go_with_the_next_command_on_the_run(tmp_pa
     assert res.returncode == 0, res.stdout + res.stderr
     assert not stray.exists()
     assert not [p for p in run.path.rglob(".tmp-*")]
-
-
-def test_concurrent_writers_of_one_run_share_it(slow_run):
-    """Two shards of one N at once: both succeed, and the stage holds the union of their inputs, once each."""
-    fast = [s for s in SLOW if "delay" not in s]
-    procs = [subprocess.Popen([sys.executable, "-m", "builder.cli", "generate", str(slow_run.path), "-q", "--stages",
-                               "1", "--shard", s, *[a for x in fast for a in ("--set", x)]], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for s in ("0/2", "1/2")]
-    for p in procs:
-        out = p.communicate(timeout=300)[0]
-        assert p.returncode == 0, out[-2000:]
-    mcq = slow_run.read("mcq")
-    assert slow_run.done_inputs("mcq") == set(slow_run.read("source").column("image_id").to_pylist())
-    assert pc.count_distinct(mcq.column("mcq_id")).as_py() == mcq.num_rows
-    assert not lock_path(slow_run.path).exists()
