@@ -428,7 +428,8 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
               help="authors: each chosen response in one pair per kind (X→O kinds: each rejected too), as the "
                    "authors built them; all: every candidate pair.")
 @PLUGIN_OPTION
-@click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds files this project did not write.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT whole (its other configs go); what this project did "
+              "not write is never removed.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a run whose stages miss some shards' work.")
 @friendly_errors
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
@@ -479,7 +480,7 @@ def card_cmd(out_dir: str, repo_id: str | None) -> None:
 @click.option("--example", is_flag=True, help="Import the authors' example outputs shipped with the package.")
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A local DOCCI images/ folder (needed for the images config).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory RUN_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory RUN_DIR (only one holding nothing a run does not write).")
 @friendly_errors
 def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str | None, overwrite: bool) -> None:
     """Import the authors' raw generations in SRC_DIR (or, with --example, their example outputs shipped with
