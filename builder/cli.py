@@ -291,6 +291,15 @@ def _generate(run_dir: str, stages: list[StageSpec], *, source: str | None, spli
     config = load_config(preset, files=config_files, overrides=[*([f"prompts={wording}"] if wording else []),
                                                                  *overrides], engine=engine)
     run = RunDir(run_dir)
+    with run.claim(shared=True):  # the run's writers share it; an import --overwrite or relabel waits for them
+        _generate_held(run, stages, config, source=source, split=split, subset=subset, limit=limit,
+                       skip_bad=skip_bad, shard=shard, chunk_size=chunk_size, wait=wait, quiet=quiet, runner=runner,
+                       address=address)
+
+
+def _generate_held(run: RunDir, stages: list[StageSpec], config: Any, *, source: str | None, split: str | None,
+                   subset: int | None, limit: int | None, skip_bad: bool, shard: tuple[int, int],
+                   chunk_size: int | None, wait: float, quiet: bool, runner: str, address: str | None) -> None:
     console = _console()
     try:
         n = prepare_source(run, source, split=split, subset=subset, limit=limit, skip_bad=skip_bad, echo=click.echo)
@@ -419,7 +428,8 @@ def demo_cmd(out: str, images: int, limit: int | None, tiny: bool, no_export: bo
               help="authors: each chosen response in one pair per kind (X→O kinds: each rejected too), as the "
                    "authors built them; all: every candidate pair.")
 @PLUGIN_OPTION
-@click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds files this project did not write.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT whole (its other configs go); what this project did "
+              "not write is never removed.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a run whose stages miss some shards' work.")
 @friendly_errors
 def export_cmd(run_dir: str, out_dir: str, fmt: str, no_embed_images: bool, configs: tuple[str, ...], seed: int,
@@ -470,7 +480,7 @@ def card_cmd(out_dir: str, repo_id: str | None) -> None:
 @click.option("--example", is_flag=True, help="Import the authors' example outputs shipped with the package.")
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A local DOCCI images/ folder (needed for the images config).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory RUN_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory RUN_DIR (only one holding nothing a run does not write).")
 @friendly_errors
 def import_upstream_cmd(paths: tuple[str, ...], example: bool, images_dir: str | None, overwrite: bool) -> None:
     """Import the authors' raw generations in SRC_DIR (or, with --example, their example outputs shipped with

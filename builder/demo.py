@@ -248,17 +248,17 @@ def _examples(run: Any) -> dict[str, Any]:
 def _export(run: Any, target: Path) -> dict[str, Any]:
     """Assemble and export a Hub-layout folder, config by config (a tiny run leaves some sets empty); keep every
     trace (ratios 1.0, no X→O balancing: subsampling a handful of rows would leave nothing). An earlier demo's
-    export there is replaced; any other folder is refused."""
-    if target.exists():
+    export there is replaced (by the export's own swap, which refuses a folder holding anything it did not
+    write); any other folder is refused."""
+    if target.exists() or target.is_symlink():
         manifest = target / "run_manifest.json"
-        if not manifest.is_file() or not json.loads(manifest.read_text(encoding="utf-8")).get("demo"):
+        if not manifest.is_file() or not _json_flag(manifest, "demo"):
             return {"error": f"{target.resolve()} exists and is not a demo's export; move it away to export here"}
-        shutil.rmtree(target)
     options = AssembleOptions(sft_ratio=1.0, simple_cot_ratio=1.0, sft_balance=False)
     done, skipped = [], {}
-    for name in run_configs():
+    for k, name in enumerate(run_configs()):
         try:
-            export(run.path, target, configs=[name], options=options)
+            export(run.path, target, configs=[name], options=options, overwrite=k == 0)
         except Exception as e:  # noqa: BLE001 - one config failing must not hide the others; the demo says so
             skipped[name] = f"{type(e).__name__}: {e}"[:200]
             continue
@@ -286,17 +286,44 @@ def run_demo(out: str | os.PathLike = "lpt-demo", *, images: int = 3, tiny: bool
     if console is None:
         console = Console()
         console = console if console.is_terminal else Console(width=160)
-    echo = console.print
     start = time.monotonic()
     out = Path(out).resolve()
-    run_path = out / "run"
-    if run_path.exists():
-        marker = run_path / "manifest.json"
-        if not marker.exists() or not json.loads(marker.read_text(encoding="utf-8")).get("demo"):
+    run = RunDir(out / "run")
+    with run.claim(shared=False, what="replaced by a demo"):
+        return _demo_held(run, out, images=images, tiny=tiny, export=export, progress=progress, console=console,
+                          dataset=dataset, start=start)
+
+
+def _json_flag(path: Path, key: str) -> bool:
+    """Whether the JSON object in ``path`` has a true ``key`` (an unreadable file or another shape: no)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get(key))
+
+
+def _clear_demo_run(out: Path, run_path: Path) -> None:
+    """Remove an earlier demo's run, and refuse (naming it) anything there the demo did not write."""
+    summary = out / "summary.json"
+    if (summary.exists() or summary.is_symlink()) and not (summary.is_file() and _json_flag(summary, "run")):
+        raise FileExistsError(f"{summary} exists and is not a demo's summary; choose another OUT")
+    if run_path.exists() or run_path.is_symlink():
+        if run_path.is_symlink() or not _json_flag(run_path / "manifest.json", "demo"):
             raise FileExistsError(f"{run_path} exists and is not a demo run; choose another OUT")
+        foreign = RunDir(run_path).foreign()
+        if foreign:
+            raise FileExistsError(f"{run_path} holds {run_path / foreign[0]}, which the demo did not write: it will "
+                                  f"not be removed; move it away or choose another OUT")
         shutil.rmtree(run_path)
+
+
+def _demo_held(run: RunDir, out: Path, *, images: int, tiny: bool, export: bool, progress: bool, console: Any,
+               dataset: Any, start: float) -> dict[str, Any]:
+    echo = console.print
+    run_path = run.path
+    _clear_demo_run(out, run_path)
     out.mkdir(parents=True, exist_ok=True)
-    run = RunDir(run_path)
     run.update_manifest(demo=True)
 
     threads = fit_threads_to_load(echo)

@@ -18,6 +18,7 @@ LLaMA-Factory layout: ``OUT/<name>.json`` (sharegpt), ``OUT/images/<image_id>.jp
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from jinja2.sandbox import SandboxedEnvironment
 
 from builder.answers import parse_thought
-from builder.atomic import atomic_write, replace_dir, temp_dir_beside, write_json, write_text
+from builder.atomic import atomic_write, foreign_entries, hold, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
 from builder.dataset_configs import (CONFIGS, FIELD_DOCS, LPTConfig, config_batches, raw_configs, run_configs,
@@ -154,9 +155,6 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out_dir)
-    _check_target(Path(run_dir), out, overwrite)
-    if not allow_incomplete and Path(run_dir).is_dir():
-        _check_complete(run_dir)
     names = list(configs or run_configs())
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -164,12 +162,27 @@ def export(
     kwargs: dict[str, Any] = {"embed_images": embed_images}
     if options is not None:
         kwargs["options"] = options
+    _check_target(Path(run_dir), out)
+    run_held = RunDir(run_dir).claim(shared=True, what="read") if Path(run_dir).is_dir() else contextlib.nullcontext()
+    with hold(out, what="exported"), run_held:
+        _check_target(Path(run_dir), out)  # again, now that nobody else writes it
+        if Path(run_dir).is_dir():
+            RunDir(run_dir).check()  # the store's reader rule, as status checks it
+            if not allow_incomplete:
+                _check_complete(run_dir)
+        return _export_held(run_dir, out, fmt, names, kwargs, repo_id, overwrite)
+
+
+def _export_held(run_dir: Any, out: Path, fmt: str, names: list[str], kwargs: dict[str, Any], repo_id: str | None,
+                 overwrite: bool) -> Path:
+    """The export, under OUT's lock: built beside OUT and swapped in whole; ``overwrite`` drops an earlier
+    export's other configs instead of keeping them."""
     tmp = temp_dir_beside(out, "export")
     try:
         if fmt == "llamafactory":
             _export_llamafactory(run_dir, tmp, kwargs)
         else:
-            _export_hub(run_dir, out, tmp, names, kwargs, repo_id)
+            _export_hub(run_dir, out, tmp, names, kwargs, repo_id, keep=not overwrite)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,10 +198,10 @@ def _check_complete(run_dir: str | os.PathLike) -> None:
 
 
 def _export_hub(run_dir: str | os.PathLike, out: Path, tmp: Path, names: Sequence[str], kwargs: dict[str, Any],
-                repo_id: str | None) -> None:
-    """The Hub layout in ``tmp``: an earlier export's other configs (hard links), the configs ``names``, the
-    report, the run's manifest, the figures and the card."""
-    old = read_report(out) if out.is_dir() else {"configs": {}, "empty": {}, "files": []}
+                repo_id: str | None, keep: bool = True) -> None:
+    """The Hub layout in ``tmp``: an earlier export's other configs (hard links; with ``keep``), the configs
+    ``names``, the report, the run's manifest, the figures and the card."""
+    old = read_report(out) if keep and out.is_dir() else {"configs": {}, "empty": {}, "files": []}
     for name in old["configs"]:  # an earlier export's other configs stay
         if name not in names and (out / name).is_dir():
             shutil.copytree(out / name, tmp / name, copy_function=os.link)
@@ -206,11 +219,18 @@ def _export_hub(run_dir: str | os.PathLike, out: Path, tmp: Path, names: Sequenc
     render_card(tmp, repo_id=repo_id or str(out))  # the card names where it will be, not the temp folder
 
 
-def _check_target(run_dir: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an ``OUT`` that is, or is inside, the run directory, or that holds what this project did not write."""
+def _check_target(run_dir: Path, out: Path) -> None:
+    """Refuse an ``OUT`` that is, is inside, or holds the run directory, that is a link, or that holds anything
+    this project did not write (a file, a link, an empty folder): such an OUT is never replaced, not even with
+    ``--overwrite``; the refusal names what would have been removed."""
     run, target = run_dir.resolve(), out.resolve()
     if target == run or run in target.parents:
         raise ExportError(f"{out} is inside the run directory {run_dir}: choose an OUT outside it")
+    if target in run.parents:
+        raise ExportError(f"{out} holds the run directory {run_dir}: replacing it would remove the run; choose an "
+                          f"OUT outside it")
+    if out.is_symlink():
+        raise ExportError(f"{out} is a link: it will not be replaced; choose a new or empty OUT")
     if (target / "manifest.json").is_file() or (target / table_for("source")).is_dir():
         raise ExportError(f"{out} is a run directory, not an export folder: choose another OUT")
     if not target.exists():
@@ -218,11 +238,11 @@ def _check_target(run_dir: Path, out: Path, overwrite: bool) -> None:
     if not target.is_dir():
         raise ExportError(f"{out} exists and is not a folder")
     ours = set(read_report(target)["files"]) | {REPORT_FILE}
-    foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
-                     if p.is_file() and str(p.relative_to(target)) not in ours)
-    if foreign and not overwrite:
-        raise ExportError(f"{out} holds files this project did not write (e.g. {foreign[0]}); choose a new or empty "
-                          f"OUT, or pass --overwrite to replace the folder")
+    foreign = foreign_entries(target, lambda rel: rel in ours)
+    if foreign:
+        raise ExportError(f"{out} holds {out / foreign[0]}, which this project did not write ({len(foreign)} such); "
+                          f"it would be removed: choose a new or empty OUT, or move it away (--overwrite never "
+                          f"removes it)")
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -502,7 +522,12 @@ class PushError(RuntimeError):
 def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload an exported folder (data, card, the run's manifest) as the dataset repo ``repo_id`` (created if
     needed); the card's load snippet is rewritten to name ``repo_id`` first. ``token``: else the usual login
-    (``HF_TOKEN``, ``hf auth login``). Returns the commit URL."""
+    (``HF_TOKEN``, ``hf auth login``). Returns the commit URL. Holds OUT's lock (as an export writing it does)."""
+    with hold(out_dir, what="pushed"):
+        return _push(out_dir, repo_id, private=private, token=token)
+
+
+def _push(out_dir: str | os.PathLike, repo_id: str, *, private: bool, token: str | None) -> str:
     if not (Path(out_dir) / REPORT_FILE).is_file():
         raise ExportError(f"{out_dir} is not an export folder (no {REPORT_FILE}); run `lpt export` first")
     card = Path(out_dir) / "README.md"

@@ -24,11 +24,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
-from builder.atomic import replace_dir, temp_dir_beside
+from builder.atomic import hold, replace_dir, temp_dir_beside
 from builder.method import BAD_WORDS, CUES
 from builder.records import SOURCE, SOURCE_TABLE
 from builder.stages import expansion as expansion_stage, mcq as mcq_stage, simple_cot as simple_cot_stage
@@ -113,8 +113,12 @@ def read_mcqs(csv_path: Path, images_dir: Path | None = None) -> tuple[pa.Table,
 # ------------------------------------------------------------------------------------------------- stage 2
 
 
-def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str) -> tuple[list[dict], dict[str, dict]]:
+def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str,
+                     seen: dict[str, str] | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """Stage-2 rows of one upstream file; ``seen`` (sample id -> where it was made) is shared by the files of
+    one import, so that a record made twice (a file given twice, say) is refused, naming both places."""
     rows, by_hash = [], {}
+    seen = {} if seen is None else seen
     for n, rec in _jsonl(path):
         where = f"line {n}"
         up_id = (rec.get("metadata") or {}).get("metadata", {}).get("mcq_unique_id")
@@ -133,6 +137,11 @@ def _simple_cot_rows(path: Path, mcq_by_up: dict[str, dict], model: str) -> tupl
                  "answer_format": p["answer_format"]}
         made = sample_rows(mcq, shown, rec.get("predict") or [], system_prompt=p["system_prompt"],
                            user_text=p["user_text"], model=model, seed=IMPORTED_SEED)
+        for row in made:
+            if row["sample_id"] in seen:
+                raise _fail(path, where, "sample_id", f"{row['sample_id']} was already made from {seen[row['sample_id']]}"
+                            f": a stage-2 record given twice (remove the copy)")
+            seen[row["sample_id"]] = f"{path.name} {where}"
         rows += made
         for row in made:
             by_hash[hashlib.sha256(row["response"].encode()).hexdigest()] = row  # the authors' simple_cot_unique_id
@@ -192,18 +201,40 @@ def import_upstream(
     ``overwrite`` (the import is built beside it and swapped in whole). Returns the :class:`RunDir`.
     """
     src, target = Path(src), Path(run_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    with hold(target, what="replaced by an import"):
+        _check_replaceable(src, target, overwrite, images_dir)
+        return _import(src, target, images_dir=images_dir, bad_words=bad_words, stage2_model=stage2_model,
+                       stage3_model=stage3_model)
+
+
+def _check_replaceable(src: Path, target: Path, overwrite: bool, images_dir: Any) -> None:
+    """Refuse a ``target`` that is not new or empty (without ``overwrite``), or that holds the input or anything a
+    run does not write (even with ``overwrite``), naming what would have been removed."""
+    for given in (src, *([Path(images_dir)] if images_dir else [])):
+        if target.resolve() == given.resolve() or target.resolve() in given.resolve().parents:
+            raise FileExistsError(f"{target} holds the input {given}: it will not be replaced; import elsewhere")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{target} is not a folder (a file or a link): it will not be replaced")
+    if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{target} is not empty: import into a new run directory, or pass --overwrite to "
                                   f"replace the run directory there")
         if not (target / "manifest.json").is_file():
             raise FileExistsError(f"{target} is not a run directory (no manifest.json): it will not be replaced")
+        foreign = RunDir(target).foreign()
+        if foreign:
+            raise FileExistsError(f"{target} holds {target / foreign[0]}, which a run does not write "
+                                  f"({len(foreign)} such): it will not be replaced; move it away first")
+
+
+def _import(src: Path, target: Path, *, images_dir: Any, bad_words: Sequence[str], stage2_model: str,
+            stage3_model: str) -> RunDir:
     source, questions, id_map = read_mcqs(_one(src, "docci_mcq.csv")[0], Path(images_dir) if images_dir else None)
     mcq_rows = {row["mcq_id"]: row for row in questions.to_pylist()}
     mcq_by_up = {up: mcq_rows[ours] for up, ours in id_map.items()}
-    samples, by_hash = [], {}
+    samples, by_hash, seen = [], {}, {}
     for p in _one(src, "stage2_*.jsonl"):
-        rows, hashes = _simple_cot_rows(p, mcq_by_up, stage2_model)
+        rows, hashes = _simple_cot_rows(p, mcq_by_up, stage2_model, seen)
         samples += rows
         by_hash.update(hashes)
     expansions = []

@@ -199,6 +199,7 @@ def incomplete_stages(run: RunDir) -> list[str]:
 def status_rows(run: RunDir) -> list[dict[str, Any]]:
     """Per table: files, shards present, :func:`builder.records.tally` counts, inputs done and completeness."""
     specs = {s.name: s for s in STAGES}
+    run.check()  # the store's reader rule over the whole run: what export checks
     out = []
     for name, table in TABLES.items():
         files = run.files(name)

@@ -80,7 +80,13 @@ def _checked_words(value: Any, where: Any) -> tuple[str, ...]:
 
 def relabel(run: RunDir) -> dict[str, dict[str, int]]:
     """Re-grade stages 2 and 3 of ``run`` with the current answer matcher; returns, per stage, how many rows
-    changed their label, their ``keep``, or any parsed field."""
+    changed their label, their ``keep``, or any parsed field. Holds the run exclusively (it rewrites files)."""
+    with run.claim(shared=False, what="relabelled"):
+        return _relabel(run)
+
+
+def _relabel(run: RunDir) -> dict[str, dict[str, int]]:
+    run.check()  # the reader rule over the whole run, as status and export check it
     def simple(rows: list[dict], _settings: dict) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["sample_index"])
         first = rows[0]

@@ -174,11 +174,8 @@ def open_chunks(run: RunDir, stage: str, inputs: Sequence[Item], *, shard: tuple
     i, n = parse_shard(shard)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    with run.lock(f"shard-{i}-of-{n}"):
-        other = run.shard_counts(stage) - {n}
-        if other:
-            raise StoreError(f"{run.path / stage}: written in {sorted(other)[0]} shards; run every shard of a stage "
-                             f"with the same N (--shard i/{sorted(other)[0]})")
+    with run.claim(shared=True), run.lock(f"shard-{i}-of-{n}"):
+        run.fix_shards(stage, n)
         run.remove_orphans(stage, (i, n))  # temp files of a killed writer of this shard
         if settings is not None:
             settings = json.loads(json.dumps(settings, sort_keys=True, default=str))

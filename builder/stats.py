@@ -122,7 +122,7 @@ class Opened:
         """The parquet files of a stage's records (a run's chunks, or an export's raw config): what
         :mod:`builder.assemble` reads column-wise."""
         if self.kind == RUN:
-            return RunDir(self.path).files(stage)
+            return RunDir(self.path).chunks(stage)  # the store's reader rule (issue 18)
         raw = raw_configs().get(stage)
         return [Path(f) for f in config_files(self.path, raw)] if raw else []
 

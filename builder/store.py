@@ -15,6 +15,14 @@ rerun skips them (:meth:`RunDir.done_inputs`) and never writes a row twice. A ch
 (``shard-i-of-n``) and a hash of its input ids: N machines can write into one run directory, and reading all
 files is the merge. :meth:`RunDir.read` returns rows in a deterministic order (sorted by the stage's key
 columns), whatever the chunking, sharding or interruptions were.
+
+Locks (:meth:`RunDir.claim`, :func:`builder.atomic.hold`): a run is held shared by the commands that add chunks to
+it and exclusively by those that replace or rewrite it; a second command in the other mode refuses in one line
+naming the holder. A stage's shard count N is fixed by its first writer (``<stage>/.shards``).
+
+The reader rule (:meth:`RunDir.chunks`, :meth:`RunDir.check`): every reader takes a stage's files through one
+check of their footers: the stage's columns and types, no input covered by two files, none outside the input
+stage; a file that breaks it is a :class:`StoreError` naming it, for status as for export, view or the stages.
 """
 
 from __future__ import annotations
@@ -31,19 +39,19 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builder.answers import MATCHER_VERSION
-from builder.atomic import atomic_write, remove_orphans, write_text
+from builder.atomic import TMP_PREFIX, atomic_write, foreign_entries, hold, remove_orphans, write_text
 from builder.records import content_id
-from builder.stages import TABLES  # the run directory's tables: the source and every registered stage's output
+from builder.stages import STAGES, TABLES, input_of  # the run directory's tables: the source and every registered stage's output
 
 INPUT_IDS_KEY = b"lpt.input_ids"  # parquet schema metadata: JSON list of the input ids a chunk covers
 SETTINGS_KEY = b"lpt.settings"  # parquet schema metadata: JSON of the settings the chunk was made with
 MATCHER_KEY = b"lpt.matcher"  # parquet schema metadata: the answer matcher's version that labelled the rows
 WHOLE_TABLE = "table.parquet"
 LOCK_DIR = ".locks"
+SHARDS_FILE = ".shards"  # in a stage folder: the shard count N fixed by the stage's first chunk writer
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +165,7 @@ class RunDir:
         for p in self.files(stage):
             if p != path:
                 p.unlink()
+        (self.stage_dir(stage) / SHARDS_FILE).unlink(missing_ok=True)  # a whole table has no shards
         self.update_manifest(counts={stage: table.num_rows})
         return path
 
@@ -187,6 +196,40 @@ class RunDir:
         finally:
             f.close()  # releases the lock
 
+    @contextlib.contextmanager
+    def claim(self, *, shared: bool, what: str = "written"):
+        """Hold the run for a whole command: ``shared`` by its writers (generate, a stage: their chunks add up),
+        exclusively by what replaces or rewrites it (import --overwrite, relabel, demo). Another command holding
+        it in the other mode makes this one refuse, naming it (:class:`builder.atomic.Busy`). Temporary files a
+        killed rewrite left (``.tmp-relabel-*``; with ``shared=False`` every temp file) are removed."""
+        with hold(self.path, shared=shared, what=what) as path:
+            tags = ("relabel",) if shared else ("",)
+            for folder in [self.path, *(self.path / s for s in TABLES)]:
+                for tag in tags:
+                    for p in folder.glob(f"{TMP_PREFIX}{tag}*") if folder.is_dir() else ():
+                        p.unlink(missing_ok=True)
+            yield path
+
+    def foreign(self) -> list[str]:
+        """What the run directory holds that a run does not write (paths relative to it): a run directory with
+        any of it is never replaced or removed."""
+        return foreign_entries(self.path, _run_writes)
+
+    def fix_shards(self, stage: str, n: int) -> None:
+        """Fix ``stage``'s shard count at ``n`` on its first writer (a file in the stage folder, written under
+        a lock), or refuse an ``n`` other than the one fixed (or than its chunks were written with)."""
+        with self.lock("manifest", wait=True):
+            marker = self.stage_dir(stage) / SHARDS_FILE
+            fixed = (marker.read_text(encoding="utf-8").split() or ["?"])[0] if marker.is_file() else None
+            counts = self.shard_counts(stage)
+            other = ({int(fixed)} if fixed and fixed.isdigit() else counts) - {n}
+            if other:
+                m = sorted(other)[0]
+                raise StoreError(f"{self.path / stage}: written in {m} shards ({marker if fixed else 'its chunks'}); "
+                                 f"run every shard of a stage with the same N (--shard i/{m})")
+            if fixed is None:
+                write_text(marker, f"{n}\n", tag="manifest")
+
     def remove_orphans(self, stage: str, shard: str | tuple[int, int]) -> int:
         """Remove the temporary chunk files a killed writer of ``shard`` left in ``stage`` (hold its lock)."""
         return remove_orphans(self.stage_dir(stage), f"shard-{shard_name(shard)}")
@@ -204,11 +247,11 @@ class RunDir:
         try:
             with pq.ParquetFile(path) as f:  # the file's columns are checked before any is read
                 file_schema = f.schema_arrow
-                t = f.read(columns=columns) if file_schema.names == schema.names else None
+                t = f.read(columns=columns) if not _schema_problem(stage, file_schema) else None
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(path, e) from None
         if t is None:
-            raise StoreError(f"{path}: columns {file_schema.names} do not match the {stage!r} schema {schema.names}")
+            raise StoreError(f"{path}: {_schema_problem(stage, file_schema)}")
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
         t = t.replace_schema_metadata(None)
@@ -232,29 +275,47 @@ class RunDir:
     def tables(self, stage: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         """The rows of a stage file by file, as :meth:`read` takes them (each input's rows once) but not sorted:
         what a pass over a big stage reads, one file in memory at a time."""
-        files = self.files(stage)  # (an unknown stage fails here)
-        col = TABLES[stage].input_column
+        files = self.chunks(stage)  # (an unknown stage fails here; so do a chunk twice, a foreign schema)
         wanted = None if columns is None else _with_keys(stage, columns)
-        seen: dict[str, str] = {}
         for p in files:
-            t, meta = self._read_file(stage, p, wanted)
-            if col:
-                ids = self._covered(stage, p, t, meta)
-                again = [i for i in ids if i in seen]
-                if again:
-                    log.warning("%s: %d input(s) also covered by %s (e.g. %s); their rows are read once",
-                                p, len(again), seen[again[0]], again[0])
-                    t = t.filter(pc.invert(pc.is_in(t.column(col), pa.array(again, pa.string()))))
-                seen.update((i, p.name) for i in ids if i not in seen)
+            t = self._read_file(stage, p, wanted)[0]
             yield t if columns is None else t.select(list(columns))
 
+    def chunks(self, stage: str, known: set[str] | None = None) -> list[Path]:
+        """The reader rule, in one place: :meth:`files` of ``stage`` once each file's footer is checked (its
+        columns and their types are the stage's, and no two files cover one input: a chunk present under two
+        names). With ``known`` (the input stage's ids), a file covering an input not in it (a chunk from another
+        run) is refused too. A problem is a :class:`StoreError` naming the file."""
+        files = self.files(stage)
+        col = TABLES[stage].input_column
+        seen: dict[str, Path] = {}
+        for p in files:
+            meta = self._metadata(p, stage)
+            if not col:
+                continue
+            ids = self._covered(stage, p, meta=meta)
+            again = next((i for i in ids if i in seen), None)
+            if again is not None:
+                raise StoreError(f"{p}: covers input {again!r} that {seen[again].name} covers too (a chunk present "
+                                 f"under two names, or copied); remove one of the two files")
+            stray = next((i for i in ids if known is not None and i not in known), None)
+            if stray is not None:
+                raise StoreError(f"{p}: covers input {stray!r}, which this run's {stage} input does not hold (a chunk "
+                                 f"from another run); remove the file")
+            seen.update((i, p) for i in ids)
+        return files
+
     @staticmethod
-    def _metadata(p: Path) -> dict[bytes, bytes]:
-        """A file's parquet schema metadata; an unreadable file is a StoreError naming it."""
+    def _metadata(p: Path, stage: str | None = None) -> dict[bytes, bytes]:
+        """A file's parquet schema metadata; an unreadable file (or, with ``stage``, one whose columns are not the
+        stage's) is a StoreError naming it."""
         try:
-            return pq.read_schema(p).metadata or {}
+            schema = pq.read_schema(p)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             raise _unreadable(p, e) from None
+        if stage is not None and _schema_problem(stage, schema):
+            raise StoreError(f"{p}: {_schema_problem(stage, schema)}")
+        return schema.metadata or {}
 
     def _covered(self, stage: str, p: Path, table: pa.Table | None = None,
                  meta: dict[bytes, bytes] | None = None) -> list[str]:
@@ -267,6 +328,18 @@ class RunDir:
                 raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
         t = table if table is not None else self.read_file(stage, p)
         return list(dict.fromkeys(t.column(TABLES[stage].input_column).to_pylist()))
+
+    def check(self) -> None:
+        """The reader rule over the whole run (what status, export and relabel check first): every table's files
+        pass :meth:`chunks`, each stage's against the ids its input stage holds (no chunk from another run)."""
+        specs = {s.name: s for s in STAGES}
+        for name, table in TABLES.items():
+            known = None
+            if name in specs and table.input_column and self.has(input_of(specs[name])):
+                before = input_of(specs[name])
+                col = TABLES[before].id_column
+                known = {i for t in self.tables(before, [col]) for i in t.column(col).to_pylist()}
+            self.chunks(name, known)
 
     def done_inputs(self, stage: str) -> set[str]:
         """Ids of the inputs already covered by a chunk of ``stage`` (read from the files' metadata)."""
@@ -361,6 +434,32 @@ class RunDir:
         write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",
                    tag="manifest")
         return m
+
+
+def _schema_problem(stage: str, schema: pa.Schema) -> str:
+    """What makes a file's columns differ from the stage's (an extra, missing or wrong-typed column); "" if none."""
+    want = TABLES[stage].schema
+    if schema.names != want.names:
+        extra = [n for n in schema.names if n not in want.names]
+        missing = [n for n in want.names if n not in schema.names]
+        what = (f"extra column {extra[0]!r}" if extra else f"no column {missing[0]!r}" if missing
+                else "columns in another order")
+        return f"columns {schema.names} do not match the {stage!r} schema {want.names} ({what})"
+    for field in want:
+        got = schema.field(field.name).type
+        if got != field.type:
+            return f"column {field.name!r} is {got}, the {stage!r} schema says {field.type}"
+    return ""
+
+
+def _run_writes(rel: str) -> bool:
+    """Whether a file at ``rel`` in a run directory is one a run writes."""
+    parts = Path(rel).parts
+    if parts[-1].startswith(TMP_PREFIX) or rel == "manifest.json":
+        return True
+    if len(parts) == 2 and parts[0] == LOCK_DIR:
+        return parts[1].endswith(".lock")
+    return len(parts) == 2 and parts[0] in TABLES and (parts[1].endswith(".parquet") or parts[1] == SHARDS_FILE)
 
 
 def _with_keys(stage: str, columns: Iterable[str]) -> list[str]:

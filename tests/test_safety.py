@@ -55,11 +55,11 @@ def test_export_refuses_an_out_holding_files_it_did_not_write(imported, tmp_path
     (out / "sft" / "keep.txt").write_text("mine")
     before = _tree(out)
     res = lpt("export", imported.path, out, "--only", "mcq")
-    assert res.exit_code == 1 and "did not write" in res.output and "--overwrite" in res.output
+    assert res.exit_code == 1 and "did not write" in res.output and "README.md" in res.output
     assert _tree(out) == before  # nothing touched
-    res = lpt("export", imported.path, out, "--only", "mcq", "--overwrite")
-    assert res.exit_code == 0, res.output
-    assert not (out / "sft" / "keep.txt").exists() and (out / "mcq").is_dir()
+    res = lpt("export", imported.path, out, "--only", "mcq", "--overwrite")  # nor with --overwrite (issue 18)
+    assert res.exit_code == 1 and "did not write" in res.output
+    assert _tree(out) == before
 
 
 @pytest.mark.parametrize("inside", ["", "sub"])
@@ -123,8 +123,10 @@ def test_import_upstream_refuses_a_non_empty_run(imported, tmp_path):
     (run / "mcq" / "extra.txt").write_text("x")
     res = lpt("import-upstream", UPSTREAM, run)
     assert res.exit_code == 1 and "not empty" in res.output and (run / "mcq" / "extra.txt").exists()
+    res = lpt("import-upstream", UPSTREAM, run, "--overwrite")  # a file a run does not write is never removed
+    assert res.exit_code == 1 and "extra.txt" in res.output and (run / "mcq" / "extra.txt").exists()
+    (run / "mcq" / "extra.txt").unlink()
     assert lpt("import-upstream", UPSTREAM, run, "--overwrite").exit_code == 0
-    assert not (run / "mcq" / "extra.txt").exists()
     other = tmp_path / "other"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
@@ -183,14 +185,17 @@ def test_a_second_writer_of_a_shard_gets_a_clear_error(tmp_path):
     run_with(mcq.SPEC, run, ReplayEngine(), cfg, progress=False)  # free again once the holder is gone
 
 
-def test_readers_take_each_inputs_rows_once(tmp_path):
+def test_readers_never_take_an_inputs_rows_twice(tmp_path):
     run, cfg = _sharded(tmp_path, "run")
     run_with(mcq.SPEC, run, ReplayEngine(), cfg, chunk_size=8, progress=False)
     clean = run.read("mcq")
     twice = ["img_000", "img_001"]  # a second writer (an older version had no lock) redid two inputs
     table = clean.filter(pa.compute.is_in(clean.column("image_id"), pa.array(twice)))
-    run.write_chunk("mcq", table, twice, shard="0-of-1")
-    assert len(run.files("mcq")) == 2 and run.read("mcq").equals(clean)
+    extra = run.write_chunk("mcq", table, twice, shard="0-of-1")
+    with pytest.raises(StoreError, match=r"covers input 'img_000' that .* covers too"):  # one rule: refused, named
+        run.read("mcq")
+    extra.unlink()
+    assert run.read("mcq").equals(clean)
 
 
 # ------------------------------------------------------------------------------------------- resuming
