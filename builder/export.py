@@ -489,7 +489,8 @@ def _generated_yaml(out: Path, names: Iterable[str], default: str | None) -> str
         if name == default:
             metadata[name]["default"] = True
     DatasetInfosDict(infos).to_dataset_card_data(card)
-    infos_yaml = card.dataset_info if isinstance(card.dataset_info, list) else [card.dataset_info or {}]
+    info = getattr(card, "dataset_info", None)
+    infos_yaml = info if isinstance(info, list) else [info or {}]
     for info in infos_yaml:  # no "num_bytes: 0" for a size that was not measured
         for split in info.get("splits", []):
             split.pop("num_bytes", None)
@@ -502,6 +503,9 @@ def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
                 template: str | os.PathLike = CARD_TEMPLATE) -> str:
     """(Re)write ``OUT/README.md`` from ``dataset_card.md`` with the numbers of the files in ``OUT``."""
     out = Path(out_dir)
+    if not (out / REPORT_FILE).is_file():
+        raise ExportError(f"{out} is not an export folder (no {REPORT_FILE}); `lpt export RUN {out}` writes one "
+                          f"with its card")
     stats = card_stats(out)
     names = [c["name"] for c in stats["configs"]]
     default = "sft" if "sft" in names else None

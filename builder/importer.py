@@ -53,8 +53,10 @@ def _fail(path: Path, where: str, field: str, why: str) -> UpstreamFormatError:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
+            if any("\udc80" <= c <= "\udcff" for c in line):
+                raise _fail(path, f"line {n}", "<text>", "not UTF-8 text (is this one of the authors' JSONL files?)")
             if line.strip():
                 try:
                     rec = json.loads(line)

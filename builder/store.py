@@ -407,9 +407,12 @@ class RunDir:
         if not p.exists():
             return {}
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except ValueError as e:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:  # UnicodeDecodeError too
             raise StoreError(f"{p}: not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{p}: a run's manifest is a JSON object, this holds a {type(data).__name__}")
+        return data
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the manifest (dict values merge one level deep) and write it atomically.

@@ -57,3 +57,32 @@ def test_a_reply_that_is_not_a_completion_names_server_model_and_request(server,
     line = str(e.value)
     assert "\n" not in line and url in line and "'my-model'" in line and "request 0" in line
     assert "not a chat completion" in line
+
+
+def test_errors_that_named_nothing_now_name_the_file(tmp_path):
+    """`lpt card` on a run directory, a manifest holding a list, a garbage upstream file: one line naming the file
+    (they were a ScannerError or AttributeError, a raw AttributeError and a codec error without a file)."""
+    import os
+    import shutil
+
+    from click.testing import CliRunner
+
+    from builder.cli import main
+    from builder.importer import EXAMPLE_DIR
+
+    def lpt(*args):
+        res = CliRunner().invoke(main, [str(a) for a in args])
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        return res.output.strip().splitlines()[-1]
+
+    assert CliRunner().invoke(main, ["import-upstream", "--example", str(tmp_path / "run")]).exit_code == 0
+    assert "is not an export folder (no export_report.json)" in lpt("card", tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "listed")
+    (tmp_path / "listed" / "manifest.json").write_text("[1, 2]")
+    assert "manifest.json: a run's manifest is a JSON object, this holds a list" in lpt("status", tmp_path / "listed")
+    up = tmp_path / "up"
+    shutil.copytree(EXAMPLE_DIR, up)
+    (up / "stage2_qwen2.5-vl-7b_simple_cots.jsonl").write_bytes(b'\n\xff\xfe garbage \x80\n')
+    line = lpt("import-upstream", up, tmp_path / "run3")
+    assert "stage2_qwen2.5-vl-7b_simple_cots.jsonl: line 2" in line and "not UTF-8" in line
+    assert not os.path.exists(tmp_path / "run3")
