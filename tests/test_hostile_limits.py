@@ -52,3 +52,19 @@ def test_the_cli_names_the_template_in_one_line(tmp_path):
                                     "--set", f"template_dir={folder}"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip().splitlines()[-1].count("template mcq_generation.j2: builds a text of over") == 1
+
+
+def test_a_prompt_past_the_models_context_is_refused_before_generating(tmp_path):
+    """A description far longer than the model's 2,048 positions: one error naming the model, the lengths and the
+    request, at once (it used to run for 900 s at 1.6 GB)."""
+    from builder.engines import Request, SamplingParams, load_engine
+    from builder.engines.transformers_engine import PromptTooLong
+    from builder.tiny_models import build_tiny_lm
+
+    engine = load_engine("transformers", str(build_tiny_lm(tmp_path / "lm")))
+    long = "A red bus parks near a tall building. " * 2000
+    with pytest.raises(PromptTooLong, match=r"a prompt of \d+ tokens plus 16 new tokens passes the model's context "
+                                            r"of 2048 positions \(request starting 'A red bus"):
+        engine.generate([Request([{"role": "user", "content": long}], SamplingParams(max_new_tokens=16))])
+    fits = engine.generate([Request([{"role": "user", "content": "A red bus."}], SamplingParams(max_new_tokens=4))])
+    assert len(fits[0]) == 1

@@ -96,6 +96,8 @@ class TransformersEngine(Engine):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        self.context = getattr(config, "max_position_embeddings", None)  # positions the model was made for
 
     # ------------------------------------------------------------------------------------------ prompts
 
@@ -144,6 +146,7 @@ class TransformersEngine(Engine):
 
         params = rows[0][0].params
         enc = self._encode([r for r, _ in rows])
+        self._check_context(rows, enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
         kw = self._gen_kwargs(params)
         processors = [meter] if meter is not None else []
         if params.temperature > 0:
@@ -156,6 +159,17 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw)
         return [self._sample(ids, params) for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
+
+    def _check_context(self, rows: list[tuple[Request, int | None]], lengths: list[int], new_tokens: int) -> None:
+        """Refuse, before generating, a prompt whose tokens (images included) and new tokens pass the model's
+        context: the error names the model, the lengths and the request's start."""
+        for (request, _), n in zip(rows, lengths):
+            if self.context and n + new_tokens > self.context:
+                text = " ".join(_text_of(m) for m in request.messages if m.get("role") == "user")
+                raise PromptTooLong(f"{self.model_id}: a prompt of {n} tokens plus {new_tokens} new tokens passes the "
+                                    f"model's context of {self.context} positions (request starting "
+                                    f"{' '.join(text.split())[:60]!r}); shorten the description or lower "
+                                    f"max_new_tokens")
 
     def _sample(self, ids: list[int], params: SamplingParams) -> Sample:
         pad = self.tokenizer.pad_token_id
@@ -208,6 +222,10 @@ class TransformersEngine(Engine):
         import gc
 
         gc.collect()
+
+
+class PromptTooLong(ValueError):
+    """A prompt that does not fit the model's context with the new tokens asked for."""
 
 
 def _row_seed(seed: int | None, j: int) -> int:
@@ -302,6 +320,14 @@ def _key(request: Request):
             request.continue_final_message)
 
 
+def _text_of(message: dict[str, Any]) -> str:
+    """A message's text (the text parts of a list content)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return " ".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+
+
 def _text_only(message: dict[str, Any]) -> dict[str, Any]:
     """A text model's message: list content becomes one string (an image part is refused)."""
     content = message.get("content")
@@ -312,4 +338,4 @@ def _text_only(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "content": "".join(part.get("text", "") for part in content)}
 
 
-__all__ = ["TransformersEngine"]
+__all__ = ["PromptTooLong", "TransformersEngine"]
