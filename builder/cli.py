@@ -43,7 +43,7 @@ from builder.settings import PRESETS, load_config
 from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
 from builder.engines import ALLOW_MODULES_ENV
-from builder.export import FORMATS, export, push, read_report, render_card
+from builder.export import FORMATS, export, push, read_report, render_card, require_export
 from builder.importer import EXAMPLE_DIR, import_upstream
 from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_source, status_rows
 from builder.relabel import relabel, stale_labels
@@ -471,7 +471,7 @@ def push_cmd(out_dir: str, repo_id: str, private: bool, token: str | None) -> No
 @friendly_errors
 def card_cmd(out_dir: str, repo_id: str | None) -> None:
     """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
-    render_card(out_dir, repo_id=repo_id)
+    render_card(require_export(out_dir), repo_id=repo_id)
     click.echo(f"wrote {Path(out_dir) / 'README.md'}")
 
 

@@ -503,9 +503,6 @@ def render_card(out_dir: str | os.PathLike, *, repo_id: str | None = None,
                 template: str | os.PathLike = CARD_TEMPLATE) -> str:
     """(Re)write ``OUT/README.md`` from ``dataset_card.md`` with the numbers of the files in ``OUT``."""
     out = Path(out_dir)
-    if not (out / REPORT_FILE).is_file():
-        raise ExportError(f"{out} is not an export folder (no {REPORT_FILE}); `lpt export RUN {out}` writes one "
-                          f"with its card")
     stats = card_stats(out)
     names = [c["name"] for c in stats["configs"]]
     default = "sft" if "sft" in names else None
@@ -523,6 +520,15 @@ class PushError(RuntimeError):
     """An upload that failed (network, authentication, permissions); the message is one line."""
 
 
+def require_export(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` if it is a folder ``lpt export`` wrote (it holds its report), else a one-line ExportError."""
+    out = Path(out_dir)
+    if not (out / REPORT_FILE).is_file():
+        raise ExportError(f"{out} is not an export folder (no {REPORT_FILE}); `lpt export RUN {out}` writes one "
+                          f"with its card")
+    return out
+
+
 def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload an exported folder (data, card, the run's manifest) as the dataset repo ``repo_id`` (created if
     needed); the card's load snippet is rewritten to name ``repo_id`` first. ``token``: else the usual login
@@ -532,9 +538,7 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False, tok
 
 
 def _push(out_dir: str | os.PathLike, repo_id: str, *, private: bool, token: str | None) -> str:
-    if not (Path(out_dir) / REPORT_FILE).is_file():
-        raise ExportError(f"{out_dir} is not an export folder (no {REPORT_FILE}); run `lpt export` first")
-    card = Path(out_dir) / "README.md"
+    card = require_export(out_dir) / "README.md"
     before = card.read_bytes() if card.is_file() else None
     render_card(out_dir, repo_id=repo_id)
     api = HfApi(token=token)
@@ -608,4 +612,4 @@ def _with_image_token(messages: list[dict]) -> list[dict]:
     return [{**m, "content": "<image>" + m["content"]} if i == first_user else dict(m) for i, m in enumerate(messages)]
 
 
-__all__ = ["ExportError", "FORMATS", "REPORT_FILE", "build_dataset", "image_file_name", "card_stats", "export", "push", "read_report", "render_card"]
+__all__ = ["ExportError", "require_export", "FORMATS", "REPORT_FILE", "build_dataset", "image_file_name", "card_stats", "export", "push", "read_report", "render_card"]
