@@ -46,7 +46,7 @@ SETS = CONFIGS[:5]  # the sets the authors' path builds
 
 
 def _reference_dir() -> Path:
-    from builder.importer import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
+    from builder.upstream import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
 
     return EXAMPLE_DIR
 

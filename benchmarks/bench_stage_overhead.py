@@ -58,7 +58,7 @@ class ReplayEngine(Engine):
 
 
 def _reference() -> Path:
-    from builder.importer import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
+    from builder.upstream import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
 
     return EXAMPLE_DIR
 

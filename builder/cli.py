@@ -44,7 +44,8 @@ from builder.dataset_configs import load_plugins
 from builder.demo import run_demo
 from builder.engines import ALLOW_MODULES_ENV
 from builder.export import FORMATS, export, push, read_report, render_card, require_export
-from builder.importer import EXAMPLE_DIR, import_upstream
+from builder.importer import import_upstream
+from builder.upstream import EXAMPLE_DIR
 from builder.pipeline import RAY_VLLM, RUNNERS, NoSource, generate, prepare_source, status_rows
 from builder.relabel import relabel, stale_labels
 from builder.sources import download_docci

@@ -36,7 +36,7 @@ from builder.stages.expansion import Continuation, expansion_rows
 from builder.stages.mcq import ParsedItem, mcq_rows
 from builder.stages.simple_cot import sample_rows
 from builder.store import RunDir
-from builder.upstream import EXAMPLE_DIR, between as _between, parse_qwen_prompt  # noqa: F401  (EXAMPLE_DIR: the CLI takes it from here)
+from builder.upstream import between as _between, parse_qwen_prompt
 
 STAGE2_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 STAGE3_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"

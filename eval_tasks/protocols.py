@@ -88,7 +88,7 @@ def get(name: str) -> Protocol:
 
 
 def _example_dir() -> Path:
-    from builder.importer import EXAMPLE_DIR
+    from builder.upstream import EXAMPLE_DIR
 
     return Path(EXAMPLE_DIR)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from builder.settings import PipelineConfig, load_config
 from builder.engines.base import Engine, Request, Sample
-from builder.importer import EXAMPLE_DIR
+from builder.upstream import EXAMPLE_DIR
 from builder.records import SOURCE, stable_int
 from builder.stages import expansion, mcq, simple_cot
 from builder.runtime import run_with

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from builder.importer import EXAMPLE_DIR, parse_qwen_prompt
+from builder.upstream import EXAMPLE_DIR, parse_qwen_prompt
 from builder.prompts import AuthorsWordsError, PromptError, Prompts, authors_templates
 
 

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("lighteval")
 
 from builder.answers import authors_answer, authors_hit, grade  # noqa: E402
-from builder.importer import EXAMPLE_DIR  # noqa: E402
+from builder.upstream import EXAMPLE_DIR  # noqa: E402
 from builder.prompts import Prompts  # noqa: E402
 from eval_tasks import common, protocols, tasks  # noqa: E402
 

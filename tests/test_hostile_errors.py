@@ -68,7 +68,7 @@ def test_errors_that_named_nothing_now_name_the_file(tmp_path):
     from click.testing import CliRunner
 
     from builder.cli import main
-    from builder.importer import EXAMPLE_DIR
+    from builder.upstream import EXAMPLE_DIR
 
     def lpt(*args):
         res = CliRunner().invoke(main, [str(a) for a in args])

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from builder.cli import main
 from builder.credentials import find_credentials
 from builder.export import export
-from builder.importer import EXAMPLE_DIR, import_upstream
+from builder.importer import import_upstream
+from builder.upstream import EXAMPLE_DIR
 from builder.relabel import relabel
 from builder.settings import load_config
 from builder.store import StoreError

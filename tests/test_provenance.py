@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from builder.importer import EXAMPLE_DIR, import_upstream
+from builder.importer import import_upstream
+from builder.upstream import EXAMPLE_DIR
 from builder.provenance import DOCCI, SAMPLE_DIR, origin, source_kind
 
 

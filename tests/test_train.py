@@ -19,7 +19,8 @@ pytest.importorskip("trl")
 from builder.answers import format_answer, grade, parse_options  # noqa: E402
 from builder.cli import main  # noqa: E402
 from builder.export import export  # noqa: E402
-from builder.importer import EXAMPLE_DIR, import_upstream  # noqa: E402
+from builder.importer import import_upstream  # noqa: E402
+from builder.upstream import EXAMPLE_DIR  # noqa: E402
 from builder.train import data as train_data  # noqa: E402
 from builder.train.recipe import DPO_RECIPE, SFT_RECIPE  # noqa: E402
 from builder.train.trainer import Options, build_trainer, trl_args  # noqa: E402
