@@ -104,6 +104,23 @@ def test_lpt_eval_with_vllm_missing(tmp_path, tiny_vlm):
     assert "needs the vllm package" in line
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lighteval") is None, reason="needs the eval extra (lighteval)")
+def test_lpt_lighteval_custom_offline_without_data_is_quiet(tmp_path):
+    """``lpt-lighteval`` is lighteval's CLI with the offline fixes applied before its registry loads: no nltk
+    download errors, no FutureWarning, no traceback; the one error line names the task (lighteval's own log lines
+    about what it starts stay)."""
+    res = subprocess.run([sys.executable, "-m", "eval_tasks.lighteval_cli", "custom", "dummy",
+                          str(ROOT / "eval_tasks" / "model.py"), "lpt_mmvp|0", "--custom-tasks", "eval_tasks.tasks",
+                          "--max-samples", "2"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    for noise in ("nltk_data", "FutureWarning", "Traceback"):
+        assert noise not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lpt_mmvp" in errors[0] and "MMVP/MMVP" in errors[0], out
+
+
 def _exception_of(code: str, cwd: Path) -> dict:
     """Run ``code`` in a fresh interpreter; the exception it raises: type, message, whether it is chained."""
     wrapper = textwrap.dedent("""
