@@ -479,8 +479,13 @@ def push_cmd(out_dir: str, repo_id: str, private: bool, token: str | None) -> No
 @click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
 @friendly_errors
 def card_cmd(out_dir: str, repo_id: str | None) -> None:
-    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
-    render_card(require_export(out_dir), repo_id=repo_id)
+    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR (under OUT_DIR's lock: while an
+    export or push holds it, this refuses in one line naming the holder)."""
+    from builder.atomic import hold
+
+    out = require_export(out_dir)
+    with hold(out, what="used"):
+        render_card(require_export(out), repo_id=repo_id)  # again: what the holder left is what is read
     click.echo(f"wrote {Path(out_dir) / 'README.md'}")
 
 
