@@ -252,8 +252,9 @@ _common_run_options = [
     click.option("--subset", type=click.IntRange(min=1), default=None,
                  help="DOCCI only: the paper's selection of N train images (sorted ids, shuffled with seed 42)."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Take at most N source images."),
-    click.option("--skip-bad", is_flag=True, help="Skip bad source records, and stage inputs whose prompt passes the "
-                                                  "model's context (counted, named, not retried), instead of stopping."),
+    click.option("--skip-bad", is_flag=True, help="Skip bad source records, and stage inputs whose prompt passes "
+                                                  "the model's context (counted, named, not retried), instead of "
+                                                  "stopping."),
     click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
                  help="Settings of the paper (SPEC) or of the authors' released code."),
     click.option("--prompts", "wording", type=click.Choice(WORDINGS), default=None,

@@ -156,3 +156,41 @@ def test_a_servers_maximum_context_length_refusal_is_the_engines_prompt_too_long
     assert list(skipped_inputs(run, "mcq")) == [rows[1]["image_id"]]
     assert set(run.read("mcq", ["image_id"]).column("image_id").to_pylist()) == {rows[0]["image_id"],
                                                                               rows[2]["image_id"]}
+
+
+def test_an_export_of_only_empty_configs_and_a_card_of_a_run_say_so_in_one_line(tmp_path):
+    """`lpt export RUN OUT --only dpo` when the run has no DPO pair: one line naming OUT, the config and why it is
+    empty, and no OUT (it was a ScannerError: the card's YAML held `{}` for no config); an OUT holding an earlier
+    export's config is still updated. `lpt card RUN_DIR`: one line saying it is not an export folder."""
+    from click.testing import CliRunner
+
+    import pyarrow as pa
+
+    from builder.cli import main
+    from builder.importer import import_upstream
+    from builder.records import EXPANSION, SIMPLE_COT
+    from builder.upstream import EXAMPLE_DIR
+
+    run = import_upstream(EXAMPLE_DIR, tmp_path / "run")
+    rows = run.read("simple_cot").to_pylist()
+    for r in rows:  # no simple thought kept, no expansion: no trace, so no pair
+        r["keep"], r["drop_reason"] = False, r["drop_reason"] or "dropped by the test"
+    run.write_table("simple_cot", pa.Table.from_pylist(rows, schema=SIMPLE_COT), input_ids=run.done_inputs("simple_cot"))
+    run.write_table("expansion", EXPANSION.empty_table(), input_ids=[])
+
+    def lpt(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    res = lpt("export", run.path, tmp_path / "out", "--only", "dpo")
+    assert res.exit_code == 1 and "Traceback" not in res.output and "ScannerError" not in res.output
+    line = res.output.strip().splitlines()[-1]
+    assert line == (f"Error: {tmp_path / 'out'}: nothing to export: dpo is empty (the run has no kept simple CoT or "
+                    f"expansion)")
+    assert not (tmp_path / "out").exists()
+    assert lpt("export", run.path, tmp_path / "out", "--only", "mcq").exit_code == 0
+    res = lpt("export", run.path, tmp_path / "out", "--only", "dpo")
+    assert res.exit_code == 0 and "dpo: empty, not written" in res.output
+    res = lpt("card", run.path)
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: {run.path} is not an export folder (no export_report.json); `lpt export RUN {run.path}` writes one "
+        f"with its card")
