@@ -1,5 +1,6 @@
 """Hostile round, limits: a prompt template cannot build text without bound, nor run without end; the error names
-the template, and the CLI says it in one line."""
+the template, and the CLI says it in one line. A prompt past the model's context is measured before it is sent:
+under --skip-bad a counted skip that a resume does not retry, else one line naming the stage, model and request."""
 
 from __future__ import annotations
 
