@@ -211,19 +211,26 @@ def parse_stages_option(ctx: click.Context | None, param: click.Parameter | None
 
 
 def status_table(run: RunDir) -> Table:
-    """A rich table of :func:`builder.pipeline.status_rows` plus the manifest's models."""
+    """A rich table of :func:`builder.pipeline.status_rows` plus the manifest's models (and, in its caption, the
+    inputs skipped under --skip-bad, by stage and kind)."""
     manifest = run.manifest
     t = Table(title=f"run {run.path}")
     for col in ("stage", "rows", "inputs done", "valid / parsed", "correct", "kept", "complete", "model"):
         t.add_column(col, justify="right" if col not in ("stage", "complete", "model") else "left")
     models = manifest.get("models", {})
+    skips = []
     for r in status_rows(run):
         p = r.get("progress")
         complete = "" if p is None else ("yes" if p["complete"] else "[red]no[/]") + (
             f" (shards {', '.join(f'{k}: {v}' for k, v in p['shards'].items())})" if len(p["shards"]) > 1 else "")
-        t.add_row(r["stage"], str(r["rows"]), str(r.get("inputs_done", "")),
+        skips += [f"{r['stage']}: {n} x {kind}" for kind, n in r.get("skipped", {}).items()]
+        skipped = sum(r.get("skipped", {}).values())
+        t.add_row(r["stage"], str(r["rows"]), str(r.get("inputs_done", "")) + (f" ({skipped} skipped)" if skipped
+                                                                                else ""),
                   str(r.get("valid", r.get("parsed", ""))), str(r.get("correct", "")), str(r.get("kept", "")),
                   complete or ("whole table" if r["files"] else "-"), models.get(r["stage"], ""))
+    if skips:
+        t.caption = "skipped (--skip-bad; not retried): " + "; ".join(skips)
     return t
 
 
@@ -245,7 +252,9 @@ _common_run_options = [
     click.option("--subset", type=click.IntRange(min=1), default=None,
                  help="DOCCI only: the paper's selection of N train images (sorted ids, shuffled with seed 42)."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Take at most N source images."),
-    click.option("--skip-bad", is_flag=True, help="Skip bad source records (counted, named) instead of stopping."),
+    click.option("--skip-bad", is_flag=True, help="Skip bad source records, and stage inputs whose prompt passes "
+                                                  "the model's context (counted, named, not retried), instead of "
+                                                  "stopping."),
     click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
                  help="Settings of the paper (SPEC) or of the authors' released code."),
     click.option("--prompts", "wording", type=click.Choice(WORDINGS), default=None,
@@ -309,7 +318,7 @@ def _generate_held(run: RunDir, stages: list[StageSpec], config: Any, *, source:
     console.print(f"[bold]run[/] {run.path}  source: {n} images  stages: {', '.join(s.section for s in stages)}  "
                   f"shard {shard[0]}/{shard[1]}")
     summaries = generate(run, config, stages, shard=shard, chunk_size=chunk_size, progress=not quiet, wait=wait,
-                         echo=console.print, runner=runner, address=address)
+                         echo=console.print, runner=runner, address=address, skip_bad=skip_bad)
     if quiet:
         for summary in summaries:
             console.print(summary.table())
@@ -471,8 +480,13 @@ def push_cmd(out_dir: str, repo_id: str, private: bool, token: str | None) -> No
 @click.option("--repo-id", default=None, help="Repo id shown in the card's loading snippet.")
 @friendly_errors
 def card_cmd(out_dir: str, repo_id: str | None) -> None:
-    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR."""
-    render_card(require_export(out_dir), repo_id=repo_id)
+    """Re-render OUT_DIR/README.md with the numbers of the files in OUT_DIR (under OUT_DIR's lock: while an
+    export or push holds it, this refuses in one line naming the holder)."""
+    from builder.atomic import hold
+
+    out = require_export(out_dir)
+    with hold(out, what="used"):
+        render_card(require_export(out), repo_id=repo_id)  # again: what the holder left is what is read
     click.echo(f"wrote {Path(out_dir) / 'README.md'}")
 
 

@@ -211,7 +211,9 @@ def _export_hub(run_dir: str | os.PathLike, out: Path, tmp: Path, names: Sequenc
             written[name] = rows
         else:
             empty[name] = why
-    _update_report(tmp, written, empty, old)
+    if not _update_report(tmp, written, empty, old)["configs"]:  # a card with no config is no dataset: say why
+        raise ExportError(f"{out}: nothing to export: " + "; ".join(f"{n} is empty ({why})"
+                                                                  for n, why in empty.items()))
     if (Path(run_dir) / "manifest.json").is_file():  # what made the data travels with it
         shutil.copyfile(Path(run_dir) / "manifest.json", tmp / RUN_MANIFEST)
     shutil.rmtree(tmp / FIGURES, ignore_errors=True)

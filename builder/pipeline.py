@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from builder.engines import RAY_VLLM
 from builder.engines.pool import EngineCache
 from builder.records import SOURCE, shard_of, tally
 from builder.runtime import (IncompleteInput, StagePlan, missing_inputs, plan_stage, progress_of, require_input,
-                             run_locally)
+                             run_locally, skip_kind, skipped_inputs)
 from builder.settings import PipelineConfig
 from builder.sources import Skips, load_source
 from builder.stages import STAGES, TABLES, StageSpec, StageSummary, input_of
@@ -41,9 +42,9 @@ def prepare_source(run: RunDir, spec: str | None, *, split: str | None = None, s
     rerun with a larger ``--limit`` extends the work and a different source is a clear error.
     """
     if spec is None:
-        if any(x is not None for x in (split, subset, limit)) or skip_bad:
-            echo("note: --split/--subset/--limit/--skip-bad apply only together with --source; the run's "
-                 "source is used as it is")
+        if any(x is not None for x in (split, subset, limit)):
+            echo("note: --split/--subset/--limit apply only together with --source; the run's source is used as "
+                 "it is")
         if not run.has("source"):
             raise NoSource(f"{run.path} has no source yet: pass --source (a DOCCI folder, a JSONL/CSV/"
                                 f"parquet file or a folder of images with .txt descriptions)")
@@ -132,7 +133,7 @@ def make_runner(runner: Any, address: str | None) -> tuple[Callable[..., StageSu
 def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = STAGES, *,
              shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress: bool = True,
              wait: float = 0.0, echo: Callable[[str], None] = print, runner: Any = "local",
-             address: str | None = None) -> list[StageSummary]:
+             address: str | None = None, skip_bad: bool = False) -> list[StageSummary]:
     """Run ``stages`` in order into ``run`` (which must have its source); returns their summaries.
 
     A stage starts only when the stages before it are complete across all shards (waiting up to ``wait``
@@ -140,7 +141,8 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
     ``runner="ray"`` runs each stage as a Ray Data pipeline on the cluster at ``address``
     (:class:`builder.ray_runner.RayRunner`); the files it writes are those of the local runner. ``runner`` may
     also be a runner object called like :func:`builder.runtime.run_locally` without ``engines`` (e.g. a
-    ``RayRunner`` made with its own options), which the caller closes.
+    ``RayRunner`` made with its own options), which the caller closes. ``skip_bad``: the local runner skips (counts,
+    records) an input whose prompt passes its model's context (:mod:`builder.runtime`); the Ray runner stops.
     """
     if isinstance(runner, str) and runner not in RUNNERS:
         raise PipelineError(f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}")
@@ -148,12 +150,15 @@ def generate(run: RunDir, config: PipelineConfig, stages: Sequence[StageSpec] = 
         raise PipelineError("an address is for the Ray runner only (--runner ray)")
     on_ray = runner == "ray" or getattr(runner, "on_ray", False)
     check_engines(stages, config, on_ray)
+    if skip_bad and on_ray:
+        echo("note: the Ray runner does not skip a stage input whose prompt passes the model's context (--skip-bad "
+             "skips only bad source records there): such an input stops the stage")
     run_one, close = make_runner(runner, address)
     summaries = []
     try:
         for k, spec in enumerate(stages):
             wait_for_input(run, spec, wait, echo=echo)
-            plan = plan_stage(run, spec, config, checked=True)
+            plan = plan_stage(run, spec, config, checked=True, skip_bad=skip_bad)
             if k > 0 and not plan.items:
                 echo(f"[yellow]{spec.section}: nothing to do[/] ({spec.when_empty})")
                 continue
@@ -211,6 +216,8 @@ def status_rows(run: RunDir) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"stage": name, "files": len(files), "shards": shards, **counts}
         if table.input_column:
             row["inputs_done"] = len(run.done_inputs(name)) if files else 0
+        if name in specs and files:
+            row["skipped"] = dict(Counter(skip_kind(r) for r in skipped_inputs(run, name).values()))
         if name in specs and run.has(input_of(specs[name])):
             row["progress"] = shard_progress(run, specs[name])
         out.append(row)

@@ -8,6 +8,12 @@ inputs not done yet (``records.shard_of`` on the input id, ``RunDir.done_inputs`
 stage's requests to the engines (:func:`chunk_rows`: the stage's rounds) and writes the rows the stage makes of
 the outputs, atomically, with the ids of the inputs the chunk covers. :func:`run_locally` is the local runner;
 :mod:`builder.ray_runner` is the Ray one. :func:`finish` records the stage's summary in the manifest.
+
+An engine's error names the stage and the round it was sent for (:func:`chunk_rows` puts them in front of its
+message). Skips (``--skip-bad``, ``StagePlan.skip_bad``): an input whose prompt passes its model's context
+(:class:`builder.engines.base.PromptTooLong`) makes no rows; its chunk still covers it, with the reason stored in
+the chunk's settings under :data:`SKIPPED`, so a resume does not retry it and the stage's summary and ``lpt status``
+count it (:func:`skipped_inputs`). Without ``--skip-bad`` such a prompt stops the stage with the engine's one line.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from builder.engines.base import PromptTooLong
 from builder.engines.pool import EngineCache
 from builder.prompts import Prompts
 from builder.records import SOURCE_TABLE, shard_of
@@ -30,6 +39,11 @@ from builder.stages.contract import Item
 from builder.store import RunDir, StoreError, parse_shard
 
 DEFAULT_CHUNK_SIZE = 64
+SKIPPED = "skipped"
+"""The key, in a chunk's stored settings, of ``{input id: reason}``: the inputs it covers that were skipped."""
+PAST_CONTEXT = "prompt past the model's context"  # the kind of skip a PromptTooLong is
+
+log = logging.getLogger(__name__)
 
 
 class IncompleteInput(StoreError):
@@ -86,22 +100,25 @@ class StagePlan:
     run: RunDir
     settings: Any
     items: list[Item]
+    skip_bad: bool = False  # skip (count, record) an input whose prompt passes the model's context
 
 
-def plan_stage(run: RunDir, spec: StageSpec, settings: Any, *, checked: bool = False) -> StagePlan:
+def plan_stage(run: RunDir, spec: StageSpec, settings: Any, *, checked: bool = False,
+               skip_bad: bool = False) -> StagePlan:
     """Check that the stage's input is complete (unless ``checked``: the caller just did) and read the input rows
     it works on, once. An input table with no file is an error naming the stage to run, unless the stage that
-    writes it had no input to work on either (then there is nothing to do)."""
+    writes it had no input to work on either (then there is nothing to do). ``skip_bad``: see the module
+    docstring."""
     table = input_of(spec)
     if not run.has(table):
         before = stage_before(spec)
         if before is not None and run.has(input_of(before)) and not progress_of(run, before)[1]:
-            return StagePlan(spec, run, settings, [])  # the stage before had nothing to work on: no file, no input
+            return StagePlan(spec, run, settings, [], skip_bad)  # the stage before had nothing to work on
         raise FileNotFoundError(f"{run.path / table}: no {table} rows; " + (
             f"run {before.section} ({before.name}) first" if before else "write the source first"))
     if not checked:
         require_input(run, spec)
-    return StagePlan(spec, run, settings, read_items(run, spec))
+    return StagePlan(spec, run, settings, read_items(run, spec), skip_bad)
 
 
 def read_items(run: RunDir, spec: StageSpec) -> list[Item]:
@@ -159,11 +176,12 @@ class ChunkPlan:
     def chunks(self) -> list[list[Item]]:
         return [self.pending[s:s + self.chunk_size] for s in range(0, len(self.pending), self.chunk_size)]
 
-    def write(self, chunk: Sequence[Item], rows: list[dict[str, Any]]):
-        """Write one chunk's rows atomically, with the ids of the inputs it covers and the settings."""
+    def write(self, chunk: Sequence[Item], rows: list[dict[str, Any]], skipped: dict[str, str] | None = None):
+        """Write one chunk's rows atomically, with the ids of the inputs it covers and the settings (and the
+        inputs it skipped, with their reasons, under :data:`SKIPPED`)."""
         table = pa.Table.from_pylist(rows, schema=TABLES[self.stage].schema)
-        return self.run.write_chunk(self.stage, table, [k for k, _ in chunk], shard=self.shard,
-                                    settings=self.settings)
+        settings = {**(self.settings or {}), SKIPPED: dict(sorted(skipped.items()))} if skipped else self.settings
+        return self.run.write_chunk(self.stage, table, [k for k, _ in chunk], shard=self.shard, settings=settings)
 
 
 @contextlib.contextmanager
@@ -188,6 +206,7 @@ def open_chunks(run: RunDir, stage: str, inputs: Sequence[Item], *, shard: tuple
 def _same_settings(run: RunDir, stage: str, settings: dict[str, Any]) -> None:
     """Refuse to add chunks made with other settings than the finished ones: the rows would mix two configurations."""
     for path, old in run.chunk_settings(stage).items():
+        old = {k: v for k, v in old.items() if k != SKIPPED}  # what a chunk skipped is not a setting
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k)
                       and not (k == "templates" and k not in old))  # runs made before fingerprints
         if diff:
@@ -195,16 +214,69 @@ def _same_settings(run: RunDir, stage: str, settings: dict[str, Any]) -> None:
                              f"directory, or delete the {stage} folder to redo the stage")
 
 
-def chunk_rows(spec: StageSpec, chunk: list[Item], settings: Any, prompts: Prompts,
-               engines: dict[str, Any]) -> list[dict[str, Any]]:
+def chunk_rows(spec: StageSpec, chunk: list[Item], settings: Any, prompts: Prompts, engines: dict[str, Any], *,
+               skipped: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One chunk's rows: each of the stage's rounds sent to its engine (``engines``: round name -> engine), then
-    the stage's ``rows`` of the answers."""
+    the stage's ``rows`` of the answers. With ``skipped`` (``--skip-bad``), an input whose prompt passes its
+    model's context makes no rows and is noted there with the reason: the chunk is halved until that input is
+    alone, and the others' rows are made as usual."""
+    if skipped is None:
+        return _answered_rows(spec, chunk, settings, prompts, engines)
+    try:
+        return _answered_rows(spec, chunk, settings, prompts, engines)
+    except PromptTooLong as e:
+        if len(chunk) == 1:
+            skipped[chunk[0][0]] = f"{PAST_CONTEXT}: {e}"
+            log.warning("%s: skipped input %s: %s", spec.section, chunk[0][0], e)
+            return []
+        half = len(chunk) // 2
+        return [*chunk_rows(spec, chunk[:half], settings, prompts, engines, skipped=skipped),
+                *chunk_rows(spec, chunk[half:], settings, prompts, engines, skipped=skipped)]
+
+
+def _answered_rows(spec: StageSpec, chunk: list[Item], settings: Any, prompts: Prompts,
+                   engines: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`chunk_rows` without skips; an engine's error names the stage and the round (:func:`name_stage`)."""
     answers: dict[str, Answers] = {}
     for r in spec.rounds(settings):
         requests = r.requests(chunk, answers, settings, prompts)
         engine = engines[r.name]
-        answers[r.name] = Answers(requests, engine.generate(requests), engine.model_id)
+        try:
+            samples = engine.generate(requests)
+        except Exception as e:
+            name_stage(e, f"{spec.section} ({r.name})")
+            raise
+        answers[r.name] = Answers(requests, samples, engine.model_id)
     return spec.rows(chunk, answers, settings)
+
+
+def name_stage(e: BaseException, where: str) -> None:
+    """Put ``where`` (the stage and its round) in front of an engine error's message, in place: the same
+    exception, type and traceback, its one line now naming the stage too. An error whose message is not its one
+    argument keeps it and gets ``where`` as a note."""
+    text = str(e)
+    if text.startswith(where):
+        return
+    old = e.args
+    if len(old) <= 1:
+        e.args = (f"{where}: {text}",)
+        if str(e) == f"{where}: {text}":
+            return
+        e.args = old
+    e.add_note(f"(in {where})")
+
+
+def skipped_inputs(run: RunDir, stage: str) -> dict[str, str]:
+    """The inputs of ``stage`` that were skipped (``--skip-bad``), with their reasons, from its chunks' footers."""
+    out: dict[str, str] = {}
+    for settings in run.chunk_settings(stage).values():
+        out.update(settings.get(SKIPPED) or {})
+    return out
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a recorded skip reason (what the summaries count)."""
+    return reason.split(": ", 1)[0]
 
 
 @contextlib.contextmanager
@@ -241,18 +313,21 @@ def _chunks_through(plan: StagePlan, engines: dict[str, Any], prompts: Prompts, 
     """The stage's pending chunks made one after the other on ``engines`` (round name -> engine), then its summary."""
     with chunk_loop(plan, shard=shard, chunk_size=chunk_size, progress=progress) as (chunks, bar):
         for chunk in chunks.chunks:
-            chunks.write(chunk, chunk_rows(plan.spec, chunk, plan.settings, prompts, engines))
+            skipped: dict[str, str] | None = {} if plan.skip_bad else None
+            rows = chunk_rows(plan.spec, chunk, plan.settings, prompts, engines, skipped=skipped)
+            chunks.write(chunk, rows, skipped)
             bar.update(len(chunk))
     return finish(plan, chunks, {name: e.model_id for name, e in engines.items()}, shard=shard, progress=progress)
 
 
 def run_with(spec: StageSpec, run: RunDir, engine: Any, settings: Any, *, shard: tuple[int, int] | str = (0, 1),
              progress: bool = True, chunk_size: int | None = None, prompts: Prompts | None = None,
-             **round_engines: Any) -> StageSummary:
+             skip_bad: bool = False, **round_engines: Any) -> StageSummary:
     """The local runner on engine objects given here (tests, benchmarks): ``engine`` answers the stage's own
     round and every round not named in ``round_engines`` (round name -> engine, e.g. ``mcq_reformat=``)."""
     engines = {r.name: round_engines.get(r.name) or engine for r in spec.rounds(settings)}
-    return _chunks_through(plan_stage(run, spec, settings), engines, prompts or settings.make_prompts(),
+    return _chunks_through(plan_stage(run, spec, settings, skip_bad=skip_bad), engines,
+                           prompts or settings.make_prompts(),
                            shard=shard, progress=progress, chunk_size=chunk_size)
 
 
@@ -261,10 +336,15 @@ def finish(plan: StagePlan, chunks: ChunkPlan, models: dict[str, str], *, shard:
     """The stage's summary of this shard's rows (earlier runs' included; only the columns its summary reads),
     recorded in the manifest with the models (round name -> model id), printed when ``progress``."""
     spec, settings = plan.spec, plan.settings
-    rows = shard_rows(plan.run, spec.name, [k for k, _ in chunks.mine], spec.summary_columns)
+    mine = [k for k, _ in chunks.mine]
+    rows = shard_rows(plan.run, spec.name, mine, spec.summary_columns)
     counts, dropped = spec.summary(rows, settings)
+    skips = skipped_inputs(plan.run, spec.name)
+    skips = [reason for k in mine if (reason := skips.get(k)) is not None]
     summary = StageSummary(stage=spec.name, shard=parse_shard(shard), dropped=dropped, counts={
-        "items_in": len(chunks.mine), "items_already_done": len(chunks.mine) - len(chunks.pending), **counts})
+        "items_in": len(chunks.mine), "items_already_done": len(chunks.mine) - len(chunks.pending),
+        **({"items_skipped": len(skips)} if skips else {}), **counts},
+        skipped=dict(Counter(skip_kind(r) for r in skips)))
     i, n = summary.shard
     plan.run.update_manifest(counts=plan.run.counts(), summaries={f"{spec.name}/{i}-of-{n}": summary.as_dict()},
                              config=settings.to_dict(), models=models, seed=settings.seed)
@@ -316,6 +396,7 @@ def shard_rows(run: RunDir, stage: str, input_ids: Iterable[str],
     return rows
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ChunkPlan", "IncompleteInput", "StagePlan", "chunk_loop", "chunk_rows", "finish",
-           "in_shard", "missing_inputs", "open_chunks", "plan_stage", "progress_of", "read_items", "require_input",
-           "run_locally", "run_with", "shard_rows", "stage_settings"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "PAST_CONTEXT", "SKIPPED", "ChunkPlan", "IncompleteInput", "StagePlan", "chunk_loop",
+           "chunk_rows", "finish", "in_shard", "missing_inputs", "name_stage", "open_chunks", "plan_stage",
+           "progress_of", "read_items", "require_input", "run_locally", "run_with", "shard_rows", "skip_kind",
+           "skipped_inputs", "stage_settings"]

@@ -1,4 +1,4 @@
-"""Offline friction of lighteval 0.13.0, handled here so that users never meet it.
+"""Friction of lighteval 0.13.0 (offline, and the order in which it loads), handled here so that users never meet it.
 
 1. Loading lighteval's task registry imports ``lighteval/tasks/tasks/tiny_benchmarks.py``, whose metric objects
    ``requests.get`` ``tinyBenchmarks.pkl`` from GitHub when the file is missing next to the module, and crash
@@ -12,20 +12,28 @@
    --custom-tasks eval_tasks.tasks`` stops with that one line (``lpt eval`` checks before building anything).
    The same wrapper lets a task file load its own data (``load(task, setup)``) and prepares local copies afresh
    (``datasets`` would serve another folder of the same name and layout from its cache).
+4. lighteval loads every task's whole dataset before it applies ``--max-samples`` (``get_docs``). A task file that
+   can stream (MME-RW-V: ~70 shards of ~200 MB) learns the limit from :func:`lighteval_max_samples`: the
+   ``max_samples`` of the lighteval ``Pipeline`` that is loading the datasets (``lighteval custom …
+   --max-samples N`` and the Python API alike), else ``LPT_MAX_SAMPLES=N`` (datasets loaded in worker
+   processes, or any other caller).
 
 The version pins (``huggingface_hub<2``, ``xxhash<4``) live in pyproject's ``eval`` extra.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 logger = logging.getLogger(__name__)
+MAX_SAMPLES_ENV = "LPT_MAX_SAMPLES"
 
 _done = False
 
@@ -106,8 +114,30 @@ def check_data(benches: list[str], data_dir: str | os.PathLike | None = None, pr
                               f"{problems[0][1]}{where}; {data_dir_hint()}")
 
 
+def lighteval_max_samples() -> int | None:
+    """The row limit of the lighteval run that is loading its datasets now: the ``max_samples`` of the
+    ``lighteval.pipeline.Pipeline`` on the call stack (lighteval 0.13 loads the datasets inside ``Pipeline``'s
+    ``__init__`` and hands the limit to ``get_docs`` only, afterwards), else ``LPT_MAX_SAMPLES``; None: no limit."""
+    pipeline = sys.modules.get("lighteval.pipeline")
+    frame = sys._getframe(1)
+    while pipeline is not None and frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, pipeline.Pipeline):
+            if owner.pipeline_parameters.max_samples:
+                return int(owner.pipeline_parameters.max_samples)
+            break
+        frame = frame.f_back
+    raw = os.environ.get(MAX_SAMPLES_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_SAMPLES_ENV} must be a positive whole number of rows, got {raw!r}")
+    return int(raw)
+
+
 def _task_file_loader(task) -> Callable | None:
-    """The ``load(task, setup)`` of the task's own file (:mod:`eval_tasks.benchmarks`), when it has one."""
+    """The ``load(task, setup)`` of the task's own file (:mod:`eval_tasks.benchmarks`), when it has one; its row
+    limit (``setup.max_rows``, from ``lpt eval --max-samples``) else lighteval's (:func:`lighteval_max_samples`)."""
     from eval_tasks import catalog
     from eval_tasks.common import setup_of
 
@@ -118,7 +148,11 @@ def _task_file_loader(task) -> Callable | None:
     import importlib
 
     own = getattr(importlib.import_module(catalog.info(bench)["module"]), "load", None)
-    return None if own is None else functools.partial(own, setup=setup)
+    if own is None:
+        return None
+    if setup.max_rows is None:
+        setup = dataclasses.replace(setup, max_rows=lighteval_max_samples())
+    return functools.partial(own, setup=setup)
 
 
 def _load_local_folder(task):

@@ -15,18 +15,20 @@ Both score the same generations twice: ``acc_macro`` with our matcher (:func:`bu
 ``acc_macro_authors`` with the authors' rule (:func:`builder.answers.authors_hit`). docs/method.md lists item by
 item where ``project`` departs from ``authors``.
 
-Where the authors' words come from (never retyped here):
+Where the authors' words come from (never retyped here): their files at :data:`AUTHORS_COMMIT`
+(:data:`AUTHORS_FILES`), read from ``$LPT_AUTHORS_DIR`` when set (a checkout of their repository, or any folder
+with those paths: works offline), else from the cache (``$LPT_AUTHORS_CACHE``, default
+``~/.cache/longperceptualthoughts/authors/<commit>``), else downloaded from GitHub at that commit into the cache:
 
-* the system prompts: the system turns of their example outputs, shipped with this package
-  (``builder/data/upstream_example/``, MIT): ``sft_docci_all_extended_cots.json`` (think) and
-  ``sft_direct_answer_docci_all_mcqs.json`` (direct). A system turn there is the R1-style text, the
-  capability sentence and the answer-format sentence; the evaluation keeps the first and the "(X)" one.
-* the user turn's lead-in and the MMLU-Pro templates, which are not in the example outputs: their files at
-  :data:`AUTHORS_COMMIT` (:data:`AUTHORS_FILES`), read from ``$LPT_AUTHORS_DIR`` when set (a checkout of their
-  repository, or any folder with those paths: works offline), else from the cache
-  (``$LPT_AUTHORS_CACHE``, default ``~/.cache/longperceptualthoughts/authors/<commit>``), else downloaded from
-  GitHub at that commit into the cache. The lead-in is the string their ``_generate_jsonl_file`` appends to the
-  question, read from ``benchmark_data/data_gen/prepare.py`` with :mod:`ast` (their code is never run).
+* the system prompts: their templates ``data_gen/templates/think_system_prompt.jinja2`` and
+  ``direct_answer_system_prompt.jinja2`` (MMLU-Pro: ``mmlu_pro_think_system_prompt.jinja2`` /
+  ``mmlu_pro_direct_answer_system_prompt.jinja2``, with the item's subject as ``domain``), rendered with the
+  ``task_specific_message`` their ``_generate_jsonl_file`` gives every benchmark, as their code renders them
+  (a sandboxed Jinja2 environment);
+* the user turn's lead-in: the string their ``_generate_jsonl_file`` appends to the question.
+
+The ``task_specific_message`` and the lead-in are read from ``benchmark_data/data_gen/prepare.py`` with :mod:`ast`
+(their code is never run).
 
 What the authors' code does that neither protocol does: it samples (temperature 0.7, top-p 0.8, repetition
 penalty 1.05, hard-coded in ``initialize_vllm``) where both protocols decode greedily; see docs/method.md.
@@ -36,9 +38,7 @@ from __future__ import annotations
 
 import ast
 import functools
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -50,11 +50,11 @@ AUTHORS_COMMIT = "ab1a9a02632e05f7f831907533293c9dbdca54c2"  # their main on 202
 AUTHORS_DIR_ENV = "LPT_AUTHORS_DIR"
 AUTHORS_CACHE_ENV = "LPT_AUTHORS_CACHE"
 PREPARE_PY = "benchmark_data/data_gen/prepare.py"
+SYSTEM_TEMPLATES = {"think": "data_gen/templates/think_system_prompt.jinja2",
+                    "direct": "data_gen/templates/direct_answer_system_prompt.jinja2"}
 MMLU_PRO_TEMPLATES = {"think": "data_gen/templates/mmlu_pro_think_system_prompt.jinja2",
                       "direct": "data_gen/templates/mmlu_pro_direct_answer_system_prompt.jinja2"}
-AUTHORS_FILES = (PREPARE_PY, *MMLU_PRO_TEMPLATES.values())
-EXAMPLE_SYSTEM_FILES = {"think": "sft_docci_all_extended_cots.json", "direct": "sft_direct_answer_docci_all_mcqs.json"}
-_CAPABILITY = re.compile(r'\s*The following question requires the capability of "[^"]*"\s*')
+AUTHORS_FILES = (PREPARE_PY, *SYSTEM_TEMPLATES.values(), *MMLU_PRO_TEMPLATES.values())
 
 
 @dataclass(frozen=True)
@@ -85,46 +85,6 @@ def get(name: str) -> Protocol:
 
 
 # -------------------------------------------------------------------------- the authors' published files
-
-
-def _example_dir() -> Path:
-    from builder.upstream import EXAMPLE_DIR
-
-    return Path(EXAMPLE_DIR)
-
-
-@functools.lru_cache(maxsize=4)
-def _example_system_turns(variant: str) -> tuple[str, ...]:
-    rows = json.loads((_example_dir() / EXAMPLE_SYSTEM_FILES[variant]).read_text(encoding="utf-8"))
-    turns = [m["content"] for r in rows for m in r.get("messages", []) if m.get("role") == "system"]
-    return tuple(dict.fromkeys(turns))
-
-
-def _split_example(turn: str) -> tuple[str, str]:
-    """``(R1-style text, answer-format sentence)`` of one example system turn."""
-    m = _CAPABILITY.search(turn)
-    if not m:
-        raise ValueError(f"an example system turn without its capability sentence: {turn[:120]!r}")
-    return turn[:m.start()], turn[m.end():]
-
-
-def authors_answer_format(answer_format: str = "paren") -> str:
-    """The authors' answer-format sentence as their example outputs write it: ``paren`` "… as (X), …",
-    ``dot`` "… as X., …", ``text`` "… the full text of the correct option." (the evaluation uses ``paren``)."""
-    marks = {"paren": "(X)", "dot": "X.", "text": "full text"}
-    for turn in _example_system_turns("think"):
-        sentence = _split_example(turn)[1]
-        if marks[answer_format] in sentence:
-            return sentence
-    raise ValueError(f"no {answer_format!r} answer-format sentence in {EXAMPLE_SYSTEM_FILES['think']}")
-
-
-def authors_system_base(variant: str = "think") -> str:
-    """The authors' R1-style system text (think or direct), before the capability and answer-format sentences."""
-    bases = {_split_example(t)[0] for t in _example_system_turns(variant)}
-    if len(bases) != 1:
-        raise ValueError(f"{EXAMPLE_SYSTEM_FILES[variant]} holds {len(bases)} different system texts")
-    return bases.pop()
 
 
 def authors_cache_dir() -> Path:
@@ -203,21 +163,28 @@ def _authors_eval_strings() -> dict[str, str]:
     return {"options_lead": leads[0], "answer_format": formats[0]}
 
 
-@functools.lru_cache(maxsize=4)
-def _mmlu_pro_template(variant: str):
+def _system_template(relative: str):
+    """One of the authors' system-prompt templates, compiled as their prepare.py compiles it (a sandboxed
+    environment); an undefined name is an error here rather than an empty string."""
+    return _compiled(authors_file(relative))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(source: str):
     from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
-    return SandboxedEnvironment(undefined=StrictUndefined).from_string(authors_file(MMLU_PRO_TEMPLATES[variant]))
+    return SandboxedEnvironment(undefined=StrictUndefined).from_string(source)
 
 
 # ------------------------------------------------------------------------------------------ public
 
 
 def answer_format_instruction(protocol: str = DEFAULT_PROTOCOL) -> str:
-    """The sentence that asks for the answer's format in the evaluation system prompt."""
+    """The sentence that asks for the answer's format in the evaluation system prompt (``authors``: the
+    ``task_specific_message`` of their prepare.py)."""
     if get(protocol).name == "authors":
-        return authors_answer_format("paren")
+        return _authors_eval_strings()["answer_format"]
     from builder.prompts import Prompts
 
     prompts = Prompts()
@@ -234,8 +201,8 @@ def system_prompt(protocol: str = DEFAULT_PROTOCOL, variant: str = "think", subj
         return Prompts().benchmark_system(variant)
     message = answer_format_instruction("authors")
     if subject is not None:
-        return _mmlu_pro_template(variant).render(domain=subject, task_specific_message=message)
-    return f"{authors_system_base(variant)} {message}"
+        return _system_template(MMLU_PRO_TEMPLATES[variant]).render(domain=subject, task_specific_message=message)
+    return _system_template(SYSTEM_TEMPLATES[variant]).render(task_specific_message=message)
 
 
 def user_text(protocol: str, question: str, options: Sequence[str]) -> str:
@@ -257,6 +224,6 @@ def generation_size(protocol: str, task_default: int) -> int:
     return get(protocol).generation_size or task_default
 
 
-__all__ = ["AUTHORS_COMMIT", "AUTHORS_REPO", "DEFAULT_PROTOCOL", "PROTOCOLS", "AuthorsFilesUnavailable", "Protocol",
-           "answer_format_instruction", "authors_answer_format", "authors_file", "authors_system_base",
+__all__ = ["AUTHORS_COMMIT", "AUTHORS_FILES", "AUTHORS_REPO", "DEFAULT_PROTOCOL", "MMLU_PRO_TEMPLATES", "PROTOCOLS",
+           "SYSTEM_TEMPLATES", "AuthorsFilesUnavailable", "Protocol", "answer_format_instruction", "authors_file",
            "benchmark_turns", "check_authors_files", "generation_size", "get", "system_prompt", "user_text"]

@@ -28,10 +28,8 @@ AUTHORS_DIR = Path(__file__).resolve().parent / "data" / "authors_ab1a9a0"
 def authors_files(monkeypatch):
     monkeypatch.setenv("LPT_AUTHORS_DIR", str(AUTHORS_DIR))
     protocols._authors_eval_strings.cache_clear()
-    protocols._mmlu_pro_template.cache_clear()
     yield
     protocols._authors_eval_strings.cache_clear()
-    protocols._mmlu_pro_template.cache_clear()
 
 
 def _their_prepare():
@@ -94,19 +92,34 @@ def test_authors_mmlu_pro_prompt_uses_their_template_with_the_subject():
     assert "multiple choice question (with answers) about math" in doc.instruction
 
 
-def test_authors_system_prompt_comes_from_their_shipped_example_outputs():
-    """The words are read from the MIT example outputs the package ships; their template and prepare.py at the
-    pinned commit give the same text (two published sources agree)."""
-    rows = json.loads((Path(EXAMPLE_DIR) / "sft_docci_all_extended_cots.json").read_text())
-    turns = {m["content"] for r in rows for m in r["messages"] if m["role"] == "system"}
-    base, instruction = protocols.authors_system_base("think"), protocols.answer_format_instruction("authors")
-    assert all(t.startswith(base + " The following question requires the capability of") for t in turns)
-    assert any(t.endswith(" " + instruction) for t in turns) and "(X)" in instruction
-    assert protocols.system_prompt("authors") == f"{base} {instruction}"
-    assert protocols._authors_eval_strings()["answer_format"] == instruction  # prepare.py says the same
+def test_authors_system_prompt_comes_from_their_templates_at_the_pinned_commit(tmp_path, monkeypatch):
+    """The words are read from their templates at the pinned commit (rendered with prepare.py's
+    task_specific_message), not cut out of other text; the R1-style text of the MIT example outputs the package
+    ships agrees with them (two published sources), and a changed template changes the prompt."""
+    import shutil
+
+    from jinja2.sandbox import SandboxedEnvironment
+
+    instruction = protocols.answer_format_instruction("authors")
+    assert instruction == protocols._authors_eval_strings()["answer_format"] and "(X)" in instruction
+    for variant, example in (("think", "sft_docci_all_extended_cots.json"),
+                             ("direct", "sft_direct_answer_docci_all_mcqs.json")):
+        source = (AUTHORS_DIR / protocols.SYSTEM_TEMPLATES[variant]).read_text()
+        assert protocols.system_prompt("authors", variant) == SandboxedEnvironment().from_string(source).render(
+            task_specific_message=instruction)
+        rows = json.loads((Path(EXAMPLE_DIR) / example).read_text())
+        turns = {m["content"] for r in rows for m in r["messages"] if m["role"] == "system"}
+        assert all(t.startswith(source.split("{{")[0]) for t in turns)
     assert protocols.system_prompt("project") == Prompts().benchmark_system("think")
     assert protocols.answer_format_instruction("project") in Prompts().benchmark_system("think")
-    assert protocols.authors_answer_format("text") == "Please answer with the full text of the correct option."
+    edited = tmp_path / "authors"
+    shutil.copytree(AUTHORS_DIR, edited)
+    (edited / protocols.SYSTEM_TEMPLATES["think"]).write_text("EDITED {{ task_specific_message }}")
+    monkeypatch.setenv("LPT_AUTHORS_DIR", str(edited))
+    assert protocols.system_prompt("authors") == "EDITED " + instruction
+    (edited / protocols.SYSTEM_TEMPLATES["think"]).unlink()
+    with pytest.raises(protocols.AuthorsFilesUnavailable, match="think_system_prompt.jinja2"):
+        protocols.system_prompt("authors")
 
 
 def test_project_prompt_is_ours():

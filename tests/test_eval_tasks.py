@@ -441,15 +441,7 @@ def test_mme_rw_v_streams_only_the_rows_max_samples_asks_for(tmp_path, monkeypat
     layout (no network here)."""
     from eval_tasks.benchmarks import mme_rw_v
 
-    specs = samples.default_specs("lpt_mme_rw_v", 6)  # 5 of 6 categories are MME-RW-V's
-    samples.write_mme_rw(tmp_path / "a", specs[:3])
-    samples.write_mme_rw(tmp_path / "b", specs[3:])
-    mirror = tmp_path / "mirror" / "data"
-    mirror.mkdir(parents=True)
-    (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00000-of-00003.parquet")
-    (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00001-of-00003.parquet")
-    (mirror / "train-00002-of-00003.parquet").write_bytes(b"not a parquet file")
-    monkeypatch.setattr(mme_rw_v, "HF_REPO", str(tmp_path / "mirror"))
+    monkeypatch.setattr(mme_rw_v, "HF_REPO", str(_mirror_with_a_broken_last_shard(tmp_path)))
     monkeypatch.setattr(mme_rw_v, "HF_REVISION", None)
     setup = common.Setup(bench="lpt_mme_rw_v", max_rows=4)
     data = mme_rw_v.load(None, setup)
@@ -470,3 +462,70 @@ def test_a_local_copy_is_read_afresh_not_from_another_folders_cache(tmp_path):
         samples.write_mmstar(root / "lpt_mmstar_v", specs)
         counts.append(len(LightevalTask(make_task("lpt_mmstar_v", "think", root)).eval_docs()))
     assert counts == [3, 5]
+
+
+def _mirror_with_a_broken_last_shard(tmp_path) -> Path:
+    """A local folder in the MME-RealWorld Hub mirror's layout (six rows in two parquet shards), whose third shard
+    is not parquet at all: a loader that reads past the rows it needs fails on it."""
+    specs = samples.default_specs("lpt_mme_rw_v", 6)  # 5 of 6 categories are MME-RW-V's
+    samples.write_mme_rw(tmp_path / "a", specs[:3])
+    samples.write_mme_rw(tmp_path / "b", specs[3:])
+    mirror = tmp_path / "mirror" / "data"
+    mirror.mkdir(parents=True)
+    (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00000-of-00003.parquet")
+    (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").rename(mirror / "train-00001-of-00003.parquet")
+    (mirror / "train-00002-of-00003.parquet").write_bytes(b"not a parquet file")
+    return mirror.parent
+
+
+def test_lighteval_custom_max_samples_reaches_mme_rw_vs_streaming_loader(tmp_path, monkeypatch):
+    """`lighteval custom … --max-samples N` (a lighteval Pipeline with max_samples, as lighteval's CLI builds it):
+    MME-RW-V's loader learns N and streams only the rows it needs (the broken third shard is never opened); with
+    neither that nor LPT_MAX_SAMPLES it reads the whole mirror and meets the broken shard. The Hub repository is
+    replaced by a local folder of the mirror's layout (no network here); the model is a stand-in that is never
+    asked (no weights)."""
+    from lighteval.logging.evaluation_tracker import EvaluationTracker
+    from lighteval.models import abstract_model as am
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+    from lighteval.utils.cache_management import SampleCache
+
+    from eval_tasks import _offline
+    from eval_tasks.benchmarks import mme_rw_v
+
+    monkeypatch.setattr(mme_rw_v, "HF_REPO", str(_mirror_with_a_broken_last_shard(tmp_path)))
+    monkeypatch.delenv(_offline.MAX_SAMPLES_ENV, raising=False)
+
+    class StandInConfig(am.ModelConfig):
+        model_name: str = "stand-in"
+
+    class StandInModel(am.LightevalModel):
+        def __init__(self, config):
+            self.config, self._cache = config, SampleCache(config)
+
+        tokenizer = property(lambda self: None)
+        add_special_tokens = property(lambda self: False)
+        max_length = property(lambda self: 4096)
+
+        def greedy_until(self, docs):
+            raise AssertionError("not asked here")
+
+        loglikelihood = loglikelihood_rolling = greedy_until
+
+    def pipeline(max_samples):
+        module = types.ModuleType("lpt_mme_tasks")
+        module.TASKS_TABLE = [make_task("lpt_mme_rw_v")]
+        return Pipeline(tasks="lpt_mme_rw_v|0", pipeline_parameters=PipelineParameters(
+            launcher_type=ParallelismManager.NONE, custom_tasks_directory=module, max_samples=max_samples),
+            evaluation_tracker=EvaluationTracker(output_dir=str(tmp_path / "out")),
+            model=StandInModel(StandInConfig(cache_dir=str(tmp_path / "cache"))))
+
+    (docs,) = pipeline(4).documents_dict.values()
+    assert len(docs) == 4 and all(d.specific["category"].split(".")[1] in mme_rw_v.SUBTASKS for d in docs)
+    with pytest.raises(Exception, match="error occurred while generating the dataset"):
+        pipeline(None)  # the whole mirror: lighteval's own load reads the broken shard
+    monkeypatch.setenv(_offline.MAX_SAMPLES_ENV, "3")
+    (docs,) = pipeline(None).documents_dict.values()
+    assert len(docs) == 3
+    monkeypatch.setenv(_offline.MAX_SAMPLES_ENV, "three")
+    with pytest.raises(ValueError, match="LPT_MAX_SAMPLES must be a positive whole number of rows, got 'three'"):
+        pipeline(None)

@@ -171,3 +171,29 @@ def test_a_killed_relabels_temp_files_go_with_the_next_command_on_the_run(tmp_pa
     assert res.returncode == 0, res.stdout + res.stderr
     assert not stray.exists()
     assert not [p for p in run.path.rglob(".tmp-*")]
+
+
+def test_card_while_an_export_writes_the_same_out_refuses_naming_the_holder(tmp_path):
+    """`lpt card OUT` takes OUT's lock, the one `lpt export` holds while it writes OUT: while another process holds
+    it (here one that took it exactly as export does: ``hold(OUT, what="exported")``), card refuses in one line
+    naming the holder's pid and command and leaves the card alone. (The old card rewrote README.md regardless.)"""
+    run = import_upstream(UPSTREAM, tmp_path / "run")
+    out = tmp_path / "out"
+    assert _lpt("export", run.path, out, "--only", "mcq").returncode == 0
+    card = (out / "README.md").read_bytes()
+    (out / "README.md").write_text("the holder's half-written card")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom builder.atomic import hold\nwith hold(sys.argv[1], what='exported'):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"), str(out), "export-stand-in"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _lpt("card", out)
+        _one_line_naming(res, holder.pid, "export-stand-in")
+        assert f"{out} is being used by pid {holder.pid}" in res.stdout + res.stderr
+        assert (out / "README.md").read_text() == "the holder's half-written card"
+    finally:
+        _stop(holder)
+    res = _lpt("card", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (out / "README.md").read_bytes() == card and not lock_path(out).exists()

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import Engine, MissingPackage, Request, Sample, SamplingParams, cap_pixels, iter_images
+from .base import Engine, MissingPackage, PromptTooLong, Request, Sample, SamplingParams, cap_pixels, iter_images
 
 ENGINES = {
     "transformers": "builder.engines.transformers_engine:TransformersEngine",
@@ -101,5 +101,6 @@ def load_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine_class(kind)(model, **options)
 
 
-__all__ = ["ALLOW_MODULES_ENV", "ENGINES", "ENTRY_POINT_GROUP", "RAY_VLLM", "Engine", "MissingPackage", "Request", "Sample",
+__all__ = ["ALLOW_MODULES_ENV", "ENGINES", "ENTRY_POINT_GROUP", "RAY_VLLM", "Engine", "MissingPackage", "PromptTooLong",
+           "Request", "Sample",
            "SamplingParams", "cap_pixels", "engine_class", "iter_images", "load_engine", "registered_engines"]

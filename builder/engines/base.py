@@ -72,6 +72,31 @@ class Engine(abc.ABC):
         self.close()
 
 
+class PromptTooLong(ValueError):
+    """A prompt that does not fit the model's context (with the new tokens asked for, where the engine counts
+    them), found before it is generated: the message names the model, the lengths and the request's start. The
+    runtime skips the item under ``--skip-bad`` (counted, recorded in its chunk), else stops with this one line."""
+
+
+def request_start(request: Request, limit: int = 60) -> str:
+    """The start of a request's user text on one line (what an error names a request by)."""
+    texts = []
+    for m in request.messages:
+        if m.get("role") == "user":
+            content = m.get("content")
+            texts += [content] if isinstance(content, str) else [
+                p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+    return " ".join(" ".join(texts).split())[:limit]
+
+
+def past_context(model: str, prompt_tokens: int, context: int, request: Request, new_tokens: int | None = None,
+                 advice: str = "shorten the description or lower max_new_tokens") -> PromptTooLong:
+    """The error for a prompt of ``prompt_tokens`` (plus ``new_tokens``, where counted) that passes ``context``."""
+    plus = f" plus {new_tokens} new tokens" if new_tokens is not None else ""
+    return PromptTooLong(f"{model}: a prompt of {prompt_tokens} tokens{plus} passes the model's context of {context} "
+                         f"positions (request starting {request_start(request)!r}); {advice}")
+
+
 class MissingPackage(ImportError):
     """A package an engine or runner needs is not installed; the message is one line naming what to install."""
 

@@ -40,10 +40,11 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 import threading
 from typing import Any, Literal
 
-from .base import Engine, Request, Sample, cap_pixels, require_package
+from .base import Engine, PromptTooLong, Request, Sample, cap_pixels, request_start, require_package
 from .cache import RequestCache, open_cache, request_key
 
 ServerKind = Literal["auto", "vllm", "openai"]
@@ -52,6 +53,17 @@ SERVER_KINDS = ("auto", "vllm", "openai")
 
 class OpenAIEngineError(RuntimeError):
     """A request failed for good (after the client's retries, or rejected by the server)."""
+
+
+class OpenAIPromptTooLong(OpenAIEngineError, PromptTooLong):
+    """The server refused a prompt past the model's context (HTTP 400 "maximum context length"): the engine cannot
+    measure a prompt before sending it (the server's template and tokenizer count), so the server's refusal is
+    the measure; a counted skip under ``--skip-bad`` as for the other engines."""
+
+
+# the servers' words for a prompt past the context: OpenAI's code, vLLM's and SGLang's messages
+_CONTEXT = re.compile(r"context_length_exceeded|maximum context length|longer than the maximum model length|"
+                      r"exceeds the maximum allowed length", re.IGNORECASE)
 
 
 def image_to_data_url(image: Any, max_pixels: int | None = None) -> tuple[str, str]:
@@ -305,6 +317,11 @@ class OpenAIEngine(Engine):
             try:
                 response = await client.chat.completions.create(model=self.model_id, messages=messages, **kwargs)
             except openai.APIStatusError as e:
+                if e.status_code == 400 and _CONTEXT.search(f"{_detail(e)} {getattr(e, 'code', '') or ''}"):
+                    raise OpenAIPromptTooLong(
+                        f"request {index} to {self.base_url or 'the OpenAI API'} (model {self.model_id!r}, starting "
+                        f"{request_start(request)!r}): the server refuses a prompt past the model's context "
+                        f"(HTTP 400: {' '.join(_detail(e).split())[:300]})") from e
                 hint = ""
                 if e.status_code in (400, 422) and "extra_body" in kwargs:
                     hint = (
@@ -386,4 +403,4 @@ def _retryable(e: Exception) -> bool:
     return status in (408, 409, 429) or (status is not None and status >= 500)
 
 
-__all__ = ["OpenAIEngine", "OpenAIEngineError", "image_to_data_url", "truncate_at_stop"]
+__all__ = ["OpenAIEngine", "OpenAIEngineError", "OpenAIPromptTooLong", "image_to_data_url", "truncate_at_stop"]

@@ -25,7 +25,8 @@ import time
 from itertools import groupby
 from typing import Any
 
-from .base import Engine, Request, Sample, SamplingParams, cap_pixels, iter_images, require_local_model
+from .base import (Engine, PromptTooLong, Request, Sample, SamplingParams, cap_pixels, iter_images, past_context,
+                   require_local_model)
 
 
 class TransformersEngine(Engine):
@@ -162,14 +163,10 @@ class TransformersEngine(Engine):
 
     def _check_context(self, rows: list[tuple[Request, int | None]], lengths: list[int], new_tokens: int) -> None:
         """Refuse, before generating, a prompt whose tokens (images included) and new tokens pass the model's
-        context: the error names the model, the lengths and the request's start."""
+        context (:class:`~builder.engines.base.PromptTooLong`, naming the model, the lengths and the request)."""
         for (request, _), n in zip(rows, lengths):
             if self.context and n + new_tokens > self.context:
-                text = " ".join(_text_of(m) for m in request.messages if m.get("role") == "user")
-                raise PromptTooLong(f"{self.model_id}: a prompt of {n} tokens plus {new_tokens} new tokens passes the "
-                                    f"model's context of {self.context} positions (request starting "
-                                    f"{' '.join(text.split())[:60]!r}); shorten the description or lower "
-                                    f"max_new_tokens")
+                raise past_context(self.model_id, n, self.context, request, new_tokens)
 
     def _sample(self, ids: list[int], params: SamplingParams) -> Sample:
         pad = self.tokenizer.pad_token_id
@@ -222,10 +219,6 @@ class TransformersEngine(Engine):
         import gc
 
         gc.collect()
-
-
-class PromptTooLong(ValueError):
-    """A prompt that does not fit the model's context with the new tokens asked for."""
 
 
 def _row_seed(seed: int | None, j: int) -> int:
@@ -318,14 +311,6 @@ def _key(request: Request):
     p = request.params
     return (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens, p.stop, p.bad_words,
             request.continue_final_message)
-
-
-def _text_of(message: dict[str, Any]) -> str:
-    """A message's text (the text parts of a list content)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return " ".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
 
 
 def _text_only(message: dict[str, Any]) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class StageSummary:
     shard: tuple[int, int] = (0, 1)
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    skipped: dict[str, int] = field(default_factory=dict)  # kind -> inputs skipped (--skip-bad), not retried
 
     def table(self) -> Any:
         """A rich table of the counts (and the dropped rows by reason)."""
@@ -182,10 +183,13 @@ class StageSummary:
             t.add_row(key.replace("_", " "), str(value))
         for reason, value in sorted(self.dropped.items()):
             t.add_row(f"  filtered: {reason}", str(value))
+        for kind, value in sorted(self.skipped.items()):
+            t.add_row(f"  skipped: {kind}", str(value))
         return t
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "shard": list(self.shard), **self.counts, "dropped": dict(self.dropped)}
+        return {"stage": self.stage, "shard": list(self.shard), **self.counts, "dropped": dict(self.dropped),
+                **({"skipped": dict(self.skipped)} if self.skipped else {})}
 
 
 def request_seed(seed: int, stage: str, *parts: object) -> int:

@@ -85,9 +85,10 @@ def parse(line: dict, setup: common.Setup) -> common.Item | None:
 
 
 def load(task: Any, setup: common.Setup) -> Any:
-    """With ``max_rows`` (``--max-samples``), stream the Hub mirror and stop after that many MME-RW-V rows, so
-    that only the parquet shards holding them are read (the whole mirror is ~70 shards of ~200 MB). None: let
-    lighteval load the dataset (a local copy, or the whole benchmark)."""
+    """With ``max_rows`` (``--max-samples`` of ``lpt eval`` or of ``lighteval custom``, else ``LPT_MAX_SAMPLES``:
+    see :func:`eval_tasks._offline.lighteval_max_samples`), stream the Hub mirror and stop after that many MME-RW-V
+    rows, so that only the parquet shards holding them are read (the whole mirror is ~70 shards of ~200 MB).
+    None: let lighteval load the dataset (a local copy, or the whole benchmark)."""
     if setup.root is not None or not setup.max_rows:
         return None
     from datasets import Dataset, DatasetDict, load_dataset
