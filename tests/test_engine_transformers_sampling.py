@@ -239,3 +239,33 @@ def test_stop_strings_decode_nothing_when_no_stop_can_have_appeared(lm, monkeypa
     end = [i for i in range(len(tok)) if candidates[i]][0]
     check(torch.tensor([[1, 2, plain[0]], [1, 2, end]]), None)
     assert decoded == [1]  # only the row whose last token holds a ">"
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@pytest.mark.usefixtures("own_datasets_cache")
+def test_lpt_evals_greedy_requests_go_to_one_generate_per_batch(tiny_vlm, tmp_path, monkeypatch):
+    """``lpt eval`` (run_eval, lighteval's pipeline) on the transformers engine: the items' greedy requests reach
+    ``model.generate`` as full batches of rows, not one request at a time."""
+    pytest.importorskip("lighteval")
+    from eval_tasks import samples
+    from eval_tasks.cli import run_eval
+    from eval_tasks.tasks import task_string
+
+    for var in ("LPT_ENGINE", "LPT_DTYPE", "LPT_BATCH_SIZE", "LPT_ENGINE_OPTIONS", "LPT_TEMPERATURE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LPT_EVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LPT_MAX_NEW_TOKENS", "2")
+    data = samples.write_sample_data(tmp_path / "data", n=7, size=(96, 64))
+    engine = load_engine("transformers", str(tiny_vlm), batch_size=3)
+    asked, rows = [], []
+    generate, model_generate = engine.generate, engine.model.generate
+    monkeypatch.setattr(engine, "generate", lambda reqs, **kw: asked.append(len(reqs)) or generate(reqs, **kw))
+    monkeypatch.setattr(engine.model, "generate",
+                        lambda **kw: rows.append(kw["input_ids"].shape[0]) or model_generate(**kw))
+    run_eval(str(tiny_vlm), task_string(["lpt_vstar"]), output_dir=str(tmp_path / "out"), data_dir=str(data),
+             engine=engine, protocol="project")
+    assert asked and sum(asked) == sum(rows) >= 4  # every item one row
+    expected = [min(3, n - start) for n in asked for start in range(0, n, 3)]
+    assert rows == expected  # full batches of 3, the rest last

@@ -4,7 +4,7 @@ Options (``load_engine("transformers", model, **options)``):
 
 ``device``      ``"auto"`` (CUDA when there is one, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``
 ``dtype``       ``"auto"`` (bfloat16 on GPU, float32 on CPU), or a torch dtype name
-``batch_size``  requests generated together (default 8)
+``batch_size``  rows (samples) generated together in one ``generate`` call (default 8 on CPU, 64 on a GPU)
 ``gguf_file``   load a GGUF file from the ``model`` folder (``model`` may also be the ``.gguf`` path itself)
 ``revision``, ``trust_remote_code``, ``attn_implementation``: passed to ``from_pretrained``
 
@@ -36,6 +36,9 @@ A change to how rows draw their tokens gets a new version, so that a run made wi
 with the new one (the stage runner records it with every chunk: :func:`builder.engines.sampler_of`)."""
 
 
+DEFAULT_GPU_BATCH = 64  # rows per generate call on a GPU: decoding reads the weights once a step for all of them
+
+
 class TransformersEngine(Engine):
     name = "transformers"
     sampler = SAMPLER
@@ -47,11 +50,12 @@ class TransformersEngine(Engine):
         from transformers import AutoConfig
 
         opts = dict(options)
-        self.batch_size = int(opts.pop("batch_size", 8))
+        batch_size = opts.pop("batch_size", None)
         device = opts.pop("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.batch_size = int(batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda" else 8))
         dtype = opts.pop("dtype", "auto")
         if dtype in ("auto", None):
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
