@@ -41,6 +41,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 T_START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
@@ -487,12 +488,11 @@ def make_engine(args, model, processor, device, dtype):
     return TransformersEngine(str(path), device=str(device), dtype=str(dtype).removeprefix("torch."))
 
 
-def main() -> None:
-    args = parse_args()
+def setup(args) -> SimpleNamespace:
+    """Device, dtype, GPU name and bandwidth for the bound; logs what will be run."""
     import torch
     import transformers
 
-    phases: dict[str, float] = {}
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" \
@@ -501,92 +501,127 @@ def main() -> None:
     bandwidth = args.bandwidth_gbs or default_bandwidth(gpu)
     source = "--bandwidth-gbs" if args.bandwidth_gbs else f"from the GPU name {gpu!r}" if bandwidth \
         else "unknown: give --bandwidth-gbs"
-    parts, samplers = args.parts.split(","), args.samplers.split(",")
     rows = args.prompts * args.n if args.temperature > 0 else args.prompts  # greedy: one row per request
-    batch = args.batch_size or rows
     arch = ("tiny" if args.tiny else "Qwen2.5-VL-7B") + "".join(
         f", {k} {v}" for k, v in (("text layers", args.text_layers), ("vision depth", args.vision_depth)) if v)
+    ctx = SimpleNamespace(args=args, device=device, dtype=dtype, gpu=gpu, bandwidth=bandwidth, source=source,
+                          rows=rows, batch=args.batch_size or rows, arch=arch, phases={})
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device} ({gpu or 'cpu'}), "
-        f"dtype {dtype}, {arch} architecture; parts {parts}, samplers {samplers}")
-    log(f"stage 2: {args.prompts} prompts x n={args.n} = {rows} rows, batch {batch} rows, "
+        f"dtype {dtype}, {arch} architecture; parts {args.parts}, samplers {args.samplers}")
+    log(f"stage 2: {args.prompts} prompts x n={args.n} = {rows} rows, batch {ctx.batch} rows, "
         f"{args.max_new_tokens} new tokens (EOS blocked), T={args.temperature} top_p={args.top_p} "
         f"rep={args.repetition_penalty}, {args.image_size}x{args.image_size} images, max_pixels {args.max_pixels}")
-    from builder.engines.transformers_engine import SAMPLER  # noqa: F401  (fail early if missing)
-    phases["imports"] = time.perf_counter() - T_START
+    return ctx
 
+
+def build(ctx: SimpleNamespace) -> None:
+    """The processor, config, random-weight model and the engine around it (into ``ctx``)."""
+    import torch
+
+    args, device = ctx.args, ctx.device
     t = time.perf_counter()
     processor = build_processor()
-    config = build_config(processor.tokenizer, args.tiny, args.text_layers, args.vision_depth)
-    model = build_model(config, device, dtype, args.seed)
+    ctx.config = build_config(processor.tokenizer, args.tiny, args.text_layers, args.vision_depth)
+    model = build_model(ctx.config, device, ctx.dtype, args.seed)
     if args.attn:
         model.set_attn_implementation(args.attn)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    phases["model_build"] = time.perf_counter() - t
-    counts = param_counts(model)
-    weights_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    ctx.phases["model_build"] = time.perf_counter() - t
+    ctx.counts = counts = param_counts(model)
+    ctx.weights_mem = torch.cuda.memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    ctx.attention = model.config._attn_implementation
     log(f"model built on {device}: {counts['total'] / 1e9:.3f} B parameters (vision {counts['vision'] / 1e9:.3f} B, "
-        f"embedding {counts['embedding'] / 1e9:.3f} B) in {phases['model_build']:.1f}s; "
-        f"attention {model.config._attn_implementation}")
-    engine = make_engine(args, model, processor, device, dtype)
+        f"embedding {counts['embedding'] / 1e9:.3f} B) in {ctx.phases['model_build']:.1f}s; attention {ctx.attention}")
+    ctx.engine = make_engine(args, model, processor, device, ctx.dtype)
 
+
+def prompt_tokens(ctx: SimpleNamespace, request) -> tuple[int, int]:
+    """A request's prompt length in tokens, and how many of them are image tokens."""
+    ids = ctx.engine._encode([request])["input_ids"][0]
+    return int(ids.shape[0]), int((ids == ctx.config.image_token_id).sum())
+
+
+def warm_up(ctx: SimpleNamespace, request) -> None:
+    """One row of 4 tokens through the engine (CUDA context, kernels), once, unless ``--no-warmup``."""
+    if ctx.args.no_warmup or "warmup" in ctx.phases:
+        return
+    t = time.perf_counter()
+    ctx.engine.generate([dataclasses.replace(request, params=request.params.replace(n=1, max_new_tokens=4))])
+    ctx.phases["warmup"] = time.perf_counter() - t
+    log(f"warm-up (1 row, 4 tokens): {ctx.phases['warmup']:.1f}s")
+
+
+def stage2_part(ctx: SimpleNamespace) -> dict:
+    """Stage 2 with each sampler in ``--samplers`` (a warm-up first unless ``--no-warmup``)."""
+    args, engine = ctx.args, ctx.engine
     requests, blocked = make_requests(args, engine.tokenizer)
-    enc = engine._encode(requests[:1])
-    prompt_len = int(enc["input_ids"].shape[1])
-    image_tokens = int((enc["input_ids"][0] == config.image_token_id).sum())
-    del enc
+    prompt_len, image_tokens = prompt_tokens(ctx, requests[0])
     log(f"{len(requests)} stage-2 requests; prompt {prompt_len} tokens ({image_tokens} image tokens); "
         f"blocked words {list(blocked)}")
-    if not args.no_warmup:
+    warm_up(ctx, requests[0])
+    bound = decode_bound(ctx.config, ctx.counts, ctx.dtype, ctx.batch, prompt_len, args.max_new_tokens, ctx.bandwidth)
+    print_bound(bound, f"stage 2, {ctx.batch} rows", ctx.source)
+    cases = {}
+    samplers = args.samplers.split(",")
+    for name in samplers:
+        log(f"stage 2, {name} sampler: generating {ctx.rows} rows ...")
         t = time.perf_counter()
-        warm = requests[0]
-        engine.generate([dataclasses.replace(warm, params=warm.params.replace(n=1, max_new_tokens=4))])
-        phases["warmup"] = time.perf_counter() - t
-        log(f"warm-up (1 row, 4 tokens): {phases['warmup']:.1f}s")
+        cases[f"stage 2, {name} sampler"] = run_case(engine, requests, legacy=name == "old", batch=ctx.batch,
+                                                     device=ctx.device, max_new_tokens=args.max_new_tokens,
+                                                     sampled=args.temperature > 0)
+        ctx.phases[f"stage2_{name}"] = time.perf_counter() - t
+    print_cases(f"stage 2 through the transformers engine ({ctx.gpu or ctx.device}, {ctx.arch}, "
+                f"{ctx.counts['total'] / 1e9:.2f} B params, prompt {prompt_len} tokens of which {image_tokens} "
+                f"image)", cases, bound)
+    return {"bound": bound, "stage2": cases, "result": cases[f"stage 2, {samplers[-1]} sampler"]}
 
-    report = {"args": vars(args), "device": str(device), "gpu": gpu, "dtype": str(dtype), "torch": torch.__version__,
-              "transformers": transformers.__version__, "params": counts, "attention": model.config._attn_implementation,
-              "weights_gpu_mem_gb": weights_mem / 1e9 if weights_mem is not None else None,
+
+def eval_part(ctx: SimpleNamespace) -> dict:
+    """Eval-shaped greedy requests before (the code of before, ``--eval-batches``' first size) and after."""
+    args = ctx.args
+    requests = make_eval_requests(args)
+    prompt_len, _ = prompt_tokens(ctx, requests[0])
+    warm_up(ctx, requests[0])
+    before, after = (int(b) for b in args.eval_batches.split(","))
+    cases, bounds = {}, {}
+    for label, legacy, batch in (("before", True, before), ("after", False, after)):
+        bounds[label] = decode_bound(ctx.config, ctx.counts, ctx.dtype, min(batch, len(requests)), prompt_len,
+                                     args.eval_max_new_tokens, ctx.bandwidth)
+        log(f"eval {label}: {len(requests)} greedy requests, batch {batch} ...")
+        t = time.perf_counter()
+        cases[f"eval, {label} (batch {batch})"] = run_case(ctx.engine, requests, legacy=legacy, batch=batch,
+                                                           device=ctx.device, sampled=False,
+                                                           max_new_tokens=args.eval_max_new_tokens)
+        ctx.phases[f"eval_{label}"] = time.perf_counter() - t
+    for (name, case), bound in zip(cases.items(), bounds.values()):
+        print_cases(f"{name}: eval-shaped greedy requests, prompt {prompt_len} tokens, "
+                    f"{args.eval_max_new_tokens} new tokens at most", {name: case}, bound)
+    return {"eval": cases, "eval_bounds": bounds}
+
+
+def main() -> None:
+    import torch
+    import transformers
+
+    args = parse_args()
+    ctx = setup(args)
+    ctx.phases["imports"] = time.perf_counter() - T_START
+    build(ctx)
+    config = ctx.config
+    report = {"args": vars(args), "device": str(ctx.device), "gpu": ctx.gpu, "dtype": str(ctx.dtype),
+              "torch": torch.__version__, "transformers": transformers.__version__, "params": ctx.counts,
+              "attention": ctx.attention, "weights_gpu_mem_gb": ctx.weights_mem,
               "config": {"text": {k: getattr(config.text_config, k) for k in
                                   ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                                    "intermediate_size", "vocab_size")}, "vision_depth": config.vision_config.depth}}
+    parts = args.parts.split(",")
     if "stage2" in parts:
-        bound = decode_bound(config, counts, dtype, batch, prompt_len, args.max_new_tokens, bandwidth)
-        print_bound(bound, f"stage 2, {batch} rows", source)
-        cases = {}
-        for name in samplers:
-            log(f"stage 2, {name} sampler: generating {rows} rows ...")
-            t = time.perf_counter()
-            cases[f"stage 2, {name} sampler"] = run_case(engine, requests, legacy=name == "old", batch=batch,
-                                                         device=device, max_new_tokens=args.max_new_tokens,
-                                                         sampled=args.temperature > 0)
-            phases[f"stage2_{name}"] = time.perf_counter() - t
-        print_cases(f"stage 2 through the transformers engine ({gpu or device}, {arch}, "
-                    f"{counts['total'] / 1e9:.2f} B params, prompt {prompt_len} tokens of which {image_tokens} image)",
-                    cases, bound)
-        report.update(bound=bound, stage2=cases, result=cases[f"stage 2, {samplers[-1]} sampler"])
+        report.update(stage2_part(ctx))
     if "eval" in parts:
-        eval_requests = make_eval_requests(args)
-        enc = engine._encode(eval_requests[:1])
-        eval_prompt = int(enc["input_ids"].shape[1])
-        del enc
-        before, after = (int(b) for b in args.eval_batches.split(","))
-        cases, bounds = {}, {}
-        for label, legacy, b in (("before", True, before), ("after", False, after)):
-            bounds[label] = decode_bound(config, counts, dtype, min(b, len(eval_requests)), eval_prompt,
-                                         args.eval_max_new_tokens, bandwidth)
-            log(f"eval {label}: {len(eval_requests)} greedy requests, batch {b} ...")
-            t = time.perf_counter()
-            cases[f"eval, {label} (batch {b})"] = run_case(engine, eval_requests, legacy=legacy, batch=b,
-                                                           device=device, max_new_tokens=args.eval_max_new_tokens,
-                                                           sampled=False)
-            phases[f"eval_{label}"] = time.perf_counter() - t
-        for (name, case), bound in zip(cases.items(), bounds.values()):
-            print_cases(f"{name}: eval-shaped greedy requests, prompt {eval_prompt} tokens, "
-                        f"{args.eval_max_new_tokens} new tokens at most", {name: case}, bound)
-        report.update(eval=cases, eval_bounds=bounds)
-    print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()), flush=True)
-    report.update(phases_s=phases, wall_s=time.perf_counter() - T_START)
+        report.update(eval_part(ctx))
+    print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ctx.phases.items()), flush=True)
+    report.update(phases_s=ctx.phases, wall_s=time.perf_counter() - T_START)
     dest = Path(args.json) if args.json else Path(os.environ.get("OUT") or ".") / "gpu_stage2.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(report, indent=2, default=str))
