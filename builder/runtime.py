@@ -135,7 +135,8 @@ def _join_source(run: RunDir, table: str, rows: list[dict[str, Any]], columns: S
 
 def stage_settings(settings: Any, section: str) -> dict[str, Any]:
     """What a stage's rows depend on: the global seed, the template folder and the stage's settings section
-    (engine kind and options excluded: the same model may be served differently on different machines)."""
+    (engine kind and options excluded: the same model may be served differently on different machines), and the
+    version of the seeded sampler of an engine that draws tokens itself (:attr:`builder.engines.Engine.sampler`)."""
     d = settings.to_dict()
     sec = {k: v for k, v in d[section].items() if k not in ("engine", "engine_options")}
     out = {"seed": d["seed"], "template_dir": d["template_dir"], section: sec,
