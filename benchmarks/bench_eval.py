@@ -6,7 +6,10 @@ run through eval_tasks.model (transformers engine) by lighteval's Pipeline on sa
 real schema (eval_tasks.samples; images 1024×768, capped to 512·512 area like the paper). Random weights never
 emit EOS, so every item generates exactly --max-new-tokens tokens: the numbers are a worst case per token budget.
 
-    python benchmarks/bench_eval.py --items 16 --max-new-tokens 128 --batch-size 8 [--engine vllm]
+    python benchmarks/bench_eval.py --items 16 --max-new-tokens 128 [--batch-size 8] [--engine vllm]
+
+(needs lighteval, i.e. the eval extra: on a machine without it, ``gpu_stage2.py``'s eval part measures the same
+engine path with eval-shaped requests.)
 
 Never run by CI. Prints one line per task and the total.
 """
@@ -72,7 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=16, help="items written per task (MMStar-V/MME-RW-V keep fewer)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="rows per generate call (default: the engine's own, 64 on a GPU for transformers)")
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     ap.add_argument("--model", default=None, help="an existing checkpoint instead of building the random 7B")
     ap.add_argument("--workdir", default=None)
@@ -82,8 +86,10 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_eval_"))
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "LPT_ENGINE": args.engine,
-                       "LPT_DTYPE": "bfloat16", "LPT_BATCH_SIZE": str(args.batch_size),
-                       "LPT_MAX_NEW_TOKENS": str(args.max_new_tokens), "LPT_EVAL_CACHE_DIR": str(work / "cache")})
+                       "LPT_DTYPE": "bfloat16", "LPT_MAX_NEW_TOKENS": str(args.max_new_tokens),
+                       "LPT_EVAL_CACHE_DIR": str(work / "cache")})
+    if args.batch_size:
+        os.environ["LPT_BATCH_SIZE"] = str(args.batch_size)
     from eval_tasks.cli import run_eval
     from eval_tasks.samples import write_sample_data
     from eval_tasks.tasks import BENCHMARKS, make_task, task_string

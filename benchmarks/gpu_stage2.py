@@ -1,23 +1,34 @@
-"""Stage 2 at full size through the project's transformers engine: a random-weight Qwen2.5-VL-7B on one GPU.
+"""Stage 2 and eval-shaped requests at full size through the project's transformers engine, the engine's sampler of
+before and of today side by side: a random-weight Qwen2.5-VL-7B on one GPU, in one call.
 
 Builds the Qwen2.5-VL-7B-Instruct *architecture* (the real hyperparameters, written out below; ~8.3 B
 parameters) with random bf16 weights straight on the GPU, a tokenizer and image-only processor built here
-(no hub, no network, no ``datasets``), and runs :class:`builder.engines.transformers_engine.TransformersEngine`
-at the paper's stage-2 settings: ``--prompts`` stage-2 requests (system + user turn with a 512x512 image +
-question + options, assistant turn continued after ``<think>``), ``--n`` samples each, temperature 0.7,
-top-p 0.8, repetition penalty 1.05, ``--max-new-tokens`` new tokens with no early stop (EOS and the pad
-token are blocked through the engine's ``bad_words``), ``--batch-size`` rows per ``generate`` call.
+(no hub, no network, no ``datasets``), and runs :class:`builder.engines.transformers_engine.TransformersEngine`:
 
-Before the run it prints the memory-bandwidth bound of decoding at that batch size; after it, prompts/s,
-generated tokens/s, the prefill / decode split (CUDA-synchronised forward hooks), peak GPU memory; a JSON of
-everything goes to ``$OUT/gpu_stage2.json`` (``$OUT`` unset: the current folder).
+``stage2``  the paper's stage-2 settings: ``--prompts`` requests (system + user turn with a 512x512 image +
+            question + options, assistant turn continued after ``<think>``), ``--n`` samples each, temperature 0.7,
+            top-p 0.8, repetition penalty 1.05, ``--max-new-tokens`` new tokens with no early stop (EOS and the pad
+            token blocked through ``bad_words``), ``--batch-size`` rows per ``generate`` call (default: all), once
+            with the sampler of before (``benchmarks/_legacy_sampler.py``: a ``torch.multinomial`` per row per step)
+            and once with today's (all rows at once), in that order (``--samplers``).
+``eval``    ``--eval-items`` greedy requests shaped like ``lpt eval``'s (1024x768 images capped to 512*512 pixels,
+            ``--eval-max-new-tokens``), before (the code of before, 8 rows a call: the engine's old default that
+            ``lpt eval`` used) and after (today's code, 64 rows a call: the engine's GPU default now); items/s.
 
-    python3 benchmarks/gpu_stage2.py                              # GPU, the defaults (~2-3 min on an H100)
-    python3 benchmarks/gpu_stage2.py --tiny --device cpu --prompts 4 --n 2 --max-new-tokens 16   # smoke test
+Before each part it prints the memory-bandwidth bound of decoding at its batch size; after it, a table per case:
+items/s, generated tokens/s, the prefill / decode split (CUDA-synchronised forward hooks), decode tok/s as a
+fraction of the bound, peak GPU memory; a JSON of everything goes to ``$OUT/gpu_stage2.json`` (``$OUT`` unset:
+the current folder).
+
+    python3 benchmarks/gpu_stage2.py                              # GPU, the defaults (~5 min on an H100)
+    python3 benchmarks/gpu_stage2.py --parts stage2 --samplers new   # today's sampler only
+    python3 benchmarks/gpu_stage2.py --tiny --device cpu --prompts 4 --n 2 --max-new-tokens 16 --eval-items 4 \
+        --eval-max-new-tokens 4   # smoke test
 
 To avoid writing and re-reading 16 GB, the script hands the model and processor it built to the engine with
 ``TransformersEngine.from_loaded``; ``generate`` and everything under it are the engine's own.
-``--via-disk`` instead saves the model to ``/tmp`` (safetensors) and goes through the engine's constructor.
+``--via-disk`` instead saves the model to ``/tmp`` (safetensors) and goes through the engine's constructor;
+``--attn`` sets another attention implementation on the model (e.g. ``eager``, ``flex_attention``).
 Needs only torch, transformers (+ tokenizers, tqdm, safetensors, its own dependencies), PIL, numpy, jinja2.
 """
 
@@ -30,10 +41,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 T_START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere: this checkout's builder/ first
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _legacy_sampler: the engine's sampler of before
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -279,22 +292,168 @@ class PhaseTimer:
         del self.engine.model.generate  # the instance attribute; the class's method shows again
 
 
+# ------------------------------------------------------------------------------------ eval-shaped requests
+
+EVAL_SYSTEM = ("You first think about the reasoning process as an internal monologue and then provide the user "
+               "with the answer. Respond in the following format: <think>\n...\n</think>\n<answer>\n...\n</answer>")
+
+
+def make_eval_requests(args):
+    """Greedy requests shaped like ``lpt eval``'s (eval_tasks.model: the image before the text, the think system
+    turn, temperature 0, the pixel cap; no stop string, as the LPT tasks set none), ``--eval-items`` of them with
+    ``--eval-image-size`` images; the engine sends them in batches of its ``batch_size``."""
+    import numpy as np
+    from PIL import Image
+
+    from builder.engines.base import Request, SamplingParams
+
+    rng = np.random.default_rng(args.seed + 1)
+    w, h = args.eval_image_size
+    params = SamplingParams(max_new_tokens=args.eval_max_new_tokens, seed=0)
+    out = []
+    for i in range(args.eval_items):
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        question, options = QUESTIONS[i % len(QUESTIONS)]
+        text = question + "\n" + "\n".join(f"({chr(65 + k)}) {o}" for k, o in enumerate(options))
+        out.append(Request([{"role": "system", "content": EVAL_SYSTEM},
+                            {"role": "user", "content": [{"type": "image", "image": image},
+                                                         {"type": "text", "text": text}]}],
+                           params, max_pixels=args.max_pixels))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the bound
+
+def decode_bound(config, counts, dtype, rows_per_step: int, prompt_len: int, new_tokens: int,
+                 bandwidth: float | None) -> dict:
+    """Tokens/s that memory bandwidth allows decoding ``rows_per_step`` rows: each step reads the decoder and
+    lm_head weights once and every row's KV cache (at the mean context, prompt + half the new tokens)."""
+    import torch
+
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * itemsize  # per row
+    avg_context = prompt_len + new_tokens / 2
+    bound = {"rows_per_step": rows_per_step, "kv_bytes_per_token_per_row": kv_per_token, "prompt_len": prompt_len,
+             "avg_context": avg_context, "bandwidth_gbs": bandwidth,
+             "weight_bytes_decode_read": counts["decode_read"] * itemsize, "weight_bytes_all": counts["total"] * itemsize}
+    for label, wbytes in (("decode_read", bound["weight_bytes_decode_read"]), ("all", bound["weight_bytes_all"])):
+        per_step = wbytes + rows_per_step * kv_per_token * avg_context
+        bound[f"bytes_per_step_{label}"] = per_step
+        bound[f"tokens_per_s_{label}"] = rows_per_step / (per_step / (bandwidth * 1e9)) if bandwidth else None
+    last = bound["weight_bytes_decode_read"] + rows_per_step * kv_per_token * (prompt_len + new_tokens)
+    bound["tokens_per_s_decode_read_last_step"] = rows_per_step / (last / (bandwidth * 1e9)) if bandwidth else None
+    return bound
+
+
+def fmt(x, spec=".0f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def print_bound(bound: dict, label: str, source: str) -> None:
+    print(f"\n== decode memory-bandwidth bound, {label} (before the run) ==", flush=True)
+    print(f"  bandwidth                    {fmt(bound['bandwidth_gbs'])} GB/s ({source})", flush=True)
+    print(f"  rows per decode step         {bound['rows_per_step']}", flush=True)
+    print(f"  weights read per step        {bound['weight_bytes_decode_read'] / 1e9:.2f} GB (decoder + lm_head; "
+          f"all params: {bound['weight_bytes_all'] / 1e9:.2f} GB)", flush=True)
+    kv = bound["kv_bytes_per_token_per_row"]
+    print(f"  KV cache per token per row   {kv / 1024:.1f} KiB; at avg context {bound['avg_context']:.0f}: "
+          f"{bound['rows_per_step'] * kv * bound['avg_context'] / 1e9:.2f} GB per step", flush=True)
+    print(f"  bound (avg context)          {fmt(bound['tokens_per_s_decode_read'])} tok/s  "
+          f"[all params read: {fmt(bound['tokens_per_s_all'])} tok/s; at the last step: "
+          f"{fmt(bound['tokens_per_s_decode_read_last_step'])} tok/s]\n", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- one case
+
+def run_case(engine, requests, *, legacy: bool, batch: int, device, max_new_tokens: int, sampled: bool) -> dict:
+    """``engine.generate(requests)`` with the engine's sampler and stop check of today, or (``legacy``) the ones of
+    before (benchmarks/_legacy_sampler.py), ``batch`` rows per generate call; timed by phase."""
+    import contextlib
+
+    import torch
+
+    import _legacy_sampler
+    from builder.engines import transformers_engine as te
+
+    engine.batch_size = batch
+    rows = sum(r.params.n for r in requests) if sampled else len(requests)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = PhaseTimer(engine, device)
+    with _legacy_sampler.installed(te) if legacy else contextlib.nullcontext():
+        t = time.perf_counter()
+        out = engine.generate(requests)
+        total = time.perf_counter() - t
+    timer.remove()
+    samples = [s for ss in out for s in (ss if sampled else ss[:1])]
+    new_tokens = sum(s.num_tokens or 0 for s in samples)
+    encode_s, prefill_s, decode_s = sum(timer.encode_s), sum(timer.prefill_s), sum(timer.decode_s)
+    decode_fwd_s, decode_steps = sum(timer.decode_fwd_s), len(timer.decode_fwd_s)
+    decode_row_tokens = max(0, new_tokens - rows)  # the first token of each row comes out of the prefill
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None
+    return {
+        "rows": rows, "requests": len(requests), "batch": batch, "samples": len(samples), "new_tokens": new_tokens,
+        "early_stopped_samples": sum(1 for s in samples if s.finish_reason != "length"
+                                     or s.num_tokens != max_new_tokens),
+        "generate_calls": len(timer.prefill_s), "total_s": total, "items_per_s": len(requests) / total,
+        "prompts_per_s": len(requests) / total, "new_tokens_per_s": new_tokens / total, "encode_s": encode_s,
+        "prefill_s": prefill_s, "vision_s": sum(timer.vision_s), "prefill_forward_s": sum(timer.prefill_fwd_s),
+        "decode_s": decode_s, "decode_forward_s": decode_fwd_s, "decode_other_s": decode_s - decode_fwd_s,
+        "decode_steps": decode_steps,
+        "decode_tokens_per_s": decode_row_tokens / decode_s if decode_s > 0 else None,
+        "decode_ms_per_step": 1000 * decode_s / max(1, decode_steps),
+        "decode_forward_ms_per_step": 1000 * decode_fwd_s / max(1, decode_steps),
+        "postprocess_s": total - encode_s - prefill_s - decode_s, "peak_gpu_mem_gb": peak,
+        "peak_gpu_reserved_gb": reserved, "example": samples[0].text[:120] if samples else None,
+    }
+
+
+def print_cases(title: str, cases: dict[str, dict], bound: dict | None) -> None:
+    print(f"\n== {title} ==", flush=True)
+    cols = ["case", "rows/batch", "calls", "total s", "items/s", "gen tok/s", "prefill s", "decode ms/step (fwd)",
+            "decode tok/s", "% bound", "peak GB"]
+    print("| " + " | ".join(cols) + " |", flush=True)
+    print("|" + "---|" * len(cols), flush=True)
+    for name, r in cases.items():
+        pct = (100 * r["decode_tokens_per_s"] / bound["tokens_per_s_decode_read"]
+               if bound and bound["tokens_per_s_decode_read"] and r["decode_tokens_per_s"] else None)
+        r["decode_fraction_of_bound"] = pct / 100 if pct is not None else None
+        print(f"| {name} | {r['rows']}/{r['batch']} | {r['generate_calls']} | {r['total_s']:.1f} | "
+              f"{r['items_per_s']:.3f} | {r['new_tokens_per_s']:.1f} | {r['prefill_s']:.2f} | "
+              f"{r['decode_ms_per_step']:.1f} ({r['decode_forward_ms_per_step']:.1f}) | "
+              f"{fmt(r['decode_tokens_per_s'], '.1f')} | {fmt(pct, '.1f')} | {fmt(r['peak_gpu_mem_gb'], '.1f')} |",
+              flush=True)
+
+
 # --------------------------------------------------------------------------------------------- main
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="stage2,eval", help="comma-separated: stage2, eval")
+    ap.add_argument("--samplers", default="old,new", help="comma-separated: old (before), new (today), in this order")
     ap.add_argument("--prompts", type=int, default=64, help="stage-2 requests (one image each)")
     ap.add_argument("--n", type=int, default=3, help="samples per request (one batch row each)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="rows per generate call (default: prompts*n, all in one call)")
+                    help="stage 2: rows per generate call (default: prompts*n, all in one call)")
     ap.add_argument("--image-size", type=int, default=512, help="side of the square test images")
     ap.add_argument("--max-pixels", type=int, default=512 * 512, help="the requests' image-area cap")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=0.8)
     ap.add_argument("--repetition-penalty", type=float, default=1.05)
+    ap.add_argument("--eval-items", type=int, default=64, help="eval-shaped greedy requests")
+    ap.add_argument("--eval-max-new-tokens", type=int, default=256)
+    ap.add_argument("--eval-image-size", type=int, nargs=2, default=(1024, 768), metavar=("W", "H"))
+    ap.add_argument("--eval-batches", default="8,64",
+                    help="eval: rows per generate call before (lpt eval's engine default was 8) and after "
+                         "(the engine's GPU default now)")
     ap.add_argument("--device", default="auto", help="auto (cuda if there is one), cuda, cuda:1, cpu")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    ap.add_argument("--attn", default=None, help="attention implementation to set on the model (default: its own)")
     ap.add_argument("--bandwidth-gbs", type=float, default=None,
                     help="memory bandwidth for the bound (default from the GPU name: H100 SXM 3350, H200 4800)")
     ap.add_argument("--tiny", action="store_true", help="tiny widths, 2 layers: a CPU smoke test of this script")
@@ -305,206 +464,168 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-row warm-up generate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="output JSON (default $OUT/gpu_stage2.json or ./gpu_stage2.json)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def make_engine(args, model, processor, device, dtype):
+    from builder.engines.transformers_engine import TransformersEngine
+
+    if not args.via_disk:
+        return TransformersEngine.from_loaded(model, processor.tokenizer, processor, name="random-qwen2.5-vl-7b")
+    import shutil
+
+    import torch
+
+    path = Path("/tmp/gpu_stage2_model" + ("_tiny" if args.tiny else ""))
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    processor.tokenizer.save_pretrained(path)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log(f"saved to {path}; loading through TransformersEngine")
+    return TransformersEngine(str(path), device=str(device), dtype=str(dtype).removeprefix("torch."))
+
+
+def setup(args) -> SimpleNamespace:
+    """Device, dtype, GPU name and bandwidth for the bound; logs what will be run."""
     import torch
     import transformers
 
-    phases: dict[str, float] = {}
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" \
         else getattr(torch, args.dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     bandwidth = args.bandwidth_gbs or default_bandwidth(gpu)
-    rows = args.prompts * args.n if args.temperature > 0 else args.prompts  # greedy: one row per request
-    batch = args.batch_size or rows
-    arch = ("tiny" if args.tiny else "Qwen2.5-VL-7B") + "".join(
-        f", {k} {v}" for k, v in (("text layers", args.text_layers), ("vision depth", args.vision_depth)) if v)
-    log(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device} ({gpu or 'cpu'}), "
-        f"dtype {dtype}, {arch} architecture")
-    log(f"stage 2: {args.prompts} prompts x n={args.n} = {rows} rows, batch {batch} rows, "
-        f"{args.max_new_tokens} new tokens (EOS blocked), T={args.temperature} top_p={args.top_p} "
-        f"rep={args.repetition_penalty}, {args.image_size}x{args.image_size} images, max_pixels {args.max_pixels}")
-    from builder.engines.transformers_engine import TransformersEngine  # noqa: F401  (fail early if missing)
-    phases["imports"] = time.perf_counter() - T_START
-
-    t = time.perf_counter()
-    processor = build_processor()
-    config = build_config(processor.tokenizer, args.tiny, args.text_layers, args.vision_depth)
-    phases["tokenizer+processor+config"] = time.perf_counter() - t
-    log(f"tokenizer ({len(processor.tokenizer)} tokens; model vocab {config.text_config.vocab_size}), processor, "
-        f"config: {phases['tokenizer+processor+config']:.1f}s")
-
-    t = time.perf_counter()
-    model = build_model(config, device, dtype, args.seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    phases["model_build"] = time.perf_counter() - t
-    counts = param_counts(model)
-    weights_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    log(f"model built on {device}: {counts['total'] / 1e9:.3f} B parameters (vision {counts['vision'] / 1e9:.3f} B, "
-        f"embedding {counts['embedding'] / 1e9:.3f} B) in {phases['model_build']:.1f}s; "
-        f"attention {model.config._attn_implementation}")
-
-    t = time.perf_counter()
-    if args.via_disk:
-        path = Path("/tmp/gpu_stage2_model" + ("_tiny" if args.tiny else ""))
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        processor.tokenizer.save_pretrained(path)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        log(f"saved to {path} in {time.perf_counter() - t:.1f}s; loading through TransformersEngine")
-        engine = TransformersEngine(str(path), device=str(device), dtype=str(dtype).removeprefix("torch."),
-                                    batch_size=batch)
-    else:
-        from builder.engines.transformers_engine import TransformersEngine
-
-        engine = TransformersEngine.from_loaded(model, processor.tokenizer, processor, name="random-qwen2.5-vl-7b",
-                                                batch_size=batch)
-    phases["engine"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    requests, blocked = make_requests(args, engine.tokenizer)
-    enc = engine._encode(requests)  # the prompt length the batch will have (left-padded)
-    prompt_len = int(enc["input_ids"].shape[1])
-    image_tokens = int((enc["input_ids"][0] == config.image_token_id).sum())
-    del enc
-    phases["requests+encode_once"] = time.perf_counter() - t
-    log(f"{len(requests)} requests; prompt {prompt_len} tokens ({image_tokens} image tokens) in "
-        f"{phases['requests+encode_once']:.1f}s; blocked words {list(blocked)}")
-
-    # ---- the bound, before the run
-    text = config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * itemsize  # per row
-    steps = args.max_new_tokens - 1  # the first new token comes out of the prefill
-    avg_context = prompt_len + args.max_new_tokens / 2
-    bound = {"rows_per_step": batch, "kv_bytes_per_token_per_row": kv_per_token, "prompt_len": prompt_len,
-             "avg_context": avg_context, "bandwidth_gbs": bandwidth, "weight_bytes_decode_read":
-             counts["decode_read"] * itemsize, "weight_bytes_all": counts["total"] * itemsize}
-    for label, wbytes in (("decode_read", bound["weight_bytes_decode_read"]), ("all", bound["weight_bytes_all"])):
-        per_step = wbytes + batch * kv_per_token * avg_context
-        bound[f"bytes_per_step_{label}"] = per_step
-        bound[f"tokens_per_s_{label}"] = batch / (per_step / (bandwidth * 1e9)) if bandwidth else None
-    last = bound["weight_bytes_decode_read"] + batch * kv_per_token * (prompt_len + args.max_new_tokens)
-    bound["tokens_per_s_decode_read_last_step"] = batch / (last / (bandwidth * 1e9)) if bandwidth else None
-
-    def fmt(x, spec=".0f"):
-        return "n/a" if x is None else format(x, spec)
-
-    print("\n== decode memory-bandwidth bound (before the run) ==", flush=True)
     source = "--bandwidth-gbs" if args.bandwidth_gbs else f"from the GPU name {gpu!r}" if bandwidth \
         else "unknown: give --bandwidth-gbs"
-    print(f"  bandwidth                    {fmt(bandwidth)} GB/s ({source})", flush=True)
-    print(f"  rows per decode step         {batch}", flush=True)
-    print(f"  weights read per step        {bound['weight_bytes_decode_read'] / 1e9:.2f} GB (decoder + lm_head; "
-          f"all params: {bound['weight_bytes_all'] / 1e9:.2f} GB)", flush=True)
-    print(f"  KV cache per token per row   {kv_per_token / 1024:.1f} KiB; at avg context {avg_context:.0f}: "
-          f"{batch * kv_per_token * avg_context / 1e9:.2f} GB per step", flush=True)
-    print(f"  bound (avg context)          {fmt(bound['tokens_per_s_decode_read'])} tok/s  "
-          f"[all params read: {fmt(bound['tokens_per_s_all'])} tok/s; at the last step: "
-          f"{fmt(bound['tokens_per_s_decode_read_last_step'])} tok/s]\n", flush=True)
+    rows = args.prompts * args.n if args.temperature > 0 else args.prompts  # greedy: one row per request
+    arch = ("tiny" if args.tiny else "Qwen2.5-VL-7B") + "".join(
+        f", {k} {v}" for k, v in (("text layers", args.text_layers), ("vision depth", args.vision_depth)) if v)
+    ctx = SimpleNamespace(args=args, device=device, dtype=dtype, gpu=gpu, bandwidth=bandwidth, source=source,
+                          rows=rows, batch=args.batch_size or rows, arch=arch, phases={})
+    log(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device} ({gpu or 'cpu'}), "
+        f"dtype {dtype}, {arch} architecture; parts {args.parts}, samplers {args.samplers}")
+    log(f"stage 2: {args.prompts} prompts x n={args.n} = {rows} rows, batch {ctx.batch} rows, "
+        f"{args.max_new_tokens} new tokens (EOS blocked), T={args.temperature} top_p={args.top_p} "
+        f"rep={args.repetition_penalty}, {args.image_size}x{args.image_size} images, max_pixels {args.max_pixels}")
+    return ctx
 
-    # ---- warm-up (CUDA context, kernels), then the measured run
-    if not args.no_warmup:
-        t = time.perf_counter()
-        warm = requests[0]
-        engine.generate([dataclasses.replace(warm, params=warm.params.replace(n=1, max_new_tokens=4))])
-        phases["warmup"] = time.perf_counter() - t
-        log(f"warm-up (1 row, 4 tokens): {phases['warmup']:.1f}s")
 
+def build(ctx: SimpleNamespace) -> None:
+    """The processor, config, random-weight model and the engine around it (into ``ctx``)."""
+    import torch
+
+    args, device = ctx.args, ctx.device
+    t = time.perf_counter()
+    processor = build_processor()
+    ctx.config = build_config(processor.tokenizer, args.tiny, args.text_layers, args.vision_depth)
+    model = build_model(ctx.config, device, ctx.dtype, args.seed)
+    if args.attn:
+        model.set_attn_implementation(args.attn)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timer = PhaseTimer(engine, device)
-    log(f"generating {rows} rows ...")
+    ctx.phases["model_build"] = time.perf_counter() - t
+    ctx.counts = counts = param_counts(model)
+    ctx.weights_mem = torch.cuda.memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    ctx.attention = model.config._attn_implementation
+    log(f"model built on {device}: {counts['total'] / 1e9:.3f} B parameters (vision {counts['vision'] / 1e9:.3f} B, "
+        f"embedding {counts['embedding'] / 1e9:.3f} B) in {ctx.phases['model_build']:.1f}s; attention {ctx.attention}")
+    ctx.engine = make_engine(args, model, processor, device, ctx.dtype)
+
+
+def prompt_tokens(ctx: SimpleNamespace, request) -> tuple[int, int]:
+    """A request's prompt length in tokens, and how many of them are image tokens."""
+    ids = ctx.engine._encode([request])["input_ids"][0]
+    return int(ids.shape[0]), int((ids == ctx.config.image_token_id).sum())
+
+
+def warm_up(ctx: SimpleNamespace, request) -> None:
+    """One row of 4 tokens through the engine (CUDA context, kernels), once, unless ``--no-warmup``."""
+    if ctx.args.no_warmup or "warmup" in ctx.phases:
+        return
     t = time.perf_counter()
-    out = engine.generate(requests)
-    total = time.perf_counter() - t
-    timer.remove()
-    phases["generate"] = total
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    peak_reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
-    log(f"generate done in {total:.1f}s")
+    ctx.engine.generate([dataclasses.replace(request, params=request.params.replace(n=1, max_new_tokens=4))])
+    ctx.phases["warmup"] = time.perf_counter() - t
+    log(f"warm-up (1 row, 4 tokens): {ctx.phases['warmup']:.1f}s")
 
-    samples = [s for ss in out for s in ss]
-    new_tokens = sum(s.num_tokens or 0 for s in samples)
-    early = sum(1 for s in samples if s.finish_reason != "length" or s.num_tokens != args.max_new_tokens)
-    encode_s, prefill_s, decode_s = sum(timer.encode_s), sum(timer.prefill_s), sum(timer.decode_s)
-    gen_s = prefill_s + decode_s
-    decode_fwd_s = sum(timer.decode_fwd_s)
-    decode_steps = len(timer.decode_fwd_s)
-    decode_row_tokens = sum(min(batch, rows - start) * steps for start in range(0, rows, batch))
-    result = {
-        "prompts": args.prompts, "rows": rows, "samples": len(samples), "new_tokens": new_tokens,
-        "early_stopped_samples": early, "generate_calls": len(timer.prefill_s),
-        "total_s": total, "prompts_per_s": args.prompts / total, "new_tokens_per_s": new_tokens / total,
-        "encode_s": encode_s, "prefill_s": prefill_s, "vision_s": sum(timer.vision_s),
-        "prefill_forward_s": sum(timer.prefill_fwd_s), "decode_s": decode_s, "decode_forward_s": decode_fwd_s,
-        "decode_other_s": decode_s - decode_fwd_s, "decode_steps": decode_steps,
-        "decode_tokens_per_s": decode_row_tokens / decode_s if decode_s > 0 else None,
-        "decode_ms_per_step": 1000 * decode_s / max(1, decode_steps),
-        "decode_forward_ms_per_step": 1000 * decode_fwd_s / max(1, decode_steps),
-        "postprocess_s": total - encode_s - gen_s,
-        "peak_gpu_mem_gb": peak / 1e9 if peak is not None else None,
-        "peak_gpu_reserved_gb": peak_reserved / 1e9 if peak_reserved is not None else None,
-        "weights_gpu_mem_gb": weights_mem / 1e9 if weights_mem is not None else None,
-    }
-    if bound["tokens_per_s_decode_read"] and result["decode_tokens_per_s"]:
-        result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound["tokens_per_s_decode_read"]
 
-    r = result
-    reached = r.get("decode_fraction_of_bound")
-    print("\n== stage 2 through the transformers engine ==", flush=True)
-    rows_table = [
-        ("device", f"{gpu or device} ({dtype})"),
-        ("model", f"{arch} random weights, {counts['total'] / 1e9:.2f} B params"),
-        ("rows (prompts x n) / batch", f"{rows} ({args.prompts} x {args.n}) / {batch}, {r['generate_calls']} call(s)"),
-        ("prompt tokens (image)", f"{prompt_len} ({image_tokens})"),
-        ("new tokens", f"{new_tokens} ({early} samples stopped early)"),
-        ("total", f"{total:.1f} s"),
-        ("prompts/s", f"{r['prompts_per_s']:.3f}"),
-        ("generated tokens/s", f"{r['new_tokens_per_s']:.1f}"),
-        ("encode (processor)", f"{encode_s:.2f} s"),
-        ("prefill", f"{prefill_s:.2f} s (vision tower {r['vision_s']:.2f} s, "
-                    f"prompt forward {r['prefill_forward_s']:.2f} s)"),
-        ("decode", f"{decode_s:.2f} s = forwards {decode_fwd_s:.2f} s + sampling/other {r['decode_other_s']:.2f} s"),
-        ("decode per step", f"{r['decode_ms_per_step']:.1f} ms (forward {r['decode_forward_ms_per_step']:.1f} ms), "
-                            f"{r['decode_steps']} steps"),
-        ("decode tokens/s", f"{fmt(r['decode_tokens_per_s'], '.1f')}"),
-        ("bandwidth bound tokens/s", f"{fmt(bound['tokens_per_s_decode_read'])} "
-                                     f"({fmt(reached and 100 * reached, '.1f')}% reached)"),
-        ("postprocess (detokenize)", f"{r['postprocess_s']:.2f} s"),
-        ("peak GPU memory", f"{fmt(r['peak_gpu_mem_gb'], '.1f')} GB allocated "
-                            f"({fmt(r['peak_gpu_reserved_gb'], '.1f')} GB reserved; weights "
-                            f"{fmt(r['weights_gpu_mem_gb'], '.1f')} GB)"),
-    ]
-    for k, v in rows_table:
-        print(f"  {k:<28} {v}", flush=True)
-    print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()), flush=True)
+def stage2_part(ctx: SimpleNamespace) -> dict:
+    """Stage 2 with each sampler in ``--samplers`` (a warm-up first unless ``--no-warmup``)."""
+    args, engine = ctx.args, ctx.engine
+    requests, blocked = make_requests(args, engine.tokenizer)
+    prompt_len, image_tokens = prompt_tokens(ctx, requests[0])
+    log(f"{len(requests)} stage-2 requests; prompt {prompt_len} tokens ({image_tokens} image tokens); "
+        f"blocked words {list(blocked)}")
+    warm_up(ctx, requests[0])
+    bound = decode_bound(ctx.config, ctx.counts, ctx.dtype, ctx.batch, prompt_len, args.max_new_tokens, ctx.bandwidth)
+    print_bound(bound, f"stage 2, {ctx.batch} rows", ctx.source)
+    cases = {}
+    samplers = args.samplers.split(",")
+    for name in samplers:
+        log(f"stage 2, {name} sampler: generating {ctx.rows} rows ...")
+        t = time.perf_counter()
+        cases[f"stage 2, {name} sampler"] = run_case(engine, requests, legacy=name == "old", batch=ctx.batch,
+                                                     device=ctx.device, max_new_tokens=args.max_new_tokens,
+                                                     sampled=args.temperature > 0)
+        ctx.phases[f"stage2_{name}"] = time.perf_counter() - t
+    print_cases(f"stage 2 through the transformers engine ({ctx.gpu or ctx.device}, {ctx.arch}, "
+                f"{ctx.counts['total'] / 1e9:.2f} B params, prompt {prompt_len} tokens of which {image_tokens} "
+                f"image)", cases, bound)
+    return {"bound": bound, "stage2": cases, "result": cases[f"stage 2, {samplers[-1]} sampler"]}
 
-    report = {"args": vars(args), "device": str(device), "gpu": gpu, "dtype": str(dtype),
-              "torch": torch.__version__, "transformers": transformers.__version__, "params": counts,
-              "config": {"text": {k: getattr(text, k) for k in ("hidden_size", "num_hidden_layers",
-                                                               "num_attention_heads", "num_key_value_heads",
-                                                               "intermediate_size", "vocab_size")},
-                         "vision_depth": config.vision_config.depth},
-              "bound": bound, "result": result, "phases_s": phases,
-              "example_sample": samples[0].text[:200] if samples else None,
-              "wall_s": time.perf_counter() - T_START}
+
+def eval_part(ctx: SimpleNamespace) -> dict:
+    """Eval-shaped greedy requests before (the code of before, ``--eval-batches``' first size) and after."""
+    args = ctx.args
+    requests = make_eval_requests(args)
+    prompt_len, _ = prompt_tokens(ctx, requests[0])
+    warm_up(ctx, requests[0])
+    before, after = (int(b) for b in args.eval_batches.split(","))
+    cases, bounds = {}, {}
+    for label, legacy, batch in (("before", True, before), ("after", False, after)):
+        bounds[label] = decode_bound(ctx.config, ctx.counts, ctx.dtype, min(batch, len(requests)), prompt_len,
+                                     args.eval_max_new_tokens, ctx.bandwidth)
+        log(f"eval {label}: {len(requests)} greedy requests, batch {batch} ...")
+        t = time.perf_counter()
+        cases[f"eval, {label} (batch {batch})"] = run_case(ctx.engine, requests, legacy=legacy, batch=batch,
+                                                           device=ctx.device, sampled=False,
+                                                           max_new_tokens=args.eval_max_new_tokens)
+        ctx.phases[f"eval_{label}"] = time.perf_counter() - t
+    for (name, case), bound in zip(cases.items(), bounds.values()):
+        print_cases(f"{name}: eval-shaped greedy requests, prompt {prompt_len} tokens, "
+                    f"{args.eval_max_new_tokens} new tokens at most", {name: case}, bound)
+    return {"eval": cases, "eval_bounds": bounds}
+
+
+def main() -> None:
+    import torch
+    import transformers
+
+    args = parse_args()
+    ctx = setup(args)
+    ctx.phases["imports"] = time.perf_counter() - T_START
+    build(ctx)
+    config = ctx.config
+    report = {"args": vars(args), "device": str(ctx.device), "gpu": ctx.gpu, "dtype": str(ctx.dtype),
+              "torch": torch.__version__, "transformers": transformers.__version__, "params": ctx.counts,
+              "attention": ctx.attention, "weights_gpu_mem_gb": ctx.weights_mem,
+              "config": {"text": {k: getattr(config.text_config, k) for k in
+                                  ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                   "intermediate_size", "vocab_size")}, "vision_depth": config.vision_config.depth}}
+    parts = args.parts.split(",")
+    if "stage2" in parts:
+        report.update(stage2_part(ctx))
+    if "eval" in parts:
+        report.update(eval_part(ctx))
+    print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ctx.phases.items()), flush=True)
+    report.update(phases_s=ctx.phases, wall_s=time.perf_counter() - T_START)
     dest = Path(args.json) if args.json else Path(os.environ.get("OUT") or ".") / "gpu_stage2.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(report, indent=2, default=str))
     log(f"wrote {dest}; wall {report['wall_s']:.1f}s")
-    if early:
-        log(f"WARNING: {early} samples did not run to {args.max_new_tokens} tokens")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from builder.engines import sampler_of
 from builder.engines.base import PromptTooLong
 from builder.engines.pool import EngineCache
 from builder.prompts import Prompts
@@ -151,11 +152,15 @@ def _join_source(run: RunDir, table: str, rows: list[dict[str, Any]], columns: S
 
 def stage_settings(settings: Any, section: str) -> dict[str, Any]:
     """What a stage's rows depend on: the global seed, the template folder and the stage's settings section
-    (engine kind and options excluded: the same model may be served differently on different machines)."""
+    (engine kind and options excluded: the same model may be served differently on different machines), and the
+    version of the seeded sampler of an engine that draws tokens itself (:attr:`builder.engines.Engine.sampler`)."""
     d = settings.to_dict()
     sec = {k: v for k, v in d[section].items() if k not in ("engine", "engine_options")}
-    return {"seed": d["seed"], "template_dir": d["template_dir"], section: sec,
-            "templates": settings.make_prompts().fingerprint()}
+    out = {"seed": d["seed"], "template_dir": d["template_dir"], section: sec,
+           "templates": settings.make_prompts().fingerprint()}
+    # an engine that draws the tokens itself: its sampler's version (:func:`_samplers_clash`); None for the others
+    out["sampler"] = {k: sampler_of(v) for k, v in d[section].items() if k.endswith("engine") and isinstance(v, str)}
+    return out
 
 
 @dataclass
@@ -207,11 +212,28 @@ def _same_settings(run: RunDir, stage: str, settings: dict[str, Any]) -> None:
     """Refuse to add chunks made with other settings than the finished ones: the rows would mix two configurations."""
     for path, old in run.chunk_settings(stage).items():
         old = {k: v for k, v in old.items() if k != SKIPPED}  # what a chunk skipped is not a setting
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k)
-                      and not (k == "templates" and k not in old))  # runs made before fingerprints
+        diff = sorted(k for k in set(old) | set(settings) if _differs(k, old, settings))
         if diff:
             raise StoreError(f"{path}: made with other {stage} settings (differ in {diff}); use a new run "
                              f"directory, or delete the {stage} folder to redo the stage")
+
+
+def _differs(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    if key == "templates" and key not in old:  # runs made before fingerprints
+        return False
+    if key == "sampler":
+        return _samplers_clash(old.get(key), new.get(key) or {})
+    return old.get(key) != new.get(key)
+
+
+def _samplers_clash(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a chunk's rows were sampled otherwise than the engines given now would sample: an engine with a
+    sampler of its own (e.g. the transformers engine) resuming chunks of another version of it, or of a time
+    before versions were recorded (``old`` None); an engine without one (vLLM, a server) clashes with nothing,
+    as the engine's choice is free."""
+    if old is None:
+        return any(new.values())
+    return any(v and old.get(k) and old.get(k) != v for k, v in new.items())
 
 
 def chunk_rows(spec: StageSpec, chunk: list[Item], settings: Any, prompts: Prompts, engines: dict[str, Any], *,

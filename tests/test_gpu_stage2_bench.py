@@ -33,14 +33,22 @@ def test_the_7b_architecture_on_the_meta_device():
 
 
 def test_tiny_run_end_to_end_on_cpu(tmp_path, monkeypatch):
+    """Both parts, both samplers: stage 2 with the sampler of before and today's, eval-shaped greedy requests
+    before (1 row a call) and after (3 rows a call)."""
     out = tmp_path / "bench.json"
     monkeypatch.setattr("sys.argv", ["gpu_stage2.py", "--tiny", "--device", "cpu", "--prompts", "2", "--n", "2",
                                      "--max-new-tokens", "3", "--batch-size", "3", "--bandwidth-gbs", "10",
-                                     "--no-warmup", "--json", str(out)])
+                                     "--eval-items", "3", "--eval-max-new-tokens", "2", "--eval-batches", "1,3",
+                                     "--eval-image-size", "64", "48", "--no-warmup", "--json", str(out)])
     _bench().main()
     report = json.loads(out.read_text())
-    result = report["result"]
-    assert result["samples"] == 4 and result["new_tokens"] == 4 * 3 and result["early_stopped_samples"] == 0
-    assert result["generate_calls"] == 2 and result["decode_steps"] == 2 * 2
-    assert result["prefill_s"] > 0 and result["decode_s"] > 0 and result["vision_s"] > 0
+    assert list(report["stage2"]) == ["stage 2, old sampler", "stage 2, new sampler"]
+    for result in report["stage2"].values():
+        assert result["samples"] == 4 and result["new_tokens"] == 4 * 3 and result["early_stopped_samples"] == 0
+        assert result["generate_calls"] == 2 and result["decode_steps"] == 2 * 2
+        assert result["prefill_s"] > 0 and result["decode_s"] > 0 and result["vision_s"] > 0
+        assert result["decode_fraction_of_bound"] > 0
     assert report["bound"]["tokens_per_s_decode_read"] > 0 and report["bound"]["rows_per_step"] == 3
+    before, after = report["eval"].values()
+    assert (before["generate_calls"], after["generate_calls"]) == (3, 1)
+    assert before["items_per_s"] > 0 and after["samples"] == 3 and report["eval_bounds"]["after"]["rows_per_step"] == 3

@@ -96,11 +96,16 @@ def _check_source(kind: str, module: str, name: str) -> None:
     raise ValueError(f"engine {kind!r} is not an engine: {origin} defines no class {name!r}")
 
 
+def sampler_of(kind: str) -> str | None:
+    """The seeded-sampler version (:attr:`Engine.sampler`) of a built-in engine kind, else None."""
+    return getattr(engine_class(kind), "sampler", None) if kind in ENGINES else None
+
+
 def load_engine(kind: str, model: str, **options: Any) -> Engine:
     """Build an engine by name (:func:`engine_class`): ``transformers``, ``vllm``, ``openai``, an installed one."""
     return engine_class(kind)(model, **options)
 
 
 __all__ = ["ALLOW_MODULES_ENV", "ENGINES", "ENTRY_POINT_GROUP", "RAY_VLLM", "Engine", "MissingPackage", "PromptTooLong",
-           "Request", "Sample",
-           "SamplingParams", "cap_pixels", "engine_class", "iter_images", "load_engine", "registered_engines"]
+           "Request", "Sample", "SamplingParams", "cap_pixels", "engine_class", "iter_images", "load_engine",
+           "registered_engines", "sampler_of"]

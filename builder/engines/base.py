@@ -53,6 +53,9 @@ class Engine(abc.ABC):
     """Turns requests into ``n`` samples each, in request order."""
 
     name: str = "base"
+    sampler: str | None = None
+    """The version of the engine's own seeded sampling, where the engine draws the tokens itself (a run's chunks
+    record it, so a resume with another version is refused); None: the engine promises no such thing."""
 
     def __init__(self, model: str, **options: Any) -> None:
         self.model_id = model

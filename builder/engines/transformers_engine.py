@@ -4,14 +4,17 @@ Options (``load_engine("transformers", model, **options)``):
 
 ``device``      ``"auto"`` (CUDA when there is one, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``
 ``dtype``       ``"auto"`` (bfloat16 on GPU, float32 on CPU), or a torch dtype name
-``batch_size``  requests generated together (default 8)
+``batch_size``  rows (samples) generated together in one ``generate`` call (default 8 on CPU, 64 on a GPU)
 ``gguf_file``   load a GGUF file from the ``model`` folder (``model`` may also be the ``.gguf`` path itself)
 ``revision``, ``trust_remote_code``, ``attn_implementation``: passed to ``from_pretrained``
 
-Sampling and seeds: every sample is one row of a batch (left padding) and draws its tokens with its own
-``torch.Generator``, seeded from the request's ``seed`` and the sample's index, so what it gets depends on
-nothing but the request: resuming, sharding or re-chunking a run gives the same bytes. A greedy request is
-generated once and its sample repeated ``n`` times (as vLLM does). ``bad_words`` are blocked at generation time (the word
+Sampling and seeds: every sample is one row of a batch (left padding). All rows of a ``generate`` call draw
+their tokens at once (:func:`sample_rows`), each from its own uniforms: a counter-based hash of the row's seed
+(from the request's ``seed`` and the sample's index) and the step (:func:`row_uniforms`). So a row's draw
+depends on its seed, the step and its own logits only, never on the batch it shares or its place in it:
+resuming, sharding or re-chunking a run gives the same bytes wherever the model's logits for a row do not depend
+on the batch either (README, "What is byte-stable"). :data:`SAMPLER` versions this scheme. A greedy request is
+generated once and its sample repeated ``n`` times (as vLLM does); greedy requests are batched too. ``bad_words`` are blocked at generation time (the word
 and its space-prefixed form, as token sequences); ``stop`` strings end generation and are cut from the text.
 A model with a ``vision_config`` is a VLM: its images are capped at ``max_pixels`` and go through its
 processor; Qwen2-VL / Qwen2.5-VL get an image-only processor where torchvision is missing
@@ -28,9 +31,18 @@ from typing import Any
 from .base import (Engine, PromptTooLong, Request, Sample, SamplingParams, cap_pixels, iter_images, past_context,
                    require_local_model)
 
+SAMPLER = "row-hash-icdf/1"
+"""The seeded sampler's version: what a sample's bytes depend on besides the model, its inputs and the settings.
+A change to how rows draw their tokens gets a new version, so that a run made with the old one is not resumed
+with the new one (the stage runner records it with every chunk: :func:`builder.engines.sampler_of`)."""
+
+
+DEFAULT_GPU_BATCH = 64  # rows per generate call on a GPU: decoding reads the weights once a step for all of them
+
 
 class TransformersEngine(Engine):
     name = "transformers"
+    sampler = SAMPLER
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
@@ -39,11 +51,12 @@ class TransformersEngine(Engine):
         from transformers import AutoConfig
 
         opts = dict(options)
-        self.batch_size = int(opts.pop("batch_size", 8))
+        batch_size = opts.pop("batch_size", None)
         device = opts.pop("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.batch_size = int(batch_size or (DEFAULT_GPU_BATCH if self.device.type == "cuda" else 8))
         dtype = opts.pop("dtype", "auto")
         if dtype in ("auto", None):
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -132,7 +145,7 @@ class TransformersEngine(Engine):
         return [i for i in ids if i] or None
 
     def _gen_kwargs(self, p: SamplingParams) -> dict[str, Any]:
-        # Sampling itself happens in _RowSampler (one generator per row); generate() then takes the argmax.
+        # Sampling itself happens in _RowSampler (all rows at once); generate() then takes the argmax.
         kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "do_sample": False, "temperature": None,
                               "top_p": None, "top_k": None, "repetition_penalty": p.repetition_penalty,
                               "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": sorted(self.eos_ids)}
@@ -155,11 +168,31 @@ class TransformersEngine(Engine):
         if processors:
             kw["logits_processor"] = LogitsProcessorList(processors)
         if params.stop:
-            kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, params.stop,
-                                                                         enc["input_ids"].shape[1])])
+            kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(
+                self.tokenizer, params.stop, enc["input_ids"].shape[1], self._stop_candidates(params.stop))])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw)
         return [self._sample(ids, params) for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
+
+    def _stop_candidates(self, stops: tuple[str, ...]):
+        """The tokens after which one of ``stops`` may newly appear in the decoded text (a boolean tensor over the
+        model's vocabulary, kept per set of last characters): those whose own text holds a stop's last character,
+        or a replacement character (a byte of a character split across tokens). None where a stop ends in
+        whitespace (a SentencePiece token drops its leading space when decoded alone): every step is checked."""
+        import torch
+
+        ends = frozenset(s[-1] for s in stops if s)
+        if any(c.isspace() for c in ends):
+            return None
+        cache = self.__dict__.setdefault("_stop_masks", {})
+        if ends not in cache:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            known = min(vocab, len(self.tokenizer))
+            pieces = self.tokenizer.batch_decode([[i] for i in range(known)], skip_special_tokens=True)
+            mask = torch.zeros(vocab, dtype=torch.bool)  # ids past the tokenizer decode to nothing
+            mask[:known] = torch.tensor([any(c in p for c in ends) or "\ufffd" in p for p in pieces])
+            cache[ends] = mask.to(self.device)
+        return cache[ends]
 
     def _check_context(self, rows: list[tuple[Request, int | None]], lengths: list[int], new_tokens: int) -> None:
         """Refuse, before generating, a prompt whose tokens (images included) and new tokens pass the model's
@@ -230,33 +263,73 @@ def _row_seed(seed: int | None, j: int) -> int:
     return (int(seed) * 1_000_003 + j) % 2**63
 
 
-class _RowSampler:
-    """Draws each row's next token with that row's own ``torch.Generator`` (temperature, top-k, top-p), after
-    the other processors (repetition penalty, bad words); generate() then takes the drawn token as argmax.
-    So a sample depends only on its request and seed, never on what else shares the batch."""
+def row_uniforms(seeds: list[int], steps: int):
+    """The uniform draws in [0, 1) of rows with ``seeds`` for steps ``0 .. steps-1``, shape (rows, steps), float64:
+    a counter-based hash (SplitMix64 of the seed, then of that plus the step; 53 bits), so a row's draw at a step
+    depends on its seed and the step only, on every machine."""
+    import numpy as np
 
-    def __init__(self, params: SamplingParams, seeds: list[int | None]) -> None:
-        self.params, self.seeds, self.generators = params, seeds, None
+    s = np.asarray([int(x) % 2**64 for x in seeds], dtype=np.uint64)[:, None]
+    t = np.arange(steps, dtype=np.uint64)[None, :]
+    x = _splitmix64(_splitmix64(s) + t)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _splitmix64(x):
+    import numpy as np
+
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_rows(scores, params: SamplingParams, uniforms):
+    """One token per row of ``scores`` (rows x vocab, after repetition penalty and bad words), all rows at once:
+    temperature, then top-k (every token at least as likely as the k-th), then top-p (the smallest prefix of the
+    tokens by falling probability that reaches ``top_p``), then the token where the row's uniform falls in the
+    kept tokens' cumulative distribution (float64). Row ``r``'s token depends on ``scores[r]`` and
+    ``uniforms[r]`` only: no generator, no per-row loop, no host sync."""
+    import torch
+
+    logits = scores.float() / params.temperature
+    vocab = logits.shape[-1]
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, vocab), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    order = None
+    if params.top_p < 1.0:
+        logits, order = torch.sort(logits, dim=-1, descending=True)  # deterministic for a given row
+    probs = logits.softmax(-1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    if order is None:
+        last = torch.full_like(uniforms, vocab - 1, dtype=torch.long).unsqueeze(-1)
+    else:  # the kept prefix: tokens whose preceding mass is still under top_p (at least the first)
+        last = ((cdf - probs) < params.top_p).sum(-1, keepdim=True).clamp_(min=1) - 1
+    total = cdf.gather(-1, last)
+    picked = torch.searchsorted(cdf, uniforms.to(cdf.dtype).unsqueeze(-1) * total, right=True)
+    picked = torch.minimum(picked, last)
+    return picked if order is None else order.gather(-1, picked)
+
+
+class _RowSampler:
+    """A logits processor that draws each row's next token (:func:`sample_rows`) with that row's uniforms
+    (:func:`row_uniforms` of its seed), after the other processors (repetition penalty, bad words); generate()
+    then takes the drawn token as argmax. So a sample depends only on its request and seed, never on what else
+    shares the batch or where its row is in it."""
+
+    def __init__(self, params: SamplingParams, seeds: list[int]) -> None:
+        self.params, self.seeds, self.uniforms, self.start = params, seeds, None, None
 
     def __call__(self, input_ids, scores):
         import torch
 
-        if self.generators is None:
-            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        p = self.params
-        logits = scores.float() / p.temperature
-        if p.top_k > 0:
-            kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            sorted_probs = sorted_logits.softmax(-1)
-            drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p  # keep the smallest prefix reaching top_p
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        probs = logits.softmax(-1)
-        picked = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter(-1, picked, 0.0)
+        if self.uniforms is None:
+            self.start = input_ids.shape[1]
+            table = row_uniforms(self.seeds, self.params.max_new_tokens)
+            self.uniforms = torch.from_numpy(table).to(scores.device)
+        picked = sample_rows(scores, self.params, self.uniforms[:, input_ids.shape[1] - self.start])
+        return torch.full_like(scores, float("-inf")).scatter_(-1, picked, 0.0)
 
 
 class _TokenMeter:
@@ -291,18 +364,34 @@ def _open_bar() -> Any:
 
 
 class _StopStrings:
-    """Stops a row once its *generated* text holds a stop string (the prompt does not count, as in vLLM)."""
+    """Stops a row once its *generated* text holds a stop string (the prompt does not count, as in vLLM).
 
-    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int) -> None:
+    ``candidates``: a boolean tensor over the vocabulary, True for the tokens after which a stop string may have
+    newly appeared (:meth:`TransformersEngine._stop_candidates`); only rows whose last token is one have their
+    tail decoded (None: every row, every step)."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int, candidates=None) -> None:
         self.tokenizer, self.stops, self.prompt_len = tokenizer, [s for s in stops if s], prompt_len
         self.window = 2 * max((len(s) for s in self.stops), default=1) + 8  # tokens: enough for any stop string
+        self.candidates = candidates
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        new = input_ids[:, self.prompt_len:]
-        tails = self.tokenizer.batch_decode(new[:, -self.window:], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.candidates is None:
+            rows = list(range(input_ids.shape[0]))
+        else:
+            self.candidates = self.candidates.to(input_ids.device)
+            rows = self.candidates[input_ids[:, -1]].nonzero().flatten().tolist()
+        if not rows:
+            return done
+        tail = input_ids[rows, max(self.prompt_len, input_ids.shape[1] - self.window):]
+        texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
+        hits = [r for r, text in zip(rows, texts) if any(s in text for s in self.stops)]
+        if hits:
+            done[hits] = True
+        return done
 
 
 def _key(request: Request):
