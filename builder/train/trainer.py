@@ -149,13 +149,22 @@ def trl_args(stage: str, recipe: Recipe, output: Path, opts: Options, use_gpu: b
         per_device_train_batch_size=recipe.per_device_train_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, lr_scheduler_type=recipe.lr_scheduler_type,
         warmup_steps=recipe.warmup_steps, max_length=recipe.max_length, logging_steps=logging_steps,
-        save_steps=recipe.save_steps, gradient_checkpointing=recipe.gradient_checkpointing and use_gpu,
+        save_steps=recipe.save_steps, **{_checkpointing_field(trl.SFTConfig): recipe.gradient_checkpointing and use_gpu},
         bf16=use_gpu, use_cpu=not use_gpu, report_to=[], max_steps=opts.max_steps or -1,
         disable_tqdm=not opts.progress, dataloader_num_workers=0, remove_unused_columns=False, **recipe.extra)
     if stage == "sft":
         return trl.SFTConfig(**common, completion_only_loss=True)
     return trl.DPOConfig(**common, beta=recipe.beta, loss_type=list(recipe.loss_type),
                          loss_weights=list(recipe.loss_weights))
+
+
+def _checkpointing_field(config_class: type) -> str:
+    """transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name warns);
+    the GPU set's older transformers has only the old one."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def build_trainer(stage: str, source: Path, model: str, output: Path, recipe: Recipe, opts: Options) -> Any:
