@@ -70,7 +70,7 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
                "X_O>X_X": "sample"}
 
 BATCH_ROWS = 8192  # rows per rendered record batch
-SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
+SORT_MEMORY_BYTES = 256 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 
 
 DPO_PAIR_RULES = ("authors", "all")
@@ -243,7 +243,7 @@ def _parquet(stage: str, p: Path, dictionary: Sequence[str] = ()) -> pq.ParquetF
 
 
 def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | None = None,
-            dictionary: Sequence[str] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
+            dictionary: Sequence[str] = (), batch_rows: int = 16384) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(number of its first row, batch)`` over every file of ``stage`` in order, rows numbered across the files;
     ``rows`` (sorted): only the row groups that hold one of them are read."""
     start = 0
@@ -254,10 +254,17 @@ def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | 
             lo = int(np.searchsorted(rows, start)) if rows is not None else 0
             if rows is None or (lo < len(rows) and rows[lo] < start + n):
                 at = start
-                for batch in _batches(stage, p, columns, row_groups=[g], file=f):
+                for batch in _batches(stage, p, columns, row_groups=[g], file=f, batch_rows=batch_rows):
                     yield at, batch
                     at += batch.num_rows
+                _release()
             start += n
+
+
+def _release() -> None:
+    """Hand the memory Arrow's allocator keeps cached back to the system (mimalloc holds freed pages per thread:
+    without this, reading a stage leaves several times the live data resident)."""
+    pa.default_memory_pool().release_unused()
 
 
 def _unreadable(path: Path, e: Exception) -> Exception:
@@ -339,6 +346,8 @@ class _Routed:
         self._sinks: list[dict[int, Any]] = [{} for _ in takes]
         self._dicts: dict[str, list[pa.Array]] = {}
         self._dict_len: dict[str, int] = {}
+        self._indexed: dict[str, bool] = {}
+        self._last: dict[str, tuple[tuple, int]] = {}  # per column: its last dictionary and where it starts
         self._schema: pa.Schema | None = None
         self.texts: dict[str, pa.Array] = {}
         try:
@@ -365,7 +374,7 @@ class _Routed:
                 self._size(batch)
             for f, (lo, hi) in enumerate(spans):
                 if lo < hi:
-                    self._put(f, batch.take(pa.array(src[f][lo:hi] - start)), by_src[f][lo:hi])
+                    self._put(f, batch, src[f][lo:hi] - start, by_src[f][lo:hi])
         for sinks in self._sinks:
             for sink in sinks.values():
                 if not isinstance(sink, list):
@@ -374,13 +383,22 @@ class _Routed:
         self._dicts = {}
 
     def _plain(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Dictionary columns as global indices (a dictionary the batches of one row group share, once); one whose
+        dictionary holds over 8 bytes a row (decided at its first batch) as plain strings: its dictionaries would
+        grow with the stage."""
         columns = []
         for name, col in zip(batch.schema.names, batch.columns):
+            if pa.types.is_dictionary(col.type) and not self._indexed.setdefault(
+                    name, col.dictionary.nbytes <= 8 * len(col)):
+                col = col.cast(col.type.value_type)
             if pa.types.is_dictionary(col.type):
-                offset = self._dict_len.get(name, 0)
-                self._dicts.setdefault(name, []).append(col.dictionary)
-                self._dict_len[name] = offset + len(col.dictionary)
-                col = pc.add(col.indices.cast(pa.int64()), offset)
+                d = col.dictionary
+                same = (d.buffers()[-1].address if d.buffers()[-1] is not None else 0, len(d), d.offset)
+                if self._last.get(name, (None,))[0] != same:
+                    self._last[name] = (same, self._dict_len.get(name, 0))
+                    self._dicts.setdefault(name, []).append(d)
+                    self._dict_len[name] = self._last[name][1] + len(d)
+                col = pc.add(col.indices.cast(pa.int64()), self._last[name][1])
             columns.append(col)
         batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
         self._schema = self._schema or batch.schema
@@ -392,12 +410,14 @@ class _Routed:
         share = self._bucket_rows or max(self.batch_rows, self._memory // per_row // max(1, len(self.takes)) // 2)
         self.bucket_rows = [max(1, min(int(share), len(t))) for t in self.takes]
 
-    def _put(self, f: int, part: pa.RecordBatch, out: np.ndarray) -> None:
+    def _put(self, f: int, batch: pa.RecordBatch, rows: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``rows`` of ``batch`` (outputs ``out``) to their buckets' sinks, taken in one copy."""
         size = self.bucket_rows[f]
         b = out // size
         by_bucket = np.argsort(b, kind="stable")
-        part = pa.RecordBatch.from_arrays(part.columns + [pa.array(out % size)],
-                                          names=part.schema.names + ["__slot"]).take(pa.array(by_bucket))
+        part = batch.take(pa.array(rows[by_bucket]))
+        part = pa.RecordBatch.from_arrays(part.columns + [pa.array(out[by_bucket] % size)],
+                                          names=part.schema.names + ["__slot"])
         b = b[by_bucket]
         bounds = np.flatnonzero(np.diff(b)) + 1
         for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
@@ -430,6 +450,7 @@ class _Routed:
                     [self.texts[n].take(_one_chunk(part.column(n))) if n in self.texts else _one_chunk(part.column(n))
                      for n in part.column_names], names=part.column_names)
             del t
+            _release()
 
     def _bucket(self, f: int, bi: int) -> pa.Table:
         sink = self._sinks[f].pop(bi, None)
@@ -562,7 +583,10 @@ def _index_samples(run: Any) -> dict[str, Any]:
         keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
         if not len(keep):
             continue
-        b = b.take(pa.array(keep))
+        thought = b.column("thought")  # measured, never copied
+        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
+        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
+        b = b.drop_columns(["thought"]).take(pa.array(keep))
         parts["row"].append(start + keep)
         hi, lo = _id_prefix(b.column("sample_id"))
         parts["hi"].append(hi)
@@ -575,9 +599,6 @@ def _index_samples(run: Any) -> dict[str, Any]:
         options = b.column("options")
         parts["opt_bytes"].append(pc.binary_length(pc.list_flatten(options)).to_numpy(zero_copy_only=False))
         parts["opt_count"].append(pc.fill_null(pc.list_value_length(options), 0).to_numpy(zero_copy_only=False))
-        thought = b.column("thought")
-        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False))
-        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False))
         parts["pred"].append(b.column("pred_index").to_numpy(zero_copy_only=False))
         parts["ok"].append(b.column("correct").to_numpy(zero_copy_only=False))
     out = {k: np.concatenate(v) if v else np.zeros(0, _EMPTY.get(k, np.int64)) for k, v in parts.items()}
@@ -599,15 +620,15 @@ def _index_expansions(run: Any) -> dict[str, np.ndarray]:
         keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
         if not len(keep):
             continue
-        b = b.take(pa.array(keep))
+        thought = b.column("long_thought")  # measured, never copied
+        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
+        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
+        b = b.drop_columns(["long_thought"]).take(pa.array(keep))
         parts["row"].append(start + keep)
         hi, lo = _id_prefix(b.column("expansion_id"))
         parts["hi"].append(hi)
         parts["lo"].append(lo)
         parts["of"].append(id_hash(b.column("sample_id")))
-        thought = b.column("long_thought")
-        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False))
-        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False))
         parts["pred"].append(b.column("pred_index").to_numpy(zero_copy_only=False))
         parts["ok"].append(b.column("correct").to_numpy(zero_copy_only=False))
     return {k: np.concatenate(v) if v else np.zeros(0, _EMPTY.get(k, np.int64)) for k, v in parts.items()}
@@ -616,16 +637,25 @@ def _index_expansions(run: Any) -> dict[str, np.ndarray]:
 _EMPTY = {"hi": np.uint64, "lo": np.uint64, "h": np.uint64, "of": np.uint64, "ok": bool}
 
 
-def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array]) -> np.ndarray:
+def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array],
+              h: np.ndarray | None = None) -> np.ndarray:
     """Dense ranks of ids in string order, from their 16-byte prefixes; ids whose prefixes tie are compared in
-    full (``full_ids`` of those rows: read again from the files)."""
+    full (``full_ids`` of those rows: read again from the files). With ``h`` (a 64-bit hash of each whole id),
+    ids of equal prefix and equal hash count as equal without a read (repeated ids, such as the sample of each
+    of its expansions); a group that mixes hashes is read."""
     n = len(hi)
     if not n:
         return np.zeros(0, np.int64)
-    o = np.lexsort((lo, hi))
-    new = np.r_[True, (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])]
+    hashed = h is not None
+    h = h if hashed else np.zeros(n, np.uint64)
+    o = np.lexsort((h, lo, hi))
+    hi_o, lo_o, h_o = hi[o], lo[o], h[o]
+    new = np.r_[True, (hi_o[1:] != hi_o[:-1]) | (lo_o[1:] != lo_o[:-1])]
+    new_h = new | np.r_[True, h_o[1:] != h_o[:-1]]
+    del hi_o, lo_o, h_o
     g = np.cumsum(new) - 1
-    tied = np.bincount(g)[g] > 1
+    tied = (np.bincount(g, weights=new_h & ~new) > 0)[g] if hashed else np.bincount(g)[g] > 1
+    new = new_h
     if tied.any():
         seg = np.flatnonzero(tied)
         ids = _one_chunk(full_ids(o[seg])).cast(pa.large_string())
@@ -686,15 +716,14 @@ def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
     del type_rank
     s_of = np.concatenate([np.arange(n_s), e_s])[order]
     is_exp = order >= n_s
-    length = np.concatenate([S["len"], E["len"]])[order].astype(np.int64)
-    added = length - np.where(is_exp, S["len"][s_of], 0)
-    pred = np.concatenate([S["pred"], E["pred"]])[order].astype(np.int64)
+    length = np.concatenate([S["len"], E["len"]])[order].astype(np.int32)
+    added = length - np.where(is_exp, S["len"][s_of], 0).astype(np.int32)
+    pred = np.concatenate([S["pred"], E["pred"]])[order].astype(np.int32)
     src = _RunSource(run=run, s_row=s_row, s=s_of, e_row=np.where(is_exp, e_row[np.clip(order - n_s, 0, None)], -1)
                      if n_e else np.full(len(order), -1, np.int64), memory_bytes=memory_bytes)
     tr = _Traces(cot_type=cot[order], key=key[order], mcq=S["mcq"][s_of].astype(np.int64), mcq_names=S["mcq_names"],
-                 sample=s_of.astype(np.int64), prompt=S["prompt"][s_of].astype(np.int64), length=length,
-                 added=added, pred=pred,
-                 thought_bytes=np.concatenate([S["bytes"], E["bytes"]])[order].astype(np.int64),
+                 sample=s_of, prompt=S["prompt"][s_of].astype(np.int64), length=length, added=added, pred=pred,
+                 thought_bytes=np.concatenate([S["bytes"], E["bytes"]])[order].astype(np.int32),
                  answer_bytes=lambda fmt: _answer_bytes(S, s_of, pred, fmt),
                  targets=lambda at, fmt: _run_targets(tr, at, fmt),
                  trace_ids=lambda at: trace_ids(tr, at), src=src)
@@ -1349,20 +1378,30 @@ def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: st
         return
     mcqs = {c: _one_chunk(m[c]) for c in _MCQ_COLUMNS}
     del m
-    # the first sample of each MCQ (by sample_index, then sample_id) and its prompt
-    keys = ("mcq_id", "sample_index", "sample_id")
-    s = _read(run, table_for("short_thought"), keys + ("system_prompt", "user_text", "options", "answer_index", "answer_format"),
-              dictionary=("system_prompt", "user_text"))
-    order = pc.sort_indices(s.select(list(keys)), [(k, "ascending") for k in keys])
-    ids = _one_chunk(s["mcq_id"].take(order))
-    starts = np.r_[0, np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1] \
-        if len(ids) else np.zeros(0, np.int64)
-    first = s.take(order.take(pa.array(starts, pa.int64())))
-    first = {c: _one_chunk(first[c]) for c in first.column_names}
-    del s, order, ids
+    first = _first_samples(run)
     at, has = _positions(mcqs["mcq_id"], first["mcq_id"])
     for sl in _chunks(len(at), batch_rows):
         yield _mcq_batch({c: v[sl] for c, v in mcqs.items()}, first, at[sl], has[sl], variant, opts)
+
+
+def _first_samples(run: Any) -> dict[str, pa.Array]:
+    """The prompt columns of the first sample of each MCQ (by ``sample_index``, then ``sample_id``): found on
+    rank columns (:func:`_key_order`), then only those rows read back."""
+    stage = table_for("short_thought")
+    columns = ("mcq_id", "system_prompt", "user_text", "options", "answer_index", "answer_format")
+    order = _key_order(run, stage, ("mcq_id", "sample_index", "sample_id"))
+    if not len(order):
+        return {c: pa.array([], TABLES[stage].schema.field(c).type) for c in columns}
+    mcq = _key_ranks(run, stage, ("mcq_id",))[0][order]  # each MCQ's samples are adjacent in this order
+    rows = order[np.r_[0, np.flatnonzero(mcq[1:] != mcq[:-1]) + 1]]
+    del mcq
+    routed = _Routed(_stream(run, stage, columns, rows=np.unique(rows), dictionary=("system_prompt", "user_text")),
+                     [rows], memory_bytes=1 << 62)
+    try:
+        t = pa.Table.from_batches(list(routed.batches(0)))
+    finally:
+        routed.close()
+    return {c: _one_chunk(t[c]) for c in columns}
 
 
 def _mcq_batch(m: dict[str, pa.Array], first: dict[str, pa.Array], at: np.ndarray, has: np.ndarray, variant: str,
@@ -1523,26 +1562,24 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
                 sort_memory_bytes: int = SORT_MEMORY_BYTES) -> Iterator[pa.RecordBatch]:
     """Every record of one stage, as written, in :meth:`RunDir.read`'s order (sorted by the stage's keys).
 
-    The sort is computed on the key columns alone. Rows already in that order stream from the files; a stage
-    of at most ``sort_memory_bytes`` (in Arrow, estimated from a sample) is sorted in memory; a bigger one is
-    bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
-    in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
+    The sort is computed on the key columns alone, one at a time, as ranks (:func:`_key_order`: no id is held).
+    Rows already in that order stream from the files; a stage of at most ``sort_memory_bytes`` (in Arrow,
+    estimated from a sample) is sorted in memory; a bigger one is bucketed by output position into Arrow IPC
+    spill files in one pass over the files, then each bucket is put in order and emitted, so memory stays about
+    ``sort_memory_bytes`` whatever the size of the stage.
     """
     full = TABLES[stage].schema
-    keys = TABLES[stage].sort_keys
     files = _files(run, stage)
-    key_parts = [b for p in files for b in _batches(stage, p, keys)]
-    total = sum(b.num_rows for b in key_parts)
+    order = _key_order(run, stage)
+    total = len(order)
     if not total:
         return
-    order = pc.sort_indices(pa.Table.from_batches(key_parts), [(k, "ascending") for k in keys]).to_numpy()
-    del key_parts
     if (order == np.arange(total)).all():  # already in order: stream
         rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
         yield from _rebatch(rows, batch_rows)
         return
     repeated = TABLES[stage].repeated  # read as dictionaries, sorted as indices, strings again batch by batch
-    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
+    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated, batch_rows=8192))
     nbytes = _arrow_bytes(stage, files, total, repeated)
     if nbytes <= sort_memory_bytes:
         table = pa.Table.from_batches(list(rows)).unify_dictionaries().combine_chunks()
@@ -1551,6 +1588,41 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
         return
     for batch in _spill_sort(stage, rows, order, total, sort_memory_bytes * total // nbytes // 3, batch_rows):
         yield batch.cast(full)
+
+
+def _key_order(run: Any, stage: str, keys: Sequence[str] | None = None) -> np.ndarray:
+    """The positions of a stage's rows sorted by ``keys`` (default: its sort keys; stable), from
+    :func:`_key_ranks`."""
+    ranks = _key_ranks(run, stage, keys or TABLES[stage].sort_keys)
+    if not ranks:
+        return np.zeros(0, np.int64)
+    return np.lexsort(ranks[::-1]) if len(ranks) > 1 else np.argsort(ranks[0], kind="stable")
+
+
+def _key_ranks(run: Any, stage: str, keys: Sequence[str]) -> list[np.ndarray]:
+    """One dense rank column per key of a stage's rows (``[]`` for no row), each key read alone: a string key
+    ranked by :func:`_id_ranks` (16-byte prefixes and hashes, ties read in full; no id is held), any other (or
+    one with nulls) by ``pyarrow.compute.rank``."""
+    from builder.serve import id_hash
+
+    ranks = []
+    for key in keys:
+        text = pa.types.is_string(TABLES[stage].schema.field(key).type)
+        parts: list[Any] = []
+        for _, b in _stream(run, stage, [key]):
+            col = b.column(0)
+            text = text and not col.null_count
+            parts.append((*_id_prefix(col), id_hash(col)) if text else col)
+        if not parts:
+            return []
+        if text:
+            hi, lo, h = (np.concatenate(p) for p in zip(*parts))
+            del parts
+            ranks.append(_id_ranks(hi, lo, lambda at, k=key: _gather(run, stage, k, at), h))
+        else:
+            col = pa.chunked_array([b.column(0) for _, b in _stream(run, stage, [key])])
+            ranks.append(pc.rank(col, "ascending", tiebreaker="dense").to_numpy())
+    return ranks
 
 
 def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
@@ -1562,6 +1634,7 @@ def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, t
         for batch in rows:
             yield start, batch
             start += batch.num_rows
+            _release()
 
     routed = _Routed(numbered(), [order], bucket_rows=max(batch_rows, int(bucket_rows)), batch_rows=batch_rows,
                      prefix=f"lpt-sort-{stage}-")

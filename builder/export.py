@@ -254,6 +254,9 @@ def _swap_in(tmp: Path, out: Path) -> None:
     replace_dir(tmp, out)
 
 
+_TRACE_SETS = ("sft", "dpo", "simple_cot")  # the configs planned on the run's trace index
+
+
 def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """Write each config to ``tmp/<name>``; ``{name: (rows, why it is empty)}`` in ``names`` order.
 
@@ -271,10 +274,15 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
         return ds.num_rows, why
 
     def lane(part: list[str]) -> dict[str, tuple[int, str]]:
-        return {name: one(name) for name in part}
+        done = {}
+        for name in part:
+            done[name] = one(name)
+            if not any(n in _TRACE_SETS for n in part[len(done):]):
+                traces.clear()  # the trace index is no longer needed: its memory goes before the other sets
+        return done
 
     raw = [n for n in names if n in raw_configs().values() and CONFIGS[n].batches is not None]
-    sets = [n for n in names if n not in raw]
+    sets = sorted((n for n in names if n not in raw), key=lambda n: n not in _TRACE_SETS)  # the trace sets first
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export") as pool:
         lanes = [pool.submit(lane, part) for part in (raw[::-1], sets) if part]  # the biggest raw config first
         done: dict[str, tuple[int, str]] = {}
@@ -289,7 +297,7 @@ def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces:
     opts = options if options is not None else AssembleOptions()
     cfg = LPTConfig(name=name, run_dir=str(run_dir), options=opts)
     shared = None
-    if name in ("sft", "dpo", "simple_cot"):
+    if name in _TRACE_SETS:
         if not traces:
             traces.append(assemble.trace_index(RunDir(run_dir)))
         shared = traces[0]

@@ -85,6 +85,16 @@ def test_id_ranks_order_like_the_strings():
     want = np.unique(np.array(ids, dtype=object), return_inverse=True)[1]
     assert (rank == want.ravel()).all()
     assert 0 < read[0] < len(ids)  # only the ids whose prefixes tie were read in full
+    from builder.serve import id_hash
+
+    read.clear()
+    assert (assemble._id_ranks(hi, lo, lambda at: (read.append(len(at)), arr.take(pa.array(at)))[1],
+                               id_hash(arr)) == want.ravel()).all()
+    repeated = pa.array(["same-long-prefix-0123456789/a"] * 50 + ["same-long-prefix-0123456789/b"] * 50)
+    hi, lo = assemble._id_prefix(repeated)
+    assert (assemble._id_ranks(hi, lo, lambda at: pytest.fail("read"), np.zeros(100, np.uint64) + 7)[:50] == 0).all()
+    r = assemble._id_ranks(hi, lo, lambda at: repeated.take(pa.array(at)), id_hash(repeated))
+    assert r.tolist() == [0] * 50 + [1] * 50
 
 
 def test_the_index_holds_no_text(runs):
@@ -108,9 +118,14 @@ def test_a_stage_changed_under_the_route_is_named(runs, tmp_path):
         list(assemble.batches(run, "sft", assemble.AssembleOptions(sft_ratio=1.0), traces=tr))
 
 
-def test_the_raw_sort_spills_through_the_same_route(runs):
-    run = runs["plain"]
-    want = run.read("expansion")
-    got = pa.Table.from_batches(list(assemble.raw_batches(run, "expansion", 100, sort_memory_bytes=20_000)))
-    assert got.equals(want)
+@pytest.mark.parametrize("which", ["plain", "tied"])
+def test_the_raw_configs_sort_by_ranks_and_spill_through_the_same_route(runs, which):
+    """The raw configs' order comes from key ranks (ids that tie in 16 bytes read in full): RunDir.read's rows,
+    in memory and through spill files."""
+    run = runs[which]
+    for stage in ("simple_cot", "expansion"):
+        want = run.read(stage)
+        for budget in (20_000, assemble.SORT_MEMORY_BYTES):
+            got = pa.Table.from_batches(list(assemble.raw_batches(run, stage, 100, sort_memory_bytes=budget)))
+            assert got.equals(want), (stage, budget)
     assert pc.count_distinct(got["expansion_id"]).as_py() == want.num_rows
