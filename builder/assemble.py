@@ -18,14 +18,17 @@ Sets:
 Every ratio and pair kind is an :class:`AssembleOptions` field; every draw is seeded per item with
 :func:`builder.records.rng_for`.
 
-How (columnar, with pyarrow): each stage is read as Arrow, only the columns a set needs, kept rows only,
-unsorted (``pq.read_table(columns=, filters=)`` over ``RunDir.files``). A set is first *planned* on small
-integer columns (trace positions, group codes, lengths; joins and group-bys), then *rendered* in record
-batches: texts are only gathered (``take``) and concatenated for the rows a batch emits. What stays Python is
-the seeded draw per group (``random.Random`` per item, bit-identical to the row code it replaces) and the
-content ids of emitted rows. :func:`batches` yields a config's rows as record batches of its Arrow schema;
-``*_table`` functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the same rows as
-dicts (``table.to_pylist()``), as before.
+How (columnar, with pyarrow, in memory that does not grow with the texts of the run): a set is first
+*planned* on small columns only (:func:`trace_index`: one pass over each stage file keeps trace types, id
+ranks, MCQ / sample / prompt codes, lengths and predicted indices; ids are held as 16-byte prefixes and 64-bit
+hashes, and only ids whose prefixes tie are read again in full), then *rendered* in record batches: the texts
+its rows need are routed from the stage files to their output positions (:class:`_Routed`: one pass over the
+files that hold a wanted row, each row to the bucket of its position, in memory under a budget and through
+Arrow IPC spill files past it; the raw configs' external sort is the same route). What stays Python is the
+seeded draw per group (``random.Random`` per item, bit-identical to the row code it replaces) and the content
+ids of emitted rows. :func:`batches` yields a config's rows as record batches of its Arrow schema; ``*_table``
+functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the same rows as dicts
+(``table.to_pylist()``), as before.
 """
 
 from __future__ import annotations
@@ -261,10 +264,27 @@ def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | 
             start += n
 
 
-def _release() -> None:
-    """Hand the memory Arrow's allocator keeps cached back to the system (mimalloc holds freed pages per thread:
-    without this, reading a stage leaves several times the live data resident)."""
+def release_memory() -> None:
+    """Hand freed memory back to the system: Arrow's allocator's cached pages (mimalloc holds freed pages per
+    thread: without this, reading a stage leaves several times the live data resident) and, with glibc, the
+    C heap's free pages (numpy's)."""
     pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+_release = release_memory
 
 
 def _unreadable(path: Path, e: Exception) -> Exception:
@@ -321,7 +341,7 @@ def _positions(values: pa.Array, among: pa.Array) -> tuple[np.ndarray, np.ndarra
 
 # ----------------------------------------------------------------------------------------------- routing
 
-ROUTE_MEMORY_BYTES = 256 * 1024 * 1024  # the texts a set holds in memory while it is rendered
+ROUTE_MEMORY_BYTES = 128 * 1024 * 1024  # the texts a set holds in memory while it is rendered
 
 
 class _Routed:
@@ -948,7 +968,8 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     prompt, or one sample); they are ordered as the row code enumerated them (kind, group by first appearance,
     chosen, rejected), and a pair whose prompt and both rendered targets equal an earlier one's is dropped.
     """
-    pos = np.arange(len(tr))
+    n = len(tr)
+    small = np.int32 if n < 2**31 else np.int64  # positions: half the memory of the candidate pairs
     mcq_scope = tr.mcq * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt
     first_of = {"mcq": _first_position(mcq_scope), "sample": _first_position(tr.sample)}
     scope_key = {"mcq": mcq_scope, "sample": tr.sample}
@@ -956,8 +977,8 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     for k, kind in enumerate(opts.pair_kinds):
         chosen_type, rejected_type = kind.split(">")
         scope = _KIND_SCOPE[kind]
-        c = tr.of_type(chosen_type)
-        r = tr.of_type(rejected_type)
+        c = tr.of_type(chosen_type).astype(small)
+        r = tr.of_type(rejected_type).astype(small)
         r = r[tr.pred[r] >= 0]
         if not len(c) or not len(r):
             continue
@@ -967,26 +988,29 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
         jc, jr = joined["c"].to_numpy(), joined["r"].to_numpy()
         same = tr.prompt[jc] == tr.prompt[jr]  # always true by scope; the row code checked it
         jc, jr = jc[same], jr[same]
-        kinds.append(np.full(len(jc), k))
+        kinds.append(np.full(len(jc), k, np.int8))
         cs.append(jc)
         rs.append(jr)
-        gs.append(first_of[scope][jc])
+        gs.append(first_of[scope][jc].astype(small))
     if not kinds:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    kind, c, r, g = (np.concatenate(x).astype(np.int64) for x in (kinds, cs, rs, gs))
+    kind, c, r, g = (np.concatenate(x) for x in (kinds, cs, rs, gs))
+    del kinds, cs, rs, gs, first_of
     order = np.lexsort((r, c, g, kind))
+    del g
     kind, c, r = kind[order], c[order], r[order]
+    del order
     if dedupe and len(c):
-        used = np.zeros(len(tr), bool)
+        used = np.zeros(n, bool)
         used[c] = used[r] = True
         cls = _target_classes(tr, opts, np.flatnonzero(used))
-        keep = _is_first(_first_seen_codes(cls[c] * (len(pos) + 1) + cls[r]))  # each pair's first occurrence
+        keep = _is_first(_first_seen_codes(cls[c] * (n + 1) + cls[r]))  # each pair's first occurrence
         kind, c, r = kind[keep], c[keep], r[keep]
     if opts.dpo_pairs == "authors" and len(c):
         keep = _authors_rule(kind, c, r, opts)
         kind, c, r = kind[keep], c[keep], r[keep]
-    return kind, c, r
+    return kind.astype(np.int64), c.astype(np.int64), r.astype(np.int64)
 
 
 def _authors_rule(kind: np.ndarray, c: np.ndarray, r: np.ndarray, opts: AssembleOptions) -> np.ndarray:
@@ -1718,5 +1742,6 @@ __all__ = [
     "SCHEMAS", "SFT_SCHEMA", "TRACE_TYPES", "Trace", "batches", "build_dpo", "build_mcq", "build_raw", "build_sft",
     "build_simple_cot", "by_type", "dpo_batches", "dpo_pairs", "dpo_table", "length_weighted_subsample",
     "load_traces", "mcq_batches", "mcq_table", "raw_batches", "raw_table", "schema", "sft_batches", "sft_table",
-    "sft_traces", "simple_cot_batches", "simple_cot_table", "table", "trace_ids", "trace_index", "why_empty",
+    "release_memory", "sft_traces", "simple_cot_batches", "simple_cot_table", "table", "trace_ids", "trace_index",
+    "why_empty",
 ]
