@@ -73,7 +73,8 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
                "X_O>X_X": "sample"}
 
 BATCH_ROWS = 8192  # rows per rendered record batch
-SORT_MEMORY_BYTES = 256 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
+SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
+# (its buckets set where a spilled raw config's batches end, hence its row groups: changing it changes the bytes)
 
 
 DPO_PAIR_RULES = ("authors", "all")
