@@ -708,7 +708,8 @@ def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
         raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
                          f"a stage-2 chunk was written twice (remove the copy)")
     E = _index_expansions(run)
-    # the sample each expansion grew from (expansions of a sample that is not kept drop out)
+    # the sample each expansion grew from (expansions of a sample that is not kept drop out), joined on a 64-bit
+    # FNV-1a hash of the whole sample_id (a false match needs two ids of one run to collide: ~n²/2⁶⁵)
     sample_row, has = _positions(pa.array(E.pop("of")), pa.array(S.pop("h")))
     E = {k: v[has] for k, v in E.items()}
     e_s = sample_row[has]
