@@ -74,7 +74,8 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
 
 BATCH_ROWS = 8192  # rows per rendered record batch
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
-# (its buckets set where a spilled raw config's batches end, hence its row groups: changing it changes the bytes)
+# (it sets where a spilled raw config's batches end, hence its row groups: changing it changes the files' bytes)
+SPILL_BUCKET_BYTES = 64 * 1024 * 1024  # what a raw sort's spill bucket holds (memory; the output does not depend on it)
 
 
 DPO_PAIR_RULES = ("authors", "all")
@@ -358,8 +359,9 @@ class _Routed:
 
     def __init__(self, rows: Iterable[tuple[int, pa.RecordBatch]], takes: Sequence[np.ndarray], *,
                  memory_bytes: int = ROUTE_MEMORY_BYTES, bucket_rows: int | None = None,
-                 batch_rows: int = BATCH_ROWS, prefix: str = "lpt-route-") -> None:
+                 batch_rows: int = BATCH_ROWS, prefix: str = "lpt-route-", block_rows: int | None = None) -> None:
         self.takes = [np.asarray(t, np.int64) for t in takes]
+        self._block = block_rows  # batches also end every block_rows outputs (whatever the buckets)
         self.batch_rows = batch_rows
         self._memory, self._bucket_rows, self._prefix = memory_bytes, bucket_rows, prefix
         self.bucket_rows: list[int] = []
@@ -380,7 +382,17 @@ class _Routed:
     @property
     def buckets(self) -> int:
         """Buckets written to spill files (0: every family stayed in memory)."""
-        return sum(len(s) for s, b, t in zip(self._sinks, self.bucket_rows, self.takes) if b < len(t))
+        return sum(len(s) for f, s in enumerate(self._sinks) if self.bucket_rows and self._grid(f)[1] < len(self.takes[f]))
+
+    def _grid(self, f: int) -> tuple[int, int]:
+        """``(block, sub)``: family ``f``'s outputs in blocks of ``block`` rows (all of them without
+        ``block_rows``), each block in buckets of ``sub`` rows (with blocks: a multiple of ``batch_rows``, so the
+        batches end where they would with one bucket a block)."""
+        total, size = len(self.takes[f]), self.bucket_rows[f]
+        if not self._block:
+            return max(1, total), size
+        block = max(1, self._block)
+        return block, block if size >= block else max(self.batch_rows, size // self.batch_rows * self.batch_rows)
 
     def _fill(self, rows: Iterable[tuple[int, pa.RecordBatch]]) -> None:
         by_src = [np.argsort(t, kind="stable") for t in self.takes]
@@ -433,11 +445,11 @@ class _Routed:
 
     def _put(self, f: int, batch: pa.RecordBatch, rows: np.ndarray, out: np.ndarray) -> None:
         """Rows ``rows`` of ``batch`` (outputs ``out``) to their buckets' sinks, taken in one copy."""
-        size = self.bucket_rows[f]
-        b = out // size
+        block, sub = self._grid(f)
+        b = out // block * -(-block // sub) + out % block // sub
         by_bucket = np.argsort(b, kind="stable")
         part = batch.take(pa.array(rows[by_bucket]))
-        part = pa.RecordBatch.from_arrays(part.columns + [pa.array(out[by_bucket] % size)],
+        part = pa.RecordBatch.from_arrays(part.columns + [pa.array(out[by_bucket] % block % sub)],
                                           names=part.schema.names + ["__slot"])
         b = b[by_bucket]
         bounds = np.flatnonzero(np.diff(b)) + 1
@@ -445,7 +457,7 @@ class _Routed:
             bi = int(b[lo])
             sinks = self._sinks[f]
             if bi not in sinks:
-                if size >= len(self.takes[f]):
+                if sub >= len(self.takes[f]):
                     sinks[bi] = []
                 else:
                     if self.spill is None:
@@ -456,9 +468,15 @@ class _Routed:
 
     def batches(self, f: int) -> Iterator[pa.RecordBatch]:
         """Family ``f``'s rows in output order, ``batch_rows`` at a time (dictionary columns as strings again)."""
-        size, total = self.bucket_rows[f] if self.bucket_rows else 1, len(self.takes[f])
-        for bi in range(-(-total // size) if total else 0):
-            want = min(size, total - bi * size)
+        total = len(self.takes[f])
+        block, sub = self._grid(f) if self.bucket_rows else (1, 1)
+        per = -(-block // sub)
+        for bi in range(-(-total // block) * per if total else 0):
+            start = bi // per * block + bi % per * sub
+            end = min(total, (bi // per + 1) * block)
+            if start >= end:
+                continue
+            want = min(sub, end - start)
             t = self._bucket(f, bi)
             if t.num_rows != want:
                 raise StoreError(f"a stage changed while it was read: {want} rows expected, {t.num_rows} found")
@@ -1612,7 +1630,11 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
         for sl in _chunks(total, batch_rows):
             yield pa.Table.from_batches([table.take(pa.array(order[sl])).to_batches()[0]]).cast(full).to_batches()[0]
         return
-    for batch in _spill_sort(stage, rows, order, total, sort_memory_bytes * total // nbytes // 3, batch_rows):
+    # the batches end where they did when a bucket held sort_memory_bytes / 3 (the files' row groups, and so their
+    # bytes, follow the batches); the buckets themselves hold SPILL_BUCKET_BYTES
+    block = max(batch_rows, int(sort_memory_bytes * total // nbytes // 3))
+    for batch in _spill_sort(stage, rows, order, total, min(block, SPILL_BUCKET_BYTES * total // nbytes), batch_rows,
+                             block):
         yield batch.cast(full)
 
 
@@ -1652,8 +1674,9 @@ def _key_ranks(run: Any, stage: str, keys: Sequence[str]) -> list[np.ndarray]:
 
 
 def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
-                batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Rows in ``order``, through :class:`_Routed`'s spill files (``bucket_rows`` rows a bucket)."""
+                batch_rows: int, block_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    """Rows in ``order``, through :class:`_Routed`'s spill files (``bucket_rows`` rows a bucket; the batches
+    end every ``batch_rows`` rows of each block of ``block_rows``)."""
 
     def numbered() -> Iterator[tuple[int, pa.RecordBatch]]:
         start = 0
@@ -1663,7 +1686,7 @@ def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, t
             _release()
 
     routed = _Routed(numbered(), [order], bucket_rows=max(batch_rows, int(bucket_rows)), batch_rows=batch_rows,
-                     prefix=f"lpt-sort-{stage}-")
+                     prefix=f"lpt-sort-{stage}-", block_rows=block_rows)
     try:
         yield from routed.batches(0)
     finally:

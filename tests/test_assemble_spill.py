@@ -129,3 +129,18 @@ def test_the_raw_configs_sort_by_ranks_and_spill_through_the_same_route(runs, wh
             got = pa.Table.from_batches(list(assemble.raw_batches(run, stage, 100, sort_memory_bytes=budget)))
             assert got.equals(want), (stage, budget)
     assert pc.count_distinct(got["expansion_id"]).as_py() == want.num_rows
+
+
+def test_a_spilled_raw_config_cuts_its_batches_whatever_its_bucket_size(runs, monkeypatch):
+    """A raw config's batches (hence its parquet row groups and bytes) end where they did with one bucket per
+    ``sort_memory_bytes / 3``: every ``batch_rows`` rows of each such block, however small the spill buckets."""
+    run = runs["plain"]
+    want = run.read("expansion")
+    sizes = {}
+    for bucket_bytes in (1 << 40, 30_000, 2_000):
+        monkeypatch.setattr(assemble, "SPILL_BUCKET_BYTES", bucket_bytes)
+        got = list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
+        assert pa.Table.from_batches(got).equals(want)
+        sizes[bucket_bytes] = [b.num_rows for b in got]
+    assert sizes[1 << 40] == sizes[30_000] == sizes[2_000]
+    assert any(n < 16 for n in sizes[2_000][:-1])  # a block ended inside the run: a short batch before the last
