@@ -215,9 +215,27 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
 
 def _files(run: Any, stage: str) -> list[Path]:
     try:
-        return run.files(stage)
+        files = run.files(stage)
     except FileNotFoundError:
         return []
+    release_memory()  # a reader rule may have read the files' input ids
+    return files
+
+
+class _Listed:
+    """A run whose stage file lists are taken once (a trace index reads each stage several times; the store's
+    reader rule checks every file's footer and input ids on each listing). Other attributes are the run's."""
+
+    def __init__(self, run: Any) -> None:
+        self._run, self._files = run, {}
+
+    def files(self, stage: str) -> list[Path]:
+        if stage not in self._files:
+            self._files[stage] = _files(self._run, stage)
+        return self._files[stage]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
 
 
 def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
@@ -254,16 +272,29 @@ def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | 
     start = 0
     for p in _files(run, stage):
         f = _parquet(stage, p, dictionary)
-        sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
-        for g, n in enumerate(sizes):
-            lo = int(np.searchsorted(rows, start)) if rows is not None else 0
-            if rows is None or (lo < len(rows) and rows[lo] < start + n):
-                at = start
-                for batch in _batches(stage, p, columns, row_groups=[g], file=f, batch_rows=batch_rows):
-                    yield at, batch
-                    at += batch.num_rows
-                _release()
-            start += n
+        sizes = np.array([f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)], np.int64)
+        firsts = start + np.cumsum(sizes) - sizes
+        if rows is None:
+            wanted = np.ones(len(sizes), bool)
+        else:
+            lo = np.searchsorted(rows, firsts)
+            wanted = (lo < len(rows)) & (rows[np.minimum(lo, max(0, len(rows) - 1))] < firsts + sizes) if len(rows) \
+                else np.zeros(len(sizes), bool)
+        for run_groups in _runs(np.flatnonzero(wanted)):  # consecutive row groups: one reader each
+            at = int(firsts[run_groups[0]])
+            for batch in _batches(stage, p, columns, row_groups=run_groups, file=f, batch_rows=batch_rows):
+                yield at, batch
+                at += batch.num_rows
+            _release()
+        start += int(sizes.sum())
+
+
+def _runs(groups: np.ndarray) -> list[list[int]]:
+    """Row-group numbers split into runs of consecutive ones."""
+    if not len(groups):
+        return []
+    cuts = np.flatnonzero(np.diff(groups) != 1) + 1
+    return [part.tolist() for part in np.split(groups, cuts)]
 
 
 def release_memory() -> None:
@@ -720,6 +751,7 @@ def _gather(run: Any, stage: str, column: str, rows: np.ndarray) -> pa.Array:
 def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
     """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``, as small
     columns: two passes over the stage files that keep no text (ids as 16-byte prefixes and 64-bit hashes)."""
+    run = _Listed(run)
     S = _index_samples(run)
     n_s = len(S["row"])
     if pc.count_distinct(pa.array(S["h"])).as_py() != n_s:
