@@ -13,6 +13,12 @@ Each measurement runs in its own subprocess under a small launcher that reports 
 time (user + system) and peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``) and kills it past --max-rss-gb.
 
     python benchmarks/bench_assembly.py --sizes 30000,300000,1000000 [--pandas-max 300000] [--before-max 300000]
+    python benchmarks/bench_assembly.py --data distinct --sizes 30000,300000,1000000,3000000 --rounds 3
+
+``--data distinct`` uses the runs of benchmarks/distinct_run.py instead (the same structure, labels and
+lengths, every thought distinct: what a real run's texts cost). ``--rounds N`` measures ``lpt export 5`` and
+``pandas`` N times, alternately, at each size up to ``--pandas-max``. Every line records the load average
+(1 min) read just before its job started.
 
 Paths: ``lpt export`` is the command itself (run in the measured process through its click entry point):
 the completeness check, every run config (sft, dpo, mcq, mcq_direct, simple_cot, raw_mcq, raw_simple_cot,
@@ -190,6 +196,13 @@ def job_measure(limit_gb: float, cmd: list[str]) -> None:
 
 
 def measure(job: list[str], limit_gb: float) -> dict:
+    load = os.getloadavg()[0]
+    res = _measure(job, limit_gb)
+    res["load"] = load
+    return res
+
+
+def _measure(job: list[str], limit_gb: float) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, __file__, "_measure", str(limit_gb), "--", sys.executable, __file__, *job]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -234,21 +247,31 @@ def main() -> None:
     ap.add_argument("--cdc", action="store_true", help="write parquet with content-defined chunking (as datasets)")
     ap.add_argument("--library", action="store_true",
                     help="also time the configs alone through the library (no card, figures or checks)")
+    ap.add_argument("--data", choices=("replicated", "distinct"), default="replicated",
+                    help="replicated: the example's texts copied; distinct: every thought new (distinct_run.py)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate lpt export 5 and pandas this many times")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
-        run = build_run(work, size)
+        if args.data == "distinct":
+            sys.path.insert(0, str(HERE))
+            from distinct_run import build_distinct_run
+
+            run = build_distinct_run(work, size)
+        else:
+            run = build_run(work, size)
         records = json.loads((run / "manifest.json").read_text())["counts"]["expansion"]
         lpt = ["_lpt", str(run), str(work / f"out-lpt-{records}")]
         paths = [("lpt export", lpt)]
         if args.library:
             paths.append(("columnar", ["_new", str(run), str(work / f"out-new-{records}")] + ["--cdc"] * args.cdc))
-        if size <= args.pandas_max:  # the same five sets as the authors' path, then the authors' path
-            paths.append(("lpt export 5", lpt + ["--configs", ",".join(SETS)]))
-            paths.append(("pandas", ["_pandas", str(run), str(work / f"out-pandas-{records}")]))
+        if size <= args.pandas_max:  # the same five sets as the authors' path, then the authors' path, alternately
+            for _ in range(args.rounds):
+                paths.append(("lpt export 5", lpt + ["--configs", ",".join(SETS)]))
+                paths.append(("pandas", ["_pandas", str(run), str(work / f"out-pandas-{records}")]))
         if size <= args.before_max:
             paths.append(("before", ["_before", str(run), str(work / f"out-before-{records}")]))
         for label, job in paths:
@@ -258,14 +281,15 @@ def main() -> None:
             status = "killed" if r["killed"] else f"rc {r['rc']}"
             left = r["job"].get("cache_files_left")
             print(f"{records:>9,} {label:>12}: {r['wall']:7.1f} s wall, {r['cpu']:7.1f} s CPU, "
-                  f"{r['peak_rss_gb']:5.2f} GB peak RSS ({status}) {json.dumps(r['job'].get('seconds', ''))}"
+                  f"{r['peak_rss_gb']:5.2f} GB peak RSS ({status}), load {r['load']:.1f} "
+                  f"{json.dumps(r['job'].get('seconds', ''))}"
                   + (f" cache files left outside OUT: {left}" if left is not None else ""), flush=True)
     print()
-    print(f"{'records':>9} | {'path':>12} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | slower path / this "
-          f"(wall, CPU)")
+    print(f"{'records':>9} | {'path':>12} | {'wall s':>7} | {'CPU s':>7} | {'peak GB':>7} | {'load':>4} | slower path "
+          f"/ this (wall, CPU)")
     versus = {"lpt export": "before", "lpt export 5": "pandas", "columnar": "before"}
-    for r in results:
-        other = next((o for o in results if o["records"] == r["records"] and o["path"] == versus.get(r["path"])),
+    for i, r in enumerate(results):  # the comparison run of the same size and round: the next one of that path
+        other = next((o for o in results[i:] if o["records"] == r["records"] and o["path"] == versus.get(r["path"])),
                      None)
         ratio = ""
         if other is not None and other["rc"] == 0 and r["rc"] == 0:
@@ -273,7 +297,7 @@ def main() -> None:
         elif other is not None:
             ratio = f"{other['path']}: killed past {args.max_rss_gb:g} GB" if other["killed"] else ""
         print(f"{r['records']:>9,} | {r['path']:>12} | {r['wall']:>7.1f} | {r['cpu']:>7.1f} | "
-              f"{r['peak_rss_gb']:>7.2f} | {ratio}")
+              f"{r['peak_rss_gb']:>7.2f} | {r['load']:>4.1f} | {ratio}")
     for label in ("lpt export", "lpt export 5", "columnar", "pandas", "before"):
         done = [r for r in results if r["path"] == label and r["rc"] == 0]
         k, kc = slope([(r["records"], r["wall"]) for r in done]), slope([(r["records"], r["cpu"]) for r in done])

@@ -18,14 +18,17 @@ Sets:
 Every ratio and pair kind is an :class:`AssembleOptions` field; every draw is seeded per item with
 :func:`builder.records.rng_for`.
 
-How (columnar, with pyarrow): each stage is read as Arrow, only the columns a set needs, kept rows only,
-unsorted (``pq.read_table(columns=, filters=)`` over ``RunDir.files``). A set is first *planned* on small
-integer columns (trace positions, group codes, lengths; joins and group-bys), then *rendered* in record
-batches: texts are only gathered (``take``) and concatenated for the rows a batch emits. What stays Python is
-the seeded draw per group (``random.Random`` per item, bit-identical to the row code it replaces) and the
-content ids of emitted rows. :func:`batches` yields a config's rows as record batches of its Arrow schema;
-``*_table`` functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the same rows as
-dicts (``table.to_pylist()``), as before.
+How (columnar, with pyarrow, in memory that does not grow with the texts of the run): a set is first
+*planned* on small columns only (:func:`trace_index`: one pass over each stage file keeps trace types, id
+ranks, MCQ / sample / prompt codes, lengths and predicted indices; ids are held as 16-byte prefixes and 64-bit
+hashes, and only ids whose prefixes tie are read again in full), then *rendered* in record batches: the texts
+its rows need are routed from the stage files to their output positions (:class:`_Routed`: one pass over the
+files that hold a wanted row, each row to the bucket of its position, in memory under a budget and through
+Arrow IPC spill files past it; the raw configs' external sort is the same route). What stays Python is the
+seeded draw per group (``random.Random`` per item, bit-identical to the row code it replaces) and the content
+ids of emitted rows. :func:`batches` yields a config's rows as record batches of its Arrow schema; ``*_table``
+functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the same rows as dicts
+(``table.to_pylist()``), as before.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ _KIND_SCOPE = {"O>X": "mcq", "O>X_X": "mcq", "O>O_X": "sample", "O>O_O": "sample
 
 BATCH_ROWS = 8192  # rows per rendered record batch
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
+# (it sets where a spilled raw config's batches end, hence its row groups: changing it changes the files' bytes)
+SPILL_BUCKET_BYTES = 64 * 1024 * 1024  # what a raw sort's spill bucket holds (memory; the output does not depend on it)
 
 
 DPO_PAIR_RULES = ("authors", "all")
@@ -210,14 +215,45 @@ def _read(run: Any, stage: str, columns: Sequence[str], *, kept: bool = False,
 
 def _files(run: Any, stage: str) -> list[Path]:
     try:
-        return run.files(stage)
+        files = run.files(stage)
     except FileNotFoundError:
         return []
+    release_memory()  # a reader rule may have read the files' input ids
+    return files
+
+
+class _Listed:
+    """A run whose stage file lists are taken once (a trace index reads each stage several times; the store's
+    reader rule checks every file's footer and input ids on each listing). Other attributes are the run's."""
+
+    def __init__(self, run: Any) -> None:
+        self._run, self._files = run, {}
+
+    def files(self, stage: str) -> list[Path]:
+        if stage not in self._files:
+            self._files[stage] = _files(self._run, stage)
+        return self._files[stage]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
 
 
 def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = (),
-             batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
-    """One file of a stage, ``batch_rows`` at a time (``columns``: only those), its columns checked."""
+             batch_rows: int = 65536, row_groups: Sequence[int] | None = None,
+             file: pq.ParquetFile | None = None) -> Iterator[pa.RecordBatch]:
+    """One file of a stage, ``batch_rows`` at a time (``columns``: only those; ``row_groups``: only those), its
+    columns checked."""
+    f = file if file is not None else _parquet(stage, p, dictionary)
+    try:
+        for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None,
+                                    row_groups=row_groups):
+            yield batch.replace_schema_metadata(None)
+    except Exception as e:
+        raise _unreadable(p, e) from None
+
+
+def _parquet(stage: str, p: Path, dictionary: Sequence[str] = ()) -> pq.ParquetFile:
+    """One file of a stage, opened, its columns checked against the stage's schema."""
     full = TABLES[stage].schema
     try:
         f = pq.ParquetFile(p, read_dictionary=list(dictionary) or None)
@@ -226,11 +262,62 @@ def _batches(stage: str, p: Path, columns: Sequence[str] | None = None, *, dicti
         raise _unreadable(p, e) from None
     if names != full.names:
         raise StoreError(f"{p}: columns {names} do not match the {stage!r} schema {full.names}")
+    return f
+
+
+def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | None = None,
+            dictionary: Sequence[str] = (), batch_rows: int = 16384) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """``(number of its first row, batch)`` over every file of ``stage`` in order, rows numbered across the files;
+    ``rows`` (sorted): only the row groups that hold one of them are read."""
+    start = 0
+    for p in _files(run, stage):
+        f = _parquet(stage, p, dictionary)
+        sizes = np.array([f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)], np.int64)
+        firsts = start + np.cumsum(sizes) - sizes
+        if rows is None:
+            wanted = np.ones(len(sizes), bool)
+        else:
+            lo = np.searchsorted(rows, firsts)
+            wanted = (lo < len(rows)) & (rows[np.minimum(lo, max(0, len(rows) - 1))] < firsts + sizes) if len(rows) \
+                else np.zeros(len(sizes), bool)
+        for run_groups in _runs(np.flatnonzero(wanted)):  # consecutive row groups: one reader each
+            at = int(firsts[run_groups[0]])
+            for batch in _batches(stage, p, columns, row_groups=run_groups, file=f, batch_rows=batch_rows):
+                yield at, batch
+                at += batch.num_rows
+            _release()
+        start += int(sizes.sum())
+
+
+def _runs(groups: np.ndarray) -> list[list[int]]:
+    """Row-group numbers split into runs of consecutive ones."""
+    if not len(groups):
+        return []
+    cuts = np.flatnonzero(np.diff(groups) != 1) + 1
+    return [part.tolist() for part in np.split(groups, cuts)]
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system: Arrow's allocator's cached pages (mimalloc holds freed pages per
+    thread: without this, reading a stage leaves several times the live data resident) and, with glibc, the
+    C heap's free pages (numpy's)."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
     try:
-        for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
-            yield batch.replace_schema_metadata(None)
-    except Exception as e:
-        raise _unreadable(p, e) from None
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+_release = release_memory
 
 
 def _unreadable(path: Path, e: Exception) -> Exception:
@@ -285,18 +372,205 @@ def _positions(values: pa.Array, among: pa.Array) -> tuple[np.ndarray, np.ndarra
             at.is_valid().to_numpy(zero_copy_only=False))
 
 
+# ----------------------------------------------------------------------------------------------- routing
+
+ROUTE_MEMORY_BYTES = 128 * 1024 * 1024  # the texts a set holds in memory while it is rendered
+
+
+class _Routed:
+    """Rows of one stream of a stage put in the orders several consumers want (one *family* each): output row
+    ``j`` of family ``f`` is the stream's row ``takes[f][j]`` (a row may feed several outputs).
+
+    One pass over the stream: each wanted row goes to the bucket of its output position (``bucket_rows``
+    outputs a bucket), kept in memory when a family fits in one bucket, else in an Arrow IPC spill file; then
+    :meth:`batches` puts each bucket in order, one bucket in memory at a time. A dictionary column travels as
+    indices into the concatenation of the dictionaries of the batches that fed it (kept in memory). This is the
+    one rule for moving rows to where they go without holding them all: the raw configs' sort and the sets'
+    texts use it alike."""
+
+    def __init__(self, rows: Iterable[tuple[int, pa.RecordBatch]], takes: Sequence[np.ndarray], *,
+                 memory_bytes: int = ROUTE_MEMORY_BYTES, bucket_rows: int | None = None,
+                 batch_rows: int = BATCH_ROWS, prefix: str = "lpt-route-", block_rows: int | None = None) -> None:
+        self.takes = [np.asarray(t, np.int64) for t in takes]
+        self._block = block_rows  # batches also end every block_rows outputs (whatever the buckets)
+        self.batch_rows = batch_rows
+        self._memory, self._bucket_rows, self._prefix = memory_bytes, bucket_rows, prefix
+        self.bucket_rows: list[int] = []
+        self.spill: Path | None = None
+        self._sinks: list[dict[int, Any]] = [{} for _ in takes]
+        self._dicts: dict[str, list[pa.Array]] = {}
+        self._dict_len: dict[str, int] = {}
+        self._indexed: dict[str, bool] = {}
+        self._last: dict[str, tuple[tuple, int]] = {}  # per column: its last dictionary and where it starts
+        self._schema: pa.Schema | None = None
+        self.texts: dict[str, pa.Array] = {}
+        try:
+            self._fill(rows)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def buckets(self) -> int:
+        """Buckets written to spill files (0: every family stayed in memory)."""
+        return sum(len(s) for f, s in enumerate(self._sinks) if self.bucket_rows and self._grid(f)[1] < len(self.takes[f]))
+
+    def _grid(self, f: int) -> tuple[int, int]:
+        """``(block, sub)``: family ``f``'s outputs in blocks of ``block`` rows (all of them without
+        ``block_rows``), each block in buckets of ``sub`` rows (with blocks: a multiple of ``batch_rows``, so the
+        batches end where they would with one bucket a block)."""
+        total, size = len(self.takes[f]), self.bucket_rows[f]
+        if not self._block:
+            return max(1, total), size
+        block = max(1, self._block)
+        return block, block if size >= block else max(self.batch_rows, size // self.batch_rows * self.batch_rows)
+
+    def _fill(self, rows: Iterable[tuple[int, pa.RecordBatch]]) -> None:
+        by_src = [np.argsort(t, kind="stable") for t in self.takes]
+        src = [t[o] for t, o in zip(self.takes, by_src)]
+        for start, batch in rows:
+            end = start + batch.num_rows
+            spans = [(int(np.searchsorted(s, start)), int(np.searchsorted(s, end))) for s in src]
+            if all(lo == hi for lo, hi in spans):
+                continue
+            batch = self._plain(batch)
+            if not self.bucket_rows:
+                self._size(batch)
+            for f, (lo, hi) in enumerate(spans):
+                if lo < hi:
+                    self._put(f, batch, src[f][lo:hi] - start, by_src[f][lo:hi])
+        for sinks in self._sinks:
+            for sink in sinks.values():
+                if not isinstance(sink, list):
+                    sink.close()
+        self.texts = {name: _concat_texts(ds) for name, ds in self._dicts.items()}
+        self._dicts = {}
+
+    def _plain(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Dictionary columns as global indices (a dictionary the batches of one row group share, once); one whose
+        dictionary holds over 8 bytes a row (decided at its first batch) as plain strings: its dictionaries would
+        grow with the stage."""
+        columns = []
+        for name, col in zip(batch.schema.names, batch.columns):
+            if pa.types.is_dictionary(col.type) and not self._indexed.setdefault(
+                    name, col.dictionary.nbytes <= 8 * len(col)):
+                col = col.cast(col.type.value_type)
+            if pa.types.is_dictionary(col.type):
+                d = col.dictionary
+                same = (d.buffers()[-1].address if d.buffers()[-1] is not None else 0, len(d), d.offset)
+                if self._last.get(name, (None,))[0] != same:
+                    self._last[name] = (same, self._dict_len.get(name, 0))
+                    self._dicts.setdefault(name, []).append(d)
+                    self._dict_len[name] = self._last[name][1] + len(d)
+                col = pc.add(col.indices.cast(pa.int64()), self._last[name][1])
+            columns.append(col)
+        batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+        self._schema = self._schema or batch.schema
+        return batch
+
+    def _size(self, batch: pa.RecordBatch) -> None:
+        """Outputs a bucket: the memory budget over the families, at the first batch's bytes a row."""
+        per_row = max(1, batch.nbytes // max(1, batch.num_rows))
+        share = self._bucket_rows or max(self.batch_rows, self._memory // per_row // max(1, len(self.takes)) // 2)
+        self.bucket_rows = [max(1, min(int(share), len(t))) for t in self.takes]
+
+    def _put(self, f: int, batch: pa.RecordBatch, rows: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``rows`` of ``batch`` (outputs ``out``) to their buckets' sinks, taken in one copy."""
+        block, sub = self._grid(f)
+        b = out // block * -(-block // sub) + out % block // sub
+        by_bucket = np.argsort(b, kind="stable")
+        part = batch.take(pa.array(rows[by_bucket]))
+        part = pa.RecordBatch.from_arrays(part.columns + [pa.array(out[by_bucket] % block % sub)],
+                                          names=part.schema.names + ["__slot"])
+        b = b[by_bucket]
+        bounds = np.flatnonzero(np.diff(b)) + 1
+        for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
+            bi = int(b[lo])
+            sinks = self._sinks[f]
+            if bi not in sinks:
+                if sub >= len(self.takes[f]):
+                    sinks[bi] = []
+                else:
+                    if self.spill is None:
+                        self.spill = Path(tempfile.mkdtemp(prefix=self._prefix))
+                    sinks[bi] = pa.ipc.new_file(str(self.spill / f"{f}-{bi}.arrow"), part.schema)
+            sink = sinks[bi]
+            (sink.append if isinstance(sink, list) else sink.write_batch)(part.slice(lo, hi - lo))
+
+    def batches(self, f: int) -> Iterator[pa.RecordBatch]:
+        """Family ``f``'s rows in output order, ``batch_rows`` at a time (dictionary columns as strings again)."""
+        total = len(self.takes[f])
+        block, sub = self._grid(f) if self.bucket_rows else (1, 1)
+        per = -(-block // sub)
+        for bi in range(-(-total // block) * per if total else 0):
+            start = bi // per * block + bi % per * sub
+            end = min(total, (bi // per + 1) * block)
+            if start >= end:
+                continue
+            want = min(sub, end - start)
+            t = self._bucket(f, bi)
+            if t.num_rows != want:
+                raise StoreError(f"a stage changed while it was read: {want} rows expected, {t.num_rows} found")
+            local = np.empty(t.num_rows, np.int64)
+            local[t["__slot"].to_numpy()] = np.arange(t.num_rows)
+            t = t.drop_columns(["__slot"])
+            for sl in _chunks(t.num_rows, self.batch_rows):
+                part = t.take(pa.array(local[sl]))
+                yield pa.RecordBatch.from_arrays(
+                    [self.texts[n].take(_one_chunk(part.column(n))) if n in self.texts else _one_chunk(part.column(n))
+                     for n in part.column_names], names=part.column_names)
+            del t
+            _release()
+
+    def _bucket(self, f: int, bi: int) -> pa.Table:
+        sink = self._sinks[f].pop(bi, None)
+        if sink is None:
+            return (self._schema or pa.schema([])).append(pa.field("__slot", pa.int64())).empty_table()
+        if isinstance(sink, list):
+            return pa.Table.from_batches(sink).combine_chunks()
+        path = self.spill / f"{f}-{bi}.arrow"
+        with pa.memory_map(str(path)) as source:
+            t = pa.ipc.open_file(source).read_all().combine_chunks()
+        os.unlink(path)
+        return t
+
+    def close(self) -> None:
+        self._sinks = [{} for _ in self.takes]
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+
+class _Pull:
+    """Rows of a stream of batches, ``n`` at a time."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema | None = None) -> None:
+        self._it, self._pending, self._schema = batches, [], schema
+
+    def take(self, n: int) -> pa.Table:
+        have = sum(b.num_rows for b in self._pending)
+        while have < n:
+            b = next(self._it)
+            self._pending.append(b)
+            have += b.num_rows
+        if not self._pending:
+            return self._schema.empty_table() if self._schema is not None else pa.table({})
+        t = pa.Table.from_batches(self._pending)
+        self._pending = t.slice(n).to_batches()
+        return t.slice(0, n).combine_chunks()
+
+
 # ------------------------------------------------------------------------------------------ trace tables
 
 
 @dataclass
 class _Traces:
-    """Traces as columns, one row per trace in *list order* (a run's: by ``(cot_type, trace_id)``).
+    """Traces as small columns, one row per trace in *list order* (a run's: by ``(cot_type, trace_id)``).
 
-    The planners read only the small columns; ``texts`` renders rows (the run's samples and thoughts).
-    """
+    No text is held: the planners read these columns; a run's rows are rendered by routing the texts they need
+    from the stage files (``src``)."""
 
     cot_type: np.ndarray  # index into TRACE_TYPES
-    trace_id: pa.Array
+    key: np.ndarray  # dense rank of the trace id (equal ids, equal ranks; rank order = the ids' string order)
     mcq: np.ndarray  # rank code of mcq_id (code order = string order); mcq_names[code] is the id
     mcq_names: pa.Array
     sample: np.ndarray  # code of sample_id
@@ -304,9 +578,10 @@ class _Traces:
     length: np.ndarray  # len(thought) (code points)
     added: np.ndarray  # len(thought) - len(simple_thought)
     pred: np.ndarray
-    answers: Callable[[str | None], pa.Array]  # the answer of every trace in the requested format
-    thoughts: Callable[[np.ndarray], pa.Array]  # the thoughts of some traces
     thought_bytes: np.ndarray  # UTF-8 length of each thought
+    answer_bytes: Callable[[str | None], np.ndarray]  # UTF-8 length of every trace's answer in a format
+    targets: Callable[[np.ndarray, str | None], list]  # per trace of some: equal iff their rendered targets are
+    trace_ids: Callable[[np.ndarray], pa.Array]  # the ids of some traces
     src: "_RunSource | None" = None
 
     def __len__(self) -> int:
@@ -318,72 +593,249 @@ class _Traces:
 
 @dataclass
 class _RunSource:
-    """What a run's trace rows are rendered from: kept samples, every trace's sample row and thought."""
+    """Where a run's traces are in its stage files: rows numbered across each stage's files (:func:`_stream`)."""
 
-    samples: dict[str, pa.Array]  # kept simple CoTs: _SAMPLE_COLUMNS
-    s: np.ndarray  # per trace: its sample's row in ``samples``
-    expansion: np.ndarray  # per trace: is an expansion
-    thought_at: np.ndarray  # per trace: index into ``all_thoughts``
-    all_thoughts: pa.Array  # the samples' thoughts, then the kept expansions' long thoughts
+    run: Any
+    s_row: np.ndarray  # per kept sample: its row in the simple-CoT stage
+    s: np.ndarray  # per trace: its kept sample
+    e_row: np.ndarray  # per trace: its row in the expansion stage (-1 for a simple thought)
+    memory_bytes: int = ROUTE_MEMORY_BYTES
+    buckets: list[int] = dataclasses.field(default_factory=list)  # spill buckets of each route (tests read it)
+
+    @property
+    def expansion(self) -> np.ndarray:
+        return self.e_row >= 0
 
 
-def _run_traces(run: Any) -> _Traces:
-    """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``."""
-    read = _read(run, table_for("short_thought"), _SAMPLE_COLUMNS, kept=True, dictionary=_REPEATED)
-    samples = {c: _one_chunk(read[c]) for c in _SAMPLE_COLUMNS if c != "thought"}
-    n_s = read.num_rows
-    if pc.count_distinct(samples["sample_id"]).as_py() != n_s:
-            raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
+_S_INDEX = ("sample_id", "mcq_id", "system_prompt", "user_text", "answer_format", "options", "thought", "pred_index",
+            "correct", "keep")
+_S_INDEX_DICT = ("mcq_id", "system_prompt", "user_text", "answer_format")
+_E_INDEX = ("expansion_id", "sample_id", "long_thought", "pred_index", "correct", "keep")
+
+
+def _id_prefix(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(hi, lo)``: the first 16 UTF-8 bytes of each id (zero-padded) as two big-endian integers, so that ids
+    that differ in those bytes compare like the ids (byte order is code point order)."""
+    ids = _one_chunk(ids).cast(pa.large_string())
+    n = len(ids)
+    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + n + 1]
+    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
+    width = np.arange(16)
+    at = offsets[:-1, None] + width
+    inside = width < np.diff(offsets)[:, None]
+    mat = np.where(inside, data[np.clip(at, 0, max(0, len(data) - 1))], 0).astype(np.uint8)
+    words = mat.view(">u8").astype(np.uint64)
+    return words[:, 0].copy(), words[:, 1].copy()
+
+
+def _dict_codes(col: pa.Array, codes: dict, *, digest: bool = False) -> np.ndarray:
+    """Codes of a dictionary column's values, numbered across calls in ``codes`` (by the value, or by a 128-bit
+    BLAKE2b digest of it: long texts are not kept)."""
+    col = _one_chunk(col)
+    values = col.dictionary.to_pylist()
+    keys = [hashlib.blake2b(v.encode("utf-8"), digest_size=16).digest() if digest and v is not None else v
+            for v in values]
+    local = np.array([codes.setdefault(k, len(codes)) for k in keys], np.int64)
+    return local[col.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(len(col), np.int64)
+
+
+def _index_samples(run: Any) -> dict[str, Any]:
+    """The small columns of every kept simple CoT (one pass over the stage, its texts only measured)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "hi", "lo", "h", "mcq", "sys", "user", "fmt",
+                                                          "opt_bytes", "opt_count", "len", "bytes", "pred", "ok")}
+    mcq_codes: dict[str, int] = {}
+    sys_codes: dict[bytes, int] = {}
+    user_codes: dict[bytes, int] = {}
+    fmt_codes: dict[str, int] = {f: i for i, f in enumerate(ANSWER_FORMATS)}
+    from builder.serve import id_hash
+
+    for start, b in _stream(run, table_for("short_thought"), _S_INDEX, dictionary=_S_INDEX_DICT):
+        keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
+        if not len(keep):
+            continue
+        thought = b.column("thought")  # measured, never copied
+        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
+        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
+        b = b.drop_columns(["thought"]).take(pa.array(keep))
+        parts["row"].append(start + keep)
+        hi, lo = _id_prefix(b.column("sample_id"))
+        parts["hi"].append(hi)
+        parts["lo"].append(lo)
+        parts["h"].append(id_hash(b.column("sample_id")))
+        parts["mcq"].append(_dict_codes(b.column("mcq_id"), mcq_codes))
+        parts["sys"].append(_dict_codes(b.column("system_prompt"), sys_codes, digest=True))
+        parts["user"].append(_dict_codes(b.column("user_text"), user_codes, digest=True))
+        parts["fmt"].append(_dict_codes(b.column("answer_format"), fmt_codes))
+        options = b.column("options")
+        parts["opt_bytes"].append(pc.binary_length(pc.list_flatten(options)).to_numpy(zero_copy_only=False))
+        parts["opt_count"].append(pc.fill_null(pc.list_value_length(options), 0).to_numpy(zero_copy_only=False))
+        parts["pred"].append(b.column("pred_index").to_numpy(zero_copy_only=False))
+        parts["ok"].append(b.column("correct").to_numpy(zero_copy_only=False))
+    out = {k: np.concatenate(v) if v else np.zeros(0, _EMPTY.get(k, np.int64)) for k, v in parts.items()}
+    names = pa.array(list(mcq_codes), _STR)
+    rank, out["mcq_names"] = _rank_codes(names) if len(names) else (np.zeros(0, np.int64), names)
+    out["mcq"] = rank[out["mcq"]] if len(rank) else out["mcq"]
+    n_user = max(1, len(user_codes))
+    out["prompt"] = out["sys"] * n_user + out["user"]
+    out["fmt_names"] = list(fmt_codes)
+    return out
+
+
+def _index_expansions(run: Any) -> dict[str, np.ndarray]:
+    """The small columns of every kept expansion (one pass over the stage, its texts only measured)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "hi", "lo", "of", "len", "bytes", "pred", "ok")}
+    from builder.serve import id_hash
+
+    for start, b in _stream(run, table_for("long_thought"), _E_INDEX):
+        keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
+        if not len(keep):
+            continue
+        thought = b.column("long_thought")  # measured, never copied
+        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
+        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
+        b = b.drop_columns(["long_thought"]).take(pa.array(keep))
+        parts["row"].append(start + keep)
+        hi, lo = _id_prefix(b.column("expansion_id"))
+        parts["hi"].append(hi)
+        parts["lo"].append(lo)
+        parts["of"].append(id_hash(b.column("sample_id")))
+        parts["pred"].append(b.column("pred_index").to_numpy(zero_copy_only=False))
+        parts["ok"].append(b.column("correct").to_numpy(zero_copy_only=False))
+    return {k: np.concatenate(v) if v else np.zeros(0, _EMPTY.get(k, np.int64)) for k, v in parts.items()}
+
+
+_EMPTY = {"hi": np.uint64, "lo": np.uint64, "h": np.uint64, "of": np.uint64, "ok": bool}
+
+
+def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array],
+              h: np.ndarray | None = None) -> np.ndarray:
+    """Dense ranks of ids in string order, from their 16-byte prefixes; ids whose prefixes tie are compared in
+    full (``full_ids`` of those rows: read again from the files). With ``h`` (a 64-bit hash of each whole id),
+    ids of equal prefix and equal hash count as equal without a read (repeated ids, such as the sample of each
+    of its expansions); a group that mixes hashes is read."""
+    n = len(hi)
+    if not n:
+        return np.zeros(0, np.int64)
+    hashed = h is not None
+    h = h if hashed else np.zeros(n, np.uint64)
+    o = np.lexsort((h, lo, hi))
+    hi_o, lo_o, h_o = hi[o], lo[o], h[o]
+    new = np.r_[True, (hi_o[1:] != hi_o[:-1]) | (lo_o[1:] != lo_o[:-1])]
+    new_h = new | np.r_[True, h_o[1:] != h_o[:-1]]
+    del hi_o, lo_o, h_o
+    g = np.cumsum(new) - 1
+    tied = (np.bincount(g, weights=new_h & ~new) > 0)[g] if hashed else np.bincount(g)[g] > 1
+    new = new_h
+    if tied.any():
+        seg = np.flatnonzero(tied)
+        ids = _one_chunk(full_ids(o[seg])).cast(pa.large_string())
+        by = pc.sort_indices(pa.table({"g": g[seg], "id": ids}), [("g", "ascending"), ("id", "ascending")])
+        o[seg] = o[seg][by.to_numpy()]
+        gs, ids = g[seg][by.to_numpy()], ids.take(by)
+        differ = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+        new[seg] = np.r_[True, (gs[1:] != gs[:-1]) | differ]
+    rank = np.empty(n, np.int64)
+    rank[o] = np.cumsum(new) - 1
+    return rank
+
+
+def _gather(run: Any, stage: str, column: str, rows: np.ndarray) -> pa.Array:
+    """``column`` of some rows of ``stage`` (numbered as :func:`_stream` numbers them), in the order given."""
+    routed = _Routed(_stream(run, stage, [column], rows=np.unique(rows)), [rows], memory_bytes=1 << 62)
+    try:
+        return _concat_texts([b.column(0) for b in routed.batches(0)]) if len(rows) else pa.array([], _STR)
+    finally:
+        routed.close()
+
+
+def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
+    """Every kept simple CoT and kept expansion of a kept simple CoT, sorted by ``(cot_type, trace_id)``, as small
+    columns: two passes over the stage files that keep no text (ids as 16-byte prefixes and 64-bit hashes)."""
+    run = _Listed(run)
+    S = _index_samples(run)
+    n_s = len(S["row"])
+    if pc.count_distinct(pa.array(S["h"])).as_py() != n_s:
+        raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
                          f"a stage-2 chunk was written twice (remove the copy)")
-    exp = _read(run, table_for("long_thought"), ("expansion_id", "sample_id", "long_thought", "pred_index", "correct"), kept=True)
-    # the sample row each expansion grew from (expansions of a sample that is not kept drop out)
-    sample_row, has = _positions(exp["sample_id"], samples["sample_id"])
+    E = _index_expansions(run)
+    # the sample each expansion grew from (expansions of a sample that is not kept drop out), joined on a 64-bit
+    # FNV-1a hash of the whole sample_id (a false match needs two ids of one run to collide: ~n²/2⁶⁵)
+    sample_row, has = _positions(pa.array(E.pop("of")), pa.array(S.pop("h")))
+    E = {k: v[has] for k, v in E.items()}
     e_s = sample_row[has]
-    exp = exp.filter(pa.array(has)) if not has.all() else exp
-    # every thought in one array (one copy): the samples' thoughts, then the expansions' long thoughts
-    all_thoughts = _concat_texts(read["thought"].chunks + exp["long_thought"].chunks)
-    del read
-    samples["thought"] = all_thoughts.slice(0, n_s)
-    long_thought = all_thoughts.slice(n_s)
-
-    s_correct = samples["correct"].to_numpy(zero_copy_only=False)
-    e_correct = _one_chunk(exp["correct"]).to_numpy(zero_copy_only=False)
-    s_len = pc.utf8_length(samples["thought"]).to_numpy().astype(np.int64)
-    e_len = pc.utf8_length(long_thought).to_numpy().astype(np.int64)
-    t_code = {t: i for i, t in enumerate(TRACE_TYPES)}
-    s_type = np.where(s_correct, t_code["O"], t_code["X"])
-    e_type = np.select([s_correct[e_s] & e_correct, s_correct[e_s], e_correct],
-                       [t_code["O_O"], t_code["O_X"], t_code["X_O"]], t_code["X_X"])
     n_e = len(e_s)
-    cot = np.concatenate([s_type, e_type]).astype(np.int64)
-    trace_id = pa.concat_arrays([samples["sample_id"], _one_chunk(exp["expansion_id"])])
+    s_ok, e_ok = S["ok"].astype(bool), E["ok"].astype(bool)
+    t_code = {t: i for i, t in enumerate(TRACE_TYPES)}
+    s_type = np.where(s_ok, t_code["O"], t_code["X"])
+    e_type = np.select([s_ok[e_s] & e_ok, s_ok[e_s], e_ok], [t_code["O_O"], t_code["O_X"], t_code["X_O"]],
+                       t_code["X_X"])
+    cot = np.concatenate([s_type, e_type]).astype(np.int8)
+    s_row, e_row = S["row"].astype(np.int64), E["row"].astype(np.int64)
+
+    def full_ids(at: np.ndarray) -> pa.Array:
+        at = np.asarray(at, np.int64)
+        out = np.empty(len(at), object)
+        smp = at < n_s
+        out[smp] = _gather(run, table_for("short_thought"), "sample_id", s_row[at[smp]]).to_pylist()
+        out[~smp] = _gather(run, table_for("long_thought"), "expansion_id", e_row[at[~smp] - n_s]).to_pylist()
+        return pa.array(out.tolist(), _STR)
+
+    key = _id_ranks(np.concatenate([S.pop("hi"), E.pop("hi")]), np.concatenate([S.pop("lo"), E.pop("lo")]),
+                    full_ids)
     # sort by (cot_type, trace_id) as strings: type names sort O, O_O, O_X, X, X_O, X_X
     type_rank = np.argsort(np.argsort(np.array(TRACE_TYPES)))[cot]
-    order = pc.sort_indices(pa.table({"t": type_rank, "id": trace_id}), [("t", "ascending"), ("id", "ascending")])
-    order = order.to_numpy()
+    order = np.lexsort((key, type_rank))
+    del type_rank
     s_of = np.concatenate([np.arange(n_s), e_s])[order]
-    is_exp = (np.arange(n_s + n_e) >= n_s)[order]
-    length = np.concatenate([s_len, e_len])[order]
-    added = length - np.where(is_exp, s_len[s_of], 0)
-    pred = np.concatenate([samples["pred_index"].to_numpy(zero_copy_only=False),
-                           _one_chunk(exp["pred_index"]).to_numpy(zero_copy_only=False)])[order].astype(np.int64)
-    src = _RunSource(samples=samples, s=s_of, expansion=is_exp, thought_at=order, all_thoughts=all_thoughts)
+    is_exp = order >= n_s
+    length = np.concatenate([S["len"], E["len"]])[order].astype(np.int32)
+    added = length - np.where(is_exp, S["len"][s_of], 0).astype(np.int32)
+    pred = np.concatenate([S["pred"], E["pred"]])[order].astype(np.int32)
+    src = _RunSource(run=run, s_row=s_row, s=s_of, e_row=np.where(is_exp, e_row[np.clip(order - n_s, 0, None)], -1)
+                     if n_e else np.full(len(order), -1, np.int64), memory_bytes=memory_bytes)
+    tr = _Traces(cot_type=cot[order], key=key[order], mcq=S["mcq"][s_of].astype(np.int64), mcq_names=S["mcq_names"],
+                 sample=s_of, prompt=S["prompt"][s_of].astype(np.int64), length=length, added=added, pred=pred,
+                 thought_bytes=np.concatenate([S["bytes"], E["bytes"]])[order].astype(np.int32),
+                 answer_bytes=lambda fmt: _answer_bytes(S, s_of, pred, fmt),
+                 targets=lambda at, fmt: _run_targets(tr, at, fmt),
+                 trace_ids=lambda at: trace_ids(tr, at), src=src)
+    return tr
 
-    mcq_s, mcq_names = _rank_codes(samples["mcq_id"])
-    n_user = max(1, len(samples["user_text"].dictionary))
-    prompt_s = _codes(samples["system_prompt"]) * n_user + _codes(samples["user_text"])
 
-    def answers(fmt: str | None) -> pa.Array:
-        s = pa.array(s_of)
-        return _format_answers(samples["options"].take(s), samples["answer_format"].take(s), pred, fmt)
-
-    def thoughts(at: np.ndarray) -> pa.Array:
-        return all_thoughts.take(pa.array(order[at]))
-
-    return _Traces(cot_type=cot[order], trace_id=trace_id.take(pa.array(order)), mcq=mcq_s[s_of], mcq_names=mcq_names,
-                   sample=s_of.astype(np.int64), prompt=prompt_s[s_of], length=length, added=added, pred=pred,
-                   answers=answers, thoughts=thoughts, src=src,
-                   thought_bytes=pc.binary_length(all_thoughts).to_numpy().astype(np.int64)[order])
+def _answer_bytes(S: dict[str, Any], s_of: np.ndarray, pred: np.ndarray, override: str | None) -> np.ndarray:
+    """UTF-8 length of :func:`builder.answers.format_answer` of every trace (the errors :func:`_format_answers`
+    raises on the same rows included)."""
+    n = len(pred)
+    if not n:
+        return np.zeros(0, np.int64)
+    names = S["fmt_names"]
+    if override is not None:
+        fmt = np.full(n, names.index(override) if override in names else -1, np.int64)
+        used = {override}
+    else:
+        fmt = S["fmt"][s_of]
+        used = {names[i] for i in np.unique(fmt).tolist()}
+    bad = sorted(f for f in used if f not in ANSWER_FORMATS)
+    if bad:
+        raise ValueError(f"answer format must be one of {ANSWER_FORMATS}, got {bad[0]!r}")
+    out = np.zeros(n, np.int64)
+    if used & {"paren", "dot"}:
+        li = np.where(pred < 0, pred + len(LETTERS), pred)
+        if ((li < 0) | (li >= len(LETTERS))).any():
+            raise IndexError("string index out of range")
+        out[fmt == names.index("paren")] = 3
+        out[fmt == names.index("dot")] = 2
+    if "text" in used:
+        count = S["opt_count"].astype(np.int64)
+        starts = np.cumsum(count) - count
+        lens = count[s_of]
+        ti = np.where(pred < 0, pred + lens, pred)
+        need = fmt == names.index("text")
+        if (need & ((ti < 0) | (ti >= lens))).any():
+            raise IndexError("list index out of range")
+        at = starts[s_of] + np.clip(ti, 0, None)
+        out[need] = S["opt_bytes"][at[need]]
+    return out
 
 
 def _list_traces(traces: Sequence[Trace]) -> _Traces:
@@ -391,17 +843,20 @@ def _list_traces(traces: Sequence[Trace]) -> _Traces:
     prompts: dict[tuple[str, str], int] = {}
     samples: dict[str, int] = {}
     mcq, mcq_names = _rank_codes(pa.array([t.mcq_id for t in traces], _STR))
+    ids = pa.array([t.trace_id for t in traces], _STR)
     return _Traces(
         cot_type=np.array([TRACE_TYPES.index(t.cot_type) for t in traces], np.int64),
-        trace_id=pa.array([t.trace_id for t in traces], _STR), mcq=mcq, mcq_names=mcq_names,
+        key=_rank_codes(ids)[0], mcq=mcq, mcq_names=mcq_names,
         sample=np.array([samples.setdefault(t.sample_id, len(samples)) for t in traces], np.int64),
         prompt=np.array([prompts.setdefault(t.prompt_key, len(prompts)) for t in traces], np.int64),
         length=np.array([len(t.thought) for t in traces], np.int64),
         added=np.array([t.added_length for t in traces], np.int64),
         pred=np.array([t.pred_index for t in traces], np.int64),
-        answers=lambda fmt: pa.array([t.answer(fmt) for t in traces], _STR),
-        thoughts=lambda at: pa.array([traces[i].thought for i in at], _STR),
         thought_bytes=np.array([len(t.thought.encode("utf-8")) for t in traces], np.int64),
+        answer_bytes=lambda fmt: pc.binary_length(pa.array([t.answer(fmt) for t in traces], _STR)).to_numpy(
+            zero_copy_only=False).astype(np.int64),
+        targets=lambda at, fmt: [traces[i].target(fmt) for i in at],
+        trace_ids=lambda at: ids.take(pa.array(np.asarray(at, np.int64))),
     )
 
 
@@ -471,16 +926,17 @@ def length_weighted_subsample(
     if not items:
         return []
     codes, names = _rank_codes(pa.array([group(it) for it in items], _STR))
-    picked = _lw_pick(pa.array([key(it) for it in items], _STR), codes, names,
+    picked = _lw_pick(_rank_codes(pa.array([key(it) for it in items], _STR))[0], codes, names,
                       np.array([length(it) for it in items], np.int64), n, seed=seed, tag=tag)
     return [items[i] for i in picked]
 
 
-def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: np.ndarray, n: int, *,
+def _lw_pick(keys: np.ndarray, group: np.ndarray, group_names: pa.Array, length: np.ndarray, n: int, *,
              seed: int, tag: str) -> list[int]:
     """:func:`length_weighted_subsample` on columns: the positions drawn, in the order drawn and shuffled.
 
-    ``group`` holds rank codes (code order = group name order). The same random calls as the row code: per
+    ``keys`` and ``group`` hold rank codes (code order = key / group name order; equal keys, equal codes). The
+    same random calls as the row code: per
     group (sorted) ``_weighted_draw`` over its members sorted by ``(-length, key)``; the top-up ``sample`` over
     the rest in key order; the shuffle (their outcomes depend only on the sizes, so positions stand in for items).
     """
@@ -488,7 +944,7 @@ def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: n
     n = min(n, size)
     if n <= 0:
         return []
-    by_key = pc.sort_indices(keys).to_numpy()  # stable: equal keys keep their order
+    by_key = np.argsort(keys, kind="stable")  # equal keys keep their order
     key_rank = np.empty(size, np.int64)
     key_rank[by_key] = np.arange(size)
     per_group = n // len(np.unique(group))
@@ -504,12 +960,11 @@ def _lw_pick(keys: pa.Array, group: np.ndarray, group_names: pa.Array, length: n
         for g, a, b in zip(names, starts.tolist(), ends.tolist()):
             chosen += _weighted_draw(order_l[a:b], weights[: b - a], min(per_group, b - a),
                                      _group_rng(seed, tag, g))
-    rest = pa.array(by_key)
+    rest = by_key
     if chosen:
-        taken = pc.is_in(keys.take(rest), value_set=keys.take(pa.array(chosen)))
-        rest = rest.filter(pc.invert(taken))
+        rest = rest[~np.isin(keys[rest], keys[np.asarray(chosen, np.int64)])]
     top = rng_for(seed, tag, "top-up").sample(range(len(rest)), n - len(chosen))
-    chosen += rest.take(pa.array(top, pa.int64())).to_pylist() if top else []
+    chosen += rest[np.asarray(top, np.int64)].tolist() if top else []
     rng_for(seed, tag, "shuffle").shuffle(chosen)
     return chosen
 
@@ -552,7 +1007,7 @@ def _simple_cot_plan(tr: _Traces, opts: AssembleOptions) -> list[int]:
 def _pick(tr: _Traces, among: np.ndarray, n: int, length: np.ndarray, seed: int, tag: str) -> list[int]:
     if min(n, len(among)) <= 0:
         return []
-    at = _lw_pick(tr.trace_id.take(pa.array(among)), tr.mcq[among], tr.mcq_names, length[among], n, seed=seed,
+    at = _lw_pick(tr.key[among], tr.mcq[among], tr.mcq_names, length[among], n, seed=seed,
                   tag=tag)
     return among[at].tolist()
 
@@ -565,7 +1020,8 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     prompt, or one sample); they are ordered as the row code enumerated them (kind, group by first appearance,
     chosen, rejected), and a pair whose prompt and both rendered targets equal an earlier one's is dropped.
     """
-    pos = np.arange(len(tr))
+    n = len(tr)
+    small = np.int32 if n < 2**31 else np.int64  # positions: half the memory of the candidate pairs
     mcq_scope = tr.mcq * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt
     first_of = {"mcq": _first_position(mcq_scope), "sample": _first_position(tr.sample)}
     scope_key = {"mcq": mcq_scope, "sample": tr.sample}
@@ -573,8 +1029,8 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     for k, kind in enumerate(opts.pair_kinds):
         chosen_type, rejected_type = kind.split(">")
         scope = _KIND_SCOPE[kind]
-        c = tr.of_type(chosen_type)
-        r = tr.of_type(rejected_type)
+        c = tr.of_type(chosen_type).astype(small)
+        r = tr.of_type(rejected_type).astype(small)
         r = r[tr.pred[r] >= 0]
         if not len(c) or not len(r):
             continue
@@ -584,26 +1040,29 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
         jc, jr = joined["c"].to_numpy(), joined["r"].to_numpy()
         same = tr.prompt[jc] == tr.prompt[jr]  # always true by scope; the row code checked it
         jc, jr = jc[same], jr[same]
-        kinds.append(np.full(len(jc), k))
+        kinds.append(np.full(len(jc), k, np.int8))
         cs.append(jc)
         rs.append(jr)
-        gs.append(first_of[scope][jc])
+        gs.append(first_of[scope][jc].astype(small))
     if not kinds:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    kind, c, r, g = (np.concatenate(x).astype(np.int64) for x in (kinds, cs, rs, gs))
+    kind, c, r, g = (np.concatenate(x) for x in (kinds, cs, rs, gs))
+    del kinds, cs, rs, gs, first_of
     order = np.lexsort((r, c, g, kind))
+    del g
     kind, c, r = kind[order], c[order], r[order]
+    del order
     if dedupe and len(c):
-        used = np.zeros(len(tr), bool)
+        used = np.zeros(n, bool)
         used[c] = used[r] = True
         cls = _target_classes(tr, opts, np.flatnonzero(used))
-        keep = _is_first(_first_seen_codes(cls[c] * (len(pos) + 1) + cls[r]))  # each pair's first occurrence
+        keep = _is_first(_first_seen_codes(cls[c] * (n + 1) + cls[r]))  # each pair's first occurrence
         kind, c, r = kind[keep], c[keep], r[keep]
     if opts.dpo_pairs == "authors" and len(c):
         keep = _authors_rule(kind, c, r, opts)
         kind, c, r = kind[keep], c[keep], r[keep]
-    return kind, c, r
+    return kind.astype(np.int64), c.astype(np.int64), r.astype(np.int64)
 
 
 def _authors_rule(kind: np.ndarray, c: np.ndarray, r: np.ndarray, opts: AssembleOptions) -> np.ndarray:
@@ -653,22 +1112,17 @@ def _is_first(codes: np.ndarray) -> np.ndarray:
 def _target_classes(tr: _Traces, opts: AssembleOptions, among: np.ndarray) -> np.ndarray:
     """Per trace (of ``among``), the first position of a trace with the same prompt and the same rendered target.
 
-    Equal targets have equal byte lengths: only traces sharing (prompt, length) are compared as strings.
-    """
+    Equal targets have equal byte lengths: only traces sharing (prompt, length) are compared (``tr.targets``)."""
     cls = np.arange(len(tr))
-    answers = tr.answers(opts.answer_format).take(pa.array(among))
-    size = tr.thought_bytes[among] + pc.binary_length(answers).to_numpy(zero_copy_only=False).astype(np.int64)
+    size = tr.thought_bytes[among] + tr.answer_bytes(opts.answer_format)[among]
     key = tr.prompt[among] * (int(size.max(initial=0)) + 1) + size
     first = _first_position(key)
     shared = first != np.arange(len(among))
     if not shared.any():
         return cls
     candidates = np.flatnonzero(np.isin(key, key[shared]))
-    th = tr.thoughts(among[candidates]).to_pylist()
-    an = answers.take(pa.array(candidates)).to_pylist()
-    seen: dict[tuple[int, str], int] = {}
-    for j, t, a in zip(candidates.tolist(), th, an):
-        target = f"<think> {t} </think> <answer> {a} </answer>"
+    seen: dict[tuple[int, Any], int] = {}
+    for j, target in zip(candidates.tolist(), tr.targets(among[candidates], opts.answer_format)):
         cls[among[j]] = seen.setdefault((int(tr.prompt[among[j]]), target), int(among[j]))
     return cls
 
@@ -731,56 +1185,145 @@ def _chunks(size: int, batch_rows: int) -> Iterator[slice]:
         yield slice(a, min(a + batch_rows, size))
 
 
+_S_TEXTS = ("sample_id", "mcq_id", "image_id", "question_type", "system_prompt", "user_text", "options",
+            "answer_format", "thought")
+_S_TEXTS_DICT = ("mcq_id", "image_id", "question_type", "system_prompt", "answer_format")
+_E_TEXTS = ("expansion_id", "long_thought")
+
+
+class _Texts:
+    """The stage rows some traces need, routed into the orders of several consumers: ``samples[i]`` the kept
+    sample of each trace of ``positions[i]``, ``expansions[i]`` the expansion row of each of those traces that is
+    one (in order). One pass over each stage file that holds a wanted row; see :class:`_Routed`."""
+
+    def __init__(self, tr: _Traces, positions: Sequence[np.ndarray], batch_rows: int,
+                 s_columns: Sequence[str] = _S_TEXTS, e_columns: Sequence[str] = _E_TEXTS) -> None:
+        src = tr.src
+        self.positions = [np.asarray(p, np.int64) for p in positions]
+        self.is_exp = [src.e_row[p] >= 0 for p in self.positions]
+        s_takes = [src.s_row[src.s[p]] for p in self.positions]
+        e_takes = [src.e_row[p[x]] for p, x in zip(self.positions, self.is_exp)]
+        budget = src.memory_bytes // 2
+        self._routes: list[_Routed] = []
+        try:
+            for stage, columns, dictionary, takes in (
+                    (table_for("short_thought"), s_columns, _S_TEXTS_DICT, s_takes),
+                    (table_for("long_thought"), e_columns, (), e_takes)):
+                need = np.unique(np.concatenate(takes)) if takes else np.zeros(0, np.int64)
+                rows = _stream(src.run, stage, columns, rows=need, dictionary=[c for c in dictionary if c in columns]) \
+                    if len(need) else iter(())
+                self._routes.append(_Routed(rows, takes, memory_bytes=budget, batch_rows=batch_rows,
+                                            prefix=f"lpt-texts-{stage}-"))
+                src.buckets.append(self._routes[-1].buckets)
+        except BaseException:
+            self.close()
+            raise
+        self.samples = [_Pull(self._routes[0].batches(i)) for i in range(len(positions))]
+        self.expansions = [_Pull(self._routes[1].batches(i)) for i in range(len(positions))]
+
+    def close(self) -> None:
+        for r in self._routes:
+            r.close()
+
+
+def _spread(values: pa.Array | pa.ChunkedArray | None, mask: np.ndarray, fallback: pa.Array) -> pa.Array:
+    """``fallback`` with ``values`` (one per set ``mask`` row, in order) in the set rows."""
+    if not mask.any():
+        return fallback
+    at = np.where(mask, np.cumsum(mask) - 1, 0)
+    return pc.if_else(pa.array(mask), _one_chunk(values).cast(fallback.type).take(pa.array(at)), fallback)
+
+
+def _trace_texts(texts: _Texts, i: int, sl: slice) -> tuple[pa.Table, pa.Array, pa.Array, np.ndarray]:
+    """``(sample columns, trace ids, thoughts, is an expansion)`` of the traces ``positions[i][sl]``."""
+    smp = texts.samples[i].take(sl.stop - sl.start)
+    is_exp = texts.is_exp[i][sl]
+    exp = texts.expansions[i].take(int(is_exp.sum()))
+    tid = _spread(exp.column("expansion_id") if is_exp.any() else None, is_exp, _one_chunk(smp.column("sample_id")))
+    thought = _spread(exp.column("long_thought") if is_exp.any() else None, is_exp,
+                      _one_chunk(smp.column("thought"))) if "thought" in smp.column_names else None
+    return smp, tid, thought, is_exp
+
+
 def _trace_batches(tr: _Traces, positions: Sequence[int], opts: AssembleOptions,
                    batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """SFT-schema rows of the traces at ``positions`` (a run's traces), in that order."""
-    src = tr.src
     positions = np.asarray(positions, np.int64)
-    for sl in _chunks(len(positions), batch_rows):
-        at = positions[sl]
-        s = pa.array(src.s[at])
-        smp = src.samples
-        tid = tr.trace_id.take(pa.array(at))
-        is_exp = pa.array(src.expansion[at])
-        thought = src.all_thoughts.take(pa.array(src.thought_at[at]))
-        answer = _format_answers(smp["options"].take(s), smp["answer_format"].take(s), tr.pred[at],
-                                 opts.answer_format)
-        yield pa.RecordBatch.from_arrays([
-            pa.array(_content_ids("trace", tid, opts.answer_format), _STR),
-            smp["image_id"].take(s).cast(_STR), smp["mcq_id"].take(s), smp["sample_id"].take(s),
-            pc.if_else(is_exp, tid, ""),
-            pa.array(TRACE_TYPES).take(pa.array(tr.cot_type[at])),
-            smp["question_type"].take(s).cast(_STR),
-            _messages(("system", "user", "assistant"),
-                      [smp["system_prompt"].take(s), smp["user_text"].take(s), _target(thought, answer)]),
-            pc.if_else(is_exp, smp["thought"].take(s).cast(_STR), ""),
-        ], schema=SFT_SCHEMA)
+    texts = _Texts(tr, [positions], batch_rows)
+    try:
+        for sl in _chunks(len(positions), batch_rows):
+            at = positions[sl]
+            smp, tid, thought, is_exp = _trace_texts(texts, 0, sl)
+            col = {c: _one_chunk(smp.column(c)) for c in smp.column_names}
+            answer = _format_answers(col["options"], col["answer_format"], tr.pred[at], opts.answer_format)
+            exp = pa.array(is_exp)
+            yield pa.RecordBatch.from_arrays([
+                pa.array(_content_ids("trace", tid, opts.answer_format), _STR),
+                col["image_id"], col["mcq_id"], col["sample_id"], pc.if_else(exp, tid, ""),
+                pa.array(TRACE_TYPES).take(pa.array(tr.cot_type[at])), col["question_type"],
+                _messages(("system", "user", "assistant"),
+                          [col["system_prompt"], col["user_text"], _target(thought, answer)]),
+                pc.if_else(exp, col["thought"], ""),
+            ], schema=SFT_SCHEMA)
+    finally:
+        texts.close()
 
 
 def _pair_batches(tr: _Traces, plan: tuple[np.ndarray, np.ndarray, np.ndarray], opts: AssembleOptions,
                   batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    src, smp = tr.src, tr.src.samples
     kinds = pa.array(list(opts.pair_kinds), _STR)
     types = pa.array(TRACE_TYPES)
     kind, chosen, rejected = plan
-    for sl in _chunks(len(kind), batch_rows):
-        c, r = chosen[sl], rejected[sl]
-        s = pa.array(src.s[c])
-        rs = pa.array(src.s[r])
-        cid, rid = tr.trace_id.take(pa.array(c)), tr.trace_id.take(pa.array(r))
-        c_answer = _format_answers(smp["options"].take(s), smp["answer_format"].take(s), tr.pred[c],
-                                   opts.answer_format)
-        r_answer = _format_answers(smp["options"].take(rs), smp["answer_format"].take(rs), tr.pred[r],
-                                   opts.answer_format)
-        yield pa.RecordBatch.from_arrays([
-            pa.array(_content_ids("pair", cid, rid, opts.answer_format), _STR),
-            smp["image_id"].take(s).cast(_STR), smp["mcq_id"].take(s), kinds.take(pa.array(kind[sl])),
-            smp["question_type"].take(s).cast(_STR),
-            _messages(("system", "user"), [smp["system_prompt"].take(s), smp["user_text"].take(s)]),
-            _messages(("assistant",), [_target(src.all_thoughts.take(pa.array(src.thought_at[c])), c_answer)]),
-            _messages(("assistant",), [_target(src.all_thoughts.take(pa.array(src.thought_at[r])), r_answer)]),
-            cid, rid, types.take(pa.array(tr.cot_type[c])), types.take(pa.array(tr.cot_type[r])),
-        ], schema=DPO_SCHEMA)
+    texts = _Texts(tr, [chosen, rejected], batch_rows)
+    try:
+        for sl in _chunks(len(kind), batch_rows):
+            c, r = chosen[sl], rejected[sl]
+            smp, cid, c_thought, _ = _trace_texts(texts, 0, sl)
+            r_smp, rid, r_thought, _ = _trace_texts(texts, 1, sl)
+            col = {k: _one_chunk(smp.column(k)) for k in smp.column_names}
+            c_answer = _format_answers(col["options"], col["answer_format"], tr.pred[c], opts.answer_format)
+            r_answer = _format_answers(_one_chunk(r_smp.column("options")), _one_chunk(r_smp.column("answer_format")),
+                                       tr.pred[r], opts.answer_format)
+            yield pa.RecordBatch.from_arrays([
+                pa.array(_content_ids("pair", cid, rid, opts.answer_format), _STR),
+                col["image_id"], col["mcq_id"], kinds.take(pa.array(kind[sl])), col["question_type"],
+                _messages(("system", "user"), [col["system_prompt"], col["user_text"]]),
+                _messages(("assistant",), [_target(c_thought, c_answer)]),
+                _messages(("assistant",), [_target(r_thought, r_answer)]),
+                cid.cast(_STR), rid.cast(_STR), types.take(pa.array(tr.cot_type[c])),
+                types.take(pa.array(tr.cot_type[r])),
+            ], schema=DPO_SCHEMA)
+    finally:
+        texts.close()
+
+
+def _run_targets(tr: _Traces, at: np.ndarray, fmt: str | None) -> list[bytes]:
+    """A 128-bit BLAKE2b digest of the rendered target of each trace of ``at`` (equal digests, equal targets)."""
+    at = np.asarray(at, np.int64)
+    texts = _Texts(tr, [at], BATCH_ROWS, s_columns=("sample_id", "options", "answer_format", "thought"))
+    out: list[bytes] = []
+    try:
+        for sl in _chunks(len(at), BATCH_ROWS):
+            smp, _, thought, _ = _trace_texts(texts, 0, sl)
+            answer = _format_answers(_one_chunk(smp.column("options")), _one_chunk(smp.column("answer_format")),
+                                     tr.pred[at[sl]], fmt)
+            out += [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()
+                    for t in _target(thought, answer).to_pylist()]
+    finally:
+        texts.close()
+    return out
+
+
+def trace_ids(tr: _Traces, at: Sequence[int]) -> pa.Array:
+    """The ids (``sample_id`` of a simple thought, ``expansion_id`` of an expansion) of the traces at ``at``."""
+    at = np.asarray(at, np.int64)
+    if tr.src is None:
+        return tr.trace_ids(at)
+    texts = _Texts(tr, [at], BATCH_ROWS, s_columns=("sample_id",), e_columns=("expansion_id",))
+    try:
+        return _concat_texts([_trace_texts(texts, 0, sl)[1] for sl in _chunks(len(at), BATCH_ROWS)])
+    finally:
+        texts.close()
 
 
 # -------------------------------------------------------------------------------------------------- the sets
@@ -844,22 +1387,23 @@ def load_traces(run: Any) -> list[Trace]:
     (Materialises every thought as a Python object: the sets themselves never call it.)
     """
     tr = _run_traces(run)
-    src = tr.src
-    smp = pa.table({c: src.samples[c] for c in _SAMPLE_COLUMNS if c != "thought"}).to_pylist()
-    thoughts = src.samples["thought"].to_pylist()
-    all_thoughts = src.all_thoughts.to_pylist()
-    ids = tr.trace_id.to_pylist()
+    at = np.arange(len(tr))
+    texts = _Texts(tr, [at], BATCH_ROWS, s_columns=_S_TEXTS + ("answer_index",))
     out = []
-    for i, tid in enumerate(ids):
-        s = smp[src.s[i]]
-        exp = bool(src.expansion[i])
-        out.append(Trace(
-            cot_type=TRACE_TYPES[tr.cot_type[i]], trace_id=tid, image_id=s["image_id"], mcq_id=s["mcq_id"],
-            sample_id=s["sample_id"], expansion_id=tid if exp else "", system_prompt=s["system_prompt"],
-            user_text=s["user_text"], options=tuple(s["options"]), answer_index=s["answer_index"],
-            answer_format=s["answer_format"], question_type=s["question_type"],
-            thought=all_thoughts[src.thought_at[i]], pred_index=int(tr.pred[i]),
-            simple_thought=thoughts[src.s[i]] if exp else ""))
+    try:
+        for sl in _chunks(len(at), BATCH_ROWS):
+            smp, tid, thought, is_exp = _trace_texts(texts, 0, sl)
+            rows = smp.to_pylist()
+            for i, s, t, th, exp in zip(range(sl.start, sl.stop), rows, tid.to_pylist(), thought.to_pylist(),
+                                        is_exp.tolist()):
+                out.append(Trace(
+                    cot_type=TRACE_TYPES[tr.cot_type[i]], trace_id=t, image_id=s["image_id"], mcq_id=s["mcq_id"],
+                    sample_id=s["sample_id"], expansion_id=t if exp else "", system_prompt=s["system_prompt"],
+                    user_text=s["user_text"], options=tuple(s["options"]), answer_index=s["answer_index"],
+                    answer_format=s["answer_format"], question_type=s["question_type"], thought=th,
+                    pred_index=int(tr.pred[i]), simple_thought=s["thought"] if exp else ""))
+    finally:
+        texts.close()
     return out
 
 
@@ -910,20 +1454,30 @@ def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: st
         return
     mcqs = {c: _one_chunk(m[c]) for c in _MCQ_COLUMNS}
     del m
-    # the first sample of each MCQ (by sample_index, then sample_id) and its prompt
-    keys = ("mcq_id", "sample_index", "sample_id")
-    s = _read(run, table_for("short_thought"), keys + ("system_prompt", "user_text", "options", "answer_index", "answer_format"),
-              dictionary=("system_prompt", "user_text"))
-    order = pc.sort_indices(s.select(list(keys)), [(k, "ascending") for k in keys])
-    ids = _one_chunk(s["mcq_id"].take(order))
-    starts = np.r_[0, np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1] \
-        if len(ids) else np.zeros(0, np.int64)
-    first = s.take(order.take(pa.array(starts, pa.int64())))
-    first = {c: _one_chunk(first[c]) for c in first.column_names}
-    del s, order, ids
+    first = _first_samples(run)
     at, has = _positions(mcqs["mcq_id"], first["mcq_id"])
     for sl in _chunks(len(at), batch_rows):
         yield _mcq_batch({c: v[sl] for c, v in mcqs.items()}, first, at[sl], has[sl], variant, opts)
+
+
+def _first_samples(run: Any) -> dict[str, pa.Array]:
+    """The prompt columns of the first sample of each MCQ (by ``sample_index``, then ``sample_id``): found on
+    rank columns (:func:`_key_order`), then only those rows read back."""
+    stage = table_for("short_thought")
+    columns = ("mcq_id", "system_prompt", "user_text", "options", "answer_index", "answer_format")
+    order = _key_order(run, stage, ("mcq_id", "sample_index", "sample_id"))
+    if not len(order):
+        return {c: pa.array([], TABLES[stage].schema.field(c).type) for c in columns}
+    mcq = _key_ranks(run, stage, ("mcq_id",))[0][order]  # each MCQ's samples are adjacent in this order
+    rows = order[np.r_[0, np.flatnonzero(mcq[1:] != mcq[:-1]) + 1]]
+    del mcq
+    routed = _Routed(_stream(run, stage, columns, rows=np.unique(rows), dictionary=("system_prompt", "user_text")),
+                     [rows], memory_bytes=1 << 62)
+    try:
+        t = pa.Table.from_batches(list(routed.batches(0)))
+    finally:
+        routed.close()
+    return {c: _one_chunk(t[c]) for c in columns}
 
 
 def _mcq_batch(m: dict[str, pa.Array], first: dict[str, pa.Array], at: np.ndarray, has: np.ndarray, variant: str,
@@ -1084,91 +1638,91 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
                 sort_memory_bytes: int = SORT_MEMORY_BYTES) -> Iterator[pa.RecordBatch]:
     """Every record of one stage, as written, in :meth:`RunDir.read`'s order (sorted by the stage's keys).
 
-    The sort is computed on the key columns alone. Rows already in that order stream from the files; a stage
-    of at most ``sort_memory_bytes`` (in Arrow, estimated from a sample) is sorted in memory; a bigger one is
-    bucketed by output position into Arrow IPC spill files in one pass over the files, then each bucket is put
-    in order and emitted, so memory stays about ``sort_memory_bytes`` whatever the size of the stage.
+    The sort is computed on the key columns alone, one at a time, as ranks (:func:`_key_order`: no id is held).
+    Rows already in that order stream from the files; a stage of at most ``sort_memory_bytes`` (in Arrow,
+    estimated from a sample) is sorted in memory; a bigger one is bucketed by output position into Arrow IPC
+    spill files in one pass over the files, then each bucket is put in order and emitted, so memory stays about
+    ``sort_memory_bytes`` whatever the size of the stage.
     """
     full = TABLES[stage].schema
-    keys = TABLES[stage].sort_keys
     files = _files(run, stage)
-    key_parts = [b for p in files for b in _batches(stage, p, keys)]
-    total = sum(b.num_rows for b in key_parts)
+    order = _key_order(run, stage)
+    total = len(order)
     if not total:
         return
-    order = pc.sort_indices(pa.Table.from_batches(key_parts), [(k, "ascending") for k in keys]).to_numpy()
-    del key_parts
     if (order == np.arange(total)).all():  # already in order: stream
         rows = (b.cast(full) if b.schema != full else b for p in files for b in _batches(stage, p))
         yield from _rebatch(rows, batch_rows)
         return
     repeated = TABLES[stage].repeated  # read as dictionaries, sorted as indices, strings again batch by batch
-    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated))
+    rows = (b for p in files for b in _batches(stage, p, dictionary=repeated, batch_rows=8192))
     nbytes = _arrow_bytes(stage, files, total, repeated)
     if nbytes <= sort_memory_bytes:
         table = pa.Table.from_batches(list(rows)).unify_dictionaries().combine_chunks()
         for sl in _chunks(total, batch_rows):
             yield pa.Table.from_batches([table.take(pa.array(order[sl])).to_batches()[0]]).cast(full).to_batches()[0]
         return
-    for batch in _spill_sort(stage, rows, order, total, sort_memory_bytes * total // nbytes // 3, batch_rows):
+    # the batches end where they did when a bucket held sort_memory_bytes / 3 (the files' row groups, and so their
+    # bytes, follow the batches); the buckets themselves hold SPILL_BUCKET_BYTES
+    block = max(batch_rows, int(sort_memory_bytes * total // nbytes // 3))
+    for batch in _spill_sort(stage, rows, order, total, min(block, SPILL_BUCKET_BYTES * total // nbytes), batch_rows,
+                             block):
         yield batch.cast(full)
 
 
-def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
-                batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Rows in ``order``: each row goes to the spill file of its output bucket; each bucket is then sorted.
+def _key_order(run: Any, stage: str, keys: Sequence[str] | None = None) -> np.ndarray:
+    """The positions of a stage's rows sorted by ``keys`` (default: its sort keys; stable), from
+    :func:`_key_ranks`."""
+    ranks = _key_ranks(run, stage, keys or TABLES[stage].sort_keys)
+    if not ranks:
+        return np.zeros(0, np.int64)
+    return np.lexsort(ranks[::-1]) if len(ranks) > 1 else np.argsort(ranks[0], kind="stable")
 
-    A dictionary column travels as indices into the concatenation of every batch's dictionary (kept in
-    memory: the repeated texts once per batch), so the spill files hold no dictionary."""
-    rank = np.empty(total, np.int64)
-    rank[order] = np.arange(total)
-    bucket_rows = max(batch_rows, int(bucket_rows))
-    spill = Path(tempfile.mkdtemp(prefix=f"lpt-sort-{stage}-"))
-    dictionaries: dict[str, list[pa.Array]] = {}
-    try:
-        sinks: dict[int, Any] = {}
+
+def _key_ranks(run: Any, stage: str, keys: Sequence[str]) -> list[np.ndarray]:
+    """One dense rank column per key of a stage's rows (``[]`` for no row), each key read alone: a string key
+    ranked by :func:`_id_ranks` (16-byte prefixes and hashes, ties read in full; no id is held), any other (or
+    one with nulls) by ``pyarrow.compute.rank``."""
+    from builder.serve import id_hash
+
+    ranks = []
+    for key in keys:
+        text = pa.types.is_string(TABLES[stage].schema.field(key).type)
+        parts: list[Any] = []
+        for _, b in _stream(run, stage, [key]):
+            col = b.column(0)
+            text = text and not col.null_count
+            parts.append((*_id_prefix(col), id_hash(col)) if text else col)
+        if not parts:
+            return []
+        if text:
+            hi, lo, h = (np.concatenate(p) for p in zip(*parts))
+            del parts
+            ranks.append(_id_ranks(hi, lo, lambda at, k=key: _gather(run, stage, k, at), h))
+        else:
+            col = pa.chunked_array([b.column(0) for _, b in _stream(run, stage, [key])])
+            ranks.append(pc.rank(col, "ascending", tiebreaker="dense").to_numpy())
+    return ranks
+
+
+def _spill_sort(stage: str, rows: Iterable[pa.RecordBatch], order: np.ndarray, total: int, bucket_rows: int,
+                batch_rows: int, block_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    """Rows in ``order``, through :class:`_Routed`'s spill files (``bucket_rows`` rows a bucket; the batches
+    end every ``batch_rows`` rows of each block of ``block_rows``)."""
+
+    def numbered() -> Iterator[tuple[int, pa.RecordBatch]]:
         start = 0
         for batch in rows:
-            r = rank[start:start + batch.num_rows]
+            yield start, batch
             start += batch.num_rows
-            columns = []
-            for name, col in zip(batch.schema.names, batch.columns):
-                if pa.types.is_dictionary(col.type):
-                    seen = dictionaries.setdefault(name, [])
-                    offset = sum(len(d) for d in seen)
-                    seen.append(col.dictionary)
-                    col = pc.add(col.indices.cast(pa.int64()), offset)
-                columns.append(col)
-            b = r // bucket_rows
-            by_bucket = np.argsort(b, kind="stable")
-            bounds = np.flatnonzero(np.diff(b[by_bucket])) + 1
-            batch = pa.RecordBatch.from_arrays(columns + [pa.array(r % bucket_rows)],
-                                               names=batch.schema.names + ["__rank"]).take(pa.array(by_bucket))
-            for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(b)].tolist()):
-                bi = int(b[by_bucket[lo]])
-                if bi not in sinks:
-                    sinks[bi] = pa.ipc.new_file(str(spill / f"{bi}.arrow"), batch.schema)
-                sinks[bi].write_batch(batch.slice(lo, hi - lo))
-        for w in sinks.values():
-            w.close()
-        texts = {name: _concat_texts(ds) for name, ds in dictionaries.items()}
-        del dictionaries
-        for bi in sorted(sinks):
-            path = spill / f"{bi}.arrow"
-            with pa.memory_map(str(path)) as source:
-                t = pa.ipc.open_file(source).read_all()
-                local = np.empty(t.num_rows, np.int64)
-                local[t["__rank"].to_numpy()] = np.arange(t.num_rows)
-                t = t.drop_columns(["__rank"]).combine_chunks()
-            os.unlink(path)
-            for sl in _chunks(t.num_rows, batch_rows):
-                part = t.take(pa.array(local[sl])).combine_chunks()
-                yield pa.RecordBatch.from_arrays(
-                    [texts[n].take(_one_chunk(part.column(n))) if n in texts else _one_chunk(part.column(n))
-                     for n in part.column_names], names=part.column_names)
-            del t
+            _release()
+
+    routed = _Routed(numbered(), [order], bucket_rows=max(batch_rows, int(bucket_rows)), batch_rows=batch_rows,
+                     prefix=f"lpt-sort-{stage}-", block_rows=block_rows)
+    try:
+        yield from routed.batches(0)
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        routed.close()
 
 
 def _arrow_bytes(stage: str, files: Sequence[Path], total: int, dictionary: Sequence[str] = ()) -> int:
@@ -1233,9 +1787,11 @@ def table(run: Any, name: str, opts: AssembleOptions = AssembleOptions()) -> pa.
     return _table(name, batches(run, name, opts))
 
 
-def trace_index(run: Any) -> _Traces:
-    """A run's kept traces read once (pass as ``traces=`` to :func:`batches` for sft, dpo and simple_cot)."""
-    return _run_traces(run)
+def trace_index(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
+    """A run's kept traces indexed once, as small columns (pass as ``traces=`` to :func:`batches` for sft, dpo
+    and simple_cot). ``memory_bytes``: how much text a set may hold while it is rendered; past it, its texts go
+    through spill files (``traces.src.buckets`` counts them per route)."""
+    return _run_traces(run, memory_bytes=memory_bytes)
 
 
 __all__ = [
@@ -1243,5 +1799,6 @@ __all__ = [
     "SCHEMAS", "SFT_SCHEMA", "TRACE_TYPES", "Trace", "batches", "build_dpo", "build_mcq", "build_raw", "build_sft",
     "build_simple_cot", "by_type", "dpo_batches", "dpo_pairs", "dpo_table", "length_weighted_subsample",
     "load_traces", "mcq_batches", "mcq_table", "raw_batches", "raw_table", "schema", "sft_batches", "sft_table",
-    "sft_traces", "simple_cot_batches", "simple_cot_table", "table", "trace_index", "why_empty",
+    "release_memory", "sft_traces", "simple_cot_batches", "simple_cot_table", "table", "trace_ids", "trace_index",
+    "why_empty",
 ]

@@ -256,6 +256,9 @@ def _swap_in(tmp: Path, out: Path) -> None:
     replace_dir(tmp, out)
 
 
+_TRACE_SETS = ("sft", "dpo", "simple_cot")  # the configs planned on the run's trace index
+
+
 def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """Write each config to ``tmp/<name>``; ``{name: (rows, why it is empty)}`` in ``names`` order.
 
@@ -273,10 +276,16 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
         return ds.num_rows, why
 
     def lane(part: list[str]) -> dict[str, tuple[int, str]]:
-        return {name: one(name) for name in part}
+        done = {}
+        for name in part:
+            done[name] = one(name)
+            if not any(n in _TRACE_SETS for n in part[len(done):]):
+                traces.clear()  # the trace index is no longer needed: its memory goes before the other sets
+            assemble.release_memory()
+        return done
 
     raw = [n for n in names if n in raw_configs().values() and CONFIGS[n].batches is not None]
-    sets = [n for n in names if n not in raw]
+    sets = sorted((n for n in names if n not in raw), key=lambda n: n not in _TRACE_SETS)  # the trace sets first
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export") as pool:
         lanes = [pool.submit(lane, part) for part in (raw[::-1], sets) if part]  # the biggest raw config first
         done: dict[str, tuple[int, str]] = {}
@@ -291,7 +300,7 @@ def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces:
     opts = options if options is not None else AssembleOptions()
     cfg = LPTConfig(name=name, run_dir=str(run_dir), options=opts)
     shared = None
-    if name in ("sft", "dpo", "simple_cot"):
+    if name in _TRACE_SETS:
         if not traces:
             traces.append(assemble.trace_index(RunDir(run_dir)))
         shared = traces[0]
@@ -393,10 +402,15 @@ def _fields(out: Path, config: str) -> list[dict[str, str]]:
 
 def _sft_types(out: Path) -> tuple[list[dict[str, Any]], float]:
     """``([{cot_type, rows, mean_words}], mean words of every SFT thought)`` of the exported ``sft`` config."""
-    sft = read_config(out, "sft", ["cot_type", "messages"])
-    thoughts = pa.array([parse_thought(t)[0] or "" for t in _last_contents(sft.column("messages")).to_pylist()],
-                        pa.string())
-    counts, cot = word_counts(thoughts), np.asarray(sft.column("cot_type").to_pylist(), dtype=object)
+    count_parts, cot_parts = [], []
+    for f in config_files(out, "sft"):  # a batch at a time: the thoughts are never all in memory
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["cot_type", "messages"]):
+            thoughts = pa.array([parse_thought(t)[0] or "" for t in
+                                 _last_contents(batch.column("messages")).to_pylist()], pa.string())
+            count_parts.append(word_counts(thoughts))
+            cot_parts.append(np.asarray(batch.column("cot_type").to_pylist(), dtype=object))
+    counts = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
+    cot = np.concatenate(cot_parts) if cot_parts else np.zeros(0, object)
     types = []
     for t in sorted(set(cot.tolist())):
         n = counts[cot == t]

@@ -351,12 +351,12 @@ def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
 
     if o.kind == RUN:
         opts = assemble.AssembleOptions()
-        tr = assemble._run_traces(o)
-        sft = tr.trace_id.take(pa.array(assemble._sft_plan(tr, opts), pa.int64()))
+        tr = assemble.trace_index(o)  # small columns; the ids below are read back from the stage files
+        sft = assemble.trace_ids(tr, assemble._sft_plan(tr, opts))
         kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, int),) * 3
         dpo = pa.table({"kind": pa.array([opts.pair_kinds[k] for k in kind], pa.string()),
-                        "mcq_id": tr.mcq_names.take(pa.array(tr.mcq[c])), "chosen_id": tr.trace_id.take(pa.array(c)),
-                        "rejected_id": tr.trace_id.take(pa.array(r))})
+                        "mcq_id": tr.mcq_names.take(pa.array(tr.mcq[c])), "chosen_id": assemble.trace_ids(tr, c),
+                        "rejected_id": assemble.trace_ids(tr, r)})
         where = "assembled from the run ({} with the default options)"
         return np.unique(id_hash(sft)), len(sft), where.format("sft"), dpo, where.format("dpo")
     sft, sft_from = _export_sft(o)
