@@ -559,6 +559,37 @@ class _Pull:
         return t.slice(0, n).combine_chunks()
 
 
+def id_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit FNV-1a hash of each id (a null as the empty id), computed on the Arrow buffers, ids of one length
+    together: the index keeps these instead of the ids' text."""
+    ids = pc.cast(pc.fill_null(ids, ""), pa.large_string())
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    out = np.full(len(ids), 0xCBF29CE484222325, np.uint64)
+    if not len(ids):
+        return out
+    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
+    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    if (lengths == lengths[0]).all():  # ids of one length (content hashes): the bytes as a matrix, no copy
+        _fnv(out, data[offsets[0]:offsets[-1]].reshape(len(ids), int(lengths[0])), slice(None))
+        return out
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        for k in range(0, len(rows), 8192):  # a bounded index matrix at a time
+            part = rows[k:k + 8192]
+            _fnv(out, data[offsets[part][:, None] + np.arange(n)], part)
+    return out
+
+
+def _fnv(out: np.ndarray, chars: np.ndarray, rows: Any) -> None:
+    h = out[rows]
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for k in range(chars.shape[1]):
+            h = (h ^ chars[:, k].astype(np.uint64)) * prime
+    out[rows] = h
+
+
 # ------------------------------------------------------------------------------------------ trace tables
 
 
@@ -647,20 +678,10 @@ def _index_samples(run: Any) -> dict[str, Any]:
     sys_codes: dict[bytes, int] = {}
     user_codes: dict[bytes, int] = {}
     fmt_codes: dict[str, int] = {f: i for i, f in enumerate(ANSWER_FORMATS)}
-    from builder.serve import id_hash
-
     for start, b in _stream(run, table_for("short_thought"), _S_INDEX, dictionary=_S_INDEX_DICT):
-        keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
-        if not len(keep):
+        b = _kept_measured(start, b, "thought", "sample_id", parts)
+        if b is None:
             continue
-        thought = b.column("thought")  # measured, never copied
-        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
-        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
-        b = b.drop_columns(["thought"]).take(pa.array(keep))
-        parts["row"].append(start + keep)
-        hi, lo = _id_prefix(b.column("sample_id"))
-        parts["hi"].append(hi)
-        parts["lo"].append(lo)
         parts["h"].append(id_hash(b.column("sample_id")))
         parts["mcq"].append(_dict_codes(b.column("mcq_id"), mcq_codes))
         parts["sys"].append(_dict_codes(b.column("system_prompt"), sys_codes, digest=True))
@@ -681,23 +702,31 @@ def _index_samples(run: Any) -> dict[str, Any]:
     return out
 
 
+def _kept_measured(start: int, b: pa.RecordBatch, text: str, id_column: str,
+                   parts: dict[str, list[np.ndarray]]) -> pa.RecordBatch | None:
+    """The kept rows of ``b`` without their ``text`` (only measured, never copied); appends their row numbers,
+    text lengths (code points, bytes) and id prefixes to ``parts``. None when no row is kept."""
+    keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
+    if not len(keep):
+        return None
+    thought = b.column(text)
+    parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
+    parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
+    b = b.drop_columns([text]).take(pa.array(keep))
+    parts["row"].append(start + keep)
+    hi, lo = _id_prefix(b.column(id_column))
+    parts["hi"].append(hi)
+    parts["lo"].append(lo)
+    return b
+
+
 def _index_expansions(run: Any) -> dict[str, np.ndarray]:
     """The small columns of every kept expansion (one pass over the stage, its texts only measured)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "hi", "lo", "of", "len", "bytes", "pred", "ok")}
-    from builder.serve import id_hash
-
     for start, b in _stream(run, table_for("long_thought"), _E_INDEX):
-        keep = np.flatnonzero(pc.fill_null(b.column("keep"), False).to_numpy(zero_copy_only=False))
-        if not len(keep):
+        b = _kept_measured(start, b, "long_thought", "expansion_id", parts)
+        if b is None:
             continue
-        thought = b.column("long_thought")  # measured, never copied
-        parts["len"].append(pc.utf8_length(thought).to_numpy(zero_copy_only=False)[keep])
-        parts["bytes"].append(pc.binary_length(thought).to_numpy(zero_copy_only=False)[keep])
-        b = b.drop_columns(["long_thought"]).take(pa.array(keep))
-        parts["row"].append(start + keep)
-        hi, lo = _id_prefix(b.column("expansion_id"))
-        parts["hi"].append(hi)
-        parts["lo"].append(lo)
         parts["of"].append(id_hash(b.column("sample_id")))
         parts["pred"].append(b.column("pred_index").to_numpy(zero_copy_only=False))
         parts["ok"].append(b.column("correct").to_numpy(zero_copy_only=False))
@@ -1683,8 +1712,6 @@ def _key_ranks(run: Any, stage: str, keys: Sequence[str]) -> list[np.ndarray]:
     """One dense rank column per key of a stage's rows (``[]`` for no row), each key read alone: a string key
     ranked by :func:`_id_ranks` (16-byte prefixes and hashes, ties read in full; no id is held), any other (or
     one with nulls) by ``pyarrow.compute.rank``."""
-    from builder.serve import id_hash
-
     ranks = []
     for key in keys:
         text = pa.types.is_string(TABLES[stage].schema.field(key).type)
