@@ -326,8 +326,9 @@ class RunDir:
                 return json.loads(meta[INPUT_IDS_KEY])
             except ValueError as e:
                 raise StoreError(f"{p}: bad {INPUT_IDS_KEY.decode()} metadata: {e}") from None
-        t = table if table is not None else self.read_file(stage, p)
-        return list(dict.fromkeys(t.column(TABLES[stage].input_column).to_pylist()))
+        col = TABLES[stage].input_column
+        t = table if table is not None else self.read_file(stage, p, [col])  # only the input column
+        return list(dict.fromkeys(t.column(col).to_pylist()))
 
     def check(self) -> None:
         """The reader rule over the whole run (what status, export and relabel check first): every table's files
