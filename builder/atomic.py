@@ -16,6 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -169,12 +170,22 @@ def _take(f: Any, target: Any, shared: bool, what: str, current: Callable[[], bo
     except BlockingIOError:
         if not current():
             return
-        f.seek(0)
-        holders = "; ".join(line.strip() for line in f.read().splitlines() if line.strip()) or "another process"
-        raise Busy(f"{target} is being {what} by {holders}; wait for it to finish") from None
+        raise Busy(f"{target} is being {what} by {_holders(f)}; wait for it to finish") from None
     f.seek(0, os.SEEK_END)
     f.write(holder_line() + "\n")
     f.flush()
+
+
+def _holders(f: Any) -> str:
+    """The holder lines of a lock file held by others. A holder writes its line just after it takes the lock, so
+    an empty file is read again for a moment before it is called "another process"."""
+    for _ in range(100):
+        f.seek(0)
+        lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        if lines:
+            return "; ".join(lines)
+        time.sleep(0.01)
+    return "another process"
 
 
 def remove_leftovers(target: str | os.PathLike) -> int:
