@@ -33,7 +33,6 @@ tests/_assemble_v1.py through the datasets builder, and the card).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -51,53 +50,31 @@ CONFIGS = ("sft", "dpo", "mcq", "mcq_direct", "simple_cot", "raw_mcq", "raw_simp
 SETS = CONFIGS[:5]  # the sets the authors' path builds
 
 
-def _reference_dir() -> Path:
-    from builder.upstream import EXAMPLE_DIR  # the authors' example outputs, shipped with the package
-
-    return EXAMPLE_DIR
-
-
 # ----------------------------------------------------------------------------------------------- the runs
 
 
 def build_run(work: Path, records: int, rows_per_file: int = 20_000) -> Path:
     """A run of about ``records`` stage-3 records (whole copies of the reference), reused when present."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from builder.importer import import_upstream
     from builder.store import RunDir
+
+    sys.path.insert(0, str(HERE))
+    from distinct_run import copy_of, reference_tables
 
     copies = max(1, round(records / REF_RECORDS))
     path = work / f"run-{copies * REF_RECORDS}"
     if RunDir(path).manifest.get("bench_copies") == copies:
         return path
     shutil.rmtree(path, ignore_errors=True)
-    ref = RunDir(work / "reference")
-    if not ref.has("expansion"):
-        import_upstream(_reference_dir(), ref.path)
-    tables = {stage: ref.read(stage) for stage in ("source", "mcq", "simple_cot", "expansion")}
-    ids = {"image_id": "source", "mcq_id": "mcq", "sample_id": "simple_cot", "expansion_id": "expansion"}
-    tagged = {"mcq": ("question",), "simple_cot": ("question", "user_text"), "expansion": ("user_text",)}
+    tables = reference_tables(work)
     input_col = {"source": "image_id", "mcq": "image_id", "simple_cot": "mcq_id", "expansion": "sample_id"}
     run = RunDir(path)
     t0 = time.time()
     for stage, base in tables.items():
         per_file = max(1, rows_per_file // max(1, base.num_rows))
         for first in range(0, copies, per_file):
-            parts = []
-            for c in range(first, min(copies, first + per_file)):
-                t = base
-                for col in ids:
-                    if col in t.column_names:
-                        new = [hashlib.sha256(f"{v}/{c}".encode()).hexdigest()[:len(v)] if col != "image_id"
-                               else f"{v}-{c:05d}" for v in t[col].to_pylist()]
-                        t = t.set_column(t.schema.get_field_index(col), col, pa.array(new, pa.string()))
-                for col in tagged.get(stage, ()):
-                    t = t.set_column(t.schema.get_field_index(col), col,
-                                     pc.binary_join_element_wise(f"[{c}] ", t[col], ""))
-                parts.append(t)
-            chunk = pa.concat_tables(parts)
+            chunk = pa.concat_tables([copy_of(base, stage, c) for c in range(first, min(copies, first + per_file))])
             run.write_chunk(stage, chunk, chunk[input_col[stage]].to_pylist())
     run.update_manifest(bench_copies=copies, counts=run.counts())
     print(f"  built {path.name}: {run.counts()} in {time.time() - t0:.0f} s", flush=True)

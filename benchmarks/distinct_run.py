@@ -57,19 +57,14 @@ def build_distinct_run(work: Path, records: int, rows_per_file: int = 20_000, se
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from builder.importer import import_upstream
     from builder.store import RunDir
-    from builder.upstream import EXAMPLE_DIR
 
     copies = max(1, round(records / REF_RECORDS))
     path = work / f"distinct-{copies * REF_RECORDS}"
     if RunDir(path).manifest.get("bench_distinct_copies") == copies:
         return path
     shutil.rmtree(path, ignore_errors=True)
-    ref = RunDir(work / "reference")
-    if not ref.has("expansion"):
-        import_upstream(EXAMPLE_DIR, ref.path)
-    base = {stage: ref.read(stage) for stage in ("source", "mcq", "simple_cot", "expansion")}
+    base = reference_tables(work)
     vocab, thought_words = _words(pa.concat_arrays([base["simple_cot"]["thought"].combine_chunks(),
                                                     base["expansion"]["continuation"].combine_chunks()]))
     n_s = base["simple_cot"].num_rows
@@ -85,7 +80,7 @@ def build_distinct_run(work: Path, records: int, rows_per_file: int = 20_000, se
     for first in range(0, copies, per_file):
         last = min(copies, first + per_file)
         rng = np.random.default_rng([seed, first])
-        chunk = {stage: pa.concat_tables([_copy(t, stage, c) for c in range(first, last)])
+        chunk = {stage: pa.concat_tables([copy_of(t, stage, c) for c in range(first, last)])
                  for stage, t in base.items()}
         k = last - first
         thoughts = _random_texts(rng, vocab, np.tile(thought_words, k))
@@ -109,7 +104,20 @@ def build_distinct_run(work: Path, records: int, rows_per_file: int = 20_000, se
     return path
 
 
-def _copy(t, stage: str, c: int):
+def reference_tables(work: Path) -> dict:
+    """The reference run's tables by stage: the authors' example outputs (shipped with the package), imported
+    once into ``work/reference``. Both benchmark runs (this one and ``bench_assembly.build_run``) copy them."""
+    from builder.importer import import_upstream
+    from builder.store import RunDir
+    from builder.upstream import EXAMPLE_DIR
+
+    ref = RunDir(work / "reference")
+    if not ref.has("expansion"):
+        import_upstream(EXAMPLE_DIR, ref.path)
+    return {stage: ref.read(stage) for stage in ("source", "mcq", "simple_cot", "expansion")}
+
+
+def copy_of(t, stage: str, c: int):
     """Copy ``c`` of a reference table: new ids, a ``[c]`` tag in its questions and prompts."""
     import pyarrow as pa
     import pyarrow.compute as pc
