@@ -200,10 +200,15 @@ def _install_fail_fast_loader() -> None:
 def quiet_lighteval() -> None:
     """For ``lpt eval``: no nltk downloads (punkt serves lighteval's built-in ifeval tasks, not ours), no notice
     that our zero-shot tasks have no few-shot split, no FutureWarning about lighteval's use of huggingface_hub."""
-    import warnings
-
     _no_nltk_downloads()
     logging.getLogger("lighteval.tasks.lighteval_task").setLevel(logging.ERROR)
+    no_hub_future_warnings()
+
+
+def no_hub_future_warnings() -> None:
+    """No FutureWarning from ``huggingface_hub`` about the arguments lighteval passes it (lighteval's, not ours)."""
+    import warnings
+
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"huggingface_hub\..*")
 
 

@@ -10,13 +10,11 @@ behaves as ``lighteval custom …`` does, minus that noise, and a task whose dat
 
 from __future__ import annotations
 
-import warnings
-
 
 def main() -> None:
-    from eval_tasks._offline import prepare_lighteval
+    from eval_tasks._offline import no_hub_future_warnings, prepare_lighteval
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"huggingface_hub\..*")
+    no_hub_future_warnings()
     prepare_lighteval()
     from lighteval.__main__ import app
 
