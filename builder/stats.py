@@ -345,12 +345,69 @@ def _tally_by(table: pa.Table, column: str) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["rows"]))
 
 
-def _summary(values: list[int]) -> dict[str, float]:
-    if not values:
+class Lengths:
+    """How many kept thoughts have each length (in words): exact counts per length, so a run of any size is
+    summarised and plotted in memory that does not grow with it (a list of every length held ~1.7 GB of Python
+    ints at 10M records)."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, np.int64)  # counts[w]: thoughts of w words
+
+    def add(self, words: np.ndarray) -> None:
+        if len(words):
+            c = np.bincount(np.asarray(words, np.int64))
+            if len(c) > len(self.counts):
+                self.counts = np.pad(self.counts, (0, len(c) - len(self.counts)))
+            self.counts[:len(c)] += c
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lengths that occur, how many thoughts have each)``."""
+        at = np.flatnonzero(self.counts)
+        return at, self.counts[at]
+
+    def nth(self, k: int) -> int:
+        """The ``k``-th smallest length (0-based), as ``sorted(lengths)[k]``."""
+        return int(np.searchsorted(np.cumsum(self.counts), k, side="right"))
+
+    def max(self) -> int:
+        return len(self.counts) - 1
+
+    def median(self) -> float:
+        """``statistics.median`` of the lengths."""
+        n = len(self)
+        return self.nth(n // 2) if n % 2 else (self.nth(n // 2 - 1) + self.nth(n // 2)) / 2
+
+    def percentile(self, q: float) -> float:
+        """``numpy.percentile`` (linear) of the lengths."""
+        h = (len(self) - 1) * q / 100
+        lo = int(np.floor(h))
+        a, b, t = float(self.nth(lo)), float(self.nth(min(lo + 1, len(self) - 1))), h - lo
+        return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t  # numpy's lerp
+
+    def box(self, whis: float = 1.5) -> dict[str, Any]:
+        """``matplotlib.cbook.boxplot_stats`` of the lengths (for ``Axes.bxp``), fliers left out."""
+        values, counts = self.values()
+        q1, med, q3 = (self.percentile(q) for q in (25, 50, 75))
+        iqr = q3 - q1
+        inside_hi, inside_lo = values[values <= q3 + whis * iqr], values[values >= q1 - whis * iqr]
+        n = len(self)
+        return {"mean": float(values @ counts) / n, "med": med, "q1": q1, "q3": q3, "iqr": iqr,
+                "cilo": med - 1.57 * iqr / np.sqrt(n), "cihi": med + 1.57 * iqr / np.sqrt(n),
+                "whishi": q3 if not len(inside_hi) or inside_hi.max() < q3 else int(inside_hi.max()),
+                "whislo": q1 if not len(inside_lo) or inside_lo.min() > q1 else int(inside_lo.min()),
+                "fliers": np.array([])}
+
+
+def _summary(lengths: Lengths) -> dict[str, float]:
+    n = len(lengths)
+    if not n:
         return {"n": 0}
-    s = sorted(values)
-    return {"n": len(s), "mean": statistics.fmean(s), "median": statistics.median(s),
-            "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
+    values, counts = lengths.values()
+    return {"n": n, "mean": float(int(values @ counts)) / n, "median": lengths.median(),
+            "p90": lengths.nth(min(n - 1, int(0.9 * n))), "max": lengths.max()}
 
 
 def added_texts(e: pa.Table) -> pa.ChunkedArray:
@@ -381,34 +438,41 @@ def _simple_lengths(s: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return word_counts(kept.column("thought")), kept.column("correct").to_numpy()
 
 
-def _expansion_lengths(e: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+def _expansion_lengths(e: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.DictionaryArray]:
     kept = e.filter(e.column("keep"))
     return (word_counts(kept.column("long_thought")), word_counts(added_texts(kept)),
-            kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy(), kept.column("cue").to_pylist())
+            kept.column("simple_correct").to_numpy(), kept.column("correct").to_numpy(),
+            pc.dictionary_encode(kept.column("cue").combine_chunks(), null_encoding="encode"))
 
 
-def _lengths(o: Opened) -> dict[str, dict[str, list[int]]]:
-    """Word counts of kept thoughts: ``simple`` vs ``expanded`` (the long thought) and ``added``; by trace type
-    (whole thought) and by cue (added words). The texts are read part by part (a big run's long thoughts are
-    never in memory whole)."""
+def _lengths(o: Opened) -> dict[str, Any]:
+    """Word counts of kept thoughts (:class:`Lengths`): ``simple`` vs ``expanded`` (the long thought) and
+    ``added``; by trace type (whole thought) and by cue (added words). The texts are read part by part (a big
+    run's long thoughts are never in memory whole), and only counts per length are kept."""
     _, short, long = stage_tables()
-    out: dict[str, dict[str, list[int]]] = {"all": {"simple": [], "expanded": [], "added": []}, "by_type": {},
-                                            "by_cue": {}}
+    out: dict[str, Any] = {"all": {"simple": Lengths(), "expanded": Lengths(), "added": Lengths()}, "by_type": {},
+                           "by_cue": {}}
+
+    def add(group: dict[str, Lengths], key: Any, words: np.ndarray) -> None:
+        group.setdefault(key, Lengths()).add(words)
+
     for n, correct in _on_two_cores(_simple_lengths, o.parts(short, ["thought", "correct", "keep"])):
-        out["all"]["simple"] += n.tolist()
+        out["all"]["simple"].add(n)
         for t, mask in (("O", correct), ("X", ~correct)):
-            out["by_type"].setdefault(t, []).extend(n[mask].tolist())
+            add(out["by_type"], t, n[mask])
     for n, added, simple_ok, ok, cues in _on_two_cores(_expansion_lengths, o.parts(
             long, ["long_thought", "cue", "continuation", "correct", "simple_correct", "keep"])):
-        out["all"]["expanded"] += n.tolist()
-        out["all"]["added"] += added.tolist()
+        out["all"]["expanded"].add(n)
+        out["all"]["added"].add(added)
         for t, mask in (("O_O", simple_ok & ok), ("O_X", simple_ok & ~ok), ("X_O", ~simple_ok & ok),
                         ("X_X", ~simple_ok & ~ok)):
-            out["by_type"].setdefault(t, []).extend(n[mask].tolist())
-        for cue, a in zip(cues, added.tolist()):
-            out["by_cue"].setdefault(cue, []).append(a)
-    out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if out["by_type"].get(t)}
-    out["by_cue"] = dict(sorted(out["by_cue"].items(), key=lambda kv: (-len(kv[1]), str(kv[0]))))  # most used first
+            add(out["by_type"], t, n[mask])
+        codes = cues.indices.to_numpy(zero_copy_only=False)
+        for code, cue in enumerate(cues.dictionary.to_pylist()):
+            add(out["by_cue"], cue, added[codes == code])
+    out["by_type"] = {t: out["by_type"][t] for t in TYPE_ORDER if len(out["by_type"].get(t, ()))}
+    out["by_cue"] = dict(sorted(((c, v) for c, v in out["by_cue"].items() if len(v)),
+                                key=lambda kv: (-len(kv[1]), str(kv[0]))))  # most used first
     return out
 
 
@@ -416,8 +480,22 @@ def _stage_records(o: Opened) -> dict[str, pa.Table]:
     """The label columns of each stage table (:func:`stage_tables`), and what the numbers group them by."""
     question, short, long = stage_tables()
     return {question: o.read(question, tally_columns(question, "invalid_reason")),
-            short: o.read(short, tally_columns(short, "sample_id", "question_type", "drop_reason")),
-            long: o.read(long, tally_columns(long, "sample_id", "simple_correct", "drop_reason", "bad_word"))}
+            short: _hashed_ids(o, short, tally_columns(short, "sample_id", "question_type", "drop_reason")),
+            long: _hashed_ids(o, long, tally_columns(long, "sample_id", "simple_correct", "drop_reason", "bad_word"))}
+
+
+def _hashed_ids(o: Opened, stage: str, columns: list[str]) -> pa.Table:
+    """``columns`` of a stage's records (in no order: the numbers do not depend on it), read part by part with
+    ``sample_id`` as its 64-bit hash (:func:`builder.assemble.id_hash`): the long thoughts are joined to their
+    simple thoughts on it, and the ids' text (~0.7 GB at 10M records) is never held."""
+    from builder.assemble import id_hash
+
+    parts = [t.set_column(t.schema.get_field_index("sample_id"), "sample_id", pa.array(id_hash(t.column("sample_id"))))
+             for t in o.parts(stage, columns)]
+    if not parts:
+        schema = pa.schema([TABLES[stage].schema.field(c) for c in columns])
+        return schema.set(schema.get_field_index("sample_id"), pa.field("sample_id", pa.uint64())).empty_table()
+    return pa.concat_tables(parts)
 
 
 def _counts(stages: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
@@ -496,7 +574,7 @@ def _length_summaries(lengths: dict[str, Any]) -> dict[str, Any]:
 
 
 def _collect(path_or_run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(stats, raw lists for the plots)``."""
+    """``(stats, the lengths for the plots)``."""
     o = open_input(path_or_run)
     stages = _stage_records(o)
     counts = _counts(stages)
@@ -659,20 +737,17 @@ def _draw_accuracy(new: Callable[..., Any], stats: dict[str, Any], lengths: dict
 def _draw_thought_lengths(new: Callable[..., Any], stats: dict[str, Any], lengths: dict[str, Any]) -> None:
     """Histograms of the kept simple and long thoughts' lengths, on shared bins."""
     simple, expanded = lengths["all"]["simple"], lengths["all"]["expanded"]
-    if not (simple or expanded):
+    if not (len(simple) or len(expanded)):
         return
     _, short, long = stage_tables()
     ax = new("thought_lengths")
-    top = max(simple + expanded)
+    top = max(simple.max() if len(simple) else 0, expanded.max() if len(expanded) else 0)
     bins = list(range(0, top + max(1, top // 40) + 1, max(1, top // 40)))
-    if simple:
-        ax.hist(simple, bins=bins, alpha=0.65, color=_colour(short),
-                label=f"simple thought (stage {get_stage(short).number}), n={len(simple)}, "
-                      f"median {statistics.median(simple):.0f}")
-    if expanded:
-        ax.hist(expanded, bins=bins, alpha=0.65, color=_colour(long),
-                label=f"long thought (stage {get_stage(long).number}), n={len(expanded)}, "
-                      f"median {statistics.median(expanded):.0f}")
+    for kept, table, what in ((simple, short, "simple thought"), (expanded, long, "long thought")):
+        if len(kept):
+            values, counts = kept.values()
+            ax.hist(values, bins=bins, weights=counts, alpha=0.65, color=_colour(table),
+                    label=f"{what} (stage {get_stage(table).number}), n={len(kept)}, median {kept.median():.0f}")
     ax.set_xlabel("thought length (words)")
     ax.set_ylabel("kept thoughts")
     ax.legend(fontsize=8)
@@ -684,7 +759,7 @@ def _draw_lengths_by_type(new: Callable[..., Any], stats: dict[str, Any], length
         return
     ax = new("thought_lengths_by_type")
     types = list(lengths["by_type"])
-    bp = ax.boxplot([lengths["by_type"][t] for t in types], patch_artist=True, showfliers=False)
+    bp = ax.bxp([lengths["by_type"][t].box() for t in types], patch_artist=True, showfliers=False)
     for patch, t in zip(bp["boxes"], types):
         patch.set_facecolor(_TYPE_COLOURS.get(t, "#999"))
         patch.set_alpha(0.7)
@@ -699,7 +774,7 @@ def _draw_added_by_cue(new: Callable[..., Any], stats: dict[str, Any], lengths: 
         return
     ax = new("added_length_by_cue")
     cues = sorted(lengths["by_cue"], key=lambda c: -len(lengths["by_cue"][c]))
-    bp = ax.boxplot([lengths["by_cue"][c] for c in cues], patch_artist=True, showfliers=False)
+    bp = ax.bxp([lengths["by_cue"][c].box() for c in cues], patch_artist=True, showfliers=False)
     for patch in bp["boxes"]:
         patch.set_facecolor(_ROLE_COLOURS["long_thought"])
         patch.set_alpha(0.7)

@@ -174,3 +174,46 @@ def _counted_and_shown_as_stage_4(run, stages, collect):
     assert {"rewrite_of_O", "rewrite_of_X"} <= set(s["counts"]) and set(s["drops"]) == {"mcq", "simple_cot", "rewrite"}
     page = collect(run, images=False)
     assert list(page["meta"]["counts"]) == ["mcq", "simple_cot", "rewrite"] and len(page["exp"]["id"]) == 1200
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
+def test_lengths_are_counted_exactly_without_a_list(n):
+    """The figures' lengths are counts per length (memory flat in the run's size); every number they give is the
+    one a sorted list gives: statistics' mean and median, the card's p90, matplotlib's box (quartiles, whiskers,
+    notch), and the histogram's bars."""
+    import statistics
+
+    import numpy as np
+    from matplotlib import cbook
+
+    from builder.stats import Lengths, _summary
+
+    rng = np.random.default_rng(n)
+    words = np.concatenate([rng.integers(0, 300, n), rng.integers(5000, 5003, n // 100)])  # a far tail: fliers
+    lengths = Lengths()
+    for part in np.array_split(words, 3):
+        lengths.add(part)
+    s = sorted(words.tolist())
+    assert len(lengths) == len(s) and lengths.max() == s[-1]
+    assert [lengths.nth(k) for k in range(len(s))] == s
+    assert _summary(lengths) == {"n": len(s), "mean": statistics.fmean(s), "median": statistics.median(s),
+                                 "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
+    ours, theirs = lengths.box(), cbook.boxplot_stats(np.array(s))[0]
+    for key in ("mean", "med", "q1", "q3", "iqr", "cilo", "cihi", "whislo", "whishi"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-12), key
+    values, counts = lengths.values()
+    bins = list(range(0, s[-1] + 40, 40))
+    assert (np.histogram(values, bins, weights=counts)[0] == np.histogram(s, bins)[0]).all()
+
+
+def test_long_thoughts_take_their_question_type_from_their_own_simple_thought(made):
+    """The long thoughts' accuracy per question type joins them to their simple thoughts on hashed ids: every
+    long thought counted once, under its own simple thought's type."""
+    run = RunDir(made / "run")
+    s = compute(run)["accuracy_by_question_type"]["expansion"]
+    qt = {r["sample_id"]: r["question_type"] for r in run.read("simple_cot").to_pylist()}
+    rows = run.read("expansion").to_pylist()
+    want = Counter(qt.get(r["sample_id"]) or "(none)" for r in rows)
+    assert {k: v["rows"] for k, v in s.items()} == dict(want)
+    kept = Counter(qt.get(r["sample_id"]) or "(none)" for r in rows if r["keep"])
+    assert {k: v["kept"] for k, v in s.items()} == {k: kept.get(k, 0) for k in want}
