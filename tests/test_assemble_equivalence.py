@@ -66,13 +66,19 @@ def _sentence(rng: random.Random, k: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(k))
 
 
-def synthetic_run(path, seed: int = 0) -> RunDir:
-    """~250 MCQs on 40 images, ~1,000 samples, ~2,000 expansions, written as shuffled chunk files."""
+def synthetic_run(path, seed: int = 0, cross_kind: bool = False) -> RunDir:
+    """~250 MCQs on 40 images, ~1,000 samples, ~2,000 expansions, written as shuffled chunk files.
+
+    ``cross_kind``: few texts, and simple thoughts that read like another sample's long thought, so that pairs of
+    two kinds often have equal prompts and targets (an X sample and an X→X expansion rejected for one O)."""
     rng = random.Random(seed)
     questions = [_sentence(rng, 5) + "?" for _ in range(40)]  # few: several MCQs share a question
     option_pool = ["red", "blue", "green", "two", "three", "a café", "Straße", "none"]
     thoughts = [_sentence(rng, rng.randint(0, 30)) for _ in range(120)]  # repeats: equal targets
     continuations = [_sentence(rng, rng.randint(1, 12)) for _ in range(60)]
+    if cross_kind:
+        thoughts, continuations = thoughts[:3], continuations[:2]
+        thoughts += [(t + " Wait, " + c).strip() for t in thoughts for c in continuations]
     systems = [assemble._THINK_PREAMBLE + ' The following question requires the capability of "Counting".',
                assemble._THINK_PREAMBLE + " Please answer with the full text of the correct option.",
                "You are a helpful assistant."]
@@ -168,6 +174,22 @@ def test_the_synthetic_run_has_the_corners(runs):
     no_sample = {m["mcq_id"] for m in run.read("mcq").to_pylist() if m["valid"]} - \
         {s["mcq_id"] for s in run.read("simple_cot").to_pylist()}
     assert len(no_sample) > 10
+
+
+def test_pairs_of_two_kinds_with_equal_targets_are_dropped_as_the_row_code_did(tmp_path):
+    """A pair equal to one of an earlier kind (same prompt, same chosen and rejected targets) is dropped: the
+    planner holds one kind at a time and carries over only the pairs that could repeat in a later kind."""
+    run = synthetic_run(tmp_path / "cross", seed=5, cross_kind=True)
+    traces = v1.load_traces(run)
+    kinds_of: dict = {}
+    for kind, pairs in _candidate_counts(traces).items():
+        for c, r in pairs:
+            kinds_of.setdefault((c.prompt_key, c.target(), r.target()), set()).add(kind)
+    assert sum(len(k) > 1 for k in kinds_of.values()) > 5  # the corner is there
+    for opts in (assemble.AssembleOptions(pair_kinds=assemble.PAIR_KINDS, dpo_pairs="all"),
+                 assemble.AssembleOptions(pair_kinds=tuple(reversed(assemble.PAIR_KINDS)), answer_format="text",
+                                          dpo_pairs="all")):
+        _same(_rows(assemble, run, "dpo", opts), _rows(v1, run, "dpo", _old(opts)))
 
 
 def _candidate_counts(traces):

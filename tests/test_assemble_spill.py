@@ -144,3 +144,30 @@ def test_a_spilled_raw_config_cuts_its_batches_whatever_its_bucket_size(runs, mo
         sizes[bucket_bytes] = [b.num_rows for b in got]
     assert sizes[1 << 40] == sizes[30_000] == sizes[2_000]
     assert any(n < 16 for n in sizes[2_000][:-1])  # a block ended inside the run: a short batch before the last
+
+
+def test_a_spill_too_big_for_the_free_disk_is_compressed_and_gives_the_same_rows(runs, monkeypatch):
+    """A spill estimated at over half the temporary folder's free space is written with LZ4 (a 10M-record raw sort
+    spills ~37 GB uncompressed); the rows and their batches are the same as with plain spill files."""
+    run = runs["plain"]
+    opts = assemble.AssembleOptions()
+    plain = list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
+    plain_set = _set(run, "dpo", opts, assemble.trace_index(run, memory_bytes=4_000))
+    codecs = []
+    real_put = assemble._Routed._put
+
+    def put(self, *a, **k):
+        codecs.append(self.codec)
+        return real_put(self, *a, **k)
+
+    monkeypatch.setattr(assemble._Routed, "_put", put)
+    monkeypatch.setattr(assemble, "_free_bytes", lambda: 1_000)
+    squeezed = list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
+    assert pa.Table.from_batches(squeezed).equals(pa.Table.from_batches(plain))
+    assert [b.num_rows for b in squeezed] == [b.num_rows for b in plain]
+    assert _set(run, "dpo", opts, assemble.trace_index(run, memory_bytes=4_000)).equals(plain_set)
+    assert codecs and set(codecs) == {"lz4"}
+    monkeypatch.setattr(assemble, "_free_bytes", lambda: 1 << 50)
+    codecs.clear()
+    list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
+    assert set(codecs) == {None}
