@@ -3,6 +3,7 @@ per copy), served in a subprocess; time to index, time of the first page (the AP
 a filter, a search, and the server's peak RSS (VmHWM).
 
     python benchmarks/bench_view_serve.py --traces 1000000 --dir /tmp/lpt-view-bench [--export [--export-copies 3]]
+    python benchmarks/bench_view_serve.py --run /tmp/lpt-bench/distinct-9999600     # any run directory, as it is
 
 The replicated run is written once (``--dir``) and reused."""
 
@@ -68,13 +69,15 @@ def main() -> None:
     ap.add_argument("--export", action="store_true", help="serve `lpt export`'s folder of the run instead")
     ap.add_argument("--export-copies", type=int, default=1,
                     help="with --export: serve that export's raw configs copied this many times")
+    ap.add_argument("--run", type=Path, help="serve this run directory (e.g. distinct_run.py's) instead of a "
+                                             "replicated one")
     args = ap.parse_args()
     copies = max(1, args.traces // PER_COPY)
-    example, run = args.dir / "example", args.dir / f"run-{copies}"
+    example, run = args.dir / "example", args.run or args.dir / f"run-{copies}"
     py = [sys.executable, "-m", "builder.cli"]
-    if not example.exists():
+    if not args.run and not example.exists():
         subprocess.run([*py, "import-upstream", "--example", str(example)], check=True, cwd=ROOT)
-    if not run.exists():
+    if not args.run and not run.exists():
         t = time.time()
         replicate(example, run, copies)
         print(f"replicated {copies} copies ({copies * PER_COPY:,} traces) in {time.time() - t:.1f} s")
@@ -96,7 +99,13 @@ def main() -> None:
                 break
         ready = time.time() - t0
         url = f"http://127.0.0.1:{args.port}/"
-        out = {"input": run.name, "traces": copies * PER_COPY * args.export_copies, "index_s": round(ready, 2)}
+        traces = copies * PER_COPY * args.export_copies
+        if args.run:
+            from builder.store import RunDir
+
+            counts = RunDir(args.run).counts()
+            traces = counts.get("simple_cot", 0) + counts.get("expansion", 0)
+        out = {"input": run.name, "traces": traces, "index_s": round(ready, 2)}
         for name, query in (("first_page", ""), ("page_1000", "page=1000"),
                             ("filter", "stage=expansion&label=wrong&kept=kept"), ("search", "q=sclera"),
                             ("search_again_page_2", "q=sclera&page=2"), ("pairs", "view=pairs")):

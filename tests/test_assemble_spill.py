@@ -148,7 +148,8 @@ def test_a_spilled_raw_config_cuts_its_batches_whatever_its_bucket_size(runs, mo
 
 def test_a_spill_too_big_for_the_free_disk_is_compressed_and_gives_the_same_rows(runs, monkeypatch):
     """A spill estimated at over half the temporary folder's free space is written with LZ4 (a 10M-record raw sort
-    spills ~37 GB uncompressed); the rows and their batches are the same as with plain spill files."""
+    spills ~37 GB uncompressed); the rows and their batches are the same as with plain spill files, whether the
+    pieces of a bucket are held and joined before they are written or written one by one."""
     run = runs["plain"]
     opts = assemble.AssembleOptions()
     plain = list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
@@ -162,6 +163,7 @@ def test_a_spill_too_big_for_the_free_disk_is_compressed_and_gives_the_same_rows
 
     monkeypatch.setattr(assemble._Routed, "_put", put)
     monkeypatch.setattr(assemble, "_free_bytes", lambda: 1_000)
+    monkeypatch.setattr(assemble, "SPILL_FLUSH_BYTES", 1)  # and every piece written at once (not held, joined)
     squeezed = list(assemble.raw_batches(run, "expansion", 16, sort_memory_bytes=200_000))
     assert pa.Table.from_batches(squeezed).equals(pa.Table.from_batches(plain))
     assert [b.num_rows for b in squeezed] == [b.num_rows for b in plain]
