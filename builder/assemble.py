@@ -77,7 +77,8 @@ BATCH_ROWS = 8192  # rows per rendered record batch
 SORT_MEMORY_BYTES = 512 * 1024 * 1024  # a raw stage bigger than this (uncompressed) is sorted through a spill
 # (it sets where a spilled raw config's batches end, hence its row groups: changing it changes the files' bytes)
 SPILL_BUCKET_BYTES = 64 * 1024 * 1024  # what a raw sort's spill bucket holds (memory; the output does not depend on it)
-SPILL_FLUSH_BYTES = 128 * 1024 * 1024  # spill pieces held before they are written, one batch per bucket
+SPILL_FLUSH_BYTES = 128 * 1024 * 1024  # spill pieces held before they are written, one batch per bucket (at most
+# a route's memory budget)
 
 
 DPO_PAIR_RULES = ("authors", "all")
@@ -406,7 +407,7 @@ class _Routed:
     def __init__(self, rows: Iterable[tuple[int, pa.RecordBatch]], takes: Sequence[np.ndarray], *,
                  memory_bytes: int = ROUTE_MEMORY_BYTES, bucket_rows: int | None = None,
                  batch_rows: int = BATCH_ROWS, prefix: str = "lpt-route-", block_rows: int | None = None) -> None:
-        self.takes = [np.asarray(t, np.int64) for t in takes]
+        self.takes = [_narrow(np.asarray(t, np.int64)) for t in takes]
         self._block = block_rows  # batches also end every block_rows outputs (whatever the buckets)
         self.batch_rows = batch_rows
         self._memory, self._bucket_rows, self._prefix = memory_bytes, bucket_rows, prefix
@@ -444,7 +445,7 @@ class _Routed:
         return block, block if size >= block else max(self.batch_rows, size // self.batch_rows * self.batch_rows)
 
     def _fill(self, rows: Iterable[tuple[int, pa.RecordBatch]]) -> None:
-        by_src = [np.argsort(t, kind="stable") for t in self.takes]
+        by_src = [_narrow(np.argsort(t, kind="stable")) for t in self.takes]
         src = [t[o] for t, o in zip(self.takes, by_src)]
         for start, batch in rows:
             end = start + batch.num_rows
@@ -521,7 +522,7 @@ class _Routed:
             else:  # held until SPILL_FLUSH_BYTES are pending, then written one batch a bucket
                 self._pending.setdefault((f, bi), []).append(piece)
                 self._pending_bytes += piece.nbytes
-        if self._pending_bytes >= SPILL_FLUSH_BYTES:
+        if self._pending_bytes >= min(SPILL_FLUSH_BYTES, self._memory):
             self._flush()
 
     def _flush(self) -> None:
@@ -891,11 +892,13 @@ def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
                                                                           -1) if n_e else np.full(len(order), -1)),
                      memory_bytes=memory_bytes)
     tr = _Traces(cot_type=cot[order], key=_narrow(key[order]), mcq=_narrow(S["mcq"][s_of]), mcq_names=S["mcq_names"],
-                 sample=s_of, prompt=S["prompt"][s_of].astype(np.int64), length=length, added=added, pred=pred,
+                 sample=s_of, prompt=_narrow(S["prompt"][s_of]), length=length, added=added, pred=pred,
                  thought_bytes=np.concatenate([S["bytes"], E["bytes"]])[order].astype(np.int32),
                  answer_bytes=lambda fmt: _answer_bytes(S, s_of, pred, fmt),
                  targets=lambda at, fmt: _run_targets(tr, at, fmt),
                  trace_ids=lambda at: trace_ids(tr, at), src=src)
+    for k in set(S) - {"fmt", "fmt_names", "opt_bytes", "opt_count"}:  # what answer_bytes reads; the rest goes
+        del S[k]
     return tr
 
 
@@ -1232,7 +1235,7 @@ def _target_classes(tr: _Traces, opts: AssembleOptions, among: np.ndarray) -> np
     found by one sort of that key (no hash table over every trace)."""
     cls = np.arange(len(tr), dtype=np.int32 if len(tr) < 2**31 else np.int64)
     size = tr.thought_bytes[among].astype(np.int64) + tr.answer_bytes(opts.answer_format)[among]
-    key = tr.prompt[among] * (int(size.max(initial=0)) + 1) + size
+    key = tr.prompt[among].astype(np.int64) * (int(size.max(initial=0)) + 1) + size
     del size
     order = np.argsort(key, kind="stable")
     key = key[order]
