@@ -33,6 +33,7 @@ functions return a whole ``pyarrow.Table``; the ``build_*`` functions return the
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
 import json
@@ -1187,25 +1188,32 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
 def _authors_rule(kind: np.ndarray, c: np.ndarray, r: np.ndarray, opts: AssembleOptions) -> np.ndarray:
     """Which pairs survive the authors' rule (see :data:`DPO_PAIR_RULES`): in an order drawn per kind from
     ``rng_for(seed, "dpo-pairs", kind)``, the first pair of each chosen trace (X→O kinds: then of each rejected
-    one); the survivors keep their places."""
+    one); the survivors keep their places.
+
+    The order is ``random.shuffle`` of the pairs' numbers (the same calls, on a 4-byte array instead of a list of
+    Python ints: ~36 bytes a pair less, 0.3 GB for 8M pairs); "first of each" is the smallest place in it."""
     keep = np.zeros(len(c), bool)
     for k in np.unique(kind).tolist():
         name = opts.pair_kinds[k]
         at = np.flatnonzero(kind == k)
-        order = list(range(len(at)))
+        order = array.array("l" if len(at) >= 2**31 else "i", range(len(at)))
         rng_for(opts.seed, "dpo-pairs", name).shuffle(order)
-        shuffled = at[np.asarray(order, np.int64)]
-        seen_c: set[int] = set()
-        survivors = []
-        for i in shuffled.tolist():
-            if int(c[i]) not in seen_c:
-                seen_c.add(int(c[i]))
-                survivors.append(i)
+        place = np.empty(len(at), np.int64)
+        place[np.frombuffer(order, dtype=np.int64 if order.typecode == "l" else np.int32)] = np.arange(len(at))
+        del order
+        survivors = _first_in_place(c[at], place)
         if name.startswith("X_O>"):
-            seen_r: set[int] = set()
-            survivors = [i for i in survivors if not (int(r[i]) in seen_r or seen_r.add(int(r[i])))]
-        keep[np.asarray(survivors, np.int64)] = True
+            survivors = survivors[_first_in_place(r[at][survivors], place[survivors])]
+        keep[at[survivors]] = True
     return keep
+
+
+def _first_in_place(values: np.ndarray, place: np.ndarray) -> np.ndarray:
+    """The rows that come first (smallest ``place``) among the rows sharing their value."""
+    if not len(values):
+        return np.zeros(0, np.int64)
+    o = np.lexsort((place, values))
+    return o[np.r_[True, values[o][1:] != values[o][:-1]]]
 
 
 def _first_position(key: np.ndarray) -> np.ndarray:

@@ -168,3 +168,38 @@ def test_length_weighted_subsample_properties():
         for g, i in length_weighted_subsample(items, 4, **{**kw, "seed": seed}):
             firsts[i] += 1
     assert firsts[9] > firsts[8] > firsts[7] and firsts[9] > 350
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_authors_rule_keeps_the_pairs_its_definition_keeps(seed):
+    """The authors' rule, vectorised, against its definition: per kind, shuffle the pairs' numbers with
+    ``rng_for(seed, "dpo-pairs", kind)``; walk them keeping each chosen trace's first pair (X→O kinds: then each
+    rejected trace's first survivor)."""
+    import random
+
+    import numpy as np
+
+    from builder.records import rng_for
+
+    rng = random.Random(seed)
+    opts = AssembleOptions(seed=seed, pair_kinds=assemble.PAIR_KINDS)
+    n = 3000
+    kind = np.array([rng.randrange(len(assemble.PAIR_KINDS)) for _ in range(n)], np.int8)
+    c = np.array([rng.randrange(300) for _ in range(n)], np.int64)
+    r = np.array([rng.randrange(300) for _ in range(n)], np.int64)
+    want = np.zeros(n, bool)
+    for k, name in enumerate(opts.pair_kinds):
+        at = [i for i in range(n) if kind[i] == k]
+        order = list(range(len(at)))
+        rng_for(seed, "dpo-pairs", name).shuffle(order)
+        seen_c, survivors = set(), []
+        for i in (at[j] for j in order):
+            if c[i] not in seen_c:
+                seen_c.add(c[i])
+                survivors.append(i)
+        if name.startswith("X_O>"):
+            seen_r: set = set()
+            survivors = [i for i in survivors if not (r[i] in seen_r or seen_r.add(r[i]))]
+        want[survivors] = True
+    got = assemble._authors_rule(kind, c, r, opts)
+    assert (got == want).all() and 0 < got.sum() < n
