@@ -408,7 +408,7 @@ class _Routed:
     def __init__(self, rows: Iterable[tuple[int, pa.RecordBatch]], takes: Sequence[np.ndarray], *,
                  memory_bytes: int = ROUTE_MEMORY_BYTES, bucket_rows: int | None = None,
                  batch_rows: int = BATCH_ROWS, prefix: str = "lpt-route-", block_rows: int | None = None) -> None:
-        self.takes = [_narrow(np.asarray(t, np.int64)) for t in takes]
+        self.takes = [_narrow(np.asarray(t) if isinstance(t, np.ndarray) else np.asarray(t, np.int64)) for t in takes]
         self._block = block_rows  # batches also end every block_rows outputs (whatever the buckets)
         self.batch_rows = batch_rows
         self._memory, self._bucket_rows, self._prefix = memory_bytes, bucket_rows, prefix
@@ -1125,7 +1125,7 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     """
     n = len(tr)
     small = np.int32 if n < 2**31 else np.int64  # positions: half the memory of the candidate pairs
-    mcq_scope = tr.mcq.astype(np.int64) * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt
+    mcq_scope = _narrow(_first_seen_codes(tr.mcq.astype(np.int64) * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt))
     first_of = {"mcq": _narrow(_first_position(mcq_scope)), "sample": _narrow(_first_position(tr.sample))}
     scope_key = {"mcq": mcq_scope, "sample": tr.sample}
     sides = {}
@@ -1781,7 +1781,7 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
     """
     full = TABLES[stage].schema
     files = _files(run, stage)
-    order = _key_order(run, stage)
+    order = _narrow(_key_order(run, stage))
     total = len(order)
     if not total:
         return
