@@ -745,7 +745,7 @@ def _index_samples(run: Any) -> dict[str, Any]:
     rank, out["mcq_names"] = _rank_codes(names) if len(names) else (np.zeros(0, np.int64), names)
     out["mcq"] = _narrow(rank[out["mcq"]] if len(rank) else out["mcq"])
     n_user = max(1, len(user_codes))
-    out["prompt"] = out["sys"] * n_user + out["user"]
+    out["prompt"] = out.pop("sys").astype(np.int64) * n_user + out.pop("user")
     out["fmt_names"] = list(fmt_codes)
     return out
 
@@ -782,7 +782,8 @@ def _index_expansions(run: Any) -> dict[str, np.ndarray]:
 
 
 _EMPTY = {"hi": np.uint64, "lo": np.uint64, "h": np.uint64, "of": np.uint64, "ok": bool}
-_NARROW = ("row", "len", "bytes", "pred")  # index columns held as int32 where they fit (row numbers, lengths)
+_NARROW = ("row", "len", "bytes", "pred", "mcq", "sys", "user", "fmt", "opt_count")  # index columns held as int32
+# where they fit (row numbers, lengths, codes); arithmetic on them casts to int64 first
 
 
 def _joined(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
