@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,7 +115,16 @@ class Opened:
                     yield pf.read_row_group(i, columns=list(columns)).replace_schema_metadata(None).cast(schema)
 
     def has(self, stage: str) -> bool:
-        return self.read(stage, TABLES[stage].sort_keys[:1]).num_rows > 0
+        return any(t.num_rows for t in self.parts(stage, TABLES[stage].sort_keys[:1]))
+
+    def tally(self, stage: str) -> dict[str, int]:
+        """:func:`builder.records.tally` of a stage's records, part by part: no order, no id is read (reading the
+        stage in order sorted its ids: 4.8 GB for the viewer's header at 10M records)."""
+        columns = tally_columns(stage)
+        out = tally(pa.schema([TABLES[stage].schema.field(c) for c in columns]).empty_table())
+        for t in self.parts(stage, columns):
+            out = {k: out[k] + v for k, v in tally(t).items()}
+        return out
 
     def files(self, stage: str) -> list[Path]:
         """The parquet files of a stage's records (a run's chunks, or an export's raw config): what

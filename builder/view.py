@@ -32,10 +32,8 @@ import pyarrow.parquet as pq
 
 from builder.dataset_configs import BUILTIN, CONFIGS, LPTConfig, raw_configs
 from builder.export import read_report
-from builder.records import tally
 from builder.stages import table_for
-from builder.stats import (EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, stage_tables,
-                           tally_columns)
+from builder.stats import EXPORT, KIND_LABELS, Opened, added_texts, config_files, open_input, stage_tables
 
 THUMB_SIDE = 384
 PAGE_SIZE = 50
@@ -319,7 +317,7 @@ def page_meta(o: Opened, notes: list[str], sft: tuple[int, str], dpo: tuple[int,
     return {
         "kind": o.kind, "label": o.label, "kind_label": KIND_LABELS[o.kind],
         "path": str(o.path), "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "counts": {s: tally(o.read(s, tally_columns(s))) for s in stage_tables()},
+        "counts": {s: o.tally(s) for s in stage_tables()},
         "sft_from": sft[1], "sft_rows": sft[0], "dpo_from": dpo[1],
         "dpo_rows": dpo[0], "sets_from": ("the export's sft and dpo configs" if o.kind == EXPORT else
                                           "assembled from the run with the default options"),

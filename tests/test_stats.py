@@ -217,3 +217,15 @@ def test_long_thoughts_take_their_question_type_from_their_own_simple_thought(ma
     assert {k: v["rows"] for k, v in s.items()} == dict(want)
     kept = Counter(qt.get(r["sample_id"]) or "(none)" for r in rows if r["keep"])
     assert {k: v["kept"] for k, v in s.items()} == {k: kept.get(k, 0) for k in want}
+
+
+def test_a_stage_is_tallied_part_by_part_as_it_is_whole(made):
+    """The viewer's header counts each stage part by part (no order, no ids): the same numbers as the stage read
+    whole, for a run and for its export."""
+    from builder.stats import open_input, stage_tables, tally_columns
+
+    for path in (made / "run", made / "hub"):
+        o = open_input(path)
+        for s in stage_tables():
+            assert o.tally(s) == tally(o.read(s, tally_columns(s))), (path, s)
+        assert o.tally(stage_tables()[2])["rows"] == 1200
