@@ -291,6 +291,7 @@ def _stream(run: Any, stage: str, columns: Sequence[str], *, rows: np.ndarray | 
                 at += batch.num_rows
                 _release(batch.nbytes)
         start += int(sizes.sum())
+    release_memory()  # what the last batches freed goes back too (the next hand-back may be far off)
 
 
 def _runs(groups: np.ndarray) -> list[list[int]]:
