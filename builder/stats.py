@@ -384,6 +384,11 @@ class Lengths:
     def max(self) -> int:
         return len(self.counts) - 1
 
+    def mean(self) -> float:
+        """``statistics.fmean`` of the lengths (their exact sum over their number)."""
+        values, counts = self.values()
+        return float(int(values @ counts)) / len(self)
+
     def median(self) -> float:
         """``statistics.median`` of the lengths."""
         n = len(self)
@@ -398,12 +403,12 @@ class Lengths:
 
     def box(self, whis: float = 1.5) -> dict[str, Any]:
         """``matplotlib.cbook.boxplot_stats`` of the lengths (for ``Axes.bxp``), fliers left out."""
-        values, counts = self.values()
+        values = self.values()[0]
         q1, med, q3 = (self.percentile(q) for q in (25, 50, 75))
         iqr = q3 - q1
         inside_hi, inside_lo = values[values <= q3 + whis * iqr], values[values >= q1 - whis * iqr]
         n = len(self)
-        return {"mean": float(values @ counts) / n, "med": med, "q1": q1, "q3": q3, "iqr": iqr,
+        return {"mean": self.mean(), "med": med, "q1": q1, "q3": q3, "iqr": iqr,
                 "cilo": med - 1.57 * iqr / np.sqrt(n), "cihi": med + 1.57 * iqr / np.sqrt(n),
                 "whishi": q3 if not len(inside_hi) or inside_hi.max() < q3 else int(inside_hi.max()),
                 "whislo": q1 if not len(inside_lo) or inside_lo.min() > q1 else int(inside_lo.min()),
@@ -414,8 +419,7 @@ def _summary(lengths: Lengths) -> dict[str, float]:
     n = len(lengths)
     if not n:
         return {"n": 0}
-    values, counts = lengths.values()
-    return {"n": n, "mean": float(int(values @ counts)) / n, "median": lengths.median(),
+    return {"n": n, "mean": lengths.mean(), "median": lengths.median(),
             "p90": lengths.nth(min(n - 1, int(0.9 * n))), "max": lengths.max()}
 
 
