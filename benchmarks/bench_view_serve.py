@@ -101,10 +101,11 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}/"
         traces = copies * PER_COPY * args.export_copies
         if args.run:
+            from builder.stages import table_for
             from builder.store import RunDir
 
             counts = RunDir(args.run).counts()
-            traces = counts.get("simple_cot", 0) + counts.get("expansion", 0)
+            traces = sum(counts.get(table_for(role), 0) for role in ("short_thought", "long_thought"))
         out = {"input": run.name, "traces": traces, "index_s": round(ready, 2)}
         for name, query in (("first_page", ""), ("page_1000", "page=1000"),
                             ("filter", "stage=expansion&label=wrong&kept=kept"), ("search", "q=sclera"),
