@@ -15,7 +15,9 @@ simple thought and the added text counts), and an exported DPO side that is not 
 from __future__ import annotations
 
 import json
+import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -765,8 +767,31 @@ def serve(path_or_run: Any, port: int = 8765, *, images: bool = True, thumb_side
     server = make_server(viewer, port, page_size=page_size)
     echo(f"serving {viewer.ix.o.label} at http://{HOST}:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
-        server.serve_forever()
+        with _stopped_by_signals():
+            server.serve_forever()
     except KeyboardInterrupt:
         echo("stopped")
     finally:
         server.server_close()
+
+
+@contextmanager
+def _stopped_by_signals():
+    """SIGINT (Ctrl-C) and SIGTERM stop the server, whatever the parent left them at.
+
+    A shell without job control starts a background job (``lpt view RUN --serve &``) with SIGINT ignored, and
+    Python then keeps it ignored: Ctrl-C or ``kill -INT`` would never reach the loop. The previous handlers are
+    put back on the way out."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
