@@ -177,14 +177,19 @@ def parse_thought(text: str | None) -> tuple[str | None, str | None]:
     The thought runs to the first ``</think>``; a reply that closes the thought without opening it (R1-style
     templates open it in the prompt) has the text before ``</think>`` as its thought.
     """
+    thought = thought_of(text)
+    return (None, None) if thought is None else (thought, extract_answer(text))  # the region grade() reads
+
+
+def thought_of(text: str | None) -> str | None:
+    """The thought of :func:`parse_thought` alone (its answer is not looked for): None when no ``</think>``."""
     if not isinstance(text, str):
-        return None, None
+        return None
     end = _THINK_CLOSE.search(text)
     if end is None:
-        return None, None
+        return None
     start = _THINK_OPEN.search(text, 0, end.start())
-    thought = text[start.end() if start else 0:end.start()].strip()
-    return thought, extract_answer(text)  # the same region grade() reads
+    return text[start.end() if start else 0:end.start()].strip()
 
 
 # ------------------------------------------------------------------------------------------------ matching

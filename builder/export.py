@@ -41,7 +41,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from jinja2.sandbox import SandboxedEnvironment
 
-from builder.answers import parse_thought
+from builder.answers import thought_of
 from builder.atomic import atomic_write, foreign_entries, hold, replace_dir, temp_dir_beside, write_json, write_text
 from builder import assemble
 from builder.assemble import AssembleOptions
@@ -405,7 +405,7 @@ def _sft_types(out: Path) -> tuple[list[dict[str, Any]], float]:
     count_parts, cot_parts = [], []
     for f in config_files(out, "sft"):  # a batch at a time: the thoughts are never all in memory
         for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["cot_type", "messages"]):
-            thoughts = pa.array([parse_thought(t)[0] or "" for t in
+            thoughts = pa.array([thought_of(t) or "" for t in
                                  _last_contents(batch.column("messages")).to_pylist()], pa.string())
             count_parts.append(word_counts(thoughts))
             cot_parts.append(np.asarray(batch.column("cot_type").to_pylist(), dtype=object))
