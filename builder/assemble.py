@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
+from builder.ids import id_hash
 from builder.prompts import Prompts
 from builder.records import rng_for
 from builder.stages import STAGES, TABLES, table_for
@@ -606,37 +607,6 @@ class _Pull:
         t = pa.Table.from_batches(self._pending)
         self._pending = t.slice(n).to_batches()
         return t.slice(0, n).combine_chunks()
-
-
-def id_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit FNV-1a hash of each id (a null as the empty id), computed on the Arrow buffers, ids of one length
-    together: the index keeps these instead of the ids' text."""
-    ids = pc.cast(pc.fill_null(ids, ""), pa.large_string())
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    out = np.full(len(ids), 0xCBF29CE484222325, np.uint64)
-    if not len(ids):
-        return out
-    offsets = np.frombuffer(ids.buffers()[1], np.int64)[ids.offset: ids.offset + len(ids) + 1]
-    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    if (lengths == lengths[0]).all():  # ids of one length (content hashes): the bytes as a matrix, no copy
-        _fnv(out, data[offsets[0]:offsets[-1]].reshape(len(ids), int(lengths[0])), slice(None))
-        return out
-    for n in np.unique(lengths):
-        rows = np.flatnonzero(lengths == n)
-        for k in range(0, len(rows), 8192):  # a bounded index matrix at a time
-            part = rows[k:k + 8192]
-            _fnv(out, data[offsets[part][:, None] + np.arange(n)], part)
-    return out
-
-
-def _fnv(out: np.ndarray, chars: np.ndarray, rows: Any) -> None:
-    h = out[rows]
-    prime = np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        for k in range(chars.shape[1]):
-            h = (h ^ chars[:, k].astype(np.uint64)) * prime
-    out[rows] = h
 
 
 # ------------------------------------------------------------------------------------------ trace tables

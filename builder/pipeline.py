@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from builder.engines import RAY_VLLM
 from builder.engines.pool import EngineCache
+from builder.ids import among
 from builder.records import SOURCE, shard_of, tally
 from builder.runtime import (IncompleteInput, StagePlan, missing_inputs, plan_stage, progress_of, require_input,
                              run_locally, skip_kind, skipped_inputs)
@@ -193,9 +194,9 @@ def incomplete_stages(run: RunDir) -> list[str]:
     out = []
     for spec in STAGES:
         if run.has(spec.name):
-            counted = progress_of(run, spec)
-            if len(counted[0]) < len(counted[1]):  # by shard (hashing every input id) only for a stage that lacks some
-                p = shard_progress(run, spec, counted)
+            expected = run.id_hashes(input_of(spec), spec.select)  # hashes first (no set of 3M ids at 10M records);
+            if not among(expected, run.done_hashes(spec.name)).all():  # the ids only for a stage that lacks some
+                p = shard_progress(run, spec)
                 out.append(f"{spec.section} ({spec.name}) {p['done']}/{p['expected']} inputs "
                            f"(by shard: {', '.join(f'{k} {v}' for k, v in p['shards'].items())})")
     return out

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.assemble import id_hash
+from builder.ids import id_hash
 from builder.records import TABLES
 from builder.stages import table_for
 from builder.stats import RUN, Opened, config_files, open_input

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.assemble import id_hash
+from builder.ids import id_hash
 from builder.dataset_configs import RAW_ROLES, raw_configs
 from builder.records import LABELS, TABLES, tally
 from builder.stages import get_stage, table_for
@@ -499,7 +499,7 @@ def _stage_records(o: Opened) -> dict[str, pa.Table]:
 
 def _hashed_ids(o: Opened, stage: str, columns: list[str]) -> pa.Table:
     """``columns`` of a stage's records (in no order: the numbers do not depend on it), read part by part with
-    ``sample_id`` as its 64-bit hash (:func:`builder.assemble.id_hash`): the long thoughts are joined to their
+    ``sample_id`` as its 64-bit hash (:func:`builder.ids.id_hash`): the long thoughts are joined to their
     simple thoughts on it, and the ids' text (~0.7 GB at 10M records) is never held."""
     parts = [t.set_column(t.schema.get_field_index("sample_id"), "sample_id", pa.array(id_hash(t.column("sample_id"))))
              for t in o.parts(stage, columns)]

@@ -85,7 +85,7 @@ def test_id_ranks_order_like_the_strings():
     want = np.unique(np.array(ids, dtype=object), return_inverse=True)[1]
     assert (rank == want.ravel()).all()
     assert 0 < read[0] < len(ids)  # only the ids whose prefixes tie were read in full
-    from builder.assemble import id_hash
+    from builder.ids import id_hash
 
     read.clear()
     assert (assemble._id_ranks(hi, lo, lambda at: (read.append(len(at)), arr.take(pa.array(at)))[1],

@@ -105,3 +105,38 @@ def test_an_extra_or_wrong_typed_column_is_refused_by_every_reader_naming_the_fi
         _rewrite(path, lambda t: t.set_column(t.schema.get_field_index("item_index"), "item_index",
                                               t.column("item_index").cast(pa.string())))
     _readers_refuse(imported, tmp_path, "mcq/table.parquet", why)
+
+
+def _split_in_chunks(run: RunDir, stage: str, parts: int) -> list:
+    """``stage``'s whole-table file rewritten as ``parts`` chunk files, each covering its own inputs."""
+    from builder.stages import TABLES
+
+    whole = run.files(stage)[0]
+    t = pq.read_table(whole)
+    col = TABLES[stage].input_column
+    inputs = sorted(set(t.column(col).to_pylist()))
+    whole.unlink()
+    out = []
+    for k in range(parts):
+        mine = inputs[k::parts]
+        out.append(run.write_chunk(stage, t.filter(pa.compute.is_in(t.column(col), pa.array(mine))), mine,
+                                   shard="0-of-1"))
+    return out
+
+
+def test_ids_that_only_share_a_hash_are_not_a_repeat_and_a_real_copy_is_still_named(imported, monkeypatch):
+    """The reader rule holds covered ids as 64-bit hashes; two files whose ids share a hash (here every id of one
+    length does: a hash made weak on purpose) are compared in full, so only a real repeat is refused."""
+    import numpy as np
+    import builder.store as store
+
+    files = _split_in_chunks(imported, "simple_cot", 4)
+    assert len(imported.chunks("simple_cot")) == 4
+    monkeypatch.setattr(store, "id_hash", lambda ids: pa.compute.utf8_length(ids).to_numpy().astype(np.uint64))
+    imported.check()  # every MCQ id covered by one file; the hashes collide across all four files: no error
+    assert len(imported.done_hashes("simple_cot")) == 1
+    copy = files[1].with_name("shard-0-of-1.chunk-zz-copy.parquet")
+    shutil.copyfile(files[1], copy)  # sorts last: the copy is the later file
+    first = imported._covered("simple_cot", files[1])[0]  # a chunk lists its inputs sorted
+    with pytest.raises(StoreError, match=rf"{copy.name}: covers input '{first}' that {files[1].name} covers too"):
+        imported.chunks("simple_cot")

@@ -129,7 +129,7 @@ def test_the_static_file_refuses_a_run_above_its_limit(made, tmp_path, monkeypat
 def test_id_hash_is_the_same_for_the_same_id_whatever_the_array():
     import pyarrow as pa
 
-    from builder.assemble import id_hash
+    from builder.ids import id_hash
 
     ids = [f"{i:064x}" for i in range(500)] + ["short", "", "ünï", None]
     whole = id_hash(pa.array(ids, pa.string()))
