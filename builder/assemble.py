@@ -1151,10 +1151,14 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
             keep = _authors_rule(kind, jc, jr, opts)
             kind, jc, jr = kind[keep], jc[keep], jr[keep]
         out.append((kind, jc, jr))
+    del cls, shared, seen, sides
     if not out:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    return tuple(np.concatenate([part[i] for part in out]).astype(np.int64) for i in range(3))
+    plan = tuple(np.concatenate([part[i] for part in out]).astype(np.int64) for i in range(3))
+    del out
+    release_memory()  # the candidate pairs' pages
+    return plan
 
 
 def _authors_rule(kind: np.ndarray, c: np.ndarray, r: np.ndarray, opts: AssembleOptions) -> np.ndarray:
@@ -1896,7 +1900,9 @@ def trace_index(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
     """A run's kept traces indexed once, as small columns (pass as ``traces=`` to :func:`batches` for sft, dpo
     and simple_cot). ``memory_bytes``: how much text a set may hold while it is rendered; past it, its texts go
     through spill files (``traces.src.buckets`` counts them per route)."""
-    return _run_traces(run, memory_bytes=memory_bytes)
+    tr = _run_traces(run, memory_bytes=memory_bytes)
+    release_memory()  # the passes' freed pages: at 10M traces 1.29 GB resident for 0.56 GB live without this
+    return tr
 
 
 __all__ = [

@@ -307,6 +307,8 @@ class RunDir:
             return files
         h, f = np.concatenate(hashes), np.concatenate(where)
         del hashes, where
+        if not len(h):
+            return files
         order = np.lexsort((f, h))  # by hash, then file: a hash's first file covers it first
         h_o, f_o = h[order], f[order]
         new = np.r_[True, h_o[1:] != h_o[:-1]]
