@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builder.answers import ANSWER_FORMATS, LETTERS, OPTION_STYLES, format_answer, shuffle_options
-from builder.ids import id_hash
+from builder.ids import find, id_hash
 from builder.prompts import Prompts
 from builder.records import rng_for
 from builder.stages import STAGES, TABLES, table_for
@@ -786,12 +786,19 @@ def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], p
     if not n:
         return np.zeros(0, np.int64)
     hashed = h is not None
-    h = h if hashed else np.zeros(n, np.uint64)
-    o = np.lexsort((h, lo, hi))
-    hi_o, lo_o, h_o = hi[o], lo[o], h[o]
-    new = np.r_[True, (hi_o[1:] != hi_o[:-1]) | (lo_o[1:] != lo_o[:-1])]
-    new_h = new | np.r_[True, h_o[1:] != h_o[:-1]]
-    del hi_o, lo_o, h_o
+    o = np.lexsort((h, lo, hi) if hashed else (lo, hi))
+    hi = hi[o]  # each key sorted in place of the caller's (freed as it goes: 88 MB a key at 11M ids)
+    new = np.r_[True, hi[1:] != hi[:-1]]
+    del hi
+    lo = lo[o]
+    new[1:] |= lo[1:] != lo[:-1]
+    del lo
+    if hashed:
+        h = h[o]
+        new_h = new | np.r_[True, h[1:] != h[:-1]]
+        del h
+    else:
+        new_h = new
     g = np.cumsum(new) - 1
     tied = (np.bincount(g, weights=new_h & ~new) > 0)[g] if hashed else np.bincount(g)[g] > 1
     new = new_h
@@ -823,13 +830,14 @@ def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
     run = _Listed(run)
     S = _index_samples(run)
     n_s = len(S["row"])
-    if pc.count_distinct(pa.array(S["h"])).as_py() != n_s:
+    if len(np.unique(S["h"])) != n_s:  # (Arrow's count_distinct held 476 MB for 3.3M hashes)
         raise StoreError(f"{run.path / 'simple_cot'}: a kept sample_id occurs twice; ids are content hashes, so "
                          f"a stage-2 chunk was written twice (remove the copy)")
     E = _index_expansions(run)
     # the sample each expansion grew from (expansions of a sample that is not kept drop out), joined on a 64-bit
     # FNV-1a hash of the whole sample_id (a false match needs two ids of one run to collide: ~n²/2⁶⁵)
-    sample_row, has = _positions(pa.array(E.pop("of")), pa.array(S.pop("h")))
+    sample_row = find(E.pop("of"), S.pop("h"))
+    has = sample_row >= 0
     E = {k: v[has] for k, v in E.items()}
     e_s = sample_row[has]
     n_e = len(e_s)
@@ -849,24 +857,29 @@ def _run_traces(run: Any, *, memory_bytes: int = ROUTE_MEMORY_BYTES) -> _Traces:
         out[~smp] = _gather(run, table_for("long_thought"), "expansion_id", e_row[at[~smp] - n_s]).to_pylist()
         return pa.array(out.tolist(), _STR)
 
-    key = _id_ranks(np.concatenate([S.pop("hi"), E.pop("hi")]), np.concatenate([S.pop("lo"), E.pop("lo")]),
-                    full_ids)
+    key = _narrow(_id_ranks(np.concatenate([S.pop("hi"), E.pop("hi")]), np.concatenate([S.pop("lo"), E.pop("lo")]),
+                            full_ids))
+    release_memory()  # the rank sort's pages, before the list order's
     # sort by (cot_type, trace_id) as strings: type names sort O, O_O, O_X, X, X_O, X_X
-    type_rank = np.argsort(np.argsort(np.array(TRACE_TYPES)))[cot]
-    order = np.lexsort((key, type_rank))
+    type_rank = np.argsort(np.argsort(np.array(TRACE_TYPES))).astype(np.int8)[cot]
+    order = _narrow(np.lexsort((key, type_rank)))
     del type_rank
-    s_of = np.concatenate([np.arange(n_s), e_s])[order]
+    # each column is put in list order as the inputs it needs are let go (at 11M traces each int64 is 88 MB)
+    cot, key = cot[order], key[order]
     is_exp = order >= n_s
-    length = np.concatenate([S["len"], E["len"]])[order].astype(np.int32)
-    added = length - np.where(is_exp, S["len"][s_of], 0).astype(np.int32)
-    pred = np.concatenate([S["pred"], E["pred"]])[order].astype(np.int32)
-    s_of = _narrow(s_of)
-    src = _RunSource(run=run, s_row=s_row, s=s_of, e_row=_narrow(np.where(is_exp, e_row[np.clip(order - n_s, 0, None)],
-                                                                          -1) if n_e else np.full(len(order), -1)),
-                     memory_bytes=memory_bytes)
-    tr = _Traces(cot_type=cot[order], key=_narrow(key[order]), mcq=_narrow(S["mcq"][s_of]), mcq_names=S["mcq_names"],
-                 sample=s_of, prompt=_narrow(S["prompt"][s_of]), length=length, added=added, pred=pred,
-                 thought_bytes=np.concatenate([S["bytes"], E["bytes"]])[order].astype(np.int32),
+    s_of = _narrow(np.concatenate([np.arange(n_s), e_s])[order])
+    del e_s
+    e_row = _narrow(np.where(is_exp, e_row[np.clip(order - n_s, 0, None)], -1) if n_e else np.full(len(order), -1))
+    del E["row"]
+    length = np.concatenate([S["len"], E.pop("len")])[order].astype(np.int32, copy=False)
+    added = length - np.where(is_exp, S.pop("len")[s_of], 0).astype(np.int32, copy=False)
+    pred = np.concatenate([S.pop("pred"), E.pop("pred")])[order].astype(np.int32, copy=False)
+    thought_bytes = np.concatenate([S.pop("bytes"), E.pop("bytes")])[order].astype(np.int32, copy=False)
+    del order, is_exp, E
+    src = _RunSource(run=run, s_row=s_row, s=s_of, e_row=e_row, memory_bytes=memory_bytes)
+    tr = _Traces(cot_type=cot, key=key, mcq=_narrow(S.pop("mcq")[s_of]), mcq_names=S["mcq_names"],
+                 sample=s_of, prompt=_narrow(S.pop("prompt")[s_of]), length=length, added=added, pred=pred,
+                 thought_bytes=thought_bytes,
                  answer_bytes=lambda fmt: _answer_bytes(S, s_of, pred, fmt),
                  targets=lambda at, fmt: _run_targets(tr, at, fmt),
                  trace_ids=lambda at: trace_ids(tr, at), src=src)
@@ -1100,6 +1113,7 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
     mcq_scope = _narrow(_first_seen_codes(tr.mcq.astype(np.int64) * (int(tr.prompt.max(initial=0)) + 1) + tr.prompt))
     first_of = {"mcq": _narrow(_first_position(mcq_scope)), "sample": _narrow(_first_position(tr.sample))}
     scope_key = {"mcq": mcq_scope, "sample": tr.sample}
+    release_memory()  # the hash tables of those codes (Arrow's pages: ~0.3 GB at 11M traces)
     sides = {}
     for k, kind in enumerate(opts.pair_kinds):
         chosen_type, rejected_type = kind.split(">")
@@ -1117,6 +1131,7 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
             used[c] = used[r] = True
         cls = _target_classes(tr, opts, np.flatnonzero(used))
         del used
+        release_memory()  # its sort's pages, before the pairs are joined
         moved = np.flatnonzero(cls != np.arange(n, dtype=cls.dtype))
         shared = np.zeros(n, bool)  # a trace whose target another trace shares
         shared[moved] = shared[cls[moved]] = True

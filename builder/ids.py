@@ -52,4 +52,19 @@ def among(values: np.ndarray, sorted_hashes: np.ndarray) -> np.ndarray:
     return sorted_hashes[at] == values
 
 
-__all__ = ["among", "id_hash"]
+def find(values: np.ndarray, within: np.ndarray, step: int = 1 << 20, order: np.ndarray | None = None) -> np.ndarray:
+    """The place of each hash of ``values`` in ``within`` (``-1`` where absent; the first place, if ``within``
+    repeats it), ``step`` values at a time (``order``: ``within``'s stable argsort, when already made). A sort
+    and a binary search: a tenth of the memory of Arrow's hash table (``index_in``) at millions of hashes."""
+    out = np.full(len(values), -1, np.int32 if len(within) < 2 ** 31 else np.int64)
+    if not len(within):
+        return out
+    order = np.argsort(within, kind="stable") if order is None else order
+    for k in range(0, len(values), step):
+        v = values[k:k + step]
+        found = order[np.minimum(np.searchsorted(within, v, sorter=order), len(within) - 1)]
+        out[k:k + step] = np.where(within[found] == v, found, -1)
+    return out
+
+
+__all__ = ["among", "find", "id_hash"]

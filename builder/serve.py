@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.ids import id_hash
+from builder.ids import find, id_hash
 from builder.records import TABLES
 from builder.stages import table_for
 from builder.stats import RUN, Opened, config_files, open_input
@@ -210,20 +210,6 @@ def _sorted(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.nd
     return arrays
 
 
-def _find(values: np.ndarray, among: np.ndarray, step: int = 1 << 20, order: np.ndarray | None = None) -> np.ndarray:
-    """The place of each value in ``among`` (``-1`` where absent), ``step`` values at a time (``order``:
-    ``among``'s argsort, when already made)."""
-    out = np.full(len(values), -1, np.int32 if len(among) < 2 ** 31 else np.int64)
-    if not len(among):
-        return out
-    order = np.argsort(among, kind="stable") if order is None else order
-    for k in range(0, len(values), step):
-        v = values[k:k + step]
-        found = order[np.minimum(np.searchsorted(among, v, sorter=order), len(among) - 1)]
-        out[k:k + step] = np.where(among[found] == v, found, -1)
-    return out
-
-
 def _questions(o: Opened, rows: _Rows) -> pa.Table:
     keys = list(TABLES[rows.stage].sort_keys) if o.kind == RUN else []  # as Opened.read orders them
     t = rows.scan(list(dict.fromkeys(["mcq_id", "image_id", "question_type", "valid", *keys])))
@@ -234,11 +220,11 @@ def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[d
     """The simple thoughts sorted as the page sorts them, and the questions' ids with those only they name."""
     s = _arrays(rows, {"sample_id": "hash", "mcq_id": "hash", "sample_index": int, "question_type": names["qt_s"],
                        "parsed": "flag", "correct": "flag", "keep": "flag", "drop_reason": names["reason"]})
-    m = _find(s["mcq_id"], id_hash(mcq_ids))
+    m = find(s["mcq_id"], id_hash(mcq_ids))
     if (m < 0).any():  # questions only the simple thoughts name: their ids are read again (a rare run)
         named = rows.take(s["_at"][m < 0], ["mcq_id"]).column("mcq_id")
         mcq_ids = pa.concat_arrays([mcq_ids, pa.array(sorted(set(named.to_pylist())), pa.string())])
-        m = _find(s["mcq_id"], id_hash(mcq_ids))
+        m = find(s["mcq_id"], id_hash(mcq_ids))
     s["m"] = m.astype(np.int32)
     del s["mcq_id"]
     order = np.lexsort((s["sample_id"], s.pop("sample_index"), s["m"]))
@@ -248,7 +234,7 @@ def _simple(rows: _Rows, mcq_ids: pa.Array, names: dict[str, _Names]) -> tuple[d
 def _expansions(rows: _Rows, sample_ids: np.ndarray, names: dict[str, _Names]) -> tuple[dict[str, np.ndarray], int]:
     """The expansions sorted as the page sorts them (after their simple thought), and how many have none."""
     order = np.argsort(sample_ids, kind="stable")
-    e = _arrays(rows, {"expansion_id": "hash", "sample_id": lambda col: _find(id_hash(col), sample_ids, order=order),
+    e = _arrays(rows, {"expansion_id": "hash", "sample_id": lambda col: find(id_hash(col), sample_ids, order=order),
                        "expansion_index": int, "cue": names["cue"], "parsed": "flag", "correct": "flag",
                        "simple_correct": "flag", "keep": "flag", "drop_reason": names["reason"]})
     del order
@@ -369,7 +355,7 @@ def _pair_arrays(t: pa.Table | None, M: dict, S: dict, E: dict, names: dict) -> 
 
     def ref(col: str) -> np.ndarray:
         h = id_hash(t.column(col))
-        i, j = _find(h, S["id"]), _find(h, E["id"])
+        i, j = find(h, S["id"]), find(h, E["id"])
         return np.where(i >= 0, 2 * i, np.where(j >= 0, 2 * j + 1, -1))
 
     k, names["kind"] = _codes(t.column("kind"))
