@@ -115,12 +115,17 @@ def _np(t: pa.Table, col: str, dtype: Any = np.int64) -> np.ndarray:
         .to_numpy().astype(dtype)
 
 
-def _flags(t: dict[str, np.ndarray], ids_in_sft: np.ndarray, id_col: str) -> np.ndarray:
-    """The record's flags (:func:`_arrays`) and whether it is in SFT."""
+def _flags(t: dict[str, np.ndarray], in_sft: np.ndarray) -> np.ndarray:
+    """The record's flags (:func:`_arrays`) and whether it is in SFT (``in_sft``, a mask of the records)."""
     f = t.pop("f")
-    for k in range(0, len(f), 1 << 20):
-        f[k:k + (1 << 20)] |= IN_SFT * np.isin(t[id_col][k:k + (1 << 20)], ids_in_sft).astype(np.uint8)
+    f |= IN_SFT * in_sft.astype(np.uint8)
     return f
+
+
+def _hashed_in(ids: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Whether each id hash is among ``hashes``, a million at a time."""
+    return np.concatenate([np.isin(ids[k:k + (1 << 20)], hashes) for k in range(0, len(ids), 1 << 20)]) \
+        if len(ids) else np.zeros(0, bool)
 
 
 def _index_in(values: pa.ChunkedArray | pa.Array, of: pa.Array) -> np.ndarray:
@@ -259,15 +264,18 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     e, orphans = _expansions(rows["long_thought"], s["sample_id"], codes)
     notes = [f"{orphans} expansions whose simple thought is not in the records are not shown"] if orphans else []
     say("reading the SFT and DPO sets …", flush=True)
-    in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
     names = {"reason": codes["reason"].names, "cue": codes["cue"].names}
+    if o.kind == RUN:
+        s_sft, e_sft, n_sft, plan, sft_from, dpo_from = _run_sets(o, s["_at"], e["_at"])
+    else:
+        in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
+        s_sft, e_sft = _hashed_in(s["sample_id"], in_sft), _hashed_in(e["expansion_id"], in_sft)
     M = _mcq_arrays(q, s, mcq_ids, codes["qt_s"].names, names)
-    S = {"id": s["sample_id"], "m": s["m"], "f": _flags(s, in_sft, "sample_id"), "at": s["_at"],
-         "r": s["drop_reason"]}
-    E = {"id": e["expansion_id"], "s": e["s"], "f": _flags(e, in_sft, "expansion_id"), "at": e["_at"],
-         "r": e["drop_reason"], "c": e["cue"]}
-    del s, e
-    P = _pair_arrays(dpo, M, S, E, names)
+    S = {"id": s["sample_id"], "m": s["m"], "f": _flags(s, s_sft), "at": s["_at"], "r": s["drop_reason"]}
+    E = {"id": e["expansion_id"], "s": e["s"], "f": _flags(e, e_sft), "at": e["_at"], "r": e["drop_reason"],
+         "c": e["cue"]}
+    del s, e, s_sft, e_sft
+    P = _run_pairs(*plan, S, E, names) if o.kind == RUN else _pair_arrays(dpo, M, S, E, names)
     if not len(S["m"]):  # an export without the raw thought configs: the page says why no trace is shown
         empty = _Page()
         empty.note_no_traces(o)
@@ -301,22 +309,66 @@ def _first_of(groups: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
-def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
-    """``(ids of the SFT traces, SFT rows, where from, the DPO pairs' kind / mcq_id / side ids, where from)``:
-    an export's sft and dpo configs (only these columns), or the sets :mod:`builder.assemble` builds from a run
-    with the default options, as columns (no trace becomes a Python object)."""
+def _run_sets(o: Opened, s_at: np.ndarray, e_at: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, tuple, str, str]:
+    """The sets :mod:`builder.assemble` builds from a run with the default options, in the index's own terms:
+    ``(SFT mask of the simple thoughts, of the expansions, SFT rows, (pair kinds, chosen refs, rejected refs,
+    kind names), where from, where from)``; a ref is ``2i`` (simple thought ``i``) or ``2j+1`` (expansion ``j``).
+
+    The planners' traces are matched to the index by their rows in the stage files (both number a stage's rows
+    file after file, over the same files), so no id is read back or held as text (at 10M records the pairs'
+    ids alone were ~0.5 GB, kept for as long as the server ran)."""
     from builder import assemble
 
-    if o.kind == RUN:
-        opts = assemble.AssembleOptions()
-        tr = assemble.trace_index(o)  # small columns; the ids below are read back from the stage files
-        sft = assemble.trace_ids(tr, assemble._sft_plan(tr, opts))
-        kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, int),) * 3
-        dpo = pa.table({"kind": pa.array([opts.pair_kinds[k] for k in kind], pa.string()),
-                        "mcq_id": tr.mcq_names.take(pa.array(tr.mcq[c])), "chosen_id": assemble.trace_ids(tr, c),
-                        "rejected_id": assemble.trace_ids(tr, r)})
-        where = "assembled from the run ({} with the default options)"
-        return np.unique(id_hash(sft)), len(sft), where.format("sft"), dpo, where.format("dpo")
+    opts = assemble.AssembleOptions()
+    tr = assemble.trace_index(o)
+    sft = np.asarray(assemble._sft_plan(tr, opts), np.int64)
+    kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, np.int64),) * 3
+    s_place, e_place = _places(s_at, tr.src.s_row), _places(e_at, tr.src.e_row)
+
+    def refs(t: np.ndarray) -> np.ndarray:
+        e_row = tr.src.e_row[t].astype(np.int64)
+        i = s_place[tr.src.s_row[tr.src.s[t]]]
+        j = e_place[np.maximum(e_row, 0)]
+        return np.where(e_row >= 0, np.where(j >= 0, 2 * j + 1, -1), np.where(i >= 0, 2 * i, -1))
+
+    in_sft = refs(sft)
+    s_sft, e_sft = np.zeros(len(s_at), bool), np.zeros(len(e_at), bool)
+    s_sft[in_sft[(in_sft >= 0) & (in_sft % 2 == 0)] // 2] = True
+    e_sft[in_sft[in_sft % 2 == 1] // 2] = True
+    plan = (kind, refs(c), refs(r), list(opts.pair_kinds))
+    del tr
+    where = "assembled from the run ({} with the default options)"
+    return s_sft, e_sft, len(sft), plan, where.format("sft"), where.format("dpo")
+
+
+def _places(at: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per row of a stage's files, its place in the index (``at``: each place's row), -1 for a row not there."""
+    n = max(int(at.max(initial=-1)), int(rows.max(initial=-1))) + 1
+    place = np.full(n, -1, np.int32 if len(at) < 2 ** 31 else np.int64)
+    place[at] = np.arange(len(at))
+    return place
+
+
+def _run_pairs(kind: np.ndarray, c: np.ndarray, r: np.ndarray, kinds: list[str], S: dict, E: dict,
+               names: dict) -> dict[str, Any]:
+    """The pairs of :func:`_run_sets` as :func:`_pair_arrays` gives an export's: kind codes in the order the
+    kinds first appear, each pair's question (its chosen side's), the page's order."""
+    if not len(kind):
+        return _pair_arrays(None, {}, S, E, names)
+    seen, first = np.unique(kind, return_index=True)
+    by_first = seen[np.argsort(first)]
+    code = np.zeros(int(seen.max()) + 1, np.int32)
+    code[by_first] = np.arange(len(by_first))
+    k, names["kind"] = code[kind], [kinds[x] for x in by_first.tolist()]
+    s_of = np.where(c % 2 == 1, E["s"][np.maximum(c, 0) // 2], c // 2)
+    m = np.where(c >= 0, S["m"][np.maximum(s_of, 0)], -1).astype(np.int64)
+    order = np.lexsort((np.arange(len(k)), k, m))  # as the page: by question (its place), kind, then as listed
+    return {"k": k, "m": m, "c": c, "r": r, "order": order, "rows": None}
+
+
+def _set_ids(o: Opened) -> tuple[np.ndarray, int, str, pa.Table | None, str]:
+    """``(hashes of the ids of the SFT traces, SFT rows, where from, the DPO pairs' kind / mcq_id / side ids, where
+    from)`` of an export: its sft and dpo configs, only these columns."""
     sft, sft_from = _export_sft(o)
     if o.has_config("dpo"):
         have = set(pq.read_schema(config_files(o.path, "dpo")[0]).names)
@@ -613,7 +665,7 @@ class Viewer:
             t for k, t in zip(e_idx, e_ids) if ix.E["f"][k] & IN_SFT}
         page.add_simple_thoughts(ix.o, in_sft, s_rows)
         page.add_long_thoughts(ix.o, in_sft, e_rows)
-        rows = ix.P["rows"].take(pa.array(pairs)).to_pylist() if len(pairs) else []
+        rows = _pair_rows(ix, pairs, dict(zip(s_idx.tolist(), s_ids)), dict(zip(e_idx.tolist(), e_ids)))
         page.add_pairs(ix.o, rows, [int(p) for p in pairs])
         local_s = {int(i): page.sample_index[t] for i, t in zip(s_idx, s_ids)}
         local_e = {int(j): page.expansion_index[t] for j, t in zip(e_idx, e_ids)}
@@ -673,6 +725,21 @@ class Viewer:
         return (_asset("viewer.html").replace("/*__CSS__*/", _asset("viewer.css"))
                 .replace("__TITLE__", _escape(title)).replace("__PAGE_SIZE__", str(int(page_size)))
                 .replace("/*__JS__*/", _asset("viewer.js")).replace("__DATA__", _json_for_script(d)))
+
+
+def _pair_rows(ix: Index, pairs: np.ndarray, s_ids: dict[int, str], e_ids: dict[int, str]) -> list[dict[str, Any]]:
+    """The rows of some pairs (kind, mcq_id, chosen_id, rejected_id …): an export's from its dpo config; a run's
+    from the index, the sides' ids from the page's own records (``s_ids`` / ``e_ids``, by place)."""
+    if not len(pairs):
+        return []
+    if ix.P["rows"] is not None:
+        return ix.P["rows"].take(pa.array(pairs)).to_pylist()
+
+    def side(ref: int) -> str:
+        return "" if ref < 0 else (e_ids[ref // 2] if ref % 2 else s_ids[ref // 2])
+
+    return [{"kind": ix.names["kind"][int(ix.P["k"][p])], "mcq_id": ix.M["id"][int(ix.P["m"][p])].as_py(),
+             "chosen_id": side(int(ix.P["c"][p])), "rejected_id": side(int(ix.P["r"][p]))} for p in pairs.tolist()]
 
 
 def _needed(ix: Index, view: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

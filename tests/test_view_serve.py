@@ -9,6 +9,7 @@ import re
 import threading
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ from builder.cli import view_cmd
 from builder.export import export
 from builder.importer import import_upstream
 from builder.serve import HOST, MAX_PAGE_SIZE, Viewer, build_index, make_server
+from builder.view import ID_CHARS, IN_SFT
 from builder.store import RunDir
 
 from helpers import UPSTREAM  # noqa: E402
@@ -170,6 +172,43 @@ def test_the_served_trace_list_is_the_single_files(made, name):
 
 
 @pytest.mark.parametrize("inherited", ["default", "ignored"])
+def _served_pairs(viewer) -> list[tuple[str, str, str, str]]:
+    """Every pair the server lists, page after page: (kind, question, chosen id, rejected id)."""
+    out = []
+    for page in range(1, 100):
+        got = viewer.page({"view": "pairs", "page": str(page), "size": "200"})
+        d = got["data"]
+        P, ids = d["pairs"], {0: d["simple"]["id"], 1: d["exp"]["id"]}
+        for n in got["refs"]:
+            out.append((d["tables"]["kind"][P["k"][n]], d["mcq"]["id"][P["m"][n]],
+                        ids[P["c"][n] % 2][P["c"][n] // 2], ids[P["r"][n] % 2][P["r"][n] // 2]))
+        if len(out) >= got["matches"]:
+            return out
+    raise AssertionError("more pages than expected")
+
+
+def test_a_run_s_served_pairs_are_the_dpo_set_assembled_from_it(made):
+    """A run's DPO pairs and SFT marks are matched to the index by their rows in the stage files, not by ids read
+    back: every pair of ``assemble``'s dpo set (default options) is served once, with its kind, question and
+    sides; the traces marked in SFT are the sft set's."""
+    from collections import Counter
+
+    viewer = Viewer(build_index(made / "run"), images=False)
+    assert viewer.ix.P["rows"] is None  # no id held as text for a run
+    served = _served_pairs(viewer)
+    built = assemble.build_dpo(RunDir(made / "run"))
+    assert len(served) == len(built) == viewer.page({"view": "pairs"})["matches"]
+    short = lambda i: i[:ID_CHARS]  # noqa: E731 (the page shows ids cut to ID_CHARS)
+    assert Counter(served) == Counter((r["kind"], short(r["mcq_id"]), short(r["chosen_id"]), short(r["rejected_id"]))
+                                      for r in built)
+    sft = {r.get("expansion_id") or r["sample_id"] for r in assemble.build_sft(RunDir(made / "run"))}
+    marked = {viewer.ix.rows["short_thought"].take(viewer.ix.S["at"][[i]], ["sample_id"]).column(0)[0].as_py()
+              for i in np.flatnonzero(viewer.ix.S["f"] & IN_SFT)}
+    marked |= {viewer.ix.rows["long_thought"].take(viewer.ix.E["at"][[j]], ["expansion_id"]).column(0)[0].as_py()
+               for j in np.flatnonzero(viewer.ix.E["f"] & IN_SFT)}
+    assert marked == sft and viewer.ix.meta["sft_rows"] == len(sft) and viewer.ix.meta["dpo_rows"] == len(built)
+
+
 def test_lpt_view_serve_prints_its_url_answers_and_stops_on_ctrl_c(made, inherited):
     """The command itself, in a subprocess: the URL on 127.0.0.1, a page as JSON, Ctrl-C (SIGINT) stops it.
 
