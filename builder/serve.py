@@ -257,17 +257,20 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     o = open_input(path_or_run)
     rows = {r: _Rows(o, table_for(r)) for r in ("question", "short_thought", "long_thought")}
     say = print if progress else (lambda *a, **k: None)
+    if o.kind == RUN:
+        say("planning the SFT and DPO sets …", flush=True)
+        plan = _run_plan(o)
     say("indexing the questions, simple thoughts and expansions …", flush=True)
     codes = {k: _Names() for k in ("qt_s", "reason", "cue")}
     q = _questions(o, rows["question"])
     s, mcq_ids = _simple(rows["short_thought"], q.column("mcq_id").combine_chunks(), codes)
     e, orphans = _expansions(rows["long_thought"], s["sample_id"], codes)
     notes = [f"{orphans} expansions whose simple thought is not in the records are not shown"] if orphans else []
-    say("reading the SFT and DPO sets …", flush=True)
     names = {"reason": codes["reason"].names, "cue": codes["cue"].names}
     if o.kind == RUN:
-        s_sft, e_sft, n_sft, plan, sft_from, dpo_from = _run_sets(o, s["_at"], e["_at"])
+        s_sft, e_sft, n_sft, plan, sft_from, dpo_from = _run_sets(plan, s["_at"], e["_at"])
     else:
+        say("reading the SFT and DPO sets …", flush=True)
         in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
         s_sft, e_sft = _hashed_in(s["sample_id"], in_sft), _hashed_in(e["expansion_id"], in_sft)
     M = _mcq_arrays(q, s, mcq_ids, codes["qt_s"].names, names)
@@ -309,41 +312,62 @@ def _first_of(groups: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
-def _run_sets(o: Opened, s_at: np.ndarray, e_at: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, tuple, str, str]:
-    """The sets :mod:`builder.assemble` builds from a run with the default options, in the index's own terms:
-    ``(SFT mask of the simple thoughts, of the expansions, SFT rows, (pair kinds, chosen refs, rejected refs,
-    kind names), where from, where from)``; a ref is ``2i`` (simple thought ``i``) or ``2j+1`` (expansion ``j``).
+def _run_plan(o: Opened) -> dict[str, Any]:
+    """The sets :mod:`builder.assemble` builds from a run with the default options, by the traces' rows in the
+    stage files: a side is ``2·row`` (a row of the simple-CoT stage) or ``2·row+1`` (of the expansion stage),
+    rows numbered file after file as :class:`_Rows` numbers them (the same files, in the same order).
 
-    The planners' traces are matched to the index by their rows in the stage files (both number a stage's rows
-    file after file, over the same files), so no id is read back or held as text (at 10M records the pairs'
-    ids alone were ~0.5 GB, kept for as long as the server ran)."""
+    Planned before the index is read, and only these arrays kept: the planners' memory (the trace index, the
+    DPO candidates) is let go before the index's own is taken; no id is read back or held as text (at 10M
+    records the pairs' ids alone were ~0.5 GB, kept for as long as the server ran)."""
     from builder import assemble
 
     opts = assemble.AssembleOptions()
     tr = assemble.trace_index(o)
     sft = np.asarray(assemble._sft_plan(tr, opts), np.int64)
     kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, np.int64),) * 3
-    s_place, e_place = _places(s_at, tr.src.s_row), _places(e_at, tr.src.e_row)
 
-    def refs(t: np.ndarray) -> np.ndarray:
+    def rows(t: np.ndarray) -> np.ndarray:
         e_row = tr.src.e_row[t].astype(np.int64)
-        i = s_place[tr.src.s_row[tr.src.s[t]]]
-        j = e_place[np.maximum(e_row, 0)]
-        return np.where(e_row >= 0, np.where(j >= 0, 2 * j + 1, -1), np.where(i >= 0, 2 * i, -1))
+        return np.where(e_row >= 0, 2 * e_row + 1, 2 * tr.src.s_row[tr.src.s[t]].astype(np.int64))
 
-    in_sft = refs(sft)
+    plan = {"sft": rows(sft), "kind": kind.astype(np.int8), "c": rows(c), "r": rows(r), "kinds": list(opts.pair_kinds)}
+    del tr, sft, c, r
+    assemble.release_memory()
+    return plan
+
+
+def _run_sets(plan: dict[str, Any], s_at: np.ndarray, e_at: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, tuple,
+                                                                                  str, str]:
+    """:func:`_run_plan`'s sets in the index's own terms: ``(SFT mask of the simple thoughts, of the expansions,
+    SFT rows, (pair kinds, chosen refs, rejected refs, kind names), where from, where from)``; a ref is ``2i``
+    (simple thought ``i``) or ``2j+1`` (expansion ``j``), -1 for a row the index does not show."""
+    places = {0: _places(s_at, plan["sft"][plan["sft"] % 2 == 0] // 2, plan["c"][plan["c"] % 2 == 0] // 2,
+                         plan["r"][plan["r"] % 2 == 0] // 2),
+              1: _places(e_at, plan["sft"][plan["sft"] % 2 == 1] // 2, plan["c"][plan["c"] % 2 == 1] // 2,
+                         plan["r"][plan["r"] % 2 == 1] // 2)}
+
+    def refs(side: np.ndarray) -> np.ndarray:
+        out = np.full(len(side), -1, np.int64)
+        for odd in (0, 1):
+            mine = side % 2 == odd
+            at = places[odd][side[mine] // 2].astype(np.int64)
+            out[mine] = np.where(at >= 0, 2 * at + odd, -1)
+        return out
+
+    in_sft = refs(plan["sft"])
     s_sft, e_sft = np.zeros(len(s_at), bool), np.zeros(len(e_at), bool)
     s_sft[in_sft[(in_sft >= 0) & (in_sft % 2 == 0)] // 2] = True
     e_sft[in_sft[in_sft % 2 == 1] // 2] = True
-    plan = (kind, refs(c), refs(r), list(opts.pair_kinds))
-    del tr
     where = "assembled from the run ({} with the default options)"
-    return s_sft, e_sft, len(sft), plan, where.format("sft"), where.format("dpo")
+    return (s_sft, e_sft, len(in_sft), (plan["kind"], refs(plan["c"]), refs(plan["r"]), plan["kinds"]),
+            where.format("sft"), where.format("dpo"))
 
 
-def _places(at: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per row of a stage's files, its place in the index (``at``: each place's row), -1 for a row not there."""
-    n = max(int(at.max(initial=-1)), int(rows.max(initial=-1))) + 1
+def _places(at: np.ndarray, *rows: np.ndarray) -> np.ndarray:
+    """Per row of a stage's files, its place in the index (``at``: each place's row), -1 for a row not there
+    (long enough for every row of ``rows``)."""
+    n = max([int(at.max(initial=-1))] + [int(x.max(initial=-1)) for x in rows]) + 1
     place = np.full(n, -1, np.int32 if len(at) < 2 ** 31 else np.int64)
     place[at] = np.arange(len(at))
     return place

@@ -171,7 +171,6 @@ def test_the_served_trace_list_is_the_single_files(made, name):
     assert got["data"]["agg"]["sOfM"] and viewer.page({"view": "mcqs"})["matches"] == 40
 
 
-@pytest.mark.parametrize("inherited", ["default", "ignored"])
 def _served_pairs(viewer) -> list[tuple[str, str, str, str]]:
     """Every pair the server lists, page after page: (kind, question, chosen id, rejected id)."""
     out = []
@@ -209,6 +208,7 @@ def test_a_run_s_served_pairs_are_the_dpo_set_assembled_from_it(made):
     assert marked == sft and viewer.ix.meta["sft_rows"] == len(sft) and viewer.ix.meta["dpo_rows"] == len(built)
 
 
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
 def test_lpt_view_serve_prints_its_url_answers_and_stops_on_ctrl_c(made, inherited):
     """The command itself, in a subprocess: the URL on 127.0.0.1, a page as JSON, Ctrl-C (SIGINT) stops it.
 
