@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.ids import find, id_hash
+from builder.ids import among, find, id_hash
 from builder.records import TABLES
 from builder.stages import table_for
 from builder.stats import RUN, Opened, config_files, open_input
@@ -120,12 +120,6 @@ def _flags(t: dict[str, np.ndarray], in_sft: np.ndarray) -> np.ndarray:
     f = t.pop("f")
     f |= IN_SFT * in_sft.astype(np.uint8)
     return f
-
-
-def _hashed_in(ids: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Whether each id hash is among ``hashes``, a million at a time."""
-    return np.concatenate([np.isin(ids[k:k + (1 << 20)], hashes) for k in range(0, len(ids), 1 << 20)]) \
-        if len(ids) else np.zeros(0, bool)
 
 
 def _index_in(values: pa.ChunkedArray | pa.Array, of: pa.Array) -> np.ndarray:
@@ -272,7 +266,7 @@ def build_index(path_or_run: Any, *, progress: bool = False) -> Index:
     else:
         say("reading the SFT and DPO sets …", flush=True)
         in_sft, n_sft, sft_from, dpo, dpo_from = _set_ids(o)
-        s_sft, e_sft = _hashed_in(s["sample_id"], in_sft), _hashed_in(e["expansion_id"], in_sft)
+        s_sft, e_sft = among(s["sample_id"], in_sft), among(e["expansion_id"], in_sft)  # in_sft: sorted, distinct
     M = _mcq_arrays(q, s, mcq_ids, codes["qt_s"].names, names)
     S = {"id": s["sample_id"], "m": s["m"], "f": _flags(s, s_sft), "at": s["_at"], "r": s["drop_reason"]}
     E = {"id": e["expansion_id"], "s": e["s"], "f": _flags(e, e_sft), "at": e["_at"], "r": e["drop_reason"],
@@ -342,10 +336,9 @@ def _run_sets(plan: dict[str, Any], s_at: np.ndarray, e_at: np.ndarray) -> tuple
     """:func:`_run_plan`'s sets in the index's own terms: ``(SFT mask of the simple thoughts, of the expansions,
     SFT rows, (pair kinds, chosen refs, rejected refs, kind names), where from, where from)``; a ref is ``2i``
     (simple thought ``i``) or ``2j+1`` (expansion ``j``), -1 for a row the index does not show."""
-    places = {0: _places(s_at, plan["sft"][plan["sft"] % 2 == 0] // 2, plan["c"][plan["c"] % 2 == 0] // 2,
-                         plan["r"][plan["r"] % 2 == 0] // 2),
-              1: _places(e_at, plan["sft"][plan["sft"] % 2 == 1] // 2, plan["c"][plan["c"] % 2 == 1] // 2,
-                         plan["r"][plan["r"] % 2 == 1] // 2)}
+    sides = np.concatenate([plan["sft"], plan["c"], plan["r"]])
+    places = {odd: _places(at, sides[sides % 2 == odd] // 2) for odd, at in ((0, s_at), (1, e_at))}
+    del sides
 
     def refs(side: np.ndarray) -> np.ndarray:
         out = np.full(len(side), -1, np.int64)
@@ -356,18 +349,19 @@ def _run_sets(plan: dict[str, Any], s_at: np.ndarray, e_at: np.ndarray) -> tuple
         return out
 
     in_sft = refs(plan["sft"])
+    shown = in_sft[in_sft >= 0]  # (-1 % 2 is 1: a row not shown would otherwise mark the last expansion)
     s_sft, e_sft = np.zeros(len(s_at), bool), np.zeros(len(e_at), bool)
-    s_sft[in_sft[(in_sft >= 0) & (in_sft % 2 == 0)] // 2] = True
-    e_sft[in_sft[in_sft % 2 == 1] // 2] = True
+    s_sft[shown[shown % 2 == 0] // 2] = True
+    e_sft[shown[shown % 2 == 1] // 2] = True
     where = "assembled from the run ({} with the default options)"
     return (s_sft, e_sft, len(in_sft), (plan["kind"], refs(plan["c"]), refs(plan["r"]), plan["kinds"]),
             where.format("sft"), where.format("dpo"))
 
 
-def _places(at: np.ndarray, *rows: np.ndarray) -> np.ndarray:
+def _places(at: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Per row of a stage's files, its place in the index (``at``: each place's row), -1 for a row not there
     (long enough for every row of ``rows``)."""
-    n = max([int(at.max(initial=-1))] + [int(x.max(initial=-1)) for x in rows]) + 1
+    n = max(int(at.max(initial=-1)), int(rows.max(initial=-1))) + 1
     place = np.full(n, -1, np.int32 if len(at) < 2 ** 31 else np.int64)
     place[at] = np.arange(len(at))
     return place

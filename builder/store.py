@@ -300,7 +300,7 @@ class RunDir:
         for k, p in enumerate(files):
             meta = self._metadata(p, stage)
             if col:
-                h = id_hash(pa.array(self._covered(stage, p, meta=meta), pa.string()))
+                h = self._covered_hashes(stage, p, meta)
                 hashes.append(h)
                 where.append(np.full(len(h), k, np.int32))
         if not col or not files:
@@ -366,6 +366,10 @@ class RunDir:
         t = table if table is not None else self.read_file(stage, p, [col])  # only the input column
         return list(dict.fromkeys(t.column(col).to_pylist()))
 
+    def _covered_hashes(self, stage: str, p: Path, meta: dict[bytes, bytes] | None = None) -> np.ndarray:
+        """:meth:`_covered` as 64-bit hashes (:func:`builder.ids.id_hash`), in the file's order."""
+        return id_hash(pa.array(self._covered(stage, p, meta=meta), pa.string()))
+
     def check(self) -> None:
         """The reader rule over the whole run (what status, export and relabel check first): every table's files
         pass :meth:`chunks`, each stage's against the ids its input stage holds (no chunk from another run)."""
@@ -386,8 +390,7 @@ class RunDir:
 
     def done_hashes(self, stage: str) -> np.ndarray:
         """:meth:`done_inputs` as 64-bit hashes (sorted, distinct)."""
-        parts = [id_hash(pa.array(self._covered(stage, p), pa.string())) for p in self.files(stage)] \
-            if TABLES[stage].input_column else []
+        parts = [self._covered_hashes(stage, p) for p in self.files(stage)] if TABLES[stage].input_column else []
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
 
     def done_inputs(self, stage: str) -> set[str]:

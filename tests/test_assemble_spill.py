@@ -118,6 +118,21 @@ def test_a_stage_changed_under_the_route_is_named(runs, tmp_path):
         list(assemble.batches(run, "sft", assemble.AssembleOptions(sft_ratio=1.0), traces=tr))
 
 
+def test_a_kept_sample_written_twice_is_named_by_the_index(runs, tmp_path):
+    """Two rows of one kept sample_id (a chunk written twice into one file): the index refuses the run (the check
+    is a sort of the ids' hashes)."""
+    from builder.store import StoreError
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(runs["plain"].path, run.path)
+    f = run.files("simple_cot")[0]
+    t = pq.read_table(f)
+    kept = t.filter(pc.fill_null(t["keep"], False)).slice(0, 1)
+    pq.write_table(pa.concat_tables([t, kept]).replace_schema_metadata(t.schema.metadata), f)
+    with pytest.raises(StoreError, match="a kept sample_id occurs twice"):
+        assemble.trace_index(run)
+
+
 @pytest.mark.parametrize("which", ["plain", "tied"])
 def test_the_raw_configs_sort_by_ranks_and_spill_through_the_same_route(runs, which):
     """The raw configs' order comes from key ranks (ids that tie in 16 bytes read in full): RunDir.read's rows,
