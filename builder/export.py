@@ -268,7 +268,8 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
 
     def one(name: str) -> tuple[int, str]:
         if CONFIGS[name].batches is not None:
-            return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces)
+            return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces,
+                                   plan=[n for n in names if n in _TRACE_SETS])
         ds, why = _built_or_why(run_dir, name, **kwargs)
         if ds is None:
             return 0, why
@@ -294,15 +295,17 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     return {name: done[name] for name in names}
 
 
-def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces: list[Any]) -> tuple[int, str]:
+def _write_columnar(run_dir: Any, name: str, folder: Path, options: Any, traces: list[Any],
+                    plan: Sequence[str] = ()) -> tuple[int, str]:
     """A run config straight from the columnar assembly to parquet (no Python rows, no datasets cache);
-    ``(rows, "")``, or ``(0, why it is empty)`` with nothing left in ``folder``."""
+    ``(rows, "")``, or ``(0, why it is empty)`` with nothing left in ``folder``. A trace set reads the run's
+    trace index from ``traces`` (made there by the first one, with the sets ``plan`` planned at once)."""
     opts = options if options is not None else AssembleOptions()
     cfg = LPTConfig(name=name, run_dir=str(run_dir), options=opts)
     shared = None
     if name in _TRACE_SETS:
         if not traces:
-            traces.append(assemble.trace_index(RunDir(run_dir)))
+            traces.append(assemble.trace_index(RunDir(run_dir), plan=plan or [name], opts=opts))
         shared = traces[0]
     rows = write_parquet(config_batches(cfg, traces=shared), folder, CONFIGS[name].features)
     if rows:

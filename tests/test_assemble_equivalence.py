@@ -292,6 +292,18 @@ def test_one_trace_read_serves_every_trace_set(runs):
         assert shared.to_pylist() == assemble.table(run, name, OPTIONS[1]).to_pylist()
 
 
+def test_sets_planned_ahead_render_the_same_rows_from_an_index_without_its_planner_columns(runs):
+    run = runs["synthetic"]
+    tr = assemble.trace_index(run, plan=["sft", "dpo", "simple_cot"], opts=OPTIONS[1])
+    assert all(getattr(tr, c) is None for c in ("key", "mcq", "prompt", "length", "added", "thought_bytes"))
+    for name in ("simple_cot", "sft", "dpo"):  # in another order than planned
+        shared = pa.Table.from_batches(list(assemble.batches(run, name, OPTIONS[1], 50, traces=tr)))
+        assert shared.to_pylist() == assemble.table(run, name, OPTIONS[1]).to_pylist()
+    assert not tr.plans  # each plan went once it was taken
+    with pytest.raises(RuntimeError, match="'sft' was planned"):  # a set it was not planned for is refused
+        list(assemble.batches(run, "sft", OPTIONS[1], 50, traces=tr))
+
+
 def test_an_empty_run(tmp_path):
     run = RunDir(tmp_path / "empty")
     for name in SETS:
