@@ -1,5 +1,5 @@
 """``lpt export`` with a timeline: when each phase of each lane starts and ends, the RSS at that moment, and when
-the peak RSS was reached (sampled every 10 ms), so that a peak can be put on the phases running side by side.
+the peak RSS was reached (sampled every 10 ms) and what each lane ran then, so that a peak can be put on the phases running side by side.
 
     python benchmarks/export_timeline.py RUN OUT [--log timeline.log] [--only sft --only dpo ...]
 
@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +30,7 @@ PHASES = {
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _T0 = time.time()
 _PEAK = [0.0, 0.0]  # GB, seconds in
+_AT_PEAK: list[str] = []  # what each lane ran then
 
 
 def rss_gb() -> float:
@@ -84,6 +86,10 @@ def main() -> None:
             r = rss_gb()
             if r > _PEAK[0]:
                 _PEAK[:] = [r, time.time() - _T0]
+                names = {t.ident: t.name for t in threading.enumerate()}
+                _AT_PEAK[:] = [f"{names.get(ident, ident)}: " + " < ".join(
+                    f"{fs.name} ({Path(fs.filename).name}:{fs.lineno})" for fs in traceback.extract_stack(frame)[::-1][:4])
+                    for ident, frame in sys._current_frames().items() if names.get(ident, "").startswith("export")]
             time.sleep(0.01)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -93,7 +99,9 @@ def main() -> None:
     try:
         lpt(standalone_mode=False)
     finally:
-        say(f"peak {_PEAK[0]:.3f} GB at {_PEAK[1]:.0f} s")
+        say(f"peak {_PEAK[0]:.3f} GB at {_PEAK[1]:.0f} s; the lanes were in:")
+        for line in _AT_PEAK:
+            say(f"  {line}")
 
 
 if __name__ == "__main__":

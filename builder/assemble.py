@@ -800,12 +800,24 @@ def _narrow(a: np.ndarray) -> np.ndarray:
     return a
 
 
+_ID_SORT = threading.RLock()  # one id sort at a time in a process: lpt export's two lanes each sort 10-13M ids
+# at the start of a 10M export (the trace index; the raw expansion config's key order), each holding ~0.5 GB
+# of sort temporaries; whether the two met decided the export's peak (1.83-1.96 GB over three runs)
+
+
 def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array],
               h: np.ndarray | None = None) -> np.ndarray:
     """Dense ranks of ids in string order, from their 16-byte prefixes; ids whose prefixes tie are compared in
     full (``full_ids`` of those rows: read again from the files). With ``h`` (a 64-bit hash of each whole id),
     ids of equal prefix and equal hash count as equal without a read (repeated ids, such as the sample of each
     of its expansions); a group that mixes hashes is read."""
+    with _ID_SORT:
+        return _id_ranks_alone(hi, lo, full_ids, h)
+
+
+def _id_ranks_alone(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array],
+                    h: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_id_ranks`, its lock held."""
     n = len(hi)
     if not n:
         return np.zeros(0, np.int64)
@@ -1060,7 +1072,7 @@ def _lw_pick(keys: np.ndarray, group: np.ndarray, group_names: pa.Array, length:
     if n <= 0:
         return []
     by_key = np.argsort(keys, kind="stable")  # equal keys keep their order
-    key_rank = np.empty(size, np.int64)
+    key_rank = np.empty(size, np.int32 if size < 2**31 else np.int64)
     key_rank[by_key] = np.arange(size)
     per_group = n // len(np.unique(group))
     chosen: list[int] = []
@@ -1070,11 +1082,10 @@ def _lw_pick(keys: np.ndarray, group: np.ndarray, group_names: pa.Array, length:
         bounds = np.flatnonzero(np.diff(g_sorted)) + 1
         starts, ends = np.r_[0, bounds], np.r_[bounds, size]
         weights = [0.5**rank for rank in range(int((ends - starts).max()))]
-        order_l = order.tolist()
         names = group_names.take(pa.array(g_sorted[starts])).to_pylist()
-        for g, a, b in zip(names, starts.tolist(), ends.tolist()):
-            chosen += _weighted_draw(order_l[a:b], weights[: b - a], min(per_group, b - a),
-                                     _group_rng(seed, tag, g))
+        for g, a, b in zip(names, starts.tolist(), ends.tolist()):  # a group's members as Python ints, one group
+            chosen += _weighted_draw(order[a:b].tolist(), weights[: b - a], min(per_group, b - a),  # at a time
+                                     _group_rng(seed, tag, g))  # (all at once: ~0.2 GB at 5M traces)
     rest = by_key
     if chosen:
         rest = rest[~np.isin(keys[rest], keys[np.asarray(chosen, np.int64)])]
@@ -1629,12 +1640,14 @@ def _first_samples(run: Any) -> dict[str, pa.Array]:
     rank columns (:func:`_key_order`), then only those rows read back."""
     stage = table_for("short_thought")
     columns = ("mcq_id", "system_prompt", "user_text", "options", "answer_index", "answer_format")
-    order = _key_order(run, stage, ("mcq_id", "sample_index", "sample_id"))
-    if not len(order):
+    ranks = _key_ranks(run, stage, ("mcq_id", "sample_index", "sample_id"))
+    if not ranks:
         return {c: pa.array([], TABLES[stage].schema.field(c).type) for c in columns}
-    mcq = _key_ranks(run, stage, ("mcq_id",))[0][order]  # each MCQ's samples are adjacent in this order
+    order = np.lexsort(ranks[::-1])
+    mcq = ranks[0][order]  # each MCQ's samples are adjacent in this order
+    del ranks
     rows = order[np.r_[0, np.flatnonzero(mcq[1:] != mcq[:-1]) + 1]]
-    del mcq
+    del mcq, order
     routed = _Routed(_stream(run, stage, columns, rows=np.unique(rows), dictionary=("system_prompt", "user_text")),
                      [rows], memory_bytes=1 << 62)
     try:
