@@ -802,7 +802,7 @@ def _narrow(a: np.ndarray) -> np.ndarray:
 
 _ID_SORT = threading.RLock()  # one id sort at a time in a process: lpt export's two lanes each sort 10-13M ids
 # at the start of a 10M export (the trace index; the raw expansion config's key order), each holding ~0.5 GB
-# of sort temporaries; whether the two met decided the export's peak (1.83-1.96 GB over three runs)
+# of sort temporaries; one of three 10M runs peaked while both ran (the three: 1.83-1.96 GB)
 
 
 def _id_ranks(hi: np.ndarray, lo: np.ndarray, full_ids: Callable[[np.ndarray], pa.Array],
@@ -1221,7 +1221,7 @@ def _dpo_plan(tr: _Traces, opts: AssembleOptions, *, dedupe: bool = True) -> tup
 
 
 _PLANNERS: dict[str, Callable[[_Traces, AssembleOptions], Any]] = {
-    "sft": lambda tr, opts: np.asarray(_sft_plan(tr, opts), np.int64), "dpo": lambda tr, opts: _dpo_plan(tr, opts),
+    "sft": lambda tr, opts: np.asarray(_sft_plan(tr, opts), np.int64), "dpo": _dpo_plan,
     "simple_cot": lambda tr, opts: np.asarray(_simple_cot_plan(tr, opts), np.int64)}
 
 
@@ -1637,13 +1637,13 @@ def mcq_batches(run: Any, opts: AssembleOptions = AssembleOptions(), variant: st
 
 def _first_samples(run: Any) -> dict[str, pa.Array]:
     """The prompt columns of the first sample of each MCQ (by ``sample_index``, then ``sample_id``): found on
-    rank columns (:func:`_key_order`), then only those rows read back."""
+    rank columns (:func:`_key_ranks`, :func:`_rank_order`), then only those rows read back."""
     stage = table_for("short_thought")
     columns = ("mcq_id", "system_prompt", "user_text", "options", "answer_index", "answer_format")
     ranks = _key_ranks(run, stage, ("mcq_id", "sample_index", "sample_id"))
     if not ranks:
         return {c: pa.array([], TABLES[stage].schema.field(c).type) for c in columns}
-    order = np.lexsort(ranks[::-1])
+    order = _rank_order(ranks)
     mcq = ranks[0][order]  # each MCQ's samples are adjacent in this order
     del ranks
     rows = order[np.r_[0, np.flatnonzero(mcq[1:] != mcq[:-1]) + 1]]
@@ -1850,7 +1850,11 @@ def raw_batches(run: Any, stage: str, batch_rows: int = BATCH_ROWS, *,
 def _key_order(run: Any, stage: str, keys: Sequence[str] | None = None) -> np.ndarray:
     """The positions of a stage's rows sorted by ``keys`` (default: its sort keys; stable), from
     :func:`_key_ranks`."""
-    ranks = _key_ranks(run, stage, keys or TABLES[stage].sort_keys)
+    return _rank_order(_key_ranks(run, stage, keys or TABLES[stage].sort_keys))
+
+
+def _rank_order(ranks: list[np.ndarray]) -> np.ndarray:
+    """The positions of rows sorted by rank columns (the first the most significant; stable)."""
     if not ranks:
         return np.zeros(0, np.int64)
     return np.lexsort(ranks[::-1]) if len(ranks) > 1 else np.argsort(ranks[0], kind="stable")

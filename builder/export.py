@@ -265,11 +265,11 @@ def _write_configs(run_dir: Any, names: Sequence[str], tmp: Path, kwargs: dict[s
     Two lanes run side by side (the parquet reads, sorts and writes release the GIL, so both cores work): the
     raw stage configs, which are data movement, and the sets, which share one read of the run's kept traces."""
     traces: list[Any] = []  # the run's kept traces, read once for the trace sets
+    trace_sets = [n for n in names if n in _TRACE_SETS]  # planned at once when the index is read
 
     def one(name: str) -> tuple[int, str]:
         if CONFIGS[name].batches is not None:
-            return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces,
-                                   plan=[n for n in names if n in _TRACE_SETS])
+            return _write_columnar(run_dir, name, tmp / name, kwargs.get("options"), traces, plan=trace_sets)
         ds, why = _built_or_why(run_dir, name, **kwargs)
         if ds is None:
             return 0, why

@@ -317,9 +317,9 @@ def _run_plan(o: Opened) -> dict[str, Any]:
     from builder import assemble
 
     opts = assemble.AssembleOptions()
-    tr = assemble.trace_index(o)
-    sft = np.asarray(assemble._sft_plan(tr, opts), np.int64)
-    kind, c, r = assemble._dpo_plan(tr, opts) if len(tr) else (np.zeros(0, np.int64),) * 3
+    tr = assemble.trace_index(o, plan=("sft", "dpo"), opts=opts)
+    sft = tr.planned("sft", opts)
+    kind, c, r = tr.planned("dpo", opts)
 
     def rows(t: np.ndarray) -> np.ndarray:
         e_row = tr.src.e_row[t].astype(np.int64)
